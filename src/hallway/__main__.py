@@ -1,0 +1,5 @@
+"""``python -m hallway``."""
+
+from hallway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``hallway`` CLI; each module has ``register`` and ``run``."""

@@ -1,0 +1,241 @@
+"""Configuration: one TOML file -> one frozen pydantic model that rejects unknown keys.
+
+``load_config(path)`` raises ``ConfigError`` listing every problem with file, line (where it
+can be found), dotted key and reason; the CLI turns that into exit code 78 (EX_CONFIG).
+Units are in the names (``_s``, ``_m``, ``_db``, ``_dbm``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hallway.errors import ConfigError, Problem
+
+ENV_CONFIG = "HALLWAY_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScannerConfig(_Section):
+    """Where advertisements come from."""
+
+    name: str = Field(default="hallway", min_length=1, max_length=63)
+    source: Literal["bleak", "simulator", "replay"] = "bleak"
+    adapter: str = Field(default="hci0", pattern=r"^hci[0-9]+$")
+    mode: Literal["active", "passive"] = "active"
+    trace: str | None = None
+    scenario: str = "booth"
+    seed: int = 1
+    start_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    start_retries: int = Field(default=3, ge=1, le=100)
+    silence_restart_s: float = Field(default=90.0, gt=0, le=3600)
+    backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+    device_prune_s: float = Field(default=120.0, gt=0, le=86400)
+    queue_size: int = Field(default=10000, ge=16, le=1_000_000)
+
+
+class IdentityConfig(_Section):
+    """How advertisements are linked to contacts."""
+
+    hallway_company_id: int = Field(default=0xFFFF, ge=0, le=0xFFFF)
+    token_skew_back: int = Field(default=2, ge=0, le=6)
+    token_skew_ahead: int = Field(default=1, ge=0, le=6)
+    irk_cache_size: int = Field(default=100_000, ge=16, le=10_000_000)
+    irk_cache_ttl_s: float = Field(default=1800.0, gt=0, le=86400)
+
+
+class ProximityConfig(_Section):
+    """Distance, zones and presence."""
+
+    immediate_m: float = Field(default=1.0, gt=0, le=100)
+    near_m: float = Field(default=4.0, gt=0, le=100)
+    presence_radius_m: float = Field(default=12.0, gt=0, le=200)
+    path_loss_exponent: float = Field(default=2.0, ge=1.0, le=6.0)
+    default_measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
+    zone_hysteresis_m: float = Field(default=0.3, ge=0, le=20)
+    quiet_hold_s: float = Field(default=180.0, gt=0, le=3600)
+    fade_timeout_s: float = Field(default=20.0, gt=0, le=3600)
+    min_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _edges_ordered(self) -> ProximityConfig:
+        if not self.immediate_m < self.near_m < self.presence_radius_m:
+            raise ValueError("zone edges must satisfy immediate_m < near_m < presence_radius_m")
+        return self
+
+
+class StorageConfig(_Section):
+    """The SQLite database of contacts and the retained event log."""
+
+    database: str = "hallway.db"
+    event_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    event_retention_count: int = Field(default=100_000, ge=100)
+    reload_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+
+class ServerConfig(_Section):
+    """The local event sockets (SPEC §6)."""
+
+    tcp_enabled: bool = True
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int = Field(default=7447, ge=0, le=65535)
+    unix_socket: str | None = "hallway.sock"
+    unix_socket_mode: str = Field(default="0660", pattern=r"^0?[0-7]{3}$")
+    tokens: tuple[str, ...] = ()
+    token_file: str | None = None
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    max_line_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
+    auth_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    ping_interval_s: float = Field(default=15.0, gt=0, le=600)
+    queue_size: int = Field(default=1024, ge=8, le=1_000_000)
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_long_enough(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for token in value:
+            if len(token) < 16:
+                raise ValueError("each token must be at least 16 characters")
+        return value
+
+
+class MdnsConfig(_Section):
+    """DNS-SD announcement (SPEC §7)."""
+
+    enabled: bool = True
+    instance_name: str | None = None
+    interfaces: tuple[str, ...] = ()
+    venue: str | None = None
+
+
+class LoggingConfig(_Section):
+    """Structured logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class MqttConfig(_Section):
+    """Optional MQTT publishing for venue-scale deployments."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    topic_prefix: str = "hallway"
+    venue: str = "venue"
+    qos: int = Field(default=1, ge=0, le=2)
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    scanner: ScannerConfig = ScannerConfig()
+    identity: IdentityConfig = IdentityConfig()
+    proximity: ProximityConfig = ProximityConfig()
+    storage: StorageConfig = StorageConfig()
+    server: ServerConfig = ServerConfig()
+    mdns: MdnsConfig = MdnsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    mqtt: MqttConfig = MqttConfig()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data with secrets replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        data["server"]["tokens"] = ["***" for _ in data["server"]["tokens"]]
+        if data["mqtt"]["password"] is not None:
+            data["mqtt"]["password"] = "***"  # noqa: S105 - a mask, not a password
+        return data
+
+
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?$")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line number, for simple TOML (headers and ``key = value``)."""
+    lines: dict[str, int] = {}
+    section = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            section = header.group(1)
+            lines.setdefault(section, number)
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            dotted = f"{section}.{assign.group(1)}" if section else assign.group(1)
+            lines.setdefault(dotted, number)
+    return lines
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative file paths in the config are taken relative to the config file's folder."""
+
+    def fix(value: str | None) -> str | None:
+        if value is None or value.startswith("/"):
+            return value
+        return str(base / value)
+
+    storage = config.storage.model_copy(update={"database": fix(config.storage.database)})
+    server = config.server.model_copy(
+        update={"unix_socket": fix(config.server.unix_socket), "token_file": fix(config.server.token_file)}
+    )
+    scanner = config.scanner.model_copy(update={"trace": fix(config.scanner.trace)})
+    return config.model_copy(update={"storage": storage, "server": server, "scanner": scanner})
+
+
+def parse_config(text: str, *, file: str = "<config>", base: Path | None = None) -> Config:
+    """Validate TOML text; raise ConfigError with every problem found."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line = int(match.group(1)) if match else None
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError([Problem(file, "", f"TOML syntax error: {reason}", line)]) from None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = _key_lines(text)
+        problems = []
+        for error in exc.errors():
+            dotted = ".".join(str(part) for part in error["loc"])
+            reason = error["msg"]
+            if error["type"] == "extra_forbidden":
+                reason = "unknown key"
+            line = lines.get(dotted)
+            if line is None and "." in dotted:
+                line = lines.get(dotted.rsplit(".", 1)[0])
+            problems.append(Problem(file, dotted, reason, line))
+        raise ConfigError(problems) from None
+    return _resolve_paths(config, base) if base is not None else config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a config file; ``None`` means the built-in defaults.
+
+    A path that does not exist or cannot be read is an error, never a silent default.
+    """
+    if path is None:
+        return Config()
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(str(file), "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(str(file), "", f"cannot read: {reason}")]) from None
+    return parse_config(text, file=str(file), base=file.resolve().parent)

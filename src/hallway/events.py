@@ -1,0 +1,62 @@
+"""SPEC §5 event objects: tracker decisions plus ``seq``, scanner and public contact fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
+
+
+def contact_public(contact: Contact | None, contact_id: str) -> dict[str, Any]:
+    """The contact fields an event carries: never keys, consent or calibration."""
+    if contact is None:
+        return {"id": contact_id}
+    data: dict[str, Any] = {"id": contact.id, "name": contact.name}
+    if contact.org is not None:
+        data["org"] = contact.org
+    if contact.title is not None:
+        data["title"] = contact.title
+    if contact.handles:
+        data["handles"] = dict(contact.handles)
+    if contact.tags:
+        data["tags"] = list(contact.tags)
+    return data
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def event_json(
+    event: PresenceEvent, *, seq: int, scanner: str, contact: Contact | None
+) -> dict[str, Any]:
+    """The SPEC §5 object for one event. A revoked contact's departure carries only its id."""
+    data: dict[str, Any] = {
+        "type": event.type.value,
+        "seq": seq,
+        "ts": round(event.ts, 3),
+        "scanner": scanner,
+        "contact": contact_public(contact, event.contact_id),
+        "zone": event.zone,
+        "distance_m": _round(event.distance_m, 2),
+        "rssi": _round(event.rssi, 1),
+        "via": None if event.via is None else event.via.value,
+    }
+    if event.type is EventType.ZONE:
+        data["previous_zone"] = event.previous_zone
+    if event.type is EventType.DEPARTED:
+        data["dwell_s"] = _round(event.dwell_s, 1)
+        data["reason"] = None if event.reason is None else event.reason.value
+    return data
+
+
+def present_json(info: PresentInfo, contact: Contact | None) -> dict[str, Any]:
+    """One entry of the ``present`` list in ``subscribed``/``resync`` (SPEC §6)."""
+    return {
+        "contact": contact_public(contact, info.contact_id),
+        "zone": info.zone,
+        "distance_m": round(info.distance_m, 2),
+        "rssi": round(info.rssi, 1),
+        "since": round(info.since, 3),
+        "via": info.via.value,
+    }

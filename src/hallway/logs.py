@@ -1,0 +1,70 @@
+"""structlog, configured once: JSON lines off a terminal (journald), console on a terminal.
+
+Stdlib loggers (bleak, zeroconf, dbus-fast) are routed through the same renderer. Tracebacks
+are rendered without frame locals, which could hold keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from hallway.config import LoggingConfig
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def configure_logging(config: LoggingConfig, *, stream: Any = None) -> None:
+    """Configure structlog and the stdlib root logger (safe to call again)."""
+    out = stream if stream is not None else sys.stderr
+    fmt = config.format
+    if fmt == "auto":
+        fmt = "console" if hasattr(out, "isatty") and out.isatty() else "json"
+    level = _LEVELS[config.level]
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=hasattr(out, "isatty") and out.isatty(),
+            exception_formatter=structlog.dev.plain_traceback,
+        )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_hallway", False):
+            root.removeHandler(old)
+    handler._hallway = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party chatter stays at WARNING unless we debug.
+    for name in ("bleak", "zeroconf", "dbus_fast", "asyncio"):
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
+    # aiosqlite's debug lines print statement parameters, which can hold keys: never below WARNING.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    """A bound structlog logger for a module."""
+    return structlog.get_logger(name)

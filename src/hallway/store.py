@@ -1,0 +1,466 @@
+"""The SQLite store: contacts, their keys and consent, revocations, and the retained event log.
+
+WAL journal, foreign keys on, schema versioned by ``PRAGMA user_version`` with forward-only
+migrations. Every write is one transaction, so a crash (or SIGKILL) mid-import leaves the store
+as it was before. ``meta.contacts_generation`` grows with every contact write: the daemon polls
+it to pick up CLI changes within a second. ``meta.last_seq`` is the high-water mark of event
+sequence numbers, so ``seq`` never repeats even after the log is pruned or rows are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+
+from hallway.errors import ContactNotFound, ImportRejected, Problem, StoreError
+from hallway.models import Contact, ContactKey, KeyKind
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: contacts, keys, consent, revocations, event log, meta
+    """
+    CREATE TABLE contacts (
+        id TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
+        name TEXT NOT NULL,
+        org TEXT,
+        title TEXT,
+        handles TEXT NOT NULL DEFAULT '{}',
+        tags TEXT NOT NULL DEFAULT '[]',
+        calibration_db REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE consent (
+        contact_id TEXT PRIMARY KEY REFERENCES contacts(id) ON DELETE CASCADE,
+        granted_at REAL,
+        expires_at REAL
+    );
+    CREATE TABLE keys (
+        id INTEGER PRIMARY KEY,
+        contact_id TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        UNIQUE (kind, value)
+    );
+    CREATE INDEX keys_contact ON keys(contact_id);
+    CREATE TABLE revocations (
+        contact_id TEXT PRIMARY KEY,
+        revoked_at REAL NOT NULL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        type TEXT NOT NULL,
+        contact_id TEXT,
+        payload TEXT NOT NULL
+    );
+    CREATE INDEX events_contact ON events(contact_id);
+    CREATE INDEX events_ts ON events(ts);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta VALUES ('contacts_generation', 0), ('last_seq', 0);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One row of the event log: its sequence number and its SPEC §5 JSON text."""
+
+    seq: int
+    payload: str
+
+
+def _connect_error(path: str, exc: BaseException) -> StoreError:
+    return StoreError(f"{path}: {exc}")
+
+
+class SqliteStore:
+    """Async access to one hallway database file. Use ``await SqliteStore.open(path)``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path, *, create: bool = True) -> SqliteStore:
+        """Open (creating and migrating as needed) the database at ``path``."""
+        text = str(path)
+        if not create and text != ":memory:" and not Path(text).exists():
+            raise StoreError(f"{text}: database does not exist")
+        if text != ":memory:":
+            parent = Path(text).parent
+            if not parent.is_dir():
+                raise StoreError(f"{text}: folder {parent} does not exist")
+        try:
+            db = await aiosqlite.connect(text, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _connect_error(text, exc) from None
+        store = cls(db, text)
+        try:
+            await store._setup()
+        except sqlite3.Error as exc:
+            await db.close()
+            raise _connect_error(text, exc) from None
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _setup(self) -> None:
+        await self._db.execute("PRAGMA busy_timeout = 10000")
+        mode = await self._scalar("PRAGMA journal_mode = WAL")
+        if self.path != ":memory:" and str(mode).lower() != "wal":
+            raise StoreError(f"{self.path}: cannot switch to WAL journal (got {mode})")
+        await self._db.execute("PRAGMA synchronous = NORMAL")
+        await self._db.execute("PRAGMA foreign_keys = ON")
+        version = int(await self._scalar("PRAGMA user_version"))
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this hallway "
+                f"({SCHEMA_VERSION}); upgrade hallway"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[number]):
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number + 1}")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            await self._db.close()
+        except ValueError:
+            pass
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def schema_version(self) -> int:
+        """The database's ``user_version``."""
+        return int(await self._scalar("PRAGMA user_version"))
+
+    async def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` answer (``ok`` when sound)."""
+        return str(await self._scalar("PRAGMA integrity_check"))
+
+    async def _write(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (a coroutine factory) inside one IMMEDIATE transaction."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot start a write: {exc}") from None
+        try:
+            result = await work()
+            await self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await self._rollback()
+            raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from None
+        except BaseException:
+            await self._rollback()
+            raise
+        return result
+
+    async def _rollback(self) -> None:
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # -- contacts ----------------------------------------------------------------------------
+
+    async def generation(self) -> int:
+        """A number that grows with every change to contacts, keys, consent or revocations."""
+        return int(await self._scalar("SELECT value FROM meta WHERE key = 'contacts_generation'"))
+
+    async def _bump_generation(self) -> None:
+        await self._db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'contacts_generation'"
+        )
+
+    async def _key_owner(self, key: ContactKey) -> str | None:
+        owner = await self._scalar(
+            "SELECT contact_id FROM keys WHERE kind = ? AND value = ?", (key.kind.value, key.value)
+        )
+        return None if owner is None else str(owner)
+
+    async def _upsert(self, contact: Contact) -> None:
+        db = self._db
+        await db.execute(
+            "INSERT INTO contacts (id, name, org, title, handles, tags, calibration_db) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, "
+            "org = excluded.org, title = excluded.title, handles = excluded.handles, "
+            "tags = excluded.tags, calibration_db = excluded.calibration_db",
+            (
+                contact.id,
+                contact.name,
+                contact.org,
+                contact.title,
+                json.dumps(dict(contact.handles), ensure_ascii=False, sort_keys=True),
+                json.dumps(list(contact.tags), ensure_ascii=False),
+                contact.calibration_db,
+            ),
+        )
+        await db.execute(
+            "INSERT INTO consent (contact_id, granted_at, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(contact_id) DO UPDATE SET granted_at = excluded.granted_at, "
+            "expires_at = excluded.expires_at",
+            (contact.id, contact.granted_at, contact.expires_at),
+        )
+        await db.execute("DELETE FROM keys WHERE contact_id = ?", (contact.id,))
+        await db.executemany(
+            "INSERT INTO keys (contact_id, kind, value) VALUES (?, ?, ?)",
+            [(contact.id, key.kind.value, key.value) for key in contact.keys],
+        )
+
+    async def import_contacts(
+        self,
+        contacts: Sequence[Contact],
+        *,
+        file: str = "<import>",
+        lines: Sequence[int] | None = None,
+        readmit: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Store all of ``contacts`` (insert or replace by id) in one transaction, or none.
+
+        Raises ImportRejected naming each line (``lines[i]`` is the file line of
+        ``contacts[i]``) whose key another stored contact holds, or whose id was revoked
+        (unless ``readmit``). Duplicates inside the batch are the parser's to report.
+        """
+        numbers = list(lines) if lines is not None else list(range(1, len(contacts) + 1))
+
+        async def work() -> int:
+            problems: list[Problem] = []
+            revoked = {
+                row[0] async for row in await self._db.execute("SELECT contact_id FROM revocations")
+            }
+            incoming = {contact.id for contact in contacts}
+            for number, contact in zip(numbers, contacts, strict=True):
+                if contact.id in revoked and not readmit:
+                    problems.append(
+                        Problem(file, "id", f"contact {contact.id!r} was revoked; "
+                                "import with --readmit to enroll them again", number)
+                    )
+                for key in contact.keys:
+                    owner = await self._key_owner(key)
+                    if owner is not None and owner != contact.id and owner not in incoming:
+                        problems.append(
+                            Problem(file, "keys", f"a {key.kind.value} key of this contact is "
+                                    f"already held by contact {owner!r}", number)
+                        )
+            if problems:
+                raise ImportRejected(problems)
+            # Keys move between contacts inside one file only if every owner is re-imported;
+            # drop the incoming contacts' old keys first so the UNIQUE check sees the new state.
+            await self._db.executemany(
+                "DELETE FROM keys WHERE contact_id = ?", [(c.id,) for c in contacts]
+            )
+            for index, contact in enumerate(contacts, start=1):
+                await self._upsert(contact)
+                if readmit:
+                    await self._db.execute(
+                        "DELETE FROM revocations WHERE contact_id = ?", (contact.id,)
+                    )
+                if progress is not None and (index % 500 == 0 or index == len(contacts)):
+                    progress(index, len(contacts))
+            await self._bump_generation()
+            return len(contacts)
+
+        result: int = await self._write(work)
+        return result
+
+    async def add_contact(self, contact: Contact) -> None:
+        """Store one new contact; StoreError if the id exists or a key is held by another."""
+
+        async def work() -> None:
+            if await self._scalar("SELECT 1 FROM contacts WHERE id = ?", (contact.id,)):
+                raise StoreError(f"contact {contact.id!r} already exists")
+            if await self._scalar("SELECT 1 FROM revocations WHERE contact_id = ?", (contact.id,)):
+                raise StoreError(f"contact id {contact.id!r} was revoked; choose another id")
+            for key in contact.keys:
+                owner = await self._key_owner(key)
+                if owner is not None:
+                    raise StoreError(f"a {key.kind.value} key is already held by contact {owner!r}")
+            await self._upsert(contact)
+            await self._bump_generation()
+
+        await self._write(work)
+
+    async def replace_keys(self, contact_id: str, keys: Iterable[ContactKey]) -> None:
+        """Replace all keys of a contact (e.g. re-enrollment with a fresh hallway-v1 key)."""
+        new_keys = list(keys)
+
+        async def work() -> None:
+            if not await self._scalar("SELECT 1 FROM contacts WHERE id = ?", (contact_id,)):
+                raise ContactNotFound(contact_id)
+            await self._db.execute("DELETE FROM keys WHERE contact_id = ?", (contact_id,))
+            for key in new_keys:
+                owner = await self._key_owner(key)
+                if owner is not None:
+                    raise StoreError(f"a {key.kind.value} key is already held by contact {owner!r}")
+            await self._db.executemany(
+                "INSERT INTO keys (contact_id, kind, value) VALUES (?, ?, ?)",
+                [(contact_id, key.kind.value, key.value) for key in new_keys],
+            )
+            await self._bump_generation()
+
+        await self._write(work)
+
+    async def revoke(self, contact_id: str, *, now: float) -> None:
+        """Forget a contact at once: its row, keys, consent and logged events; keep a tombstone.
+
+        After this the contact cannot be resolved, listed or exported, and its id cannot be
+        re-imported without ``readmit``.
+        """
+
+        async def work() -> None:
+            if not await self._scalar("SELECT 1 FROM contacts WHERE id = ?", (contact_id,)):
+                raise ContactNotFound(contact_id)
+            await self._db.execute("DELETE FROM events WHERE contact_id = ?", (contact_id,))
+            await self._db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+            await self._db.execute(
+                "INSERT OR REPLACE INTO revocations (contact_id, revoked_at) VALUES (?, ?)",
+                (contact_id, now),
+            )
+            await self._bump_generation()
+
+        await self._write(work)
+
+    async def revoked_ids(self) -> set[str]:
+        """Ids of revoked contacts (tombstones only; no other data is kept)."""
+        async with self._db.execute("SELECT contact_id FROM revocations") as cursor:
+            return {str(row[0]) async for row in cursor}
+
+    async def list_contacts(self) -> list[Contact]:
+        """Every stored contact with its keys, ordered by id."""
+        keys: dict[str, list[ContactKey]] = {}
+        async with self._db.execute(
+            "SELECT contact_id, kind, value FROM keys ORDER BY contact_id, id"
+        ) as cursor:
+            async for contact_id, kind, value in cursor:
+                keys.setdefault(contact_id, []).append(ContactKey(KeyKind(kind), value))
+        contacts = []
+        async with self._db.execute(
+            "SELECT c.id, c.name, c.org, c.title, c.handles, c.tags, c.calibration_db, "
+            "s.granted_at, s.expires_at FROM contacts c LEFT JOIN consent s "
+            "ON s.contact_id = c.id ORDER BY c.id"
+        ) as cursor:
+            async for row in cursor:
+                contacts.append(_contact_from_row(row, tuple(keys.get(row[0], ()))))
+        return contacts
+
+    async def get_contact(self, contact_id: str) -> Contact:
+        """One contact with its keys, or ContactNotFound."""
+        async with self._db.execute(
+            "SELECT c.id, c.name, c.org, c.title, c.handles, c.tags, c.calibration_db, "
+            "s.granted_at, s.expires_at FROM contacts c LEFT JOIN consent s "
+            "ON s.contact_id = c.id WHERE c.id = ?",
+            (contact_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise ContactNotFound(contact_id)
+        async with self._db.execute(
+            "SELECT kind, value FROM keys WHERE contact_id = ? ORDER BY id", (contact_id,)
+        ) as cursor:
+            keys = tuple([ContactKey(KeyKind(kind), value) async for kind, value in cursor])
+        return _contact_from_row(tuple(row), keys)
+
+    async def count_contacts(self) -> int:
+        """How many contacts are stored."""
+        return int(await self._scalar("SELECT count(*) FROM contacts"))
+
+    # -- event log ---------------------------------------------------------------------------
+
+    async def last_seq(self) -> int:
+        """The highest ``seq`` ever assigned (0 for a new store)."""
+        return int(await self._scalar("SELECT value FROM meta WHERE key = 'last_seq'"))
+
+    async def append_events(self, rows: Sequence[tuple[int, float, str, str | None, str]]) -> None:
+        """Log a batch of events ``(seq, ts, type, contact_id, payload_json)`` in one transaction.
+
+        Rows whose contact was revoked meanwhile are still logged with an id-only payload
+        by the caller; here every row is written as given. ``seq`` must exceed ``last_seq``.
+        """
+        if not rows:
+            return
+
+        async def work() -> None:
+            await self._db.executemany(
+                "INSERT INTO events (seq, ts, type, contact_id, payload) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            await self._db.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'last_seq'",
+                (max(row[0] for row in rows),),
+            )
+
+        await self._write(work)
+
+    async def events_after(self, seq: int, *, limit: int = 10_000) -> list[LoggedEvent]:
+        """Logged events with ``seq`` above the given one, oldest first."""
+        async with self._db.execute(
+            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ) as cursor:
+            return [LoggedEvent(int(s), str(p)) async for s, p in cursor]
+
+    async def first_retained_seq(self) -> int | None:
+        """The lowest ``seq`` still in the log, or None when it is empty."""
+        value = await self._scalar("SELECT min(seq) FROM events")
+        return None if value is None else int(value)
+
+    async def prune_events(self, *, before_ts: float, keep_count: int) -> int:
+        """Delete events older than ``before_ts`` and beyond the newest ``keep_count``."""
+
+        async def work() -> int:
+            cursor = await self._db.execute(
+                "DELETE FROM events WHERE ts < ? OR seq <= "
+                "(SELECT coalesce(max(seq), 0) - ? FROM events)",
+                (before_ts, keep_count),
+            )
+            return int(cursor.rowcount)
+
+        result: int = await self._write(work)
+        return result
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _contact_from_row(row: tuple[Any, ...], keys: tuple[ContactKey, ...]) -> Contact:
+    contact_id, name, org, title, handles, tags, calibration, granted, expires = row
+    return Contact(
+        id=contact_id,
+        name=name,
+        org=org,
+        title=title,
+        handles=json.loads(handles),
+        tags=tuple(json.loads(tags)),
+        calibration_db=float(calibration),
+        granted_at=granted,
+        expires_at=expires,
+        keys=keys,
+    )
