@@ -184,13 +184,18 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     """Relative file paths in the config are taken relative to the config file's folder."""
 
     def fix(value: str | None) -> str | None:
-        if value is None or value.startswith("/"):
+        if not value:
+            return None
+        if value.startswith("/"):
             return value
         return str(base / value)
 
     storage = config.storage.model_copy(update={"database": fix(config.storage.database)})
     server = config.server.model_copy(
-        update={"unix_socket": fix(config.server.unix_socket), "token_file": fix(config.server.token_file)}
+        update={
+            "unix_socket": fix(config.server.unix_socket),
+            "token_file": fix(config.server.token_file),
+        }
     )
     scanner = config.scanner.model_copy(update={"trace": fix(config.scanner.trace)})
     return config.model_copy(update={"storage": storage, "server": server, "scanner": scanner})

@@ -112,7 +112,7 @@ def key_from_json(obj: Mapping[str, Any]) -> ContactKey:
     """One SPEC §1 key object to a canonical ContactKey, or KeyFormatError."""
     kind_text = obj.get("kind")
     try:
-        kind = KeyKind(kind_text)
+        kind = KeyKind(str(kind_text))
     except ValueError:
         raise KeyFormatError(f"unknown key kind {kind_text!r}") from None
 

@@ -9,6 +9,7 @@ sequence numbers, so ``seq`` never repeats even after the log is pruned or rows 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -92,12 +93,7 @@ class SqliteStore:
     async def open(cls, path: str | Path, *, create: bool = True) -> SqliteStore:
         """Open (creating and migrating as needed) the database at ``path``."""
         text = str(path)
-        if not create and text != ":memory:" and not Path(text).exists():
-            raise StoreError(f"{text}: database does not exist")
-        if text != ":memory:":
-            parent = Path(text).parent
-            if not parent.is_dir():
-                raise StoreError(f"{text}: folder {parent} does not exist")
+        _check_path(text, create=create)
         try:
             db = await aiosqlite.connect(text, isolation_level=None)
         except sqlite3.Error as exc:
@@ -139,16 +135,17 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
-        try:
+        with contextlib.suppress(ValueError):
             await self._db.close()
-        except ValueError:
-            pass
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -183,10 +180,8 @@ class SqliteStore:
         return result
 
     async def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             await self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
     # -- contacts ----------------------------------------------------------------------------
 
@@ -199,40 +194,48 @@ class SqliteStore:
             "UPDATE meta SET value = value + 1 WHERE key = 'contacts_generation'"
         )
 
-    async def _key_owner(self, key: ContactKey) -> str | None:
+    async def _key_owner(self, key: ContactKey) -> str | None:  # one key, for single writes
         owner = await self._scalar(
             "SELECT contact_id FROM keys WHERE kind = ? AND value = ?", (key.kind.value, key.value)
         )
         return None if owner is None else str(owner)
 
-    async def _upsert(self, contact: Contact) -> None:
+    async def _upsert_many(self, contacts: Sequence[Contact]) -> None:
+        """Insert or replace contacts, their consent and all their keys (inside a transaction)."""
         db = self._db
-        await db.execute(
+        await db.executemany("DELETE FROM keys WHERE contact_id = ?", [(c.id,) for c in contacts])
+        await db.executemany(
             "INSERT INTO contacts (id, name, org, title, handles, tags, calibration_db) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, "
             "org = excluded.org, title = excluded.title, handles = excluded.handles, "
             "tags = excluded.tags, calibration_db = excluded.calibration_db",
-            (
-                contact.id,
-                contact.name,
-                contact.org,
-                contact.title,
-                json.dumps(dict(contact.handles), ensure_ascii=False, sort_keys=True),
-                json.dumps(list(contact.tags), ensure_ascii=False),
-                contact.calibration_db,
-            ),
+            [
+                (
+                    c.id,
+                    c.name,
+                    c.org,
+                    c.title,
+                    json.dumps(dict(c.handles), ensure_ascii=False, sort_keys=True),
+                    json.dumps(list(c.tags), ensure_ascii=False),
+                    c.calibration_db,
+                )
+                for c in contacts
+            ],
         )
-        await db.execute(
+        await db.executemany(
             "INSERT INTO consent (contact_id, granted_at, expires_at) VALUES (?, ?, ?) "
             "ON CONFLICT(contact_id) DO UPDATE SET granted_at = excluded.granted_at, "
             "expires_at = excluded.expires_at",
-            (contact.id, contact.granted_at, contact.expires_at),
+            [(c.id, c.granted_at, c.expires_at) for c in contacts],
         )
-        await db.execute("DELETE FROM keys WHERE contact_id = ?", (contact.id,))
         await db.executemany(
             "INSERT INTO keys (contact_id, kind, value) VALUES (?, ?, ?)",
-            [(contact.id, key.kind.value, key.value) for key in contact.keys],
+            [(c.id, key.kind.value, key.value) for c in contacts for key in c.keys],
         )
+
+    async def _key_owners(self) -> dict[tuple[str, str], str]:
+        async with self._db.execute("SELECT kind, value, contact_id FROM keys") as cursor:
+            return {(kind, value): owner async for kind, value, owner in cursor}
 
     async def import_contacts(
         self,
@@ -253,9 +256,8 @@ class SqliteStore:
 
         async def work() -> int:
             problems: list[Problem] = []
-            revoked = {
-                row[0] async for row in await self._db.execute("SELECT contact_id FROM revocations")
-            }
+            revoked = await self.revoked_ids()
+            owners = await self._key_owners()
             incoming = {contact.id for contact in contacts}
             for number, contact in zip(numbers, contacts, strict=True):
                 if contact.id in revoked and not readmit:
@@ -264,7 +266,7 @@ class SqliteStore:
                                 "import with --readmit to enroll them again", number)
                     )
                 for key in contact.keys:
-                    owner = await self._key_owner(key)
+                    owner = owners.get((key.kind.value, key.value))
                     if owner is not None and owner != contact.id and owner not in incoming:
                         problems.append(
                             Problem(file, "keys", f"a {key.kind.value} key of this contact is "
@@ -272,19 +274,21 @@ class SqliteStore:
                         )
             if problems:
                 raise ImportRejected(problems)
-            # Keys move between contacts inside one file only if every owner is re-imported;
-            # drop the incoming contacts' old keys first so the UNIQUE check sees the new state.
+            # Drop every incoming contact's old keys first, so keys may move between contacts
+            # of the same file without tripping the UNIQUE constraint halfway.
             await self._db.executemany(
                 "DELETE FROM keys WHERE contact_id = ?", [(c.id,) for c in contacts]
             )
-            for index, contact in enumerate(contacts, start=1):
-                await self._upsert(contact)
+            chunk = 1000
+            for begin in range(0, len(contacts), chunk):
+                part = contacts[begin : begin + chunk]
+                await self._upsert_many(part)
                 if readmit:
-                    await self._db.execute(
-                        "DELETE FROM revocations WHERE contact_id = ?", (contact.id,)
+                    await self._db.executemany(
+                        "DELETE FROM revocations WHERE contact_id = ?", [(c.id,) for c in part]
                     )
-                if progress is not None and (index % 500 == 0 or index == len(contacts)):
-                    progress(index, len(contacts))
+                if progress is not None:
+                    progress(begin + len(part), len(contacts))
             await self._bump_generation()
             return len(contacts)
 
@@ -303,7 +307,7 @@ class SqliteStore:
                 owner = await self._key_owner(key)
                 if owner is not None:
                     raise StoreError(f"a {key.kind.value} key is already held by contact {owner!r}")
-            await self._upsert(contact)
+            await self._upsert_many([contact])
             await self._bump_generation()
 
         await self._write(work)
@@ -368,7 +372,7 @@ class SqliteStore:
             "ON s.contact_id = c.id ORDER BY c.id"
         ) as cursor:
             async for row in cursor:
-                contacts.append(_contact_from_row(row, tuple(keys.get(row[0], ()))))
+                contacts.append(_contact_from_row(tuple(row), tuple(keys.get(row[0], ()))))
         return contacts
 
     async def get_contact(self, contact_id: str) -> Contact:
@@ -444,6 +448,16 @@ class SqliteStore:
 
         result: int = await self._write(work)
         return result
+
+
+def _check_path(text: str, *, create: bool) -> None:
+    if text == ":memory:":
+        return
+    if not create and not Path(text).exists():
+        raise StoreError(f"{text}: database does not exist")
+    parent = Path(text).parent
+    if not parent.is_dir():
+        raise StoreError(f"{text}: folder {parent} does not exist")
 
 
 def _statements(script: str) -> list[str]:
