@@ -1,0 +1,384 @@
+"""The composition root: builds the daemon's graph, owns its tasks, shuts down in order.
+
+Start-up: store -> pipeline (contacts loaded) -> hub (seq restored) -> socket server ->
+source -> mDNS announcement -> READY=1. Long-lived loops run in one TaskGroup, each named:
+``pump`` (hand-off -> pipeline -> hub), ``ticker`` (timeouts, token-table upkeep), ``reloader``
+(contacts changed by the CLI take effect within ``storage.reload_interval_s``), ``pruner``
+(event retention), ``watchdog`` (WATCHDOG=1 only while the source is healthy and the loop
+responsive; STATUS= with counts), and the source itself.
+
+Shutdown (SIGTERM/SIGINT) is the reverse, each step bounded: STOPPING=1, mDNS goodbye, stop
+accepting, stop the source, ``departed`` (reason ``shutdown``) for everyone present, flush the
+event log, close the sockets and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hallway import __version__
+from hallway.config import Config
+from hallway.errors import HallwayError
+from hallway.logs import get_logger
+from hallway.models import Contact, PresenceEvent
+from hallway.notify import SystemdNotifier
+from hallway.sources.base import AdvertisementSource, Handoff, SourceState
+
+log = get_logger(__name__)
+
+STEP_TIMEOUT_S = 5.0
+PRUNE_INTERVAL_S = 600.0
+STATUS_INTERVAL_S = 5.0
+TICK_INTERVAL_S = 1.0
+
+
+@dataclass
+class _Rates:
+    """Per-second rates from counters sampled at STATUS_INTERVAL_S."""
+
+    last_at: float = field(default_factory=time.monotonic)
+    last: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def sample(self, counters: dict[str, int]) -> None:
+        now = time.monotonic()
+        span = max(now - self.last_at, 1e-6)
+        if self.last:
+            self.rates = {k: (counters[k] - self.last.get(k, 0)) / span for k in counters}
+        self.last, self.last_at = dict(counters), now
+
+
+class Service:
+    """The daemon: one instance per process; ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source: AdvertisementSource | None = None,
+        state_dir: Path | None = None,
+        notifier: SystemdNotifier | None = None,
+        on_ready: Callable[[Service], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.config = config
+        self._source_override = source
+        self._state_dir = state_dir
+        self._notifier = notifier or SystemdNotifier.from_environment()
+        self._on_ready = on_ready
+        self._started_at = time.monotonic()
+        self._reload_requested = asyncio.Event()
+        self._wedged = False
+        self._last_error: str | None = None
+        self._rates = _Rates()
+        self._loop_lag_s = 0.0
+        self.tcp_port: int | None = None
+        self.tokens: list[str] = []
+        self.announced_name: str | None = None
+        # Built in run():
+        self._store: Any = None
+        self._pipeline: Any = None
+        self._hub: Any = None
+        self._server: Any = None
+        self._announcer: Any = None
+        self._source: AdvertisementSource | None = None
+        self._handoff: Handoff | None = None
+        self._generation = -1
+
+    # -- control from outside -----------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Reload contacts now (SIGHUP)."""
+        self._reload_requested.set()
+
+    def wedge(self) -> None:
+        """Debug aid: stop WATCHDOG=1 pings while staying alive, to prove systemd restarts us."""
+        log.warning("watchdog_wedged_on_request")
+        self._wedged = True
+
+    # -- status -------------------------------------------------------------------------------
+
+    def _counters(self) -> dict[str, int]:
+        stats = self._pipeline.stats() if self._pipeline is not None else {}
+        handoff = self._handoff.stats() if self._handoff is not None else {}
+        return {
+            "advertisements": int(stats.get("seen", stats.get("advertisements", 0))),
+            "matched": int(stats.get("matched", 0)),
+            "malformed": int(stats.get("malformed", 0)),
+            "dropped": int(handoff.get("dropped", 0)),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Operational figures for ``hallway status`` and STATUS= (no contact data)."""
+        counters = self._counters()
+        source = self._source
+        hub_stats = self._hub.stats() if self._hub is not None else {}
+        server_stats = self._server.stats() if self._server is not None else {}
+        return {
+            "version": __version__,
+            "scanner": self.config.scanner.name,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "source": self.config.scanner.source,
+            "source_state": source.state.value if source is not None else "stopped",
+            "advertisements_per_s": round(self._rates.rates.get("advertisements", 0.0), 1),
+            "matched_per_s": round(self._rates.rates.get("matched", 0.0), 2),
+            **counters,
+            "present": len(self._hub.present()) if self._hub is not None else 0,
+            "subscribers": int(server_stats.get("subscribers", 0)),
+            "connections": int(server_stats.get("connections", 0)),
+            "last_seq": int(hub_stats.get("last_seq", 0)),
+            "loop_lag_ms": round(self._loop_lag_s * 1000, 1),
+            "last_error": self._last_error
+            or (source.last_error if source is not None else None),
+        }
+
+    def _status_line(self) -> str:
+        s = self.status()
+        return (
+            f"{s['source_state']}; {s['advertisements_per_s']:.0f} adv/s, "
+            f"{s['matched_per_s']:.1f} matched/s; {s['present']} present; "
+            f"{s['subscribers']} subscriber(s); malformed {s['malformed']}, "
+            f"dropped {s['dropped']}"
+            + (f"; last error: {s['last_error']}" if s["last_error"] else "")
+        )
+
+    # -- the graph ----------------------------------------------------------------------------
+
+    def _contact(self, contact_id: str) -> Contact | None:
+        result: Contact | None = self._pipeline.contact(contact_id)
+        return result
+
+    def _publish(self, events: list[PresenceEvent]) -> None:
+        if events:
+            self._hub.publish(events)
+
+    async def _build(self) -> None:
+        from hallway.announce import ZeroconfAnnouncer
+        from hallway.hub import Hub
+        from hallway.pipeline import Pipeline
+        from hallway.server import EventServer, load_tokens
+        from hallway.sources import make_source
+        from hallway.store import SqliteStore
+
+        config = self.config
+        self._store = await SqliteStore.open(config.storage.database)
+        self._pipeline = Pipeline(config)
+        await self._reload(force=True)
+        self._hub = Hub(
+            self._store,
+            scanner=config.scanner.name,
+            contact_lookup=self._contact,
+            retention_s=config.storage.event_retention_s,
+            retention_count=config.storage.event_retention_count,
+        )
+        await self._hub.start()
+        self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        self._server = EventServer(
+            config.server,
+            self._hub,
+            scanner=config.scanner.name,
+            version=__version__,
+            tokens=self.tokens,
+            status_provider=self.status,
+        )
+        await self._server.start()
+        self.tcp_port = self._server.tcp_port
+        self._source = self._source_override or make_source(config)
+        self._handoff = Handoff(config.scanner.queue_size)
+        if config.mdns.enabled and self.tcp_port is not None:
+            self._announcer = ZeroconfAnnouncer(
+                config.mdns,
+                scanner=config.scanner.name,
+                port=self.tcp_port,
+                auth="token" if self.tokens else "none",
+            )
+
+    async def _reload(self, *, force: bool = False) -> None:
+        generation = await self._store.generation()
+        if generation == self._generation and not force:
+            return
+        contacts = await self._store.list_contacts()
+        before = {c.id for c in contacts}
+        events = self._pipeline.load_contacts(contacts, now=time.time())
+        self._generation = generation
+        if self._hub is not None:
+            self._publish(events)
+            for event in events:
+                if event.contact_id not in before:
+                    await self._hub.forget_contact(event.contact_id)
+        log.info("contacts_loaded", contacts=len(contacts), generation=generation,
+                 departed=len(events))
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        assert self._handoff is not None
+        feed, publish = self._pipeline.feed, self._publish
+        while True:
+            batch = await self._handoff.get_batch(512)
+            events: list[PresenceEvent] = []
+            for adv in batch:
+                events.extend(feed(adv))
+            publish(events)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_S)
+            self._publish(self._pipeline.tick(time.time()))
+
+    async def _reloader(self) -> None:
+        interval = self.config.storage.reload_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_requested.wait(), timeout=interval)
+            forced = self._reload_requested.is_set()
+            self._reload_requested.clear()
+            try:
+                await self._reload(force=forced)
+            except HallwayError as exc:
+                self._note_error("contacts_reload_failed", exc)
+
+    async def _pruner(self) -> None:
+        storage = self.config.storage
+        while True:
+            try:
+                removed = await self._store.prune_events(
+                    before_ts=time.time() - storage.event_retention_s,
+                    keep_count=storage.event_retention_count,
+                )
+                if removed:
+                    log.info("events_pruned", removed=removed)
+            except HallwayError as exc:
+                self._note_error("events_prune_failed", exc)
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+
+    async def _watchdog(self) -> None:
+        notifier = self._notifier
+        interval = notifier.watchdog_interval_s or STATUS_INTERVAL_S
+        step = min(interval, STATUS_INTERVAL_S, 1.0)
+        last_status = 0.0
+        expected = time.monotonic() + step
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            self._loop_lag_s = max(0.0, now - expected)
+            expected = now + step
+            source = self._source
+            healthy = (
+                not self._wedged
+                and source is not None
+                and source.healthy(now)
+                and self._loop_lag_s < max(1.0, interval / 2)
+            )
+            if notifier.watchdog_interval_s is not None and healthy:
+                notifier.send(watchdog=1)
+            if now - last_status >= STATUS_INTERVAL_S:
+                self._rates.sample(self._counters())
+                notifier.send(status=self._status_line())
+                last_status = now
+
+    def _note_error(self, event: str, exc: BaseException) -> None:
+        self._last_error = f"{event}: {exc}"
+        log.warning(event, error=str(exc))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set; return the process exit code."""
+        try:
+            await self._build()
+        except HallwayError:
+            await self._close_all()
+            raise
+        assert self._source is not None and self._handoff is not None
+        log.info("starting", scanner=self.config.scanner.name, source=self.config.scanner.source,
+                 tcp_port=self.tcp_port, unix_socket=self.config.server.unix_socket)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._source.run(self._handoff), name="source"),
+                    group.create_task(self._pump(), name="pump"),
+                    group.create_task(self._ticker(), name="ticker"),
+                    group.create_task(self._reloader(), name="reloader"),
+                    group.create_task(self._pruner(), name="pruner"),
+                    group.create_task(self._watchdog(), name="watchdog"),
+                ]
+                if self._announcer is not None:
+                    try:
+                        await asyncio.wait_for(self._announcer.start(), timeout=15)
+                        self.announced_name = self._announcer.name
+                    except (TimeoutError, HallwayError, OSError) as exc:
+                        self._note_error("mdns_failed", exc)
+                await self._wait_scanning(stop)
+                self._notifier.send(ready=1, status=self._status_line())
+                log.info("ready", tcp_port=self.tcp_port, mdns_name=self.announced_name)
+                if self._on_ready is not None:
+                    result = self._on_ready(self)
+                    if asyncio.iscoroutine(result):
+                        await result
+                await stop.wait()
+                await self._shutdown(tasks)
+        finally:
+            await self._close_all()
+        return 0
+
+    async def _wait_scanning(self, stop: asyncio.Event) -> None:
+        """READY=1 waits until the source is scanning (bounded by its start timeout)."""
+        assert self._source is not None
+        limit = time.monotonic() + self.config.scanner.start_timeout_s * 2
+        while (
+            self._source.state is not SourceState.SCANNING
+            and time.monotonic() < limit
+            and not stop.is_set()
+        ):
+            await asyncio.sleep(0.05)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        log.info("stopping")
+        self._notifier.send(stopping=1, status="stopping")
+        if self._announcer is not None:
+            await _bounded(self._announcer.close(), "mdns_goodbye")
+            self._announcer = None
+        await _bounded(self._server.stop_accepting(), "stop_accepting")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._publish(self._pipeline.shutdown(time.time()))
+        await _bounded(self._hub.close(), "flush_events")
+
+    async def _close_all(self) -> None:
+        if self._announcer is not None:
+            await _bounded(self._announcer.close(), "mdns_goodbye")
+        if self._server is not None:
+            await _bounded(self._server.close(), "close_server")
+        if self._hub is not None:
+            await _bounded(self._hub.close(), "close_hub")
+        if self._store is not None:
+            await _bounded(self._store.close(), "close_store")
+        self._notifier.close()
+
+
+async def _bounded(step: Awaitable[Any], name: str) -> None:
+    try:
+        await asyncio.wait_for(step, timeout=STEP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("shutdown_step_timed_out", step=name, timeout_s=STEP_TIMEOUT_S)
+    except (HallwayError, OSError) as exc:
+        log.warning("shutdown_step_failed", step=name, error=str(exc))
+
+
+def install_signal_handlers(service: Service, stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT stop, SIGHUP reloads contacts, SIGUSR2 wedges (HALLWAY_DEBUG_WEDGE=1)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+    if os.environ.get("HALLWAY_DEBUG_WEDGE") == "1":
+        loop.add_signal_handler(signal.SIGUSR2, service.wedge)
