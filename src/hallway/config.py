@@ -7,16 +7,37 @@ Units are in the names (``_s``, ``_m``, ``_db``, ``_dbm``).
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hallway.errors import ConfigError, Problem
 
 ENV_CONFIG = "HALLWAY_CONFIG"
+INSTALLED_CONFIG = Path("/etc/hallway/config.toml")
+
+
+def find_config_path(explicit: str | None) -> str | None:
+    """``explicit``, else ``$HALLWAY_CONFIG``, else the installed config if it exists."""
+    if explicit:
+        return explicit
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return env
+    return str(INSTALLED_CONFIG) if INSTALLED_CONFIG.exists() else None
 
 
 class _Section(BaseModel):
@@ -52,22 +73,49 @@ class IdentityConfig(_Section):
 
 
 class ProximityConfig(_Section):
-    """Distance, zones and presence."""
+    """Distance, zones and presence (see ``hallway.proximity.tracker`` for how they interact)."""
 
     immediate_m: float = Field(default=1.0, gt=0, le=100)
     near_m: float = Field(default=4.0, gt=0, le=100)
     presence_radius_m: float = Field(default=12.0, gt=0, le=200)
     path_loss_exponent: float = Field(default=2.0, ge=1.0, le=6.0)
     default_measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
-    zone_hysteresis_m: float = Field(default=0.3, ge=0, le=20)
-    quiet_hold_s: float = Field(default=180.0, gt=0, le=3600)
+    measured_power_dbm: dict[str, int] = Field(default_factory=dict)
+    rssi_time_constant_s: float = Field(default=4.0, gt=0, le=120)
+    outlier_clip_db: float = Field(default=6.0, gt=0, le=60)
+    presence_hysteresis_db: float = Field(default=1.5, ge=0, le=20)
+    arrive_confirm_s: float = Field(default=2.0, ge=0, le=600)
+    depart_confirm_s: float = Field(default=6.0, ge=0, le=600)
+    zone_hysteresis_db: float = Field(default=3.0, ge=0, le=20)
+    zone_confirm_s: float = Field(default=2.0, ge=0, le=600)
+    initial_interval_s: float = Field(default=1.0, gt=0, le=60)
+    quiet_after_intervals: float = Field(default=5.0, ge=1, le=1000)
+    quiet_min_s: float = Field(default=4.0, gt=0, le=3600)
     fade_timeout_s: float = Field(default=20.0, gt=0, le=3600)
-    min_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    quiet_hold_s: float = Field(default=180.0, gt=0, le=3600)
+    hold_radius_m: float | None = Field(default=None, gt=0, le=200)
+    fading_drop_db: float = Field(default=6.0, gt=0, le=60)
+    fading_window_s: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("measured_power_dbm")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, int]) -> dict[str, int]:
+        kinds = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
+        for kind, power in value.items():
+            if kind not in kinds:
+                raise ValueError(f"unknown identity kind {kind!r} (one of {', '.join(kinds)})")
+            if not -120 <= power <= 20:
+                raise ValueError(f"measured power for {kind} must be from -120 to 20 dBm")
+        return value
 
     @model_validator(mode="after")
     def _edges_ordered(self) -> ProximityConfig:
         if not self.immediate_m < self.near_m < self.presence_radius_m:
             raise ValueError("zone edges must satisfy immediate_m < near_m < presence_radius_m")
+        if self.quiet_min_s > self.fade_timeout_s:
+            raise ValueError("quiet_min_s must not exceed fade_timeout_s")
+        if self.fade_timeout_s > self.quiet_hold_s:
+            raise ValueError("fade_timeout_s must not exceed quiet_hold_s")
         return self
 
 
@@ -95,6 +143,7 @@ class ServerConfig(_Section):
     auth_timeout_s: float = Field(default=10.0, gt=0, le=600)
     ping_interval_s: float = Field(default=15.0, gt=0, le=600)
     queue_size: int = Field(default=1024, ge=8, le=1_000_000)
+    auth: Literal["token", "none"] = "token"
 
     @field_validator("tokens")
     @classmethod
@@ -103,6 +152,24 @@ class ServerConfig(_Section):
             if len(token) < 16:
                 raise ValueError("each token must be at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _no_auth_only_locally(self) -> ServerConfig:
+        if self.auth == "none" and self.tcp_enabled and not is_loopback_host(self.tcp_host):
+            raise ValueError(
+                'auth = "none" is only allowed on the Unix socket or a loopback tcp_host'
+            )
+        return self
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class MdnsConfig(_Section):
@@ -136,6 +203,46 @@ class MqttConfig(_Section):
     topic_prefix: str = "hallway"
     venue: str = "venue"
     qos: int = Field(default=1, ge=0, le=2)
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    present_interval_s: float = Field(default=1.0, gt=0, le=600)
+    backlog_max_events: int = Field(default=100_000, ge=100, le=10_000_000)
+    homeassistant: bool = False
+    homeassistant_prefix: str = "homeassistant"
+    homeassistant_tag: str | None = None
+
+    @field_validator("topic_prefix", "homeassistant_prefix", "venue")
+    @classmethod
+    def _topic_safe(cls, value: str, info: ValidationInfo) -> str:
+        levels = value.split("/")
+        if any(not level for level in levels):
+            raise ValueError("must not be empty, nor start or end with '/', nor contain '//'")
+        if any(ch in value for ch in "+#\x00"):
+            raise ValueError("must not contain the MQTT wildcards '+' or '#'")
+        if info.field_name == "venue" and len(levels) > 1:
+            raise ValueError("is one topic level and must not contain '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_consistent(self) -> MqttConfig:
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError("ca_file, cert_file and key_file need tls = true")
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file is set but cert_file is not")
+        return self
+
+
+class VenueConfig(_Section):
+    """The venue service (``hallway venue``): which room each contact is in, across scanners."""
+
+    rooms: dict[str, str] = Field(default_factory=dict)
+    switch_margin_db: float = Field(default=4.0, ge=0, le=40)
+    switch_confirm_s: float = Field(default=8.0, ge=0, le=600)
+    depart_grace_s: float = Field(default=15.0, ge=0, le=600)
+    offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
 
 
 class Config(_Section):
@@ -149,6 +256,7 @@ class Config(_Section):
     mdns: MdnsConfig = MdnsConfig()
     logging: LoggingConfig = LoggingConfig()
     mqtt: MqttConfig = MqttConfig()
+    venue: VenueConfig = VenueConfig()
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data with secrets replaced by ``***``."""
@@ -198,7 +306,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         }
     )
     scanner = config.scanner.model_copy(update={"trace": fix(config.scanner.trace)})
-    return config.model_copy(update={"storage": storage, "server": server, "scanner": scanner})
+    mqtt = config.mqtt.model_copy(
+        update={key: fix(getattr(config.mqtt, key)) for key in ("ca_file", "cert_file", "key_file")}
+    )
+    return config.model_copy(
+        update={"storage": storage, "server": server, "scanner": scanner, "mqtt": mqtt}
+    )
 
 
 def parse_config(text: str, *, file: str = "<config>", base: Path | None = None) -> Config:

@@ -7,6 +7,7 @@
     ├── ContactNotFound      no contact with that id
     ├── KeyFormatError       a key's text is not a valid key of its kind (never echoes the key)
     ├── SourceError          an advertisement source failed (radio, trace file, simulator)
+    ├── BrokerError          the MQTT broker cannot be reached, refused us, or dropped us
     └── ProtocolError        a socket peer sent something the protocol does not allow
 """
 
@@ -64,6 +65,10 @@ class KeyFormatError(HallwayError, ValueError):
 
 class SourceError(HallwayError):
     """An advertisement source failed."""
+
+
+class BrokerError(HallwayError):
+    """The MQTT broker cannot be reached, refused the connection, or dropped it."""
 
 
 class ProtocolError(HallwayError):

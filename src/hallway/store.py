@@ -9,6 +9,7 @@ sequence numbers, so ``seq`` never repeats even after the log is pruned or rows 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -64,6 +65,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO meta VALUES ('contacts_generation', 0), ('last_seq', 0);
     """,
+    # 2: the MQTT publisher's progress: the last event it published, and the contacts whose
+    # retained presence it holds at the broker (to clear them after a crash)
+    """
+    INSERT INTO meta VALUES ('mqtt_published_seq', -1);
+    CREATE TABLE mqtt_present (contact_id TEXT PRIMARY KEY);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -86,6 +93,9 @@ class SqliteStore:
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self.path = path
+        # One connection is shared by the hub, the MQTT publisher and the pruner: their
+        # transactions must not interleave on it.
+        self._write_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -163,7 +173,20 @@ class SqliteStore:
         return str(await self._scalar("PRAGMA integrity_check"))
 
     async def _write(self, work: Callable[[], Any]) -> Any:
-        """Run ``work`` (a coroutine factory) inside one IMMEDIATE transaction."""
+        """Run ``work`` (a coroutine factory) inside one IMMEDIATE transaction.
+
+        Writers take turns. Cancelling the caller does not cancel the write: it commits or
+        rolls back on its own, so no transaction is ever left open on the shared connection.
+        """
+        task = asyncio.ensure_future(self._write_serialised(work))
+        task.add_done_callback(_consume_outcome)
+        return await asyncio.shield(task)
+
+    async def _write_serialised(self, work: Callable[[], Any]) -> Any:
+        async with self._write_lock:
+            return await self._write_locked(work)
+
+    async def _write_locked(self, work: Callable[[], Any]) -> Any:
         try:
             await self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -448,6 +471,41 @@ class SqliteStore:
 
         result: int = await self._write(work)
         return result
+
+
+    # -- MQTT publisher progress ---------------------------------------------------------------
+
+    async def mqtt_progress(self) -> tuple[int, set[str]]:
+        """The last event ``seq`` published to MQTT (-1: never started) and the ids with
+        retained presence at the broker."""
+        seq = int(await self._scalar("SELECT value FROM meta WHERE key = 'mqtt_published_seq'"))
+        async with self._db.execute("SELECT contact_id FROM mqtt_present") as cursor:
+            present = {str(row[0]) async for row in cursor}
+        return seq, present
+
+    async def save_mqtt_progress(
+        self, seq: int, *, added: Iterable[str] = (), removed: Iterable[str] = ()
+    ) -> None:
+        """Record in one transaction: published up to ``seq``; presence added/removed."""
+        add = [(cid,) for cid in added]
+        remove = [(cid,) for cid in removed]
+
+        async def work() -> None:
+            await self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'mqtt_published_seq'", (seq,)
+            )
+            await self._db.executemany("DELETE FROM mqtt_present WHERE contact_id = ?", remove)
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO mqtt_present (contact_id) VALUES (?)", add
+            )
+
+        await self._write(work)
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded write's outcome as seen (its caller may have been cancelled)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _check_path(text: str, *, create: bool) -> None:

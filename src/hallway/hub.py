@@ -1,0 +1,624 @@
+"""The event hub: sequence numbers, the retained event log, the present set, and fan-out.
+
+Theory of operation. ``publish`` is synchronous and never blocks: it gives each event the next
+``seq``, renders its SPEC §5 JSON once, and appends it to a bounded pending list. One owned
+task, the flusher, takes the pending events in batches, writes each batch to the SQLite log in
+one transaction and only then applies it: the present set is updated and every subscriber's
+bounded queue is offered the event. So anything a subscriber was sent is in the log
+(durable before delivered), and the snapshot a new subscriber gets (``seq`` and present set)
+is exactly the state after event ``seq``.
+
+A subscriber's queue never grows past its size: when an event would not fit, the subscription
+is marked lagged, its queue is dropped and its ``on_lagged`` callback runs; the client is cut
+off and resumes from the log with ``since_seq``. A slow subscriber never slows the flusher or
+anyone else.
+
+Retention: the log keeps events newer than ``retention_s`` (measured against the newest
+event's own ``ts``, the advertisements' clock) and at most ``retention_count`` of them. The
+horizon is the highest ``seq`` that may have been pruned; a resume from below it gets
+``resync``. Pruning waits while any subscriber is being replayed to, so a replay never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hallway.errors import StoreError
+from hallway.events import contact_public, event_json, present_json
+from hallway.logs import get_logger
+from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
+from hallway.store import SqliteStore
+
+log = get_logger(__name__)
+
+MAX_PENDING = 100_000
+"""Events published but not yet logged; beyond this ``publish`` raises StoreError."""
+MAX_BATCH = 2_000
+"""Events written in one transaction."""
+REPLAY_PAGE = 500
+"""Logged events read per replay step."""
+PRUNE_INTERVAL_S = 60.0
+CLOSE_TIMEOUT_S = 5.0
+RETRY_MAX_S = 2.0
+
+
+def encode_line(obj: dict[str, Any]) -> bytes:
+    """One protocol line: compact JSON, UTF-8, newline-terminated."""
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One event as fanned out: ``tags`` is None when unknown (an id-only departure)."""
+
+    seq: int
+    contact_id: str
+    tags: frozenset[str] | None
+    line: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    event: PresenceEvent
+    payload: dict[str, Any]
+    tags: frozenset[str] | None
+
+    def text(self) -> str:
+        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class _Present:
+    info: PresentInfo
+    tags: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which contacts a subscriber wants: ``None`` means any; both given means both must match.
+
+    An event whose contact carries no tags (a revoked contact's id-only departure) passes the
+    tag filter, so a tag-filtered subscriber never keeps a ghost.
+    """
+
+    contacts: frozenset[str] | None = None
+    tags: frozenset[str] | None = None
+
+    def matches(self, contact_id: str, tags: frozenset[str] | None) -> bool:
+        """True if an event about ``contact_id`` with ``tags`` passes this filter."""
+        if self.contacts is not None and contact_id not in self.contacts:
+            return False
+        if self.tags is None or tags is None:
+            return True
+        return not self.tags.isdisjoint(tags)
+
+
+class Subscription:
+    """One subscriber's view: a snapshot, then a bounded queue of event lines.
+
+    ``seq`` and ``present`` are the snapshot at subscribe time; events after ``seq`` arrive
+    through ``get``. ``needs_replay`` means the events in (``since_seq``, ``seq``] are to be
+    read with ``Hub.replay`` first; ``resync`` means they are no longer all held.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        seq: int,
+        present: list[dict[str, Any]],
+        filter_: Filter,
+        since_seq: int | None,
+        resync: bool,
+        queue_size: int,
+        on_lagged: Callable[[], None] | None,
+    ) -> None:
+        self.seq = seq
+        self.present = present
+        self.filter = filter_
+        self.since_seq = since_seq
+        self.resync = resync
+        self.needs_replay = since_seq is not None and not resync and since_seq < seq
+        self.lagged = False
+        self.closed = False
+        self.finished = False
+        self.queued = 0
+        self._hub = hub
+        self._size = queue_size
+        self._queue: deque[_Item] = deque()
+        self._ready = asyncio.Event()
+        self._on_lagged = on_lagged
+
+    def _offer(self, item: _Item) -> None:
+        if self.lagged or self.closed or self.finished:
+            return
+        if not self.filter.matches(item.contact_id, item.tags):
+            return
+        if len(self._queue) >= self._size:
+            self._lag()
+            return
+        self._queue.append(item)
+        self.queued += 1
+        self._ready.set()
+
+    def _lag(self) -> None:
+        self.lagged = True
+        self._queue.clear()
+        self._ready.set()
+        self._hub._lagged_total += 1
+        self._hub._unsubscribe(self)
+        if self._on_lagged is not None:
+            self._on_lagged()
+
+    def _redact(self, contact_id: str, redacted: dict[int, _Item]) -> None:
+        if any(item.contact_id == contact_id for item in self._queue):
+            self._queue = deque(
+                redacted.get(item.seq, item) if item.contact_id == contact_id else item
+                for item in self._queue
+            )
+
+    def replay_done(self) -> None:
+        """The replay has been sent (or abandoned); the hub may prune again."""
+        self.needs_replay = False
+
+    async def get(self, wait_s: float, *, limit: int = 256) -> list[bytes] | None:
+        """Up to ``limit`` queued lines, waiting at most ``wait_s`` (``[]`` if none came).
+
+        Returns None once the subscription is lagged, closed, or finished and drained.
+        """
+        if not self._queue:
+            if self.lagged or self.closed or self.finished:
+                return None
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait_s, 0.0)):
+                    await self._ready.wait()
+        if self.lagged or self.closed:
+            return None
+        if not self._queue:
+            return None if self.finished else []
+        count = min(limit, len(self._queue))
+        return [self._queue.popleft().line for _ in range(count)]
+
+    def finish(self) -> None:
+        """No more events will be offered; ``get`` drains what is queued, then returns None."""
+        self.finished = True
+        self.needs_replay = False
+        self._ready.set()
+        self._hub._unsubscribe(self)
+
+    def close(self) -> None:
+        """Stop this subscription and drop its queue (idempotent)."""
+        self.closed = True
+        self.needs_replay = False
+        self._queue.clear()
+        self._ready.set()
+        self._hub._unsubscribe(self)
+
+    @property
+    def backlog(self) -> int:
+        """How many lines wait in the queue."""
+        return len(self._queue)
+
+
+@dataclass(slots=True)
+class _Counters:
+    published: int = 0
+    logged: int = 0
+    batches: int = 0
+    delivered: int = 0
+    pruned: int = 0
+    store_errors: int = 0
+    lost_on_close: int = 0
+    subscriptions_total: int = 0
+    replays: int = 0
+    resyncs: int = 0
+
+
+class Hub:
+    """Sequence numbers, the retained event log, the present set, and bounded fan-out."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        scanner: str,
+        contact_lookup: Callable[[str], Contact | None],
+        retention_s: float,
+        retention_count: int,
+        batch_window_s: float = 0.01,
+        prune_interval_s: float = PRUNE_INTERVAL_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
+        self._store = store
+        self._scanner = scanner
+        self._lookup = contact_lookup
+        self._retention_s = retention_s
+        self._retention_count = retention_count
+        self._batch_window_s = batch_window_s
+        self._prune_interval_s = prune_interval_s
+        self._close_timeout_s = close_timeout_s
+        self._pending: deque[_Pending] = deque()
+        self._next_seq = 0
+        self._delivered_seq = 0
+        self._logged_seq = 0
+        self._horizon = 0
+        self._newest_ts: float | None = None
+        self._present: dict[str, _Present] = {}
+        self._subs: set[Subscription] = set()
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._last_prune = float("-inf")
+        self._since_prune = 0
+        self._lagged_total = 0
+        self._error_streak = 0
+        self._n = _Counters()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the high-water ``seq`` and retention horizon; start the flusher task."""
+        if self._started:
+            return
+        last = await self._store.last_seq()
+        self._next_seq = last + 1
+        self._delivered_seq = self._logged_seq = last
+        newest = await self._store.events_after(last - 1, limit=1) if last else []
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            self._newest_ts = float(json.loads(newest[0].payload)["ts"]) if newest else None
+        await self._maybe_prune()  # before the flusher exists: nothing else writes yet
+        self._last_prune = time.monotonic()
+        first = await self._store.first_retained_seq()
+        self._horizon = max(self._horizon, last if first is None else first - 1)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="hallway-hub-flusher")
+        self._flusher.add_done_callback(_report_flusher_end)
+        self._started = True
+        log.debug("hub_started", last_seq=last, horizon=self._horizon)
+
+    async def close(self) -> None:
+        """Flush pending events (bounded by a timeout), finish every subscription, stop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        self._wakeup.set()
+        if self._flusher is not None:
+            done, _ = await asyncio.wait({self._flusher}, timeout=self._close_timeout_s)
+            if not done:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+        if self._pending:
+            self._n.lost_on_close += len(self._pending)
+            log.warning("hub_events_not_logged", count=len(self._pending))
+            self._pending.clear()
+        for sub in list(self._subs):
+            sub.finish()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, events: Sequence[PresenceEvent]) -> None:
+        """Give each event the next ``seq`` and queue it for logging and delivery (no wait)."""
+        if not self._started or self._closed:
+            raise RuntimeError("hub is not running")
+        flusher = self._flusher
+        if flusher is not None and flusher.done():
+            raise StoreError("the event log writer stopped; see the log for why")
+        if len(self._pending) + len(events) > MAX_PENDING:
+            raise StoreError(
+                f"event log writes are not keeping up: {len(self._pending)} events pending"
+            )
+        for event in events:
+            seq = self._next_seq
+            self._next_seq += 1
+            contact = self._lookup(event.contact_id)
+            payload = event_json(event, seq=seq, scanner=self._scanner, contact=contact)
+            tags = self._tags_of(event.contact_id, contact)
+            self._pending.append(_Pending(seq, event, payload, tags))
+            self._n.published += 1
+        if events:
+            self._wakeup.set()
+
+    def _tags_of(self, contact_id: str, contact: Contact | None) -> frozenset[str] | None:
+        known = self._present.get(contact_id)
+        if contact is None:
+            return None if known is None else known.tags
+        tags = frozenset(contact.tags)
+        return tags if known is None else tags | known.tags
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._pending and not self._closing and self._batch_window_s > 0:
+                await asyncio.sleep(self._batch_window_s)
+            while self._pending:
+                batch = [self._pending[i] for i in range(min(MAX_BATCH, len(self._pending)))]
+                await self._log_batch(batch)
+                for _ in batch:
+                    self._pending.popleft()
+                self._deliver(batch)
+            await self._maybe_prune()
+            if self._closing and not self._pending:
+                return
+
+    async def _log_batch(self, batch: list[_Pending]) -> None:
+        rows: list[tuple[int, float, str, str | None, str]] = [
+            (p.seq, p.event.ts, p.event.type.value, p.event.contact_id, p.text()) for p in batch
+        ]
+        delay = 0.05
+        while True:
+            try:
+                await self._store.append_events(rows)
+            except StoreError as exc:
+                self._n.store_errors += 1
+                self._error_streak += 1
+                if self._error_streak == 1:
+                    log.warning("event_log_write_failed", error=str(exc), events=len(rows))
+                else:
+                    log.debug("event_log_write_failed", error=str(exc), streak=self._error_streak)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                rows = await self._unlogged(rows)
+                if not rows:
+                    break
+                continue
+            break
+        if self._error_streak:
+            log.info("event_log_write_recovered", failures=self._error_streak)
+            self._error_streak = 0
+        self._logged_seq = batch[-1].seq
+        self._n.logged += len(batch)
+        self._n.batches += 1
+
+    async def _unlogged(
+        self, rows: list[tuple[int, float, str, str | None, str]]
+    ) -> list[tuple[int, float, str, str | None, str]]:
+        """The rows a failed write did not leave in the log (a partial write is not redone)."""
+        try:
+            present = await self._store.events_after(rows[0][0] - 1, limit=len(rows))
+        except StoreError:
+            return rows
+        done = {row.seq for row in present}
+        return [row for row in rows if row[0] not in done]
+
+    def _deliver(self, batch: list[_Pending]) -> None:
+        subs = list(self._subs)
+        for pending in batch:
+            self._apply_present(pending)
+            item = _Item(pending.seq, pending.event.contact_id, pending.tags,
+                         encode_line(pending.payload))
+            for sub in subs:
+                sub._offer(item)
+            self._n.delivered += 1
+            ts = pending.event.ts
+            if self._newest_ts is None or ts > self._newest_ts:
+                self._newest_ts = ts
+        self._delivered_seq = batch[-1].seq
+        self._since_prune += len(batch)
+
+    def _apply_present(self, pending: _Pending) -> None:
+        ev = pending.event
+        old = self._present.get(ev.contact_id)
+        if ev.type is EventType.DEPARTED:
+            self._present.pop(ev.contact_id, None)
+            return
+        if ev.type not in (EventType.ARRIVED, EventType.ZONE):
+            return
+        via = ev.via if ev.via is not None else (old.info.via if old is not None else None)
+        if via is None:
+            return
+        since = ev.ts if ev.type is EventType.ARRIVED or old is None else old.info.since
+        info = PresentInfo(
+            contact_id=ev.contact_id,
+            zone=ev.zone or (old.info.zone if old is not None else "far"),
+            distance_m=_first(ev.distance_m, old.info.distance_m if old else None, 0.0),
+            rssi=_first(ev.rssi, old.info.rssi if old else None, -127.0),
+            since=since,
+            via=via,
+        )
+        tags = pending.tags or frozenset()
+        self._present[ev.contact_id] = _Present(info, tags | (old.tags if old else frozenset()))
+
+    async def _maybe_prune(self) -> None:
+        if self._newest_ts is None:
+            return
+        due = (
+            time.monotonic() - self._last_prune >= self._prune_interval_s
+            or self._since_prune >= max(100, self._retention_count // 10)
+        )
+        if not due or any(sub.needs_replay for sub in self._subs):
+            return
+        self._last_prune = time.monotonic()
+        self._since_prune = 0
+        try:
+            removed = await self._store.prune_events(
+                before_ts=self._newest_ts - self._retention_s, keep_count=self._retention_count
+            )
+            first = await self._store.first_retained_seq()
+        except StoreError as exc:
+            self._n.store_errors += 1
+            log.warning("event_log_prune_failed", error=str(exc))
+            return
+        self._n.pruned += removed
+        horizon = self._logged_seq if first is None else first - 1
+        self._horizon = max(self._horizon, horizon)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between ``start`` and ``close``."""
+        return self._started and not self._closed
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest event delivered (and so logged)."""
+        return self._delivered_seq
+
+    def present(self) -> list[dict[str, Any]]:
+        """The present set as SPEC §6 ``present`` entries, oldest arrival first."""
+        return self._present_for(Filter())
+
+    def _present_for(self, filter_: Filter) -> list[dict[str, Any]]:
+        entries = []
+        for contact_id, entry in sorted(
+            self._present.items(), key=lambda kv: (kv[1].info.since, kv[0])
+        ):
+            contact = self._lookup(contact_id)
+            tags = entry.tags | frozenset(contact.tags) if contact is not None else entry.tags
+            if filter_.matches(contact_id, tags):
+                entries.append(present_json(entry.info, contact))
+        return entries
+
+    def subscribe(
+        self,
+        *,
+        contacts: Sequence[str] | None = None,
+        tags: Sequence[str] | None = None,
+        since_seq: int | None = None,
+        queue_size: int = 1024,
+        on_lagged: Callable[[], None] | None = None,
+    ) -> Subscription:
+        """A new subscription: snapshot now, live events after it, replay/resync by ``since_seq``.
+
+        Resume rule: the events after ``since_seq`` can be replayed if ``since_seq`` is at or
+        above the retention horizon and not beyond the latest ``seq``; otherwise ``resync``.
+        """
+        if not self._started or self._closed:
+            raise RuntimeError("hub is not running")
+        filter_ = Filter(
+            None if contacts is None else frozenset(contacts),
+            None if tags is None else frozenset(tags),
+        )
+        seq = self._delivered_seq
+        resync = since_seq is not None and (since_seq < self._horizon or since_seq > seq)
+        sub = Subscription(
+            self,
+            seq=seq,
+            present=self._present_for(filter_),
+            filter_=filter_,
+            since_seq=since_seq,
+            resync=resync,
+            queue_size=queue_size,
+            on_lagged=on_lagged,
+        )
+        self._subs.add(sub)
+        self._n.subscriptions_total += 1
+        if resync:
+            self._n.resyncs += 1
+        elif sub.needs_replay:
+            self._n.replays += 1
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+
+    async def replay(self, sub: Subscription, *, after: int) -> tuple[int, list[bytes]] | None:
+        """Logged events for ``sub`` in (``after``, ``sub.seq``], one page: (new cursor, lines).
+
+        Call until the cursor reaches ``sub.seq``. None means the log no longer holds every
+        event after ``after`` (pruned meanwhile, also by someone else): the caller resyncs.
+        Events of revoked contacts are gone from the log and so are skipped.
+        """
+        if after >= sub.seq:
+            return sub.seq, []
+        rows = await self._store.events_after(after, limit=REPLAY_PAGE)
+        # Checked after the read: a prune before it shows here; one after it took nothing read.
+        first = await self._store.first_retained_seq()
+        if first is None or first > after + 1:
+            self._horizon = max(self._horizon, (self._logged_seq if first is None else first - 1))
+            return None
+        lines: list[bytes] = []
+        cursor = after
+        for row in rows:
+            if row.seq > sub.seq:
+                return sub.seq, lines
+            cursor = row.seq
+            try:
+                contact_id, tags = _filter_keys(row.payload)
+            except ValueError:
+                log.warning("event_log_row_unreadable", seq=row.seq)
+                continue
+            if sub.filter.matches(contact_id, tags):
+                lines.append(row.payload.encode() + b"\n")
+        if len(rows) < REPLAY_PAGE:
+            cursor = sub.seq
+        return cursor, lines
+
+    def stats(self) -> dict[str, int]:
+        """Counters: published, logged, delivered, lagged, pruned, store errors, sizes."""
+        n = self._n
+        return {
+            "last_seq": self._delivered_seq,
+            "horizon_seq": self._horizon,
+            "published": n.published,
+            "logged": n.logged,
+            "batches": n.batches,
+            "delivered": n.delivered,
+            "pending": len(self._pending),
+            "present": len(self._present),
+            "subscribers": len(self._subs),
+            "subscriptions_total": n.subscriptions_total,
+            "replays": n.replays,
+            "resyncs": n.resyncs,
+            "lagged": self._lagged_total,
+            "pruned": n.pruned,
+            "store_errors": n.store_errors,
+            "lost_on_close": n.lost_on_close,
+        }
+
+    # -- revocation ---------------------------------------------------------------------------
+
+    async def forget_contact(self, contact_id: str) -> None:
+        """Drop a revoked contact from the present set and strip its details from queued events.
+
+        Events still waiting to be logged or sent keep their ``seq`` but carry only the id.
+        """
+        self._present.pop(contact_id, None)
+        redacted: dict[int, _Item] = {}
+        for pending in self._pending:
+            if pending.event.contact_id == contact_id:
+                pending.payload["contact"] = contact_public(None, contact_id)
+                pending.tags = None
+        for sub in list(self._subs):
+            for item in sub._queue:
+                if item.contact_id == contact_id and item.seq not in redacted:
+                    payload = json.loads(item.line)
+                    payload["contact"] = contact_public(None, contact_id)
+                    redacted[item.seq] = _Item(item.seq, contact_id, None, encode_line(payload))
+            sub._redact(contact_id, redacted)
+
+
+def _report_flusher_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("hub_flusher_failed", error=repr(task.exception()))
+
+
+def _first(*values: float | None) -> float:
+    for value in values:
+        if value is not None:
+            return value
+    return 0.0
+
+
+def _filter_keys(payload: str) -> tuple[str, frozenset[str] | None]:
+    """Contact id and tags of a logged event (tags None for an id-only contact)."""
+    data = json.loads(payload)
+    contact = data.get("contact") or {}
+    contact_id = str(contact.get("id", ""))
+    if "name" not in contact:
+        return contact_id, None
+    tags = contact.get("tags")
+    return contact_id, frozenset(tags) if isinstance(tags, list) else frozenset()

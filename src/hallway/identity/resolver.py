@@ -1,0 +1,342 @@
+"""The identity resolver: advertisement -> (contact, kind, 1 m power) or nothing. Pure core.
+
+For each advertisement the resolver looks, in order, at:
+
+1. hallway-v1 in manufacturer data under the configured company id (``48 57 01 || RPI``),
+2. iBeacon under Apple's company id 76 (only ``02 15`` frames),
+3. Exposure Notification service data under 0xFD6F (``RPI || AEM``),
+4. Eddystone-UID service data under 0xFEAA,
+5. 128-bit service UUIDs as hallway-v1 RPIs,
+6. the address: resolvable private addresses (random, top bits ``01``) against the IRKs through
+   the answer cache; public and static random addresses (top bits ``11``) in the address keys.
+
+The first match whose contact is active at ``adv.ts`` wins. Every step is a dict lookup except
+an IRK cache miss (one AES block per IRK, once per address per cache life) and the AEM
+decryption of a matched EN frame (one block). The clock is ``adv.ts``; nothing reads the time.
+
+Measured power at 1 m (``Match.measured_power``), where the frame carries one: hallway-v1
+manufacturer data's optional int8; iBeacon's measured power byte; Eddystone-UID's 0 m power
+minus 41 dB; for EN frames the AEM metadata's transmit power (byte 1, dBm, when the metadata
+version is 1.x) minus 41 dB, the same free-space 0 m -> 1 m step Eddystone uses. Service-UUID,
+IRK and address matches carry none.
+
+Counters (``stats``): advertisements seen, matches per kind, advertisements with a malformed
+frame among those examined (examination stops at the first match), matches refused because the
+contact was inactive, IRK cache hits/misses, AES block operations, and ``internal_errors`` (a
+bug guard: ``resolve`` never raises; it should stay 0).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+
+from hallway.config import IdentityConfig
+from hallway.errors import KeyFormatError
+from hallway.identity.crypto import aem_crypt, interval_number
+from hallway.identity.irk import IrkCache
+from hallway.identity.tokens import TokenTable
+from hallway.keys import normalize_address, parse_hallway_key, parse_irk
+from hallway.models import Advertisement, Contact, KeyKind, Match
+from hallway.parsing.frames import (
+    APPLE_COMPANY_ID,
+    EDDYSTONE_SERVICE_UUID,
+    EN_SERVICE_UUID,
+    FREE_SPACE_LOSS_1M_DB,
+    EddystoneUidFrame,
+    EnFrame,
+    HallwayFrame,
+    IBeaconFrame,
+    Malformed,
+    ibeacon_id,
+    int8,
+    parse_eddystone,
+    parse_en_service_data,
+    parse_hallway_mfr,
+    parse_ibeacon,
+    uuid_rpi,
+)
+
+_RPA_FIRST = frozenset("4567")
+_STATIC_FIRST = frozenset("CDEFcdef")
+
+
+def _ibeacon_index(value: str) -> bytes:
+    uuid_text, major, minor = value.split("/")
+    return ibeacon_id(uuid.UUID(uuid_text).bytes, int(major), int(minor))
+
+
+def _eddystone_index(value: str) -> bytes:
+    namespace, instance = value.split("/")
+    ns = bytes.fromhex(namespace)
+    inst = bytes.fromhex(instance)
+    if len(ns) != 10 or len(inst) != 6:
+        raise ValueError("eddystone-uid key has the wrong length")
+    return ns + inst
+
+
+class Resolver:
+    """Decides whose an advertisement is; see the module docstring. Not thread-safe."""
+
+    def __init__(self, config: IdentityConfig) -> None:
+        self._company_id = config.hallway_company_id
+        self._tokens = TokenTable(
+            skew_back=config.token_skew_back, skew_ahead=config.token_skew_ahead
+        )
+        self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s)
+        self._contacts: dict[str, Contact] = {}
+        self._ibeacon: dict[bytes, str] = {}
+        self._eddystone: dict[bytes, str] = {}
+        self._address: dict[str, str] = {}
+        # contact id -> its (iBeacon, Eddystone, address) index entries, for removal
+        self._static_of: dict[str, tuple[list[bytes], list[bytes], list[str]]] = {}
+        self._matched: dict[KeyKind, int] = dict.fromkeys(KeyKind, 0)
+        self._seen = 0
+        self._malformed = 0
+        self._malformed_frames = 0
+        self._inactive = 0
+        self._aem_ops = 0
+        self._bad_keys = 0
+        self._internal_errors = 0
+
+    # -- contacts ----------------------------------------------------------------------------
+
+    def set_contacts(self, contacts: Iterable[Contact], *, now: float) -> None:
+        """Replace all contacts; unchanged ones keep their precomputed state."""
+        new = {c.id: c for c in contacts}
+        for contact_id in [cid for cid in self._contacts if cid not in new]:
+            self.remove_contact(contact_id)
+        token_batch: list[tuple[str, list[bytes]]] = []
+        irk_batch: list[tuple[str, list[bytes]]] = []
+        interval = interval_number(now)
+        for contact in new.values():
+            old = self._contacts.get(contact.id)
+            if old is not None and old.keys == contact.keys and contact.revoked_at is None:
+                self._contacts[contact.id] = contact
+                continue
+            tokens, irks = self._install(contact)
+            if tokens:
+                token_batch.append((contact.id, tokens))
+            if irks:
+                irk_batch.append((contact.id, irks))
+        self._tokens.add_many(token_batch, now_interval=interval)
+        self._irks.add_many(irk_batch)
+        self._tokens.ensure(interval)
+
+    def upsert_contact(self, contact: Contact, *, now: float) -> None:
+        """Add or change one contact; its keys resolve (or stop resolving) on return."""
+        old = self._contacts.get(contact.id)
+        if old is not None and old.keys == contact.keys and contact.revoked_at is None:
+            self._contacts[contact.id] = contact
+            return
+        tokens, irks = self._install(contact)
+        if tokens:
+            self._tokens.set_keys(contact.id, tokens, now_interval=interval_number(now))
+        if irks:
+            self._irks.set_irks(contact.id, irks)
+
+    def remove_contact(self, contact_id: str) -> None:
+        """Revoke: nothing of this contact resolves after return."""
+        self._contacts.pop(contact_id, None)
+        self._tokens.remove(contact_id)
+        self._irks.remove(contact_id)
+        statics = self._static_of.pop(contact_id, None)
+        if statics is not None:
+            beacons, eddystones, addresses = statics
+            for beacon in beacons:
+                if self._ibeacon.get(beacon) == contact_id:
+                    del self._ibeacon[beacon]
+            for eddystone in eddystones:
+                if self._eddystone.get(eddystone) == contact_id:
+                    del self._eddystone[eddystone]
+            for address in addresses:
+                if self._address.get(address) == contact_id:
+                    del self._address[address]
+
+    def _install(self, contact: Contact) -> tuple[list[bytes], list[bytes]]:
+        """(Re)install a contact's static keys; return its hallway-v1 keys and IRKs to add."""
+        if contact.id in self._contacts:
+            self.remove_contact(contact.id)
+        if contact.revoked_at is not None:
+            return [], []
+        self._contacts[contact.id] = contact
+        tokens: list[bytes] = []
+        irks: list[bytes] = []
+        statics: tuple[list[bytes], list[bytes], list[str]] = ([], [], [])
+        for key in contact.keys:
+            try:
+                if key.kind is KeyKind.HALLWAY_V1:
+                    tokens.append(parse_hallway_key(key.value))
+                elif key.kind is KeyKind.IRK:
+                    irks.append(parse_irk(key.value))
+                elif key.kind is KeyKind.IBEACON:
+                    beacon = _ibeacon_index(key.value)
+                    self._ibeacon[beacon] = contact.id
+                    statics[0].append(beacon)
+                elif key.kind is KeyKind.EDDYSTONE_UID:
+                    eddystone = _eddystone_index(key.value)
+                    self._eddystone[eddystone] = contact.id
+                    statics[1].append(eddystone)
+                elif key.kind is KeyKind.ADDRESS:
+                    address = normalize_address(key.value)
+                    self._address[address] = contact.id
+                    statics[2].append(address)
+            except (KeyFormatError, ValueError, OverflowError):
+                self._bad_keys += 1
+        if any(statics):
+            self._static_of[contact.id] = statics
+        return tokens, irks
+
+    # -- resolving ---------------------------------------------------------------------------
+
+    def resolve(self, adv: Advertisement) -> Match | None:
+        """Whose ``adv`` is, on the clock ``adv.ts``; None for strangers. Never raises."""
+        self._seen += 1
+        before = self._malformed_frames
+        try:
+            match = self._find(adv)
+        except Exception:  # noqa: BLE001 - a bug guard: one bad advertisement must not stop the loop
+            self._internal_errors += 1
+            return None
+        if self._malformed_frames != before:
+            self._malformed += 1
+        return match
+
+    def _hit(self, contact_id: str, via: KeyKind, power: int | None, ts: float) -> Match | None:
+        contact = self._contacts.get(contact_id)
+        if contact is None or not contact.active(ts):
+            self._inactive += 1
+            return None
+        self._matched[via] += 1
+        return Match(contact_id, via, power)
+
+    def _find(self, adv: Advertisement) -> Match | None:
+        ts = adv.ts
+        if not math.isfinite(ts):
+            self._malformed_frames += 1
+            return None
+        interval = interval_number(ts)
+        tokens = self._tokens
+        match: Match | None
+        md = adv.manufacturer_data
+        if md:
+            payload = md.get(self._company_id)
+            if payload is not None:
+                frame = parse_hallway_mfr(payload)
+                if type(frame) is HallwayFrame:
+                    slot = tokens.lookup(frame.rpi, interval)
+                    if slot is not None:
+                        match = self._hit(
+                            tokens.contact_of(slot), KeyKind.HALLWAY_V1, frame.measured_power, ts
+                        )
+                        if match is not None:
+                            return match
+                elif frame is not None:
+                    self._malformed_frames += 1
+            payload = md.get(APPLE_COMPANY_ID)
+            if payload is not None:
+                beacon = parse_ibeacon(payload)
+                if type(beacon) is IBeaconFrame:
+                    contact_id = self._ibeacon.get(beacon.beacon_id)
+                    if contact_id is not None:
+                        match = self._hit(contact_id, KeyKind.IBEACON, beacon.measured_power, ts)
+                        if match is not None:
+                            return match
+                elif beacon is not None:
+                    self._malformed_frames += 1
+        sd = adv.service_data
+        if sd:
+            payload = sd.get(EN_SERVICE_UUID)
+            if payload is not None:
+                en = parse_en_service_data(payload)
+                if type(en) is EnFrame:
+                    slot = tokens.lookup(en.rpi, interval)
+                    if slot is not None:
+                        metadata = aem_crypt(tokens.aemk_of(slot), en.rpi, en.aem)
+                        self._aem_ops += 1
+                        power = (
+                            int8(metadata[1]) - FREE_SPACE_LOSS_1M_DB
+                            if metadata[0] >> 6 == 0b01
+                            else None
+                        )
+                        match = self._hit(tokens.contact_of(slot), KeyKind.HALLWAY_V1, power, ts)
+                        if match is not None:
+                            return match
+                else:
+                    self._malformed_frames += 1
+            payload = sd.get(EDDYSTONE_SERVICE_UUID)
+            if payload is not None:
+                eddystone = parse_eddystone(payload)
+                if type(eddystone) is EddystoneUidFrame:
+                    contact_id = self._eddystone.get(eddystone.namespace + eddystone.instance)
+                    if contact_id is not None:
+                        match = self._hit(
+                            contact_id, KeyKind.EDDYSTONE_UID, eddystone.measured_power, ts
+                        )
+                        if match is not None:
+                            return match
+                elif type(eddystone) is Malformed:
+                    self._malformed_frames += 1
+        for text in adv.service_uuids:
+            rpi = uuid_rpi(text)
+            if type(rpi) is bytes:
+                slot = tokens.lookup(rpi, interval)
+                if slot is not None:
+                    match = self._hit(tokens.contact_of(slot), KeyKind.HALLWAY_V1, None, ts)
+                    if match is not None:
+                        return match
+            elif rpi is not None:
+                self._malformed_frames += 1
+        address = adv.address
+        if adv.address_type == "random":
+            first = address[:1]
+            if first in _RPA_FIRST:
+                if self._irks.key_count:
+                    irk_key = self._irks.resolve(address, ts)
+                    if irk_key is not None:
+                        return self._hit(irk_key.contact_id, KeyKind.IRK, None, ts)
+                return None
+            if first not in _STATIC_FIRST:
+                return None
+        contact_id = self._address.get(address)
+        if contact_id is not None:
+            return self._hit(contact_id, KeyKind.ADDRESS, None, ts)
+        return None
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def maintain(self, now: float, *, budget_s: float = 0.005) -> bool:
+        """One bounded slice of the rolling precompute and cache upkeep; True if more remains."""
+        if not math.isfinite(now):
+            return False
+        more_tokens = self._tokens.maintain(interval_number(now), budget_s=budget_s)
+        more_irk = self._irks.sweep(now, max_items=1024)
+        return more_tokens or more_irk
+
+    def stats(self) -> dict[str, int]:
+        """Counters and sizes; the names are stable."""
+        out = {
+            "advertisements": self._seen,
+            "matched": sum(self._matched.values()),
+        }
+        for kind, count in self._matched.items():
+            out[f"matched_{kind.value.replace('-', '_')}"] = count
+        out.update(
+            malformed=self._malformed,
+            malformed_frames=self._malformed_frames,
+            inactive=self._inactive,
+            irk_cache_hits=self._irks.hits,
+            irk_cache_misses=self._irks.misses,
+            irk_cache_entries=len(self._irks),
+            irk_cache_evicted=self._irks.evicted,
+            aes_ops=self._tokens.aes_ops + self._irks.aes_ops + self._aem_ops,
+            token_entries=len(self._tokens),
+            token_keys=self._tokens.key_count,
+            token_sync_builds=self._tokens.sync_builds,
+            irk_keys=self._irks.key_count,
+            contacts=len(self._contacts),
+            bad_keys=self._bad_keys,
+            internal_errors=self._internal_errors,
+        )
+        return out

@@ -1,0 +1,123 @@
+"""The pure middle of the daemon: advertisement -> resolver -> tracker -> presence decisions.
+
+Used alike by ``hallway replay`` (on a virtual clock that follows the trace) and by the daemon
+(on the wall clock). No I/O and no clock: contacts, advertisements and ``now`` come in, tracker
+events go out; turning them into SPEC §5 objects with a ``seq`` is the caller's job.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+from hallway.config import Config
+from hallway.identity.resolver import Resolver
+from hallway.models import (
+    Advertisement,
+    Contact,
+    DepartReason,
+    PresenceEvent,
+    PresentInfo,
+    Sighting,
+)
+from hallway.proximity.tracker import Tracker
+
+_UNKNOWN_RSSI = -127
+
+
+class Pipeline:
+    """Resolver and tracker wired together, with the active contact list they share."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._resolver = Resolver(config.identity)
+        self.tracker = Tracker(config.proximity)
+        self._contacts: dict[str, Contact] = {}
+        self._expiries: list[tuple[float, str]] = []
+        self._advertisements = 0
+        self._matched = 0
+        self._no_rssi = 0
+        self._events = 0
+
+    # -- contacts ------------------------------------------------------------------------------
+
+    def load_contacts(self, contacts: Sequence[Contact], *, now: float) -> list[PresenceEvent]:
+        """Replace the contact list; a present contact no longer in it (or inactive) departs
+        with reason ``revoked``."""
+        active = {c.id: c for c in contacts if c.active(now)}
+        events: list[PresenceEvent] = []
+        for contact_id in sorted(self._contacts.keys() - active.keys()):
+            events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
+        self._resolver.set_contacts(active.values(), now=now)
+        self._contacts = active
+        self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
+        heapq.heapify(self._expiries)
+        self._events += len(events)
+        return events
+
+    def contact(self, contact_id: str) -> Contact | None:
+        """An active contact by id (None once revoked or expired)."""
+        return self._contacts.get(contact_id)
+
+    # -- the stream ----------------------------------------------------------------------------
+
+    def feed(self, adv: Advertisement) -> list[PresenceEvent]:
+        """One advertisement in; the tracker's decisions it caused out (usually none)."""
+        self._advertisements += 1
+        match = self._resolver.resolve(adv)
+        if match is None:
+            return []
+        self._matched += 1
+        if adv.rssi <= _UNKNOWN_RSSI:
+            self._no_rssi += 1
+            return []
+        contact = self._contacts.get(match.contact_id)
+        sighting = Sighting(
+            adv.ts, match.contact_id, match.via, adv.rssi, match.measured_power, adv.scanner
+        )
+        events = self.tracker.observe(
+            sighting, calibration_db=0.0 if contact is None else contact.calibration_db
+        )
+        if events:
+            self._events += len(events)
+        return events
+
+    def tick(self, now: float) -> list[PresenceEvent]:
+        """Clock upkeep at ``now`` (about once a second): consent expiry, silences, caches."""
+        events: list[PresenceEvent] = []
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            expires_at, contact_id = heapq.heappop(expiries)
+            contact = self._contacts.get(contact_id)
+            if contact is None or contact.expires_at != expires_at:
+                continue
+            del self._contacts[contact_id]
+            self._resolver.remove_contact(contact_id)
+            events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
+        self._resolver.maintain(now)
+        events.extend(self.tracker.tick(now))
+        self._events += len(events)
+        return events
+
+    def shutdown(self, now: float) -> list[PresenceEvent]:
+        """Depart everyone present with reason ``shutdown`` (the source ended or we stop)."""
+        events = self.tracker.shutdown(now)
+        self._events += len(events)
+        return events
+
+    def present(self) -> list[PresentInfo]:
+        """The present contacts (see ``Tracker.present``)."""
+        return self.tracker.present()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: the resolver's, plus what reached the tracker and what it decided."""
+        out = dict(self._resolver.stats())
+        out.update(
+            advertisements=self._advertisements,
+            matched=self._matched,
+            no_rssi=self._no_rssi,
+            events=self._events,
+            contacts=len(self._contacts),
+            present=len(self.tracker.present()),
+        )
+        return out

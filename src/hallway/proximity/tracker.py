@@ -1,0 +1,450 @@
+"""The per-contact presence tracker: sightings and clock ticks in, SPEC §5 decisions out.
+
+Theory of operation
+-------------------
+Each contact (not each address: phones rotate theirs) has a track. Every sighting's RSSI is
+turned into a level relative to the device's 1 m power (the frame's measured power where it
+carries one, else a per-kind default, plus the contact's calibration) and smoothed by a robust
+filter. The smoothed level is compared with two radii a few dB apart: the arrive radius inside
+the presence radius and the depart radius outside it. A contact arrives after its level stayed
+inside the arrive radius for ``arrive_confirm_s``, and departs ``out_of_range`` after it stayed
+beyond the depart radius for ``depart_confirm_s``; in between nothing changes, so a person
+standing at the edge does not flap.
+
+Silence is judged against the contact's own learned advertising interval (the median of its
+recent gaps, carried across address rotations because the track is the contact's). After a
+few intervals without a sighting the contact is silent-but-present. How long that may last
+depends on how it went quiet: a contact that was inside the hold radius with a steady level
+(a locked phone on a seat) is held for ``quiet_hold_s`` before it departs with ``timeout``;
+one whose level was falling or was already at the edge (someone walking out of range) departs
+``out_of_range`` after ``fade_timeout_s``. No contact is present longer than ``quiet_hold_s``
+after its last sighting.
+
+The presence machine is the table ``TRANSITIONS`` of (state, input) -> (state, action); the
+inputs are computed by ``_classify_level`` (a sighting) and ``_classify_silence`` (a tick).
+Zones run beside it: a zone changes only when the distance is past an edge by
+``zone_hysteresis_db`` for ``zone_confirm_s``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from enum import Enum
+
+from hallway.config import ProximityConfig
+from hallway.models import (
+    DepartReason,
+    EventType,
+    KeyKind,
+    PresenceEvent,
+    PresentInfo,
+    Sighting,
+)
+from hallway.proximity.distance import db_factor
+from hallway.proximity.filter import RssiFilter
+from hallway.proximity.zones import Zone, ZoneMap
+
+
+class State(Enum):
+    """Presence states of one contact."""
+
+    ABSENT = "absent"  # not present
+    CANDIDATE = "candidate"  # heard inside the arrive radius, not yet for long enough
+    PRESENT = "present"  # present and heard recently
+    LEAVING = "leaving"  # present, but beyond the depart radius, not yet for long enough
+    SILENT = "silent"  # present, silent for longer than its learned interval allows
+
+
+class Input(Enum):
+    """What a sighting or a tick says about a contact."""
+
+    INSIDE = "inside"  # level inside the arrive radius
+    INSIDE_HELD = "inside_held"  # ... continuously for arrive_confirm_s
+    BAND = "band"  # between the arrive and the depart radius
+    OUTSIDE = "outside"  # beyond the depart radius
+    OUTSIDE_HELD = "outside_held"  # ... continuously for depart_confirm_s
+    QUIET = "quiet"  # unheard for a few learned intervals
+    FADED = "faded"  # unheard past the fade timeout after a fading or edge level
+    EXPIRED = "expired"  # unheard past the quiet hold after a steady, near level
+    REMOVE = "remove"  # revoked or shut down: leave now, with the caller's reason
+
+
+class Action(Enum):
+    """What a transition emits."""
+
+    NONE = "none"
+    ARRIVE = "arrive"
+    DEPART_OUT_OF_RANGE = "depart_out_of_range"
+    DEPART_TIMEOUT = "depart_timeout"
+    DEPART_GIVEN = "depart_given"
+
+
+_S, _I, _A = State, Input, Action
+_ABSENT_ROW = {
+    _I.INSIDE: (_S.CANDIDATE, _A.NONE),
+    _I.INSIDE_HELD: (_S.PRESENT, _A.ARRIVE),
+    _I.BAND: (_S.ABSENT, _A.NONE),
+    _I.OUTSIDE: (_S.ABSENT, _A.NONE),
+    _I.OUTSIDE_HELD: (_S.ABSENT, _A.NONE),
+    _I.QUIET: (_S.ABSENT, _A.NONE),
+    _I.FADED: (_S.ABSENT, _A.NONE),
+    _I.EXPIRED: (_S.ABSENT, _A.NONE),
+    _I.REMOVE: (_S.ABSENT, _A.NONE),
+}
+_PRESENT_ROW = {
+    _I.INSIDE: (_S.PRESENT, _A.NONE),
+    _I.INSIDE_HELD: (_S.PRESENT, _A.NONE),
+    _I.BAND: (_S.PRESENT, _A.NONE),
+    _I.OUTSIDE: (_S.LEAVING, _A.NONE),
+    _I.OUTSIDE_HELD: (_S.ABSENT, _A.DEPART_OUT_OF_RANGE),
+    _I.QUIET: (_S.SILENT, _A.NONE),
+    _I.FADED: (_S.ABSENT, _A.DEPART_OUT_OF_RANGE),
+    _I.EXPIRED: (_S.ABSENT, _A.DEPART_TIMEOUT),
+    _I.REMOVE: (_S.ABSENT, _A.DEPART_GIVEN),
+}
+TRANSITIONS: dict[tuple[State, Input], tuple[State, Action]] = {
+    **{(_S.ABSENT, i): t for i, t in _ABSENT_ROW.items()},
+    # A candidate is an absent contact on probation: anything but staying inside resets it.
+    **{(_S.CANDIDATE, i): t for i, t in _ABSENT_ROW.items()},
+    (_S.CANDIDATE, _I.INSIDE): (_S.CANDIDATE, _A.NONE),
+    **{(_S.PRESENT, i): t for i, t in _PRESENT_ROW.items()},
+    **{(_S.SILENT, i): t for i, t in _PRESENT_ROW.items()},
+    (_S.SILENT, _I.QUIET): (_S.SILENT, _A.NONE),
+    **{(_S.LEAVING, i): t for i, t in _PRESENT_ROW.items()},
+    (_S.LEAVING, _I.OUTSIDE): (_S.LEAVING, _A.NONE),
+    # Beyond the depart radius and then silent: it walked away and faded out.
+    (_S.LEAVING, _I.QUIET): (_S.ABSENT, _A.DEPART_OUT_OF_RANGE),
+    (_S.LEAVING, _I.EXPIRED): (_S.ABSENT, _A.DEPART_OUT_OF_RANGE),
+}
+
+PRESENT_STATES = frozenset({State.PRESENT, State.LEAVING, State.SILENT})
+
+_GAP_RING = 16
+_MAX_INTERVAL_S = 30.0
+_MIN_GAP_S = 0.005
+
+
+class _Track:
+    """Everything the tracker knows about one contact."""
+
+    __slots__ = (
+        "arrived_ts",
+        "contact_id",
+        "filter",
+        "gap_count",
+        "gaps",
+        "inside_since",
+        "interval_s",
+        "last_ts",
+        "level",
+        "outside_since",
+        "power_dbm",
+        "snap_next",
+        "snapshots",
+        "state",
+        "via",
+        "zone",
+        "zone_pending",
+        "zone_pending_since",
+    )
+
+    def __init__(self, contact_id: str, rssi_filter: RssiFilter, interval_s: float) -> None:
+        self.contact_id = contact_id
+        self.state = State.ABSENT
+        self.filter = rssi_filter
+        self.level = 0.0  # smoothed RSSI relative to the 1 m power (dB, negative)
+        self.power_dbm = 0.0  # the 1 m power (with calibration) of the latest sighting
+        self.via = KeyKind.ADDRESS
+        self.last_ts = -math.inf
+        self.inside_since: float | None = None
+        self.outside_since: float | None = None
+        self.arrived_ts = 0.0
+        self.zone = Zone.FAR
+        self.zone_pending: Zone | None = None
+        self.zone_pending_since = 0.0
+        self.gaps: list[float] = []
+        self.gap_count = 0
+        self.interval_s = interval_s
+        self.snapshots: deque[tuple[float, float]] = deque(maxlen=24)
+        self.snap_next = -math.inf
+
+
+class Tracker:
+    """Presence of contacts from their sightings; pure: every method takes the time."""
+
+    def __init__(self, config: ProximityConfig) -> None:
+        self._config = config
+        n = config.path_loss_exponent
+        self._ten_n = 10.0 * n
+        radius_level = -self._ten_n * math.log10(config.presence_radius_m)
+        self._arrive_level = radius_level + config.presence_hysteresis_db
+        self._depart_level = radius_level - config.presence_hysteresis_db
+        hold_radius = config.hold_radius_m or config.presence_radius_m
+        self._hold_level = -self._ten_n * math.log10(hold_radius)
+        self._zones = ZoneMap(
+            immediate_m=config.immediate_m,
+            near_m=config.near_m,
+            hysteresis_factor=db_factor(config.zone_hysteresis_db, exponent=n),
+        )
+        default_power = config.default_measured_power_dbm
+        self._kind_power = {
+            kind: float(config.measured_power_dbm.get(kind.value, default_power))
+            for kind in KeyKind
+        }
+        self._tracks: dict[str, _Track] = {}
+        self._active: set[str] = set()  # contacts not ABSENT: the ones tick must look at
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def observe(self, sighting: Sighting, *, calibration_db: float = 0.0) -> list[PresenceEvent]:
+        """Take one sighting; return the events it causes (at most an arrival or a departure,
+        and a zone change)."""
+        config = self._config
+        cid = sighting.contact_id
+        track = self._tracks.get(cid)
+        if track is None:
+            track = self._tracks[cid] = _Track(cid, self._new_filter(), config.initial_interval_s)
+        ts = sighting.ts
+        gap = ts - track.last_ts
+        if gap > _MIN_GAP_S and track.last_ts > -math.inf:
+            self._learn_gap(track, gap)
+        if gap > self._quiet_after(track):
+            # A silence breaks any run towards arriving or departing.
+            track.inside_since = track.outside_since = None
+        power = sighting.measured_power
+        if power is None:
+            track.power_dbm = self._kind_power[sighting.via] + calibration_db
+        else:
+            track.power_dbm = power + calibration_db
+        level = track.level = track.filter.update(ts, sighting.rssi - track.power_dbm)
+        track.via = sighting.via
+        track.last_ts = max(track.last_ts, ts)
+        if ts >= track.snap_next:
+            track.snapshots.append((ts, level))
+            track.snap_next = ts + 1.0
+
+        if level >= self._arrive_level:
+            track.outside_since = None
+            if track.inside_since is None:
+                track.inside_since = ts
+            held = ts - track.inside_since >= config.arrive_confirm_s
+            signal = Input.INSIDE_HELD if held else Input.INSIDE
+        elif level < self._depart_level:
+            track.inside_since = None
+            if track.outside_since is None:
+                track.outside_since = ts
+            held = ts - track.outside_since >= config.depart_confirm_s
+            signal = Input.OUTSIDE_HELD if held else Input.OUTSIDE
+        else:
+            track.inside_since = track.outside_since = None
+            signal = Input.BAND
+
+        before = track.state
+        events = self._step(track, signal, ts)
+        if track.state in PRESENT_STATES:
+            self._active.add(cid)
+            if before in PRESENT_STATES:
+                self._update_zone(track, ts, events)
+        elif track.state is State.CANDIDATE:
+            self._active.add(cid)
+        else:
+            self._active.discard(cid)
+        return events
+
+    def tick(self, now: float) -> list[PresenceEvent]:
+        """Apply silences up to ``now``: quiet, fade-outs and hold timeouts. Call about 1/s."""
+        events: list[PresenceEvent] = []
+        done: list[str] = []
+        for cid in self._active:
+            track = self._tracks[cid]
+            signal = self._classify_silence(track, now)
+            if signal is None:
+                continue
+            events.extend(self._step(track, signal, now))
+            if track.state is State.ABSENT:
+                done.append(cid)
+        for cid in done:
+            self._active.discard(cid)
+        return events
+
+    def remove(self, contact_id: str, *, now: float, reason: DepartReason) -> list[PresenceEvent]:
+        """Forget a contact (revoked, consent expired); a present one departs with ``reason``."""
+        track = self._tracks.pop(contact_id, None)
+        self._active.discard(contact_id)
+        if track is None:
+            return []
+        return self._step(track, Input.REMOVE, now, reason=reason)
+
+    def shutdown(self, now: float) -> list[PresenceEvent]:
+        """Depart every present contact with reason ``shutdown``; what was learned is kept."""
+        events: list[PresenceEvent] = []
+        for cid in sorted(self._active):
+            track = self._tracks[cid]
+            events.extend(self._step(track, Input.REMOVE, now, reason=DepartReason.SHUTDOWN))
+            track.inside_since = track.outside_since = None
+        self._active.clear()
+        return events
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def present(self) -> list[PresentInfo]:
+        """Every present contact with its current estimate, ordered by contact id."""
+        result = []
+        for cid in sorted(self._active):
+            track = self._tracks[cid]
+            if track.state in PRESENT_STATES:
+                result.append(
+                    PresentInfo(
+                        contact_id=cid,
+                        zone=track.zone.value,
+                        distance_m=self._distance(track.level),
+                        rssi=track.level + track.power_dbm,
+                        since=track.arrived_ts,
+                        via=track.via,
+                    )
+                )
+        return result
+
+    def state(self, contact_id: str) -> State:
+        """The presence state of a contact (ABSENT for one never seen)."""
+        track = self._tracks.get(contact_id)
+        return State.ABSENT if track is None else track.state
+
+    def interval_s(self, contact_id: str) -> float | None:
+        """The learned advertising interval of a contact, or None if never seen."""
+        track = self._tracks.get(contact_id)
+        return None if track is None else track.interval_s
+
+    def last_heard(self, contact_id: str) -> float | None:
+        """When the contact was last sighted, or None."""
+        track = self._tracks.get(contact_id)
+        return None if track is None else track.last_ts
+
+    @property
+    def longest_silence_s(self) -> float:
+        """No contact stays present longer than this after its last sighting."""
+        return self._config.quiet_hold_s
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _new_filter(self) -> RssiFilter:
+        config = self._config
+        return RssiFilter(
+            time_constant_s=config.rssi_time_constant_s, clip_min_db=config.outlier_clip_db
+        )
+
+    def _distance(self, level: float) -> float:
+        return float(10.0 ** (-level / self._ten_n))
+
+    def _learn_gap(self, track: _Track, gap: float) -> None:
+        gaps = track.gaps
+        if len(gaps) < _GAP_RING:
+            gaps.append(gap)
+        else:
+            gaps[track.gap_count % _GAP_RING] = gap
+        track.gap_count += 1
+        if track.gap_count >= 3 and track.gap_count % 4 in (0, 3):
+            ordered = sorted(gaps)
+            median = ordered[len(ordered) // 2]
+            track.interval_s = min(median, _MAX_INTERVAL_S)
+
+    def _quiet_after(self, track: _Track) -> float:
+        config = self._config
+        return max(config.quiet_min_s, config.quiet_after_intervals * track.interval_s)
+
+    def _holds(self, track: _Track) -> bool:
+        """True when the contact went quiet steady and near: a paused phone, not a walk-out."""
+        if track.level < self._hold_level:
+            return False
+        horizon = track.last_ts - self._config.fading_window_s
+        before = track.level
+        for ts, level in track.snapshots:
+            if ts >= horizon:
+                before = level
+                break
+        return before - track.level < self._config.fading_drop_db
+
+    def _classify_silence(self, track: _Track, now: float) -> Input | None:
+        config = self._config
+        silence = now - track.last_ts
+        quiet_after = self._quiet_after(track)
+        if silence < min(quiet_after, config.fade_timeout_s):
+            return None
+        if track.state is State.CANDIDATE or track.state is State.LEAVING:
+            return Input.QUIET
+        fade_after = min(
+            max(config.fade_timeout_s, 2.0 * quiet_after), config.quiet_hold_s
+        )
+        if self._holds(track):
+            return Input.EXPIRED if silence >= config.quiet_hold_s else Input.QUIET
+        return Input.FADED if silence >= fade_after else Input.QUIET
+
+    def _step(
+        self, track: _Track, signal: Input, now: float, *, reason: DepartReason | None = None
+    ) -> list[PresenceEvent]:
+        state, action = TRANSITIONS[(track.state, signal)]
+        track.state = state
+        if action is Action.NONE:
+            return []
+        if action is Action.ARRIVE:
+            distance = self._distance(track.level)
+            track.zone = self._zones.zone_of(distance)
+            track.zone_pending = None
+            track.arrived_ts = now
+            return [
+                PresenceEvent(
+                    type=EventType.ARRIVED,
+                    ts=now,
+                    contact_id=track.contact_id,
+                    zone=track.zone.value,
+                    distance_m=distance,
+                    rssi=track.level + track.power_dbm,
+                    via=track.via,
+                )
+            ]
+        if action is Action.DEPART_OUT_OF_RANGE:
+            why = DepartReason.OUT_OF_RANGE
+        elif action is Action.DEPART_TIMEOUT:
+            why = DepartReason.TIMEOUT
+        else:
+            why = reason or DepartReason.SHUTDOWN
+        return [
+            PresenceEvent(
+                type=EventType.DEPARTED,
+                ts=now,
+                contact_id=track.contact_id,
+                zone=track.zone.value,
+                distance_m=self._distance(track.level),
+                rssi=track.level + track.power_dbm,
+                via=track.via,
+                dwell_s=max(0.0, now - track.arrived_ts),
+                reason=why,
+            )
+        ]
+
+    def _update_zone(self, track: _Track, ts: float, events: list[PresenceEvent]) -> None:
+        distance = self._distance(track.level)
+        candidate = self._zones.next_zone(track.zone, distance)
+        if candidate is track.zone:
+            track.zone_pending = None
+            return
+        if candidate is not track.zone_pending:
+            track.zone_pending = candidate
+            track.zone_pending_since = ts
+        if ts - track.zone_pending_since >= self._config.zone_confirm_s:
+            previous = track.zone
+            track.zone = candidate
+            track.zone_pending = None
+            events.append(
+                PresenceEvent(
+                    type=EventType.ZONE,
+                    ts=ts,
+                    contact_id=track.contact_id,
+                    zone=candidate.value,
+                    distance_m=distance,
+                    rssi=track.level + track.power_dbm,
+                    via=track.via,
+                    previous_zone=previous.value,
+                )
+            )

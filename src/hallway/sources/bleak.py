@@ -1,0 +1,523 @@
+"""BleakSource: advertisements from the Bluetooth adapter through BlueZ and bleak, supervised.
+
+Theory of operation. bleak's BlueZ backend reports what bluetoothd signals on D-Bus and does
+not notice bluetoothd dying, restarting or losing its adapter: the callback just stops. So the
+source keeps its own D-Bus connection (``_BusWatch``) that follows who owns ``org.bluez``,
+whether our adapter exists and is powered, and whether the bus itself is still there, and a
+supervisor loop that moves through ``SourceState``:
+
+    STARTING --started--> SCANNING --fault or silence--> STARTING (the scanner is rebuilt)
+    STARTING --start_retries failures--> BACKOFF --delay (cut short when BlueZ or the
+    adapter comes back)--> STARTING
+
+Starts run under a lock, each bounded by ``start_timeout_s``; backoff doubles from 1 s up to
+``backoff_max_s``. ``stop()`` on a scanner whose BlueZ died raises, which is expected and only
+counted. Scanning is active by default with BlueZ's ``DuplicateData`` filter on, so a device
+that keeps advertising keeps being reported (presence needs the steady stream). Every callback
+becomes an ``Advertisement`` stamped with ``time.time()`` (bleak gives no time) and goes into
+the bounded ``Handoff`` without awaiting. bluetoothd keeps a device object for every address
+it has heard; with rotating addresses that grows until it stalls, so device objects of
+addresses not heard for ``device_prune_s`` are removed (``Adapter1.RemoveDevice``), never
+those that are paired, bonded, trusted or connected. No stranger's address is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sys
+import time
+from collections.abc import Callable
+
+from bleak import BleakScanner
+from bleak.args.bluez import BlueZScannerArgs, OrPattern
+from bleak.assigned_numbers import AdvertisementDataType
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from hallway.config import ScannerConfig
+from hallway.logs import get_logger
+from hallway.models import Advertisement
+from hallway.sources.base import Handoff, SourceState
+
+log = get_logger(__name__)
+
+_BLUEZ = "org.bluez"
+_DBUS = "org.freedesktop.DBus"
+_ADAPTER_IFACE = "org.bluez.Adapter1"
+_DEVICE_IFACE = "org.bluez.Device1"
+_STOP_TIMEOUT_S = 5.0
+_CALL_TIMEOUT_S = 5.0
+_BACKOFF_FIRST_S = 1.0
+_PRUNE_BATCH = 2000  # RemoveDevice calls per prune pass, at most
+_MAX_TRACKED = 50_000  # beyond this many unheard-of-late devices, the oldest go early
+_PROTECTING = ("Paired", "Bonded", "Trusted", "Connected")
+_FAULTS = {  # bus events that end a running scan, and how the log names them
+    "bluez-gone": "BlueZ (org.bluez) left the bus",
+    "bluez-replaced": "BlueZ (org.bluez) restarted",
+    "adapter-removed": "the adapter was removed",
+    "powered-off": "the adapter was powered off",
+    "bus-lost": "the connection to the system bus was lost",
+}
+_RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
+_ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as one line without any Bluetooth address in it."""
+    text = str(exc).strip() or type(exc).__name__
+    return _ADDRESS_RE.sub("<address>", text.splitlines()[0])[:300]
+
+
+def _passive_patterns(company_id: int) -> list[OrPattern]:
+    """Advertisement monitor patterns for passive scanning: the frames hallway can resolve.
+
+    Phones identified only by their resolvable address carry no fixed pattern and are missed.
+    """
+    mfr = AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA
+    svc16 = AdvertisementDataType.SERVICE_DATA_UUID16
+    return [
+        OrPattern(0, mfr, company_id.to_bytes(2, "little")),  # hallway-v1
+        OrPattern(0, mfr, b"\x4c\x00\x02\x15"),  # iBeacon
+        OrPattern(0, svc16, b"\x6f\xfd"),  # Exposure Notification frame
+        OrPattern(0, svc16, b"\xaa\xfe"),  # Eddystone
+    ]
+
+
+def _bus_driver(member: str, arg: str) -> Message:
+    return Message(destination=_DBUS, path="/org/freedesktop/DBus", interface=_DBUS,
+                   member=member, signature="s", body=[arg])
+
+
+class _StartError(Exception):
+    """A start precondition failed; the message is fit for the status line."""
+
+
+class _BusWatch:
+    """Our own system-bus connection: BlueZ's owner, our adapter, RemoveDevice."""
+
+    def __init__(self, adapter_path: str, notify: Callable[[str], None]) -> None:
+        self._adapter_path = adapter_path
+        self._notify = notify
+        self._bus: MessageBus | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.owner: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up."""
+        return self._bus is not None and self._bus.connected
+
+    async def ensure_connected(self) -> None:
+        """Connect (again) if needed, subscribe to the signals, learn BlueZ's owner."""
+        if self.connected:
+            return
+        self.close()
+        bus = MessageBus(bus_type=BusType.SYSTEM)
+        try:
+            await bus.connect()
+            bus.add_message_handler(self._on_message)
+            path = self._adapter_path
+            for rule in (
+                f"type='signal',sender='{_DBUS}',interface='{_DBUS}',member='NameOwnerChanged',"
+                f"arg0='{_BLUEZ}'",
+                "type='signal',interface='org.freedesktop.DBus.ObjectManager',"
+                f"member='InterfacesAdded',arg0path='{path}'",
+                "type='signal',interface='org.freedesktop.DBus.ObjectManager',"
+                f"member='InterfacesRemoved',arg0path='{path}'",
+                "type='signal',interface='org.freedesktop.DBus.Properties',"
+                f"member='PropertiesChanged',path='{path}',arg0='{_ADAPTER_IFACE}'",
+            ):
+                await self._call(bus, _bus_driver("AddMatch", rule))
+            reply = await self._call(bus, _bus_driver("GetNameOwner", _BLUEZ), check=False)
+        except BaseException:
+            bus.disconnect()
+            raise
+        self.owner = reply.body[0] if reply.message_type is MessageType.METHOD_RETURN else None
+        self._bus = bus
+        self._watcher = asyncio.create_task(self._watch_disconnect(bus),
+                                            name="hallway-bluez-bus-watch")
+
+    async def adapter_state(self) -> tuple[bool, bool]:
+        """``(present, powered)`` of our adapter, asked of BlueZ."""
+        assert self._bus is not None
+        reply = await self._call(self._bus, Message(
+            destination=_BLUEZ, path=self._adapter_path,
+            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
+            body=[_ADAPTER_IFACE, "Powered"]), check=False)
+        if reply.message_type is not MessageType.METHOD_RETURN:
+            return False, False
+        return True, bool(reply.body[0].value)
+
+    async def unprotected_devices(self) -> list[str]:
+        """Object paths of our adapter's devices that are not paired, bonded or connected."""
+        assert self._bus is not None
+        reply = await self._call(self._bus, Message(
+            destination=_BLUEZ, path="/", interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects"))
+        prefix = self._adapter_path + "/"
+        paths = []
+        for path, interfaces in reply.body[0].items():
+            props = interfaces.get(_DEVICE_IFACE)
+            if props is None or not path.startswith(prefix):
+                continue
+            if not any(props[k].value for k in _PROTECTING if k in props):
+                paths.append(path)
+        return paths
+
+    async def remove_device(self, path: str) -> bool:
+        """``Adapter1.RemoveDevice``; True if removed or already gone."""
+        assert self._bus is not None
+        reply = await self._call(self._bus, Message(
+            destination=_BLUEZ, path=self._adapter_path, interface=_ADAPTER_IFACE,
+            member="RemoveDevice", signature="o", body=[path]), check=False)
+        return (reply.message_type is MessageType.METHOD_RETURN
+                or reply.error_name == "org.bluez.Error.DoesNotExist")
+
+    def close(self) -> None:
+        """Drop the connection (idempotent)."""
+        bus, self._bus = self._bus, None
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+        if bus is not None:
+            bus.disconnect()
+
+    @staticmethod
+    async def _call(bus: MessageBus, message: Message, *, check: bool = True) -> Message:
+        async with asyncio.timeout(_CALL_TIMEOUT_S):
+            reply: Message = await bus.call(message)
+        if check and reply.message_type is MessageType.ERROR:
+            raise _StartError(f"{message.member} failed: {reply.error_name}")
+        return reply
+
+    async def _watch_disconnect(self, bus: MessageBus) -> None:
+        with contextlib.suppress(Exception):
+            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        if self._bus is bus:
+            self._notify("bus-lost")
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type is not MessageType.SIGNAL:
+            return
+        member = msg.member
+        if member == "NameOwnerChanged" and msg.sender == _DBUS:
+            name, old, new = msg.body
+            if name != _BLUEZ:
+                return
+            self.owner = new or None
+            self._notify("bluez-gone" if not new else "bluez-appeared" if not old
+                         else "bluez-replaced")
+        elif member == "InterfacesAdded" and msg.body[0] == self._adapter_path:
+            if _ADAPTER_IFACE in msg.body[1]:
+                self._notify("adapter-added")
+        elif member == "InterfacesRemoved" and msg.body[0] == self._adapter_path:
+            if _ADAPTER_IFACE in msg.body[1]:
+                self._notify("adapter-removed")
+        elif member == "PropertiesChanged" and msg.path == self._adapter_path:
+            powered = msg.body[1].get("Powered")
+            if powered is not None:
+                self._notify("powered-on" if powered.value else "powered-off")
+
+
+class BleakSource:
+    """Supervised BLE scanning through bleak's BlueZ backend (see the module docstring)."""
+
+    def __init__(self, config: ScannerConfig, *, company_id: int = 0xFFFF,
+                 wall_clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.name = f"bleak:{config.adapter}"
+        self._cfg = config
+        self._company_id = company_id
+        self._wall = wall_clock
+        self._mono = monotonic
+        self._adapter_path = f"/org/bluez/{config.adapter}"
+        self._state = SourceState.STOPPED
+        self._status = "stopped"
+        self._last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._fault: str | None = None
+        self._watch = _BusWatch(self._adapter_path, self._on_bus_event)
+        self._scanner: BleakScanner | None = None
+        self._handoff: Handoff | None = None
+        self._running = False
+        self._progress = monotonic()
+        self._last_heard = monotonic()
+        self._scan_started = monotonic()
+        self._failed_cycles = 0
+        self._fault_streak = 0
+        self._start_fail_streak = 0
+        self._seen: dict[str, float] = {}  # device object path -> last heard (monotonic)
+        self._seeded = False
+        self._next_prune = 0.0
+        self._prune_interval = max(0.25, min(config.device_prune_s / 2, 30.0))
+        self._stall_s = config.start_timeout_s + _STOP_TIMEOUT_S + 2 * _CALL_TIMEOUT_S + 5.0
+        self._counts = dict.fromkeys(
+            ("heard", "malformed", "rebuilds", "start_failures", "stop_errors", "pruned",
+             "prune_errors", "bluez_restarts"), 0)
+
+    # -- AdvertisementSource ------------------------------------------------------------
+    @property
+    def state(self) -> SourceState:
+        """The supervisor's current state."""
+        return self._state
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest start failure or scan fault, without addresses."""
+        return self._last_error
+
+    def healthy(self, now: float) -> bool:
+        """Running, not FAILED, and the supervisor made progress within its own time bounds.
+
+        ``now`` is ``time.monotonic()``. A silent room is legitimately idle: silence rebuilds
+        the scanner, and a scanner that started fine and still hears nothing is healthy.
+        """
+        if not self._running or self._state is SourceState.FAILED:
+            return False
+        return now - self._progress <= self._stall_s
+
+    def stats(self) -> dict[str, int | float | str]:
+        """Counters, the number of tracked BlueZ devices, silence so far and the status line."""
+        return {
+            "state": self._state.value,
+            "status": self._status,
+            **self._counts,
+            "tracked_devices": len(self._seen),
+            "silence_s": round(self._mono() - self._last_heard, 3),
+        }
+
+    async def run(self, handoff: Handoff) -> None:
+        """Scan into ``handoff`` until cancelled, rebuilding the scanner whenever it is lost."""
+        if self._running:
+            raise RuntimeError("BleakSource.run is already running")
+        self._running = True
+        self._handoff = handoff
+        try:
+            if sys.platform != "linux":
+                self._last_error = "the bleak source needs Linux and BlueZ"
+                self._set_state(SourceState.FAILED, f"failed: {self._last_error}")
+                await asyncio.Event().wait()
+            while True:
+                if await self._start_cycle():
+                    reason = await self._scan()
+                    self._counts["rebuilds"] += 1
+                    await self._stop_scanner()
+                    self._note_fault(reason)
+                    continue
+                self._failed_cycles += 1
+                delay = min(self._cfg.backoff_max_s,
+                            _BACKOFF_FIRST_S * 2 ** (self._failed_cycles - 1))
+                first = self._failed_cycles == 1
+                self._set_state(SourceState.BACKOFF,
+                                f"retrying in {delay:g} s: {self._last_error}", quiet=not first)
+                await self._pause(delay)
+        finally:
+            self._running = False
+            await self._stop_scanner()
+            self._watch.close()
+            self._set_state(SourceState.STOPPED, "stopped")
+
+    # -- supervisor ---------------------------------------------------------------------
+    def _set_state(self, state: SourceState, status: str, *, quiet: bool = False) -> None:
+        changed = state is not self._state or status != self._status
+        self._state = state
+        self._status = status
+        if not changed:
+            return
+        if state in (SourceState.BACKOFF, SourceState.FAILED):
+            emit = log.debug if quiet else log.warning
+        else:
+            emit = log.debug if quiet else log.info
+        emit("scanner state", source=self.name, state=state.value, status=status)
+
+    def _note_fault(self, reason: str) -> None:
+        self._last_error = reason
+        self._fault_streak += 1
+        emit = log.warning if self._fault_streak == 1 else log.debug
+        emit("scanner lost, rebuilding", source=self.name, reason=reason,
+             rebuilds=self._counts["rebuilds"])
+
+    def _on_bus_event(self, kind: str) -> None:
+        if kind in ("bluez-replaced", "bluez-appeared"):
+            self._counts["bluez_restarts"] += 1
+        if self._state is SourceState.SCANNING and kind in _FAULTS:
+            if self._fault is None:
+                self._fault = _FAULTS[kind]
+            self._wake.set()
+        elif kind in _RECOVERIES:
+            self._wake.set()
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds in slices; BlueZ or the adapter coming back ends it early."""
+        self._wake.clear()
+        deadline = self._mono() + delay
+        while (left := deadline - self._mono()) > 0:
+            self._progress = self._mono()
+            if not self._watch.connected:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(min(left, _CALL_TIMEOUT_S)):
+                        await self._watch.ensure_connected()
+                if self._watch.connected and self._watch.owner is not None:
+                    return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 1.0)):
+                    await self._wake.wait()
+                    return
+
+    async def _start_cycle(self) -> bool:
+        """Up to ``start_retries`` bounded attempts; True once scanning."""
+        retries = self._cfg.start_retries
+        for attempt in range(1, retries + 1):
+            self._progress = self._mono()
+            self._set_state(SourceState.STARTING,
+                            f"starting on {self._cfg.adapter} (attempt {attempt}/{retries})",
+                            quiet=self._failed_cycles > 0 or self._fault_streak > 1)
+            try:
+                async with self._lock, asyncio.timeout(self._cfg.start_timeout_s):
+                    await self._start_once()
+            except TimeoutError:
+                error = f"start timed out after {self._cfg.start_timeout_s:g} s"
+            except _StartError as exc:
+                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - any radio fault means "retry", never "crash"
+                error = _describe(exc)
+            else:
+                self._start_fail_streak = 0
+                self._set_state(SourceState.SCANNING, f"scanning on {self._cfg.adapter}")
+                return True
+            self._progress = self._mono()
+            self._counts["start_failures"] += 1
+            self._start_fail_streak += 1
+            self._last_error = error
+            (log.warning if self._start_fail_streak == 1 else log.debug)(
+                "scanner start failed", source=self.name, attempt=attempt, error=error)
+            await self._stop_scanner()
+            if attempt < retries:
+                await self._pause(min(0.5 * attempt, self._cfg.backoff_max_s))
+        return False
+
+    async def _start_once(self) -> None:
+        await self._watch.ensure_connected()
+        if self._watch.owner is None:
+            raise _StartError("BlueZ (org.bluez) is not on the system bus")
+        present, powered = await self._watch.adapter_state()
+        if not present:
+            raise _StartError(f"adapter {self._cfg.adapter} not found")
+        if not powered:
+            raise _StartError(f"adapter {self._cfg.adapter} is powered off")
+        self._seeded = False  # a (re)started bluetoothd may hold devices we never heard
+        bluez: BlueZScannerArgs = {"adapter": self._cfg.adapter}
+        if self._cfg.mode == "passive":
+            bluez["or_patterns"] = list(_passive_patterns(self._company_id))
+        else:
+            bluez["filters"] = {"DuplicateData": True}
+        self._fault = None
+        scanner = BleakScanner(self._on_detect, scanning_mode=self._cfg.mode, bluez=bluez)
+        self._scanner = scanner
+        await scanner.start()
+        now = self._mono()
+        self._scan_started = now
+        self._last_heard = now
+        self._next_prune = now + self._prune_interval
+
+    async def _scan(self) -> str:
+        """Watch a running scan; return why it must be rebuilt."""
+        silence = self._cfg.silence_restart_s
+        tick = min(1.0, silence / 4)
+        while True:
+            now = self._mono()
+            self._progress = now
+            if self._fault is not None:
+                return self._fault
+            if now - self._last_heard > silence:
+                return f"nothing heard for {silence:g} s"
+            if now >= self._next_prune:
+                await self._prune(now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
+
+    async def _stop_scanner(self) -> None:
+        scanner, self._scanner = self._scanner, None
+        if scanner is None:
+            return
+        try:
+            async with self._lock, asyncio.timeout(min(_STOP_TIMEOUT_S, self._cfg.start_timeout_s)):
+                await scanner.stop()
+        except Exception as exc:  # noqa: BLE001 - a dead BlueZ or bus makes stop() fail: expected
+            self._counts["stop_errors"] += 1
+            log.debug("scanner stop failed", source=self.name, error=_describe(exc))
+
+    # -- the callback (hot path) ----------------------------------------------------------
+    def _on_detect(self, device: BLEDevice, data: AdvertisementData) -> None:
+        now = self._mono()
+        self._last_heard = now
+        self._counts["heard"] += 1
+        if self._failed_cycles or self._fault_streak:
+            self._recovered()
+        try:
+            path, props = data.platform_data
+            if any(props.get(k) for k in _PROTECTING):
+                self._seen.pop(path, None)
+            else:
+                self._seen[path] = now
+            adv = Advertisement(
+                ts=self._wall(),
+                address=device.address.upper(),
+                address_type=props.get("AddressType", "public"),
+                rssi=data.rssi,
+                tx_power=data.tx_power,
+                local_name=data.local_name,
+                manufacturer_data=data.manufacturer_data,
+                service_data={k.lower(): v for k, v in data.service_data.items()},
+                service_uuids=tuple(u.lower() for u in data.service_uuids),
+                scanner=self._cfg.adapter,
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            self._counts["malformed"] += 1
+            return
+        assert self._handoff is not None
+        self._handoff.put_nowait(adv)
+
+    def _recovered(self) -> None:
+        took = self._mono() - self._scan_started
+        log.info("scanner hearing again", source=self.name, first_after_start_s=round(took, 3))
+        self._failed_cycles = 0
+        self._fault_streak = 0
+
+    # -- pruning --------------------------------------------------------------------------
+    async def _prune(self, now: float) -> None:
+        """Remove BlueZ device objects of addresses not heard for ``device_prune_s``."""
+        self._next_prune = now + self._prune_interval
+        try:
+            if not self._seeded:
+                for path in await self._watch.unprotected_devices():
+                    self._seen.setdefault(path, now)
+                self._seeded = True
+            cutoff = now - self._cfg.device_prune_s
+            stale = [p for p, heard in self._seen.items() if heard < cutoff]
+            excess = len(self._seen) - len(stale) - _MAX_TRACKED
+            if excess > 0:
+                fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
+                stale.extend(p for _h, p in fresh[:excess])
+            removed = 0
+            for path in stale[:_PRUNE_BATCH]:
+                del self._seen[path]
+                if await self._watch.remove_device(path):
+                    removed += 1
+                else:
+                    self._counts["prune_errors"] += 1
+        except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the scan goes on
+            self._counts["prune_errors"] += 1
+            log.debug("device pruning failed", source=self.name, error=_describe(exc))
+            return
+        self._counts["pruned"] += removed
+        if removed:
+            log.debug("pruned BlueZ devices", source=self.name, removed=removed,
+                      tracked=len(self._seen))

@@ -1,0 +1,937 @@
+"""A fake BlueZ (``org.bluez``) on a private D-Bus, for tests, benchmarks and ``hallway doctor``.
+
+bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
+``dbus-daemon`` lets bleak's real code run end to end without a radio:
+
+* ``PrivateBus`` starts ``dbus-daemon`` with a system-bus style config on a socket in a
+  folder and stops it by PID. Point ``DBUS_SYSTEM_BUS_ADDRESS`` at ``PrivateBus.address``.
+* ``FakeBlueZ`` serves ``org.bluez`` from the calling event loop: the ObjectManager at ``/``,
+  an adapter (``org.bluez.Adapter1``) and one ``org.bluez.Device1`` object per address heard,
+  announced with ``InterfacesAdded`` and updated with ``PropertiesChanged`` per advertisement.
+  It behaves as bluetoothd does where hallway depends on it: discovery sessions per client
+  (dropped when the client leaves the bus), nothing reported unless someone is discovering,
+  per-device merging of manufacturer and service data, and, unless a client's discovery
+  filter asks for ``DuplicateData``, a repeat reported only when something changed (RSSI by
+  8 dB or more).
+* ``FakeBlueZProcess`` runs ``python -m hallway.testing.fakebluez`` as a child process (so it
+  can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
+
+Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
+``stats``; ``adv`` (``ads``: SPEC §2 objects, optional ``paired``); ``play`` (``path`` of a
+SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
+``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
+(``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
+``stop_jobs``; ``remove_adapter``; ``add_adapter``;
+``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
+bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady`` and
+``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
+to the bus every few dozen messages keeps dbus-fast's send buffer from filling (which would
+drop the connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from hallway.models import Advertisement
+from hallway.trace import advertisement_from_obj, read_trace
+
+BLUEZ = "org.bluez"
+ADAPTER_IFACE = "org.bluez.Adapter1"
+DEVICE_IFACE = "org.bluez.Device1"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+OM_IFACE = "org.freedesktop.DBus.ObjectManager"
+INTROSPECT_IFACE = "org.freedesktop.DBus.Introspectable"
+_DBUS = "org.freedesktop.DBus"
+_RSSI_THRESHOLD_DB = 8  # bluetoothd reports an RSSI change only past this, unless duplicates
+STAMP_COMPANY = 0xFFFE  # manufacturer data key of the send-time stamp (see FakeBlueZ.play)
+_FLUSH_EVERY = 64  # messages between round trips to the bus (backpressure)
+_KNOWN_FILTERS = {"UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable",
+                  "Pattern"}
+
+
+# --------------------------------------------------------------------------- private bus ----
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+  </policy>
+</busconfig>
+"""
+
+
+class PrivateBus:
+    """A ``dbus-daemon`` of our own, system-bus style, on ``<directory>/system_bus_socket``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.socket_path = self.directory / "system_bus_socket"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """The D-Bus address (stable across restarts), for ``DBUS_SYSTEM_BUS_ADDRESS``."""
+        return f"unix:path={self.socket_path}"
+
+    @property
+    def pid(self) -> int | None:
+        """The daemon's PID while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, *, timeout_s: float = 10.0) -> str:
+        """Start the daemon and wait until it listens; return its address."""
+        if self._proc is not None:
+            raise RuntimeError("dbus-daemon already started")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "bus.conf"
+        config.write_text(_BUS_CONFIG.format(socket=escape(str(self.socket_path))),
+                          encoding="utf-8")
+        with (self.directory / "dbus-daemon.log").open("ab") as errors:
+            proc = subprocess.Popen(
+                ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address"],
+                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=errors,
+            )
+        self._proc = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+        line = proc.stdout.readline() if ready else b""
+        if not line.startswith(b"unix:"):
+            self.stop()
+            raise RuntimeError("dbus-daemon did not start")
+        return self.address
+
+    def stop(self, *, timeout_s: float = 5.0) -> None:
+        """Stop the daemon (SIGTERM by PID, SIGKILL if it lingers); idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout_s)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def restart(self) -> str:
+        """Stop and start again at the same address."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> PrivateBus:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------- the fake BlueZ ----
+
+def device_path(adapter: str, address: str) -> str:
+    """BlueZ's object path of a device: ``/org/bluez/hci0/dev_AA_BB_CC_DD_EE_FF``."""
+    return f"/org/bluez/{adapter}/dev_{address.upper().replace(':', '_')}"
+
+
+@dataclass(slots=True)
+class _Device:
+    """What bluetoothd remembers of one address."""
+
+    address: str
+    address_type: str
+    rssi: int
+    tx_power: int | None
+    name: str | None
+    uuids: list[str]
+    manufacturer_data: dict[int, bytes]
+    service_data: dict[str, bytes]
+    paired: bool = False
+    extra: dict[str, Variant] = field(default_factory=dict)
+
+    def props(self, adapter_path: str) -> dict[str, Variant]:
+        alias = self.name if self.name else self.address.replace(":", "-")
+        props = {
+            "Address": Variant("s", self.address),
+            "AddressType": Variant("s", self.address_type),
+            "Alias": Variant("s", alias),
+            "Adapter": Variant("o", adapter_path),
+            "Paired": Variant("b", self.paired),
+            "Bonded": Variant("b", self.paired),
+            "Trusted": Variant("b", self.paired),
+            "Blocked": Variant("b", False),
+            "LegacyPairing": Variant("b", False),
+            "Connected": Variant("b", False),
+            "ServicesResolved": Variant("b", False),
+            "RSSI": Variant("n", self.rssi),
+            "UUIDs": Variant("as", list(self.uuids)),
+        }
+        if self.name is not None:
+            props["Name"] = Variant("s", self.name)
+        if self.tx_power is not None:
+            props["TxPower"] = Variant("n", self.tx_power)
+        if self.manufacturer_data:
+            props["ManufacturerData"] = _mfr_variant(self.manufacturer_data)
+        if self.service_data:
+            props["ServiceData"] = _svc_variant(self.service_data)
+        return props
+
+    def update(self, adv: Advertisement, *, duplicates: bool) -> dict[str, Variant]:
+        """Merge one advertisement; return the properties bluetoothd would signal."""
+        changed: dict[str, Variant] = {}
+        if duplicates or abs(adv.rssi - self.rssi) >= _RSSI_THRESHOLD_DB:
+            self.rssi = adv.rssi
+            changed["RSSI"] = Variant("n", adv.rssi)
+        if adv.tx_power is not None and (duplicates or adv.tx_power != self.tx_power):
+            self.tx_power = adv.tx_power
+            changed["TxPower"] = Variant("n", adv.tx_power)
+        if adv.local_name is not None and adv.local_name != self.name:
+            self.name = adv.local_name
+            changed["Name"] = Variant("s", adv.local_name)
+            changed["Alias"] = Variant("s", adv.local_name)
+        new_uuids = [u for u in adv.service_uuids if u not in self.uuids]
+        if new_uuids:
+            self.uuids.extend(new_uuids)
+            changed["UUIDs"] = Variant("as", list(self.uuids))
+        if adv.manufacturer_data and (duplicates or any(
+                self.manufacturer_data.get(k) != v for k, v in adv.manufacturer_data.items())):
+            self.manufacturer_data.update(adv.manufacturer_data)
+            changed["ManufacturerData"] = _mfr_variant(self.manufacturer_data)
+        if adv.service_data and (duplicates or any(
+                self.service_data.get(k) != v for k, v in adv.service_data.items())):
+            self.service_data.update(adv.service_data)
+            changed["ServiceData"] = _svc_variant(self.service_data)
+        return changed
+
+
+def _mfr_variant(data: dict[int, bytes]) -> Variant:
+    return Variant("a{qv}", {k: Variant("ay", v) for k, v in data.items()})
+
+
+def _svc_variant(data: dict[str, bytes]) -> Variant:
+    return Variant("a{sv}", {k: Variant("ay", v) for k, v in data.items()})
+
+
+class _DBusFault(Exception):
+    def __init__(self, name: str, text: str) -> None:
+        super().__init__(text)
+        self.name = name
+        self.text = text
+
+
+class FakeBlueZ:
+    """``org.bluez`` served from this event loop; see the module docstring for what it mimics."""
+
+    def __init__(self, *, adapter: str = "hci0", adapter_address: str = "00:1A:7D:DA:71:13",
+                 with_adapter: bool = True, powered: bool = True) -> None:
+        self.adapter = adapter
+        self.adapter_path = f"/org/bluez/{adapter}"
+        self._adapter_address = adapter_address
+        self._has_adapter = with_adapter
+        self._powered = powered
+        self._bus: MessageBus | None = None
+        self._devices: dict[str, _Device] = {}
+        self._sessions: set[str] = set()
+        self._filters: dict[str, dict[str, Any]] = {}
+        self._frozen = False
+        self._held: list[Message] = []
+        self._counts = dict.fromkeys(
+            ("reported", "signals", "missed", "suppressed", "removed", "removed_paired",
+             "start_discovery", "stop_discovery", "set_filter"), 0)
+        self._since_flush = 0
+        self._methods: dict[tuple[str | None, str | None], Callable[[Message], Message]] = {
+            (OM_IFACE, "GetManagedObjects"): self._get_managed_objects,
+            (PROPS_IFACE, "Get"): self._props_get,
+            (PROPS_IFACE, "GetAll"): self._props_get_all,
+            (PROPS_IFACE, "Set"): self._props_set,
+            (ADAPTER_IFACE, "SetDiscoveryFilter"): self._set_discovery_filter,
+            (ADAPTER_IFACE, "StartDiscovery"): self._start_discovery,
+            (ADAPTER_IFACE, "StopDiscovery"): self._stop_discovery,
+            (ADAPTER_IFACE, "RemoveDevice"): self._remove_device,
+            (ADAPTER_IFACE, "GetDiscoveryFilters"): self._get_discovery_filters,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def connect(self, bus_address: str | None = None) -> None:
+        """Join the bus, take the name ``org.bluez`` and announce the adapter."""
+        if bus_address is None:
+            bus = MessageBus(bus_type=BusType.SYSTEM)
+        else:
+            bus = MessageBus(bus_address=bus_address)
+        await bus.connect()
+        bus.add_message_handler(self._on_message)
+        reply = await bus.call(Message(
+            destination=_DBUS, path="/org/freedesktop/DBus", interface=_DBUS, member="AddMatch",
+            signature="s", body=["type='signal',sender='org.freedesktop.DBus',"
+                                 "interface='org.freedesktop.DBus',member='NameOwnerChanged'"]))
+        _check(reply)
+        self._bus = bus
+        await bus.request_name(BLUEZ)
+        if self._has_adapter:
+            self._send_interfaces_added(self.adapter_path, self._adapter_interfaces())
+        await self.flush()
+
+    async def close(self) -> None:
+        """Leave the bus (the name goes away, as when bluetoothd exits)."""
+        bus, self._bus = self._bus, None
+        if bus is not None and bus.connected:
+            bus.disconnect()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+    async def wait_disconnected(self) -> None:
+        """Return when the bus connection is gone."""
+        if self._bus is not None:
+            with contextlib.suppress(Exception):
+                await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+    # -- control ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counts and state, for tests and benchmarks."""
+        return {
+            **self._counts,
+            "devices": len(self._devices),
+            "paired_devices": sum(1 for d in self._devices.values() if d.paired),
+            "discovering": self._discovering(),
+            "sessions": len(self._sessions),
+            "duplicates": self._duplicates(),
+            "filters": [_jsonable(f) for f in self._filters.values()],
+            "adapter": self._has_adapter,
+            "powered": self._powered,
+            "frozen": self._frozen,
+        }
+
+    def freeze(self) -> None:
+        """Hold method calls unanswered and report nothing (a stalled bluetoothd)."""
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """Answer the calls held while frozen, in order, and report again."""
+        self._frozen = False
+        held, self._held = self._held, []
+        for msg in held:
+            self._send(self._answer(msg))
+
+    def remove_adapter(self) -> None:
+        """Unplug the adapter: its devices and itself disappear, discovery sessions end."""
+        if not self._has_adapter:
+            return
+        for path in list(self._devices):
+            self._drop_device(path)
+        self._has_adapter = False
+        self._sessions.clear()
+        self._filters.clear()
+        self._send(Message.new_signal(self.adapter_path, OM_IFACE, "InterfacesRemoved", "oas",
+                                      [self.adapter_path, [ADAPTER_IFACE, PROPS_IFACE]]))
+
+    def add_adapter(self) -> None:
+        """Plug the adapter (back) in, powered and not discovering."""
+        if self._has_adapter:
+            return
+        self._has_adapter = True
+        self._powered = True
+        self._send_interfaces_added(self.adapter_path, self._adapter_interfaces())
+
+    def set_powered(self, on: bool) -> None:
+        """Power the adapter on or off; powering off ends every discovery session."""
+        if not self._has_adapter or on == self._powered:
+            return
+        was_discovering = self._discovering()
+        self._powered = on
+        changed: dict[str, Variant] = {"Powered": Variant("b", on)}
+        if not on:
+            self._sessions.clear()
+            if was_discovering:
+                changed["Discovering"] = Variant("b", False)
+        self._send_props_changed(self.adapter_path, ADAPTER_IFACE, changed)
+
+    def report(self, adv: Advertisement, *, paired: bool = False) -> bool:
+        """Receive one advertisement over the air; False when nobody is discovering."""
+        if self._frozen or self._bus is None or not self._discovering():
+            self._counts["missed"] += 1
+            return False
+        path = device_path(self.adapter, adv.address)
+        device = self._devices.get(path)
+        self._counts["reported"] += 1
+        if device is None:
+            device = _Device(
+                address=adv.address.upper(), address_type=adv.address_type, rssi=adv.rssi,
+                tx_power=adv.tx_power, name=adv.local_name, uuids=list(adv.service_uuids),
+                manufacturer_data=dict(adv.manufacturer_data),
+                service_data=dict(adv.service_data), paired=paired)
+            self._devices[path] = device
+            self._send_interfaces_added(path, {DEVICE_IFACE: device.props(self.adapter_path),
+                                               PROPS_IFACE: {}, INTROSPECT_IFACE: {}})
+            return True
+        changed = device.update(adv, duplicates=self._duplicates())
+        if changed:
+            self._send_props_changed(path, DEVICE_IFACE, changed)
+        else:
+            self._counts["suppressed"] += 1
+        return True
+
+    async def flush(self) -> None:
+        """Wait until the bus has taken everything sent so far (a round trip)."""
+        self._since_flush = 0
+        if self._bus is None or not self._bus.connected:
+            return
+        await self._bus.call(Message(destination=_DBUS, path="/org/freedesktop/DBus",
+                                     interface=_DBUS, member="GetId"))
+
+    async def play(self, ads: Iterable[Advertisement], *, rate: float | None = None,
+                   speed: float = 1.0, paired: bool = False, stamp: bool = False) -> int:
+        """Report ``ads`` paced at ``rate`` per second (None: their own ``ts`` / ``speed``).
+
+        With ``stamp``, each carries the moment it was sent (``time.time()``, a little-endian
+        double) as manufacturer data under company ``STAMP_COMPANY``, for latency figures.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ts0: float | None = None
+        count = 0
+        for count, item in enumerate(ads, start=1):
+            adv = item
+            if rate is not None:
+                due = start + (count - 1) / rate
+            else:
+                if ts0 is None:
+                    ts0 = adv.ts
+                due = start + (adv.ts - ts0) / speed
+            if due - loop.time() > 0.002:
+                await self.flush()
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if stamp:
+                adv = dataclasses.replace(adv, manufacturer_data={
+                    **adv.manufacturer_data, STAMP_COMPANY: struct.pack("<d", time.time())})
+            self.report(adv, paired=paired)
+            if self._since_flush >= _FLUSH_EVERY:
+                await self.flush()
+        await self.flush()
+        return count
+
+    # -- D-Bus plumbing -----------------------------------------------------------------
+    def _discovering(self) -> bool:
+        return self._has_adapter and self._powered and bool(self._sessions)
+
+    def _duplicates(self) -> bool:
+        return any(bool(f.get("DuplicateData", True)) for s, f in self._filters.items()
+                   if s in self._sessions)
+
+    def _send(self, msg: Message) -> None:
+        if self._bus is None or not self._bus.connected:
+            return
+        self._bus.send(msg)
+        self._counts["signals"] += 1
+        self._since_flush += 1
+
+    def _send_interfaces_added(self, path: str, interfaces: dict[str, dict[str, Variant]]
+                               ) -> None:
+        self._send(Message.new_signal("/", OM_IFACE, "InterfacesAdded", "oa{sa{sv}}",
+                                      [path, interfaces]))
+
+    def _send_props_changed(self, path: str, interface: str, changed: dict[str, Variant]
+                            ) -> None:
+        self._send(Message.new_signal(path, PROPS_IFACE, "PropertiesChanged", "sa{sv}as",
+                                      [interface, changed, []]))
+
+    def _adapter_props(self) -> dict[str, Variant]:
+        return {
+            "Address": Variant("s", self._adapter_address),
+            "AddressType": Variant("s", "public"),
+            "Name": Variant("s", "hallway-fake"),
+            "Alias": Variant("s", "hallway-fake"),
+            "Class": Variant("u", 0),
+            "Powered": Variant("b", self._powered),
+            "PowerState": Variant("s", "on" if self._powered else "off"),
+            "Discoverable": Variant("b", False),
+            "Pairable": Variant("b", False),
+            "PairableTimeout": Variant("u", 0),
+            "DiscoverableTimeout": Variant("u", 180),
+            "Discovering": Variant("b", self._discovering()),
+            "UUIDs": Variant("as", []),
+            "Modalias": Variant("s", "usb:v1D6Bp0246d0548"),
+            "Roles": Variant("as", ["central", "peripheral"]),
+            "ExperimentalFeatures": Variant("as", []),
+        }
+
+    def _adapter_interfaces(self) -> dict[str, dict[str, Variant]]:
+        return {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+
+    def _drop_device(self, path: str) -> None:
+        device = self._devices.pop(path)
+        self._counts["removed"] += 1
+        if device.paired:
+            self._counts["removed_paired"] += 1
+        self._send(Message.new_signal(path, OM_IFACE, "InterfacesRemoved", "oas",
+                                      [path, [DEVICE_IFACE, PROPS_IFACE, INTROSPECT_IFACE]]))
+
+    def _on_message(self, msg: Message) -> Message | bool | None:
+        if msg.message_type is MessageType.SIGNAL:
+            if msg.member == "NameOwnerChanged" and msg.sender == _DBUS:
+                name, _old, new = msg.body
+                if name.startswith(":") and not new:
+                    self._client_gone(name)
+            return None
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return None
+        if (msg.interface, msg.member) not in self._methods:
+            return None
+        if self._frozen:
+            self._held.append(msg)  # answered on thaw(), as a stalled bluetoothd would
+            return True
+        return self._answer(msg)
+
+    def _answer(self, msg: Message) -> Message:
+        try:
+            return self._methods[(msg.interface, msg.member)](msg)
+        except _DBusFault as fault:
+            return Message.new_error(msg, fault.name, fault.text)
+
+    def _client_gone(self, sender: str) -> None:
+        was = self._discovering()
+        self._sessions.discard(sender)
+        self._filters.pop(sender, None)
+        if was and not self._discovering():
+            self._send_props_changed(self.adapter_path, ADAPTER_IFACE,
+                                     {"Discovering": Variant("b", False)})
+
+    def _object(self, path: str | None) -> dict[str, dict[str, Variant]]:
+        if self._has_adapter and path == self.adapter_path:
+            return {ADAPTER_IFACE: self._adapter_props()}
+        device = self._devices.get(path or "")
+        if device is not None:
+            return {DEVICE_IFACE: device.props(self.adapter_path)}
+        raise _DBusFault("org.freedesktop.DBus.Error.UnknownObject", f"no object at {path}")
+
+    def _need_adapter(self, msg: Message) -> None:
+        if not self._has_adapter or msg.path != self.adapter_path:
+            raise _DBusFault("org.freedesktop.DBus.Error.UnknownObject",
+                             f"no adapter at {msg.path}")
+
+    def _get_managed_objects(self, msg: Message) -> Message:
+        objects: dict[str, dict[str, dict[str, Variant]]] = {}
+        if msg.path == "/":
+            if self._has_adapter:
+                objects[self.adapter_path] = self._adapter_interfaces()
+            for path, device in self._devices.items():
+                objects[path] = {DEVICE_IFACE: device.props(self.adapter_path), PROPS_IFACE: {},
+                                 INTROSPECT_IFACE: {}}
+        return Message.new_method_return(msg, "a{oa{sa{sv}}}", [objects])
+
+    def _props_get(self, msg: Message) -> Message:
+        interface, name = msg.body
+        props = self._object(msg.path).get(interface)
+        if props is None or name not in props:
+            raise _DBusFault("org.freedesktop.DBus.Error.InvalidArgs", "no such property")
+        return Message.new_method_return(msg, "v", [props[name]])
+
+    def _props_get_all(self, msg: Message) -> Message:
+        props = self._object(msg.path).get(msg.body[0], {})
+        return Message.new_method_return(msg, "a{sv}", [props])
+
+    def _props_set(self, msg: Message) -> Message:
+        interface, name, value = msg.body
+        self._object(msg.path)
+        if msg.path != self.adapter_path or interface != ADAPTER_IFACE or name != "Powered":
+            raise _DBusFault("org.freedesktop.DBus.Error.PropertyReadOnly", "read-only")
+        self.set_powered(bool(value.value))
+        return Message.new_method_return(msg)
+
+    def _set_discovery_filter(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        self._counts["set_filter"] += 1
+        raw: dict[str, Variant] = msg.body[0]
+        unknown = set(raw) - _KNOWN_FILTERS
+        if unknown:
+            raise _DBusFault("org.bluez.Error.InvalidArguments", "Invalid arguments in method call")
+        values = {k: v.value for k, v in raw.items()}
+        if values.get("Transport", "auto") not in ("auto", "le", "bredr"):
+            raise _DBusFault("org.bluez.Error.InvalidArguments", "Invalid arguments in method call")
+        sender = msg.sender or ""
+        if values:
+            self._filters[sender] = values
+        else:
+            self._filters.pop(sender, None)
+        return Message.new_method_return(msg)
+
+    def _start_discovery(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        self._counts["start_discovery"] += 1
+        if not self._powered:
+            raise _DBusFault("org.bluez.Error.NotReady", "Resource Not Ready")
+        sender = msg.sender or ""
+        if sender in self._sessions:
+            raise _DBusFault("org.bluez.Error.InProgress", "Operation already in progress")
+        was = self._discovering()
+        self._sessions.add(sender)
+        if not was:
+            self._send_props_changed(self.adapter_path, ADAPTER_IFACE,
+                                     {"Discovering": Variant("b", True)})
+        return Message.new_method_return(msg)
+
+    def _stop_discovery(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        self._counts["stop_discovery"] += 1
+        if not self._powered:
+            raise _DBusFault("org.bluez.Error.NotReady", "Resource Not Ready")
+        sender = msg.sender or ""
+        if sender not in self._sessions:
+            raise _DBusFault("org.bluez.Error.Failed", "No discovery started")
+        self._client_gone(sender)
+        return Message.new_method_return(msg)
+
+    def _remove_device(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        path = msg.body[0]
+        if path not in self._devices:
+            raise _DBusFault("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        self._drop_device(path)
+        return Message.new_method_return(msg)
+
+    def _get_discovery_filters(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        return Message.new_method_return(msg, "as", [sorted(_KNOWN_FILTERS)])
+
+
+def _check(reply: Message) -> None:
+    if reply.message_type is MessageType.ERROR:
+        raise RuntimeError(f"D-Bus error {reply.error_name}: {reply.body}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+# ------------------------------------------------------------------ synthetic emitters ----
+
+def steady_stream(devices: int, *, seed: int = 1, rotate_s: float | None = None,
+                  start_ts: float | None = None, rate: float = 100.0
+                  ) -> Iterator[Advertisement]:
+    """Endless advertisements from ``devices`` phones in turn (hallway-v1 frames, jittered RSSI).
+
+    With ``rotate_s`` each phone takes a new random address that often, like a real phone.
+    """
+    rng = random.Random(seed)
+    ts = time.time() if start_ts is None else start_ts
+    step = 1.0 / rate
+    payloads = [b"HW\x01" + rng.randbytes(16) + b"\xc5" for _ in range(devices)]
+    base_rssi = [rng.randint(-85, -45) for _ in range(devices)]
+    addresses = [_random_address(rng) for _ in range(devices)]
+    born = [ts] * devices
+    i = 0
+    while True:
+        k = i % devices
+        if rotate_s is not None and ts - born[k] >= rotate_s:
+            addresses[k] = _random_address(rng)
+            born[k] = ts
+        yield Advertisement(ts=ts, address=addresses[k], address_type="random",
+                            rssi=base_rssi[k] + rng.randint(-3, 3),
+                            manufacturer_data={0xFFFF: payloads[k]})
+        ts += step
+        i += 1
+
+
+def garbage_stream(*, seed: int = 1, start_ts: float | None = None, rate: float = 100.0
+                   ) -> Iterator[Advertisement]:
+    """Endless well-typed nonsense: a new address each time, random fields of random sizes."""
+    rng = random.Random(seed)
+    ts = time.time() if start_ts is None else start_ts
+    step = 1.0 / rate
+    while True:
+        mfr = {rng.randrange(0x10000): rng.randbytes(rng.randrange(0, 64))
+               for _ in range(rng.randrange(0, 4))}
+        svc = {_random_uuid(rng): rng.randbytes(rng.randrange(0, 64))
+               for _ in range(rng.randrange(0, 3))}
+        name = None
+        if rng.random() < 0.3:
+            name = "".join(chr(rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0xA0, 0xD7FF))))
+                           for _ in range(rng.randrange(0, 40)))
+        yield Advertisement(
+            ts=ts, address=_random_address(rng), address_type=rng.choice(("random", "public")),
+            rssi=rng.randint(-128, 20), tx_power=rng.choice((None, rng.randint(-128, 127))),
+            local_name=name, manufacturer_data=mfr, service_data=svc,
+            service_uuids=tuple(_random_uuid(rng) for _ in range(rng.randrange(0, 5))))
+        ts += step
+
+
+def _random_address(rng: random.Random) -> str:
+    octets = rng.randbytes(6)
+    return ":".join(f"{b:02X}" for b in octets)
+
+
+def _random_uuid(rng: random.Random) -> str:
+    h = rng.randbytes(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# ------------------------------------------------------------------------ the process ----
+
+class _Controller:
+    """Runs control commands against a FakeBlueZ."""
+
+    def __init__(self, fake: FakeBlueZ) -> None:
+        self.fake = fake
+        self.jobs: set[asyncio.Task[Any]] = set()
+        self.job_errors = 0
+        self.bad_lines = 0
+        self.quit = asyncio.Event()
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        fake = self.fake
+        if cmd == "stats":
+            return {"ok": True, **fake.stats(), "jobs": len(self.jobs),
+                    "job_errors": self.job_errors, "bad_lines": self.bad_lines}
+        if cmd == "adv":
+            ads = [advertisement_from_obj(obj) for obj in request.get("ads", [])]
+            reported = sum(fake.report(adv, paired=bool(request.get("paired"))) for adv in ads)
+            await fake.flush()
+            return {"ok": True, "reported": reported}
+        if cmd in ("play", "steady", "garbage"):
+            job = self._job(cmd, request)
+            if request.get("wait"):
+                return {"ok": True, "sent": await job}
+            task = asyncio.create_task(job, name=f"fakebluez-{cmd}")
+            self.jobs.add(task)
+            task.add_done_callback(self._job_done)
+            return {"ok": True}
+        if cmd == "stop_jobs":
+            for task in list(self.jobs):
+                task.cancel()
+            await asyncio.gather(*self.jobs, return_exceptions=True)
+            return {"ok": True}
+        simple: dict[str, Callable[[], None]] = {
+            "remove_adapter": fake.remove_adapter, "add_adapter": fake.add_adapter,
+            "freeze": fake.freeze, "thaw": fake.thaw, "quit": self.quit.set,
+            "power": lambda: fake.set_powered(bool(request.get("on", True))),
+        }
+        action = simple.get(str(cmd))
+        if action is None:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+        action()
+        await fake.flush()
+        return {"ok": True}
+
+    def _job_done(self, task: asyncio.Task[Any]) -> None:
+        self.jobs.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.job_errors += 1
+            print(f"fakebluez: job failed: {task.exception()!r}", file=sys.stderr)
+
+    async def _job(self, cmd: str, request: dict[str, Any]) -> int:
+        rate = request.get("rate")
+        seed = int(request.get("seed", 1))
+        if cmd == "play":
+            ads = list(self._trace(Path(request["path"])))
+            repeat = int(request.get("repeat", 1))
+            return await self.fake.play(
+                (adv for _ in range(repeat) for adv in ads), rate=rate,
+                speed=float(request.get("speed", 1.0)), paired=bool(request.get("paired")),
+                stamp=bool(request.get("stamp")))
+        rate = float(rate or 100.0)
+        if cmd == "steady":
+            count = int(rate * float(request.get("duration_s", 1.0)))
+            stream = steady_stream(int(request.get("devices", 1)), seed=seed, rate=rate,
+                                   rotate_s=request.get("rotate_s"))
+        else:
+            count = int(request.get("count", 100))
+            stream = garbage_stream(seed=seed, rate=rate)
+        return await self.fake.play(_take(stream, count), rate=rate,
+                                    stamp=bool(request.get("stamp")))
+
+    def _trace(self, path: Path) -> Iterator[Advertisement]:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            for _number, item in read_trace(handle):
+                if isinstance(item, str):
+                    self.bad_lines += 1
+                else:
+                    yield item
+
+    async def serve_client(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise TypeError("a command is a JSON object")
+                    response = await self.handle(request)
+                except Exception as exc:  # noqa: BLE001 - reported to the client, loop goes on
+                    response = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                writer.write(json.dumps(response).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _take(stream: Iterator[Advertisement], count: int) -> Iterator[Advertisement]:
+    for _ in range(count):
+        yield next(stream)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    fake = FakeBlueZ(adapter=args.adapter, with_adapter=not args.no_adapter,
+                     powered=not args.powered_off)
+    await fake.connect(args.bus)
+    controller = _Controller(fake)
+    control = Path(args.control)
+    _unlink(control)
+    server = await asyncio.start_unix_server(controller.serve_client, path=str(control))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, controller.quit.set)
+    print(f"READY {os.getpid()}", flush=True)
+    gone = asyncio.create_task(fake.wait_disconnected())
+    quit_ = asyncio.create_task(controller.quit.wait())
+    await asyncio.wait({gone, quit_}, return_when=asyncio.FIRST_COMPLETED)
+    bus_lost = gone.done()
+    for task in (gone, quit_, *controller.jobs):
+        task.cancel()
+    server.close()
+    await server.wait_closed()
+    await fake.close()
+    _unlink(control)
+    return 1 if bus_lost else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hallway.testing.fakebluez --bus ADDRESS --control SOCKET``."""
+    parser = argparse.ArgumentParser(prog="python -m hallway.testing.fakebluez",
+                                     description="A fake BlueZ on a D-Bus (for tests).")
+    parser.add_argument("--bus", default=os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
+                        help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS)")
+    parser.add_argument("--control", required=True, help="Unix socket for control commands")
+    parser.add_argument("--adapter", default="hci0")
+    parser.add_argument("--no-adapter", action="store_true", help="start without an adapter")
+    parser.add_argument("--powered-off", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.bus:
+        parser.error("--bus or DBUS_SYSTEM_BUS_ADDRESS is required")
+    return asyncio.run(_serve(args))
+
+
+class FakeBlueZProcess:
+    """``python -m hallway.testing.fakebluez`` as a child process, driven over its socket."""
+
+    def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
+                 with_adapter: bool = True, powered: bool = True) -> None:
+        self.bus_address = bus_address
+        self.control_path = Path(control_path)
+        self._argv = [sys.executable, "-m", "hallway.testing.fakebluez", "--bus", bus_address,
+                      "--control", str(self.control_path), "--adapter", adapter]
+        if not with_adapter:
+            self._argv.append("--no-adapter")
+        if not powered:
+            self._argv.append("--powered-off")
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's PID while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self, *, timeout_s: float = 15.0) -> None:
+        """Start the child and wait until it owns ``org.bluez`` and listens for commands."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
+        self._proc = proc
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                line = await proc.stdout.readline()
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"READY"):
+            await self.stop(kill=True)
+            raise RuntimeError("fake BlueZ did not start")
+
+    async def command(self, cmd: str, *, timeout_s: float = 60.0, **args: Any) -> dict[str, Any]:
+        """Send one control command and return its answer."""
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_unix_connection(str(self.control_path))
+            try:
+                writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+        answer: dict[str, Any] = json.loads(line)
+        if not answer.get("ok"):
+            raise RuntimeError(f"fake BlueZ refused {cmd}: {answer.get('error')}")
+        return answer
+
+    async def wait_exit(self, *, timeout_s: float = 5.0) -> int:
+        """Wait for the child to exit by itself (it does when it loses the bus); its status."""
+        assert self._proc is not None
+        async with asyncio.timeout(timeout_s):
+            return await self._proc.wait()
+
+    async def stop(self, *, kill: bool = False, timeout_s: float = 5.0) -> int | None:
+        """End the child by its PID (SIGKILL with ``kill``, like a crash); return its status."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                await proc.stdout.read()
+        return proc.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

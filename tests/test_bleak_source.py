@@ -1,0 +1,326 @@
+"""BleakSource end to end: bleak's real BlueZ backend against a fake BlueZ on a private D-Bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+import structlog
+from bleak import BleakScanner
+
+from bluez_env import bluez_env, drain, needs_dbus, running, wait_until
+from hallway.config import ScannerConfig
+from hallway.models import Advertisement
+from hallway.sources.base import Handoff, SourceState
+from hallway.sources.bleak import BleakSource
+from hallway.trace import advertisement_json, parse_trace_line
+
+pytestmark = [needs_dbus, pytest.mark.system, pytest.mark.timeout(60)]
+
+ADDRESS = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
+
+SPEC_LINE = (
+    '{"ts": 1585785630.125, "address": "5A:12:34:AB:CD:EF", "address_type": "random", '
+    '"rssi": -67, "tx_power": null, "local_name": null, '
+    '"manufacturer_data": {"76": "0215426c7565436861726d426561636f6e730efe1355c5"}, '
+    '"service_data": {"0000feaa-0000-1000-8000-00805f9b34fb": '
+    '"00e3123456789012346789010000000000010000"}, '
+    '"service_uuids": ["0000feaa-0000-1000-8000-00805f9b34fb"], "scanner": "hci0"}'
+)
+OTHERS = [
+    {"ts": 1.0, "address": "C4:7C:8D:6A:12:34", "address_type": "public", "rssi": -40,
+     "tx_power": 4, "local_name": "Badge \u00e9 42",
+     "manufacturer_data": {"65535": "485701" + "11" * 16 + "c5", "89": ""},
+     "service_uuids": ["8be6cd37-1c5c-8916-04bf-be49df845096"]},
+    {"ts": 2.0, "address": "70:81:94:0D:FB:AA", "address_type": "random", "rssi": -127,
+     "service_data": {"0000fd6f-0000-1000-8000-00805f9b34fb":
+                      "8be6cd371c5c891604bfbe49df84509672033874"}},
+]
+
+
+def fast_config(**overrides: object) -> ScannerConfig:
+    """Short timings so faults are seen within a test's few seconds."""
+    values: dict[str, object] = {"start_timeout_s": 1.0, "start_retries": 2,
+                                 "silence_restart_s": 30.0, "backoff_max_s": 1.0,
+                                 "device_prune_s": 60.0, "queue_size": 10_000}
+    values.update(overrides)
+    return ScannerConfig.model_validate(values)
+
+
+def comparable(adv: Advertisement) -> dict[str, object]:
+    """An advertisement's SPEC §2 fields except the ones the receiver sets (ts, scanner)."""
+    obj = advertisement_json(adv)
+    del obj["ts"], obj["scanner"]
+    return obj
+
+
+async def scanning(source: BleakSource) -> None:
+    await wait_until(lambda: source.state is SourceState.SCANNING, what="scanning")
+
+
+async def test_every_field_arrives_through_bleak(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(100)
+        async with running(source, handoff):
+            await scanning(source)
+            sent = [json.loads(SPEC_LINE), *OTHERS]
+            before = time.time()
+            await env.fake.command("adv", ads=sent)
+            got = await drain(handoff, count=3)
+            after = time.time()
+            assert source.healthy(time.monotonic())
+        expected = sorted((comparable(parse_trace_line(json.dumps(o))) for o in sent),
+                          key=lambda o: str(o["address"]))
+        assert sorted((comparable(a) for a in got), key=lambda o: str(o["address"])) == expected
+        for adv in got:
+            assert before <= adv.ts <= after
+            assert adv.scanner == "hci0"
+        assert source.stats()["heard"] == 3
+
+
+async def test_scans_actively_and_asks_for_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(1000)
+        async with running(source, handoff):
+            await scanning(source)
+            await env.fake.command("adv", ads=[json.loads(SPEC_LINE)] * 40)
+            got = await drain(handoff, count=40)
+            stats = await env.fake.command("stats")
+        assert {a.address for a in got} == {"5A:12:34:AB:CD:EF"}
+        assert stats["filters"] == [{"Transport": "le", "DuplicateData": True}]
+        assert stats["duplicates"] is True
+
+
+async def test_fake_reports_repeats_only_when_duplicates_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control for the test above: bleak's default filter hears a steady device once."""
+    async with bluez_env(monkeypatch) as env:
+        heard: list[str] = []
+        scanner = BleakScanner(lambda d, _a: heard.append(d.address), bluez={"adapter": "hci0"})
+        await scanner.start()
+        try:
+            await env.fake.command("adv", ads=[json.loads(SPEC_LINE)] * 40)
+            await asyncio.sleep(0.3)
+        finally:
+            await scanner.stop()
+        assert heard == ["5A:12:34:AB:CD:EF"]
+
+
+async def test_bluez_killed_mid_scan_and_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(100_000)
+        with structlog.testing.capture_logs() as logs:
+            async with running(source, handoff):
+                await scanning(source)
+                await env.fake.command("steady", devices=5, rate=500, duration_s=30)
+                await wait_until(lambda: handoff.stats()["total"] > 50, what="first sightings")
+                await env.fake.stop(kill=True)  # like bluetoothd crashing
+                await wait_until(lambda: source.state is not SourceState.SCANNING,
+                                 timeout_s=2.0, what="the scanner to notice")
+                await wait_until(lambda: source.state is SourceState.BACKOFF, timeout_s=3.0,
+                                 what="backoff")
+                assert source.last_error == "BlueZ (org.bluez) is not on the system bus"
+                assert source.healthy(time.monotonic())
+                await env.new_fake()
+                ready = time.monotonic()
+                before = handoff.stats()["total"]
+                await env.fake.command("steady", devices=5, rate=500, duration_s=30)
+                await wait_until(lambda: handoff.stats()["total"] > before, timeout_s=5.0,
+                                 what="scanning to resume")
+                recovery_s = time.monotonic() - ready
+                assert source.state is SourceState.SCANNING
+            stats = source.stats()
+        print(f"scanning resumed {recovery_s:.3f} s after BlueZ came back")
+        assert recovery_s < 3.0
+        assert stats["rebuilds"] == 1
+        assert stats["stop_errors"] == 1  # stop() on a dead BlueZ failed, and was absorbed
+        states = [e["state"] for e in logs if e["event"] == "scanner state"]
+        assert states[:2] == ["starting", "scanning"]
+        assert "backoff" in states
+        assert states[-2:] == ["scanning", "stopped"]
+        assert any(e["event"] == "scanner lost, rebuilding" and e["log_level"] == "warning"
+                   for e in logs)
+        for line in logs:  # never a stranger's address in a log line
+            assert not ADDRESS.search(repr(line)), line
+
+
+async def test_silence_rebuilds_and_start_times_out_while_bluez_is_stalled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config(silence_restart_s=1.0, start_timeout_s=0.5))
+        handoff = Handoff(100_000)
+        async with running(source, handoff):
+            await scanning(source)
+            await env.fake.command("steady", devices=2, rate=200, duration_s=30)
+            await wait_until(lambda: handoff.stats()["total"] > 20, what="first sightings")
+            await env.fake.command("freeze")
+            await wait_until(lambda: source.state is SourceState.BACKOFF, timeout_s=6.0,
+                             what="backoff while BlueZ is stalled")
+            assert source.stats()["rebuilds"] == 1
+            assert source.last_error == "start timed out after 0.5 s"
+            await env.fake.command("thaw")
+            before = handoff.stats()["total"]
+            took = await wait_until(lambda: handoff.stats()["total"] > before, timeout_s=5.0,
+                                    what="scanning to resume after the stall")
+            assert source.state is SourceState.SCANNING
+        print(f"scanning resumed {took:.3f} s after BlueZ answered again")
+
+
+async def test_silent_room_is_healthy(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch):
+        source = BleakSource(fast_config(silence_restart_s=0.5))
+        async with running(source, Handoff(16)):
+            await scanning(source)
+            await wait_until(lambda: source.stats()["rebuilds"] >= 2, timeout_s=5.0,
+                             what="silence rebuilds")
+            assert source.healthy(time.monotonic())
+            assert source.last_error == "nothing heard for 0.5 s"
+        assert not source.healthy(time.monotonic())  # not running any more
+
+
+async def test_adapter_removed_and_readded(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(100_000)
+        async with running(source, handoff):
+            await scanning(source)
+            await env.fake.command("steady", devices=3, rate=300, duration_s=30)
+            await wait_until(lambda: handoff.stats()["total"] > 20, what="first sightings")
+            await env.fake.command("remove_adapter")
+            await wait_until(lambda: source.state is SourceState.BACKOFF, timeout_s=5.0,
+                             what="backoff without an adapter")
+            assert source.last_error == "adapter hci0 not found"
+            await env.fake.command("add_adapter")
+            before = handoff.stats()["total"]
+            took = await wait_until(lambda: handoff.stats()["total"] > before, timeout_s=5.0,
+                                    what="scanning on the re-added adapter")
+        print(f"scanning resumed {took:.3f} s after the adapter came back")
+
+
+async def test_adapter_missing_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch, with_adapter=False) as env:
+        source = BleakSource(fast_config(backoff_max_s=5.0))
+        handoff = Handoff(1000)
+        async with running(source, handoff):
+            await wait_until(lambda: source.state is SourceState.BACKOFF, what="backoff")
+            assert source.stats()["start_failures"] == 2
+            await env.fake.command("add_adapter")  # cuts the backoff short
+            took = await wait_until(lambda: source.state is SourceState.SCANNING,
+                                    timeout_s=3.0, what="scanning once plugged in")
+            await env.fake.command("adv", ads=[json.loads(SPEC_LINE)])
+            await drain(handoff, count=1)
+        assert took < 1.5
+
+
+async def test_powered_off_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(1000)
+        async with running(source, handoff):
+            await scanning(source)
+            await env.fake.command("power", on=False)
+            await wait_until(lambda: source.state is SourceState.BACKOFF, what="backoff")
+            assert source.last_error == "adapter hci0 is powered off"
+            await env.fake.command("power", on=True)
+            await scanning(source)
+            await env.fake.command("adv", ads=[json.loads(SPEC_LINE)])
+            await drain(handoff, count=1)
+
+
+async def test_dbus_daemon_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(100_000)
+        async with running(source, handoff):
+            await scanning(source)
+            await env.fake.command("steady", devices=3, rate=300, duration_s=30)
+            await wait_until(lambda: handoff.stats()["total"] > 20, what="first sightings")
+            env.bus.stop()  # the fake BlueZ loses its bus and exits, as bluetoothd does
+            assert await env.fake.wait_exit() == 1
+            await wait_until(lambda: source.state is SourceState.BACKOFF, timeout_s=5.0,
+                             what="backoff without a bus")
+            env.bus.start()
+            await env.new_fake()
+            ready = time.monotonic()
+            before = handoff.stats()["total"]
+            await env.fake.command("steady", devices=3, rate=300, duration_s=30)
+            await wait_until(lambda: handoff.stats()["total"] > before, timeout_s=5.0,
+                             what="scanning on the new bus")
+            took = time.monotonic() - ready
+        print(f"scanning resumed {took:.3f} s after the bus and BlueZ came back")
+        assert took < 3.0
+
+
+async def test_stale_devices_are_pruned_but_never_paired_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config(device_prune_s=0.5))
+        handoff = Handoff(100_000)
+        async with running(source, handoff):
+            await scanning(source)
+            passers = [{"ts": 0, "address": f"7A:00:00:00:00:{i:02X}", "address_type": "random",
+                        "rssi": -80} for i in range(40)]
+            await env.fake.command("adv", ads=passers)
+            await env.fake.command("adv", ads=[OTHERS[0]], paired=True)
+            assert (await env.fake.command("stats"))["devices"] == 41
+            await env.fake.command("steady", devices=1, rate=50, duration_s=30)
+            await wait_until(lambda: source.stats()["pruned"] >= 40, timeout_s=5.0,
+                             what="pruning")
+            stats = await env.fake.command("stats")
+        assert stats["devices"] == 2  # the steady phone and the paired badge
+        assert stats["removed_paired"] == 0
+        assert stats["paired_devices"] == 1
+
+
+async def test_garbage_flood_is_bounded_and_loop_stays_responsive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config(queue_size=200))
+        handoff = Handoff(200)  # nobody takes from it: the flood must be dropped, not buffered
+        lags: list[float] = []
+
+        async def ticker() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                start = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - start - 0.01)
+
+        async with running(source, handoff):
+            await scanning(source)
+            tick = asyncio.create_task(ticker())
+            sent = await env.fake.command("garbage", count=3000, rate=3000, seed=7, wait=True)
+            await wait_until(lambda: source.stats()["heard"] >= sent["sent"], timeout_s=10.0,
+                             what="the flood to be heard")
+            tick.cancel()
+            assert source.state is SourceState.SCANNING
+            stats = source.stats()
+        assert sent["sent"] == 3000
+        assert stats["malformed"] == 0
+        assert handoff.stats() == {"queued": 200, "dropped": stats["heard"] - 200,
+                                   "total": stats["heard"]}
+        lags.sort()
+        print(f"loop lag during flood: median {lags[len(lags) // 2] * 1000:.1f} ms, "
+              f"max {lags[-1] * 1000:.1f} ms")
+        assert lags[-1] < 0.25
+
+
+async def test_cancel_while_bluez_is_gone_is_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config(backoff_max_s=30.0))
+        task = asyncio.create_task(source.run(Handoff(16)))
+        await scanning(source)
+        await env.fake.stop(kill=True)
+        await wait_until(lambda: source.state is SourceState.BACKOFF, what="backoff")
+        start = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - start < 2.0
+        assert source.state is SourceState.STOPPED

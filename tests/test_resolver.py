@@ -1,0 +1,412 @@
+"""The identity resolver: SPEC vectors in every carrier, consent, revocation, rolling, caches."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import pytest
+from bluetooth_data_tools import get_cipher_for_irk, resolve_private_address
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hallway.config import IdentityConfig
+from hallway.identity import crypto
+from hallway.identity.resolver import Resolver
+from hallway.models import Advertisement, Contact, ContactKey, KeyKind, Match
+from hallway.parsing.frames import EDDYSTONE_SERVICE_UUID, EN_SERVICE_UUID
+
+K = "75c734c6dd1a782de7a965da5eb93125"
+RPIK = crypto.derive_rpik(bytes.fromhex(K))
+IRK = "ec0234a357c8ad05341010a60a397d9b"
+IBEACON_KEY = "426c7565-4368-6172-6d42-6561636f6e73/3838/4949"
+IBEACON = bytes.fromhex("0215426c7565436861726d426561636f6e730efe1355c5")
+EDDYSTONE_KEY = "12345678901234678901/000000000001"
+EDDYSTONE = bytes.fromhex("00e3123456789012346789010000000000010000")
+BADGE = "C4:7C:8D:6A:12:34"
+I0 = 2642976
+TS = I0 * 600 + 30.0  # inside the vectors' interval
+STRANGER = "5A:11:22:33:44:55"
+
+
+def ada(**changes: object) -> Contact:
+    fields: dict[str, object] = {
+        "id": "c-0001",
+        "name": "Ada",
+        "keys": (
+            ContactKey(KeyKind.HALLWAY_V1, K),
+            ContactKey(KeyKind.IRK, IRK),
+            ContactKey(KeyKind.IBEACON, IBEACON_KEY),
+            ContactKey(KeyKind.EDDYSTONE_UID, EDDYSTONE_KEY),
+            ContactKey(KeyKind.ADDRESS, BADGE),
+        ),
+    }
+    fields.update(changes)
+    return Contact(**fields)  # type: ignore[arg-type]
+
+
+def make_resolver(*contacts: Contact, now: float = TS, **config: object) -> Resolver:
+    resolver = Resolver(IdentityConfig(**config))  # type: ignore[arg-type]
+    resolver.set_contacts(contacts, now=now)
+    return resolver
+
+
+def mfr_adv(rpi: bytes, ts: float = TS, *, power: bytes = b"") -> Advertisement:
+    return Advertisement(
+        ts, STRANGER, "random", manufacturer_data={0xFFFF: b"HW\x01" + rpi + power}
+    )
+
+
+def every_kind(ts: float = TS) -> dict[str, Advertisement]:
+    rpi = crypto.rpi_for_interval(RPIK, crypto.interval_number(ts))
+    aem = crypto.aem_crypt(crypto.derive_aemk(bytes.fromhex(K)), rpi, bytes.fromhex("40080000"))
+    return {
+        "mfr": mfr_adv(rpi, ts, power=b"\xc5"),
+        "uuid": Advertisement(ts, STRANGER, "random", service_uuids=(str(uuid.UUID(bytes=rpi)),)),
+        "en": Advertisement(ts, STRANGER, "random", service_data={EN_SERVICE_UUID: rpi + aem}),
+        "irk": Advertisement(ts, "70:81:94:0D:FB:AA", "random"),
+        "ibeacon": Advertisement(ts, STRANGER, "random", manufacturer_data={76: IBEACON}),
+        "eddystone": Advertisement(
+            ts, STRANGER, "random", service_data={EDDYSTONE_SERVICE_UUID: EDDYSTONE}
+        ),
+        "address": Advertisement(ts, BADGE, "public"),
+    }
+
+
+def test_spec_vectors_resolve_in_every_kind_and_carrier() -> None:
+    resolver = make_resolver(ada())
+    advs = every_kind()
+    assert advs["mfr"].manufacturer_data[0xFFFF][3:19].hex() == "8be6cd371c5c891604bfbe49df845096"
+    assert advs["en"].service_data[EN_SERVICE_UUID][16:].hex() == "72033874"
+    expected = {
+        "mfr": Match("c-0001", KeyKind.HALLWAY_V1, -59),
+        "uuid": Match("c-0001", KeyKind.HALLWAY_V1, None),
+        "en": Match("c-0001", KeyKind.HALLWAY_V1, 8 - 41),  # AEM metadata tx power +8 dBm
+        "irk": Match("c-0001", KeyKind.IRK, None),
+        "ibeacon": Match("c-0001", KeyKind.IBEACON, -59),
+        "eddystone": Match("c-0001", KeyKind.EDDYSTONE_UID, -70),
+        "address": Match("c-0001", KeyKind.ADDRESS, None),
+    }
+    assert {name: resolver.resolve(adv) for name, adv in advs.items()} == expected
+    stats = resolver.stats()
+    assert stats["matched"] == 7
+    assert stats["matched_hallway_v1"] == 3
+    assert stats["matched_irk"] == stats["matched_ibeacon"] == 1
+    assert stats["malformed"] == stats["internal_errors"] == 0
+
+
+def test_irk_sample_negative_cases() -> None:
+    resolver = make_resolver(ada())
+    assert resolver.resolve(Advertisement(TS, "70:81:94:0D:FB:AB", "random")) is None
+    assert resolver.resolve(Advertisement(TS, "70:81:94:0D:FB:AA", "public")) is None
+    # the same prand and hash with the first byte's top bits 11: a static address, not an RPA
+    assert resolver.resolve(Advertisement(TS, "F0:81:94:0D:FB:AA", "random")) is None
+    reversed_key = ada(keys=(ContactKey(KeyKind.IRK, bytes.fromhex(IRK)[::-1].hex()),))
+    resolver = make_resolver(reversed_key)
+    assert resolver.resolve(Advertisement(TS, "70:81:94:0D:FB:AA", "random")) is None
+
+
+def test_apple_frames_that_are_not_ibeacons_do_not_match() -> None:
+    resolver = make_resolver(ada())
+    nearby_info = bytes.fromhex("1005031c1a2b3c")
+    adv = Advertisement(TS, STRANGER, "random", manufacturer_data={76: nearby_info})
+    assert resolver.resolve(adv) is None
+    assert resolver.stats()["malformed"] == 0
+
+
+def test_other_company_id_and_non_static_address() -> None:
+    resolver = make_resolver(ada(), hallway_company_id=0x0A0B)
+    rpi = crypto.rpi_for_interval(RPIK, I0)
+    assert resolver.resolve(mfr_adv(rpi)) is None
+    adv = Advertisement(TS, STRANGER, "random", manufacturer_data={0x0A0B: b"HW\x01" + rpi})
+    assert resolver.resolve(adv) == Match("c-0001", KeyKind.HALLWAY_V1, None)
+    # a non-resolvable private address is never an address key's match
+    resolver = make_resolver(ada(keys=(ContactKey(KeyKind.ADDRESS, "3A:00:00:00:00:01"),)))
+    assert resolver.resolve(Advertisement(TS, "3A:00:00:00:00:01", "random")) is None
+    assert resolver.resolve(Advertisement(TS, "3A:00:00:00:00:01", "public")) is not None
+
+
+def test_malformed_frames_are_counted_not_raised() -> None:
+    resolver = make_resolver(ada())
+    bad = [
+        Advertisement(TS, STRANGER, "random", manufacturer_data={0xFFFF: b"HW\x01\x00"}),
+        Advertisement(TS, STRANGER, "random", manufacturer_data={76: IBEACON[:10]}),
+        Advertisement(TS, STRANGER, "random", service_data={EN_SERVICE_UUID: b"\x01" * 19}),
+        Advertisement(TS, STRANGER, "random", service_data={EDDYSTONE_SERVICE_UUID: b""}),
+        Advertisement(TS, STRANGER, "random", service_uuids=("not-a-uuid",)),
+        Advertisement(math.nan, STRANGER, "random"),
+    ]
+    for adv in bad:
+        assert resolver.resolve(adv) is None
+    stats = resolver.stats()
+    assert stats["malformed"] == len(bad)
+    assert stats["internal_errors"] == 0
+    # a malformed frame next to a good one still resolves, and is still counted
+    adv = Advertisement(
+        TS, BADGE, "public", manufacturer_data={76: IBEACON[:10]}
+    )
+    assert resolver.resolve(adv) == Match("c-0001", KeyKind.ADDRESS, None)
+    assert resolver.stats()["malformed"] == len(bad) + 1
+
+
+def test_expired_consent_never_matches() -> None:
+    resolver = make_resolver(ada(expires_at=TS + 60))
+    assert all(resolver.resolve(adv) is not None for adv in every_kind(TS).values())
+    assert all(resolver.resolve(adv) is None for adv in every_kind(TS + 60).values())
+    assert resolver.stats()["inactive"] == 7
+
+
+def test_revocation_is_immediate_for_every_kind() -> None:
+    other = Contact("c-0002", "Bob", keys=(ContactKey(KeyKind.IRK, "00" * 16),))
+    resolver = make_resolver(ada(), other)
+    advs = every_kind()
+    assert all(resolver.resolve(adv) is not None for adv in advs.values())
+    assert resolver.stats()["irk_cache_entries"] == 1
+    resolver.remove_contact("c-0001")
+    assert all(resolver.resolve(adv) is None for adv in advs.values())
+    stats = resolver.stats()
+    assert stats["inactive"] == 0  # nothing of the contact is left to even find
+    assert stats["contacts"] == 1
+    assert stats["token_entries"] == 0
+    # a contact revoked in the store comes back with revoked_at set: same effect
+    resolver.upsert_contact(ada(), now=TS)
+    assert resolver.resolve(advs["irk"]) is not None
+    resolver.upsert_contact(ada(revoked_at=TS), now=TS)
+    assert all(resolver.resolve(adv) is None for adv in advs.values())
+
+
+def test_set_contacts_replaces_and_keeps_unchanged() -> None:
+    resolver = make_resolver(ada())
+    bob = Contact("c-0002", "Bob", keys=(ContactKey(KeyKind.ADDRESS, "00:11:22:33:44:55"),))
+    resolver.set_contacts([bob], now=TS)
+    assert all(resolver.resolve(adv) is None for adv in every_kind().values())
+    assert resolver.resolve(Advertisement(TS, "00:11:22:33:44:55")) == Match(
+        "c-0002", KeyKind.ADDRESS, None
+    )
+    aes_before = resolver.stats()["aes_ops"]
+    renamed = Contact("c-0002", "Robert", keys=bob.keys, expires_at=TS + 1)
+    resolver.set_contacts([renamed, ada()], now=TS)
+    assert resolver.stats()["contacts"] == 2
+    assert resolver.resolve(Advertisement(TS + 2, "00:11:22:33:44:55")) is None  # consent ended
+    assert resolver.resolve(every_kind()["mfr"]) is not None
+    assert resolver.stats()["aes_ops"] > aes_before
+
+
+def test_upsert_changes_keys_at_once() -> None:
+    resolver = make_resolver(ada())
+    new_key = "00112233445566778899aabbccddeeff"
+    resolver.upsert_contact(ada(keys=(ContactKey(KeyKind.HALLWAY_V1, new_key),)), now=TS)
+    assert resolver.resolve(every_kind()["mfr"]) is None
+    new_rpi = crypto.rpi_for_interval(crypto.derive_rpik(bytes.fromhex(new_key)), I0)
+    assert resolver.resolve(mfr_adv(new_rpi)) == Match("c-0001", KeyKind.HALLWAY_V1, None)
+
+
+def test_two_hallway_keys_on_one_contact() -> None:
+    second = "00112233445566778899aabbccddeeff"
+    resolver = make_resolver(
+        ada(keys=(ContactKey(KeyKind.HALLWAY_V1, K), ContactKey(KeyKind.HALLWAY_V1, second)))
+    )
+    for key in (K, second):
+        rpi = crypto.rpi_for_interval(crypto.derive_rpik(bytes.fromhex(key)), I0 + 1)
+        assert resolver.resolve(mfr_adv(rpi)) is not None
+
+
+def test_adding_an_irk_rechecks_cached_strangers() -> None:
+    bob = Contact("c-0002", "Bob", keys=(ContactKey(KeyKind.IRK, "11" * 16),))
+    resolver = make_resolver(bob)
+    sample = Advertisement(TS, "70:81:94:0D:FB:AA", "random")
+    assert resolver.resolve(sample) is None
+    assert resolver.stats()["irk_cache_misses"] == 1
+    resolver.upsert_contact(ada(), now=TS)
+    assert resolver.resolve(sample) == Match("c-0001", KeyKind.IRK, None)
+    stats = resolver.stats()
+    assert stats["irk_cache_misses"] == 1  # answered from the re-checked cache
+    assert stats["irk_cache_hits"] == 1
+
+
+def test_irk_cache_is_bounded_in_size_and_age() -> None:
+    resolver = make_resolver(ada(), irk_cache_size=16, irk_cache_ttl_s=60.0)
+    for n in range(100):
+        prand = bytes([0x40 | (n % 64), n, 7])
+        address = crypto.make_rpa(b"\x01" * 16, prand)
+        resolver.resolve(Advertisement(TS + n * 0.01, address, "random"))
+    stats = resolver.stats()
+    assert stats["irk_cache_entries"] == 16
+    assert stats["irk_cache_misses"] == 100
+    assert stats["aes_ops"] >= 100
+    sample = Advertisement(TS + 10, "70:81:94:0D:FB:AA", "random")
+    assert resolver.resolve(sample) is not None
+    assert resolver.resolve(Advertisement(TS + 50, sample.address, "random")) is not None
+    assert resolver.stats()["irk_cache_misses"] == 101
+    assert resolver.resolve(Advertisement(TS + 71, sample.address, "random")) is not None
+    assert resolver.stats()["irk_cache_misses"] == 102  # re-resolved after its life ended
+    while resolver.maintain(TS + 500):
+        pass
+    assert resolver.stats()["irk_cache_entries"] == 0
+
+
+@pytest.mark.parametrize("maintained", [True, False])
+def test_skew_window_and_boundary(maintained: bool) -> None:
+    """At clock interval i, RPIs of i-2..i+1 resolve and i-3, i+2 do not, across a boundary."""
+    resolver = make_resolver(ada(), now=I0 * 600)
+
+    def accepted(ts: float) -> list[int]:
+        if maintained:
+            while resolver.maintain(ts):
+                pass
+        return [
+            offset
+            for offset in range(-4, 4)
+            if resolver.resolve(mfr_adv(crypto.rpi_for_interval(RPIK, I0 + offset), ts))
+        ]
+
+    assert accepted(I0 * 600) == [-2, -1, 0, 1]
+    assert accepted(I0 * 600 + 599.999) == [-2, -1, 0, 1]
+    assert accepted((I0 + 1) * 600) == [-1, 0, 1, 2]
+    assert accepted((I0 + 2) * 600 + 10) == [0, 1, 2, 3]
+    assert accepted(I0 * 600 + 1) == [-2, -1, 0, 1]  # the clock may go back (a new replay)
+
+
+def test_rolling_precompute_in_slices_keeps_boundaries_free() -> None:
+    keys = [f"{n:032x}" for n in range(1, 301)]
+    contacts = [
+        Contact(f"c-{n}", "x", keys=(ContactKey(KeyKind.HALLWAY_V1, key),))
+        for n, key in enumerate(keys)
+    ]
+    resolver = make_resolver(*contacts, now=I0 * 600)
+    assert resolver.stats()["token_entries"] == 5 * 300  # i-2 .. i+1 and the next one
+    rpiks = [crypto.derive_rpik(bytes.fromhex(k)) for k in keys]
+    for step in range(1, 5):
+        now = (I0 + step) * 600 + 1
+        slices = 0
+        while resolver.maintain(now, budget_s=1e-9):
+            slices += 1
+        assert slices >= 300 // 64  # the work was split
+        builds = resolver.stats()["token_sync_builds"]
+        # crossing into the next interval finds everything ready
+        nxt = (I0 + step + 1) * 600
+        for n in (0, 150, 299):
+            rpi = crypto.rpi_for_interval(rpiks[n], I0 + step + 2)
+            assert resolver.resolve(mfr_adv(rpi, nxt)) == Match(f"c-{n}", KeyKind.HALLWAY_V1)
+        assert resolver.stats()["token_sync_builds"] == builds
+        assert resolver.stats()["token_entries"] == 5 * 300
+
+
+def test_contact_added_mid_roll_is_in_every_interval() -> None:
+    contacts = [
+        Contact(f"c-{n}", "x", keys=(ContactKey(KeyKind.HALLWAY_V1, f"{n:032x}"),))
+        for n in range(1, 200)
+    ]
+    resolver = make_resolver(*contacts, now=I0 * 600)
+    now = (I0 + 1) * 600
+    assert resolver.maintain(now, budget_s=1e-9)  # a build of I0+3 has started, not finished
+    resolver.upsert_contact(ada(), now=now)
+    resolver.remove_contact("c-5")
+    while resolver.maintain(now, budget_s=1e-9):
+        pass
+    ts = (I0 + 2) * 600
+    assert resolver.resolve(mfr_adv(crypto.rpi_for_interval(RPIK, I0 + 3), ts)) is not None
+    gone = crypto.derive_rpik(bytes.fromhex(f"{5:032x}"))
+    assert resolver.resolve(mfr_adv(crypto.rpi_for_interval(gone, I0 + 3), ts)) is None
+    assert resolver.stats()["token_entries"] == 5 * 199
+
+
+def test_jump_ahead_without_maintain_rebuilds_and_stays_bounded() -> None:
+    contacts = [
+        Contact(f"c-{n}", "x", keys=(ContactKey(KeyKind.HALLWAY_V1, f"{n:032x}"),))
+        for n in range(1, 51)
+    ]
+    resolver = make_resolver(ada(), *contacts)
+    later = I0 + 6 * 24  # a day later
+    for step in range(12):
+        ts = (later + step) * 600 + 5
+        rpi = crypto.rpi_for_interval(RPIK, later + step - 2)
+        assert resolver.resolve(mfr_adv(rpi, ts)) is not None
+        assert resolver.stats()["token_entries"] <= 7 * 51
+
+
+@given(
+    irks=st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=4, unique=True),
+    which=st.integers(min_value=-1, max_value=3),
+    raw=st.binary(min_size=6, max_size=6),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_irk_resolution_agrees_with_bluetooth_data_tools(
+    irks: list[bytes], which: int, raw: bytes
+) -> None:
+    if 0 <= which < len(irks):
+        prand = bytes([0x40 | (raw[0] & 0x3F)]) + raw[1:3]
+        block = Cipher(algorithms.AES(irks[which]), modes.ECB()).encryptor().update(
+            bytes(13) + prand
+        )
+        raw = prand + block[13:]
+    address = ":".join(f"{b:02X}" for b in raw)
+    expected = {
+        f"c-{n}"
+        for n, irk in enumerate(irks)
+        if resolve_private_address(get_cipher_for_irk(irk), address)
+    }
+    resolver = make_resolver(
+        *[
+            Contact(f"c-{n}", "x", keys=(ContactKey(KeyKind.IRK, irk.hex()),))
+            for n, irk in enumerate(irks)
+        ]
+    )
+    match = resolver.resolve(Advertisement(TS, address, "random"))
+    if expected:
+        assert match is not None
+        assert match.contact_id in expected
+        assert match.via is KeyKind.IRK
+    else:
+        assert match is None
+    if 0 <= which < len(irks):
+        assert expected
+
+
+_COMPANIES = st.one_of(st.sampled_from([0xFFFF, 76, 0]), st.integers(0, 0xFFFF))
+_PAYLOADS = st.one_of(
+    st.binary(max_size=40),
+    st.binary(max_size=24).map(lambda b: b"HW\x01" + b),
+    st.binary(max_size=24).map(lambda b: b"\x02\x15" + b),
+)
+_SERVICES = st.one_of(
+    st.sampled_from([EN_SERVICE_UUID, EDDYSTONE_SERVICE_UUID]), st.text(max_size=40)
+)
+_SERVICE_PAYLOADS = st.one_of(
+    st.binary(max_size=40),
+    st.binary(min_size=20, max_size=20),
+    st.binary(max_size=22).map(lambda b: b"\x00" + b),
+)
+_UUIDS = st.one_of(st.binary(min_size=16, max_size=16).map(lambda b: str(uuid.UUID(bytes=b))),
+                   st.text(max_size=40))
+_ADDRESSES = st.one_of(
+    st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02X}" for x in b)),
+    st.text(max_size=20),
+)
+
+
+_ADVERTISEMENTS = st.builds(
+    Advertisement,
+    ts=st.one_of(st.floats(), st.floats(min_value=TS - 3600, max_value=TS + 3600)),
+    address=_ADDRESSES,
+    address_type=st.one_of(st.sampled_from(["random", "public"]), st.text(max_size=8)),
+    rssi=st.integers(-128, 20),
+    tx_power=st.one_of(st.none(), st.integers(-128, 127)),
+    manufacturer_data=st.dictionaries(_COMPANIES, _PAYLOADS, max_size=3),
+    service_data=st.dictionaries(_SERVICES, _SERVICE_PAYLOADS, max_size=3),
+    service_uuids=st.lists(_UUIDS, max_size=3).map(tuple),
+)
+
+
+@given(advs=st.lists(_ADVERTISEMENTS, min_size=1, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_random_bytes_in_every_field_never_raise(advs: list[Advertisement]) -> None:
+    resolver = make_resolver(ada(), irk_cache_size=16)
+    for adv in advs:
+        result = resolver.resolve(adv)
+        assert result is None or isinstance(result, Match)
+        resolver.maintain(adv.ts if math.isfinite(adv.ts) else TS, budget_s=1e-4)
+    stats = resolver.stats()
+    assert stats["internal_errors"] == 0
+    assert stats["advertisements"] == len(advs)

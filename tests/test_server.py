@@ -1,0 +1,577 @@
+"""SPEC §6 on real sockets (TCP on 127.0.0.1 and a Unix socket) with a real SQLite event log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from hallway.config import ServerConfig
+from hallway.errors import ConfigError
+from hallway.hub import Hub
+from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
+from hallway.server import AUTH_BURST, EventServer, load_tokens
+from hallway.store import SqliteStore
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+CONTACTS = {
+    "c-1": Contact(id="c-1", name="Ada Lovelace", org="Analytical Engines", tags=("speaker",)),
+    "c-2": Contact(id="c-2", name="Grace Hopper", tags=("staff",)),
+}
+
+
+def arrived(contact: str, ts: float | None = None) -> PresenceEvent:
+    return PresenceEvent(EventType.ARRIVED, time.time() if ts is None else ts, contact,
+                         zone="near", distance_m=2.1, rssi=-66.5, via=KeyKind.HALLWAY_V1)
+
+
+def departed(contact: str, ts: float | None = None) -> PresenceEvent:
+    return PresenceEvent(EventType.DEPARTED, time.time() if ts is None else ts, contact,
+                         zone="far", distance_m=9.0, rssi=-80.0, via=KeyKind.HALLWAY_V1,
+                         dwell_s=12.0, reason=DepartReason.TIMEOUT)
+
+
+class Client:
+    """A line-oriented protocol client on a non-blocking socket we read only when told to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.eof = False
+
+    @classmethod
+    async def tcp(cls, port: int, *, rcvbuf: int | None = None) -> Client:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        return cls(sock)
+
+    @classmethod
+    async def unix(cls, path: str) -> Client:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, path)
+        return cls(sock)
+
+    async def send_raw(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        await self.send_raw((json.dumps(obj) + "\n").encode())
+
+    async def raw_line(self, wait_s: float = 3.0) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(wait_s):
+            while b"\n" not in self.buffer:
+                if self.eof:
+                    return None
+                try:
+                    chunk = await loop.sock_recv(self.sock, 65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    self.eof = True
+                self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    async def line(self, wait_s: float = 3.0) -> dict[str, Any] | None:
+        raw = await self.raw_line(wait_s)
+        return None if raw is None else json.loads(raw)
+
+    async def rest(self, wait_s: float = 3.0) -> list[dict[str, Any]]:
+        """Every line until the server closes."""
+        out = []
+        while (msg := await self.line(wait_s)) is not None:
+            out.append(msg)
+        return out
+
+    async def event(self, wait_s: float = 3.0) -> dict[str, Any]:
+        """The next line that is not a ping."""
+        while True:
+            msg = await self.line(wait_s)
+            assert msg is not None, "connection closed"
+            if msg["type"] != "ping":
+                return msg
+
+    async def subscribe(self, token: str = TOKEN, **fields: Any) -> dict[str, Any]:
+        hello = await self.line()
+        assert hello is not None
+        assert hello["type"] == "hello"
+        await self.send({"type": "subscribe", "token": token, **fields})
+        reply = await self.line()
+        assert reply is not None
+        assert reply["type"] == "subscribed", reply
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Rig:
+    """Store + hub + server, restartable on the same database."""
+
+    def __init__(self, db: Path, sock_path: str, **server: Any) -> None:
+        self.db = db
+        self.sock_path = sock_path
+        options: dict[str, Any] = {
+            "tcp_port": 0, "unix_socket": sock_path, "tokens": (TOKEN,), "queue_size": 64,
+            "auth_timeout_s": 5.0, "ping_interval_s": 15.0, "max_line_bytes": 4096,
+        }
+        options.update(server)
+        self.config = ServerConfig(**options)
+        self.tokens: list[str] = list(self.config.tokens)
+        self.clients: list[Client] = []
+
+    async def start(self) -> None:
+        self.store = await SqliteStore.open(self.db)
+        self.hub = Hub(self.store, scanner="kiosk-a", contact_lookup=CONTACTS.get,
+                       retention_s=86400.0, retention_count=100_000)
+        await self.hub.start()
+        self.server = EventServer(self.config, self.hub, scanner="kiosk-a", version="9.9",
+                                  tokens=self.tokens)
+        await self.server.start()
+        port = self.server.tcp_port
+        assert port is not None
+        self.port = port
+
+    async def publish(self, events: list[PresenceEvent]) -> None:
+        """Publish and wait until the events are logged and fanned out."""
+        self.hub.publish(events)
+        for _ in range(1500):
+            if not self.hub.stats()["pending"]:
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError("events were not delivered")
+
+    async def stop(self) -> None:
+        await self.hub.close()
+        await self.server.close()
+        await self.store.close()
+
+    async def tcp(self, **kw: Any) -> Client:
+        client = await Client.tcp(self.port, **kw)
+        self.clients.append(client)
+        return client
+
+    async def unix(self) -> Client:
+        client = await Client.unix(self.sock_path)
+        self.clients.append(client)
+        return client
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="hw-")  # Unix socket paths must stay under 108 bytes
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path, short_dir: str) -> Iterator[Any]:
+    rigs: list[Rig] = []
+
+    def make(**server: Any) -> Rig:
+        rig = Rig(tmp_path / "events.db", os.path.join(short_dir, "h.sock"), **server)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        for client in rig.clients:
+            client.close()
+
+
+@pytest.fixture
+async def rig(rig_factory: Any) -> AsyncIterator[Rig]:
+    r: Rig = rig_factory()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+# -- handshake and auth ---------------------------------------------------------------------
+
+
+async def test_hello_subscribe_and_live_events_on_tcp_and_unix(rig: Rig) -> None:
+    await rig.publish([arrived("c-1", 100.0)])
+    tcp, unix = await rig.tcp(), await rig.unix()
+    for client in (tcp, unix):
+        hello = await client.line()
+        assert hello == {"type": "hello", "protocol": 1, "server": "hallway/9.9",
+                         "scanner": "kiosk-a", "auth": "token"}
+        await client.send({"type": "subscribe", "token": TOKEN})
+        subscribed = await client.line()
+        assert subscribed is not None
+        assert subscribed["type"] == "subscribed"
+        assert subscribed["seq"] == 1
+        assert [p["contact"]["name"] for p in subscribed["present"]] == ["Ada Lovelace"]
+        assert set(subscribed["present"][0]) == {"contact", "zone", "distance_m", "rssi",
+                                                 "since", "via"}
+    rig.hub.publish([arrived("c-2", 101.0)])
+    for client in (tcp, unix):
+        event = await client.event()
+        assert event["type"] == "arrived"
+        assert event["seq"] == 2
+        assert event["contact"]["name"] == "Grace Hopper"
+        assert event["via"] == "hallway-v1"
+    mode = stat.S_IMODE(os.stat(rig.sock_path).st_mode)
+    assert mode == 0o660
+    assert rig.server.stats()["subscribers"] == 2
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"type": "subscribe", "token": "wrong-token-of-some-length"},
+        {"type": "subscribe"},
+        {"type": "subscribe", "token": 12345},
+        {"type": "subscribe", "token": TOKEN[:-1]},
+        {"type": "status", "token": "nope"},
+    ],
+    ids=["wrong", "missing", "not-a-string", "prefix", "status"],
+)
+async def test_wrong_token_gets_unauthorized_and_nothing_else(
+    rig: Rig, request_: dict[str, Any]
+) -> None:
+    rig.hub.publish([arrived("c-1")])
+    client = await rig.tcp()
+    hello = await client.line()
+    assert hello is not None
+    assert hello["type"] == "hello"
+    await client.send(request_)
+    rest = await client.rest()
+    assert [m["type"] for m in rest] == ["error"]
+    assert rest[0]["code"] == "unauthorized"
+    assert "Ada" not in json.dumps(rest)
+    assert "c-1" not in json.dumps(rest)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"hello there\n",
+        b"[1, 2, 3]\n",
+        b'{"token": "x"}\n',
+        b'{"type": "subscribe", "token": "\xff\xfe"}\n',
+        b"[" * 3000 + b"\n",
+        b'{"type": "launch"}\n',
+    ],
+    ids=["text", "array", "no-type", "bad-utf8", "deep-nesting", "unknown-type"],
+)
+async def test_garbage_gets_bad_request_and_close(rig: Rig, raw: bytes) -> None:
+    client = await rig.tcp()
+    await client.line()
+    await client.send_raw(raw)
+    rest = await client.rest()
+    assert [(m["type"], m["code"]) for m in rest] == [("error", "bad_request")]
+
+
+async def test_invalid_subscribe_fields_get_bad_request(rig: Rig) -> None:
+    for fields in ({"since_seq": "7"}, {"since_seq": -1}, {"contacts": "c-1"},
+                   {"tags": [1]}, {"since_seq": True}):
+        client = await rig.tcp()
+        await client.line()
+        await client.send({"type": "subscribe", "token": TOKEN, **fields})
+        assert [m.get("code") for m in await client.rest()] == ["bad_request"], fields
+
+
+async def test_oversized_line_gets_too_large_and_close(rig: Rig) -> None:
+    for payload in (b"x" * 10_000 + b"\n", b"{" + b" " * 10_000):  # with and without newline
+        client = await rig.tcp()
+        await client.line()
+        with contextlib.suppress(ConnectionError):
+            await client.send_raw(payload)
+        rest = await client.rest()
+        assert [(m["type"], m["code"]) for m in rest] == [("error", "too_large")]
+    assert rig.server.stats()["too_large"] == 2
+
+
+async def test_unauthenticated_connection_times_out_and_hears_only_pings(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(auth_timeout_s=0.7, ping_interval_s=0.2)
+    await rig.start()
+    try:
+        rig.hub.publish([arrived("c-1")])
+        client = await rig.tcp()
+        await client.send_raw(b'{"type": "subscr')  # a partial line never completed
+        started = time.monotonic()
+        messages = await client.rest()
+        elapsed = time.monotonic() - started
+        types = [m["type"] for m in messages]
+        assert types[0] == "hello"
+        assert types[-1] == "error"
+        assert messages[-1]["code"] == "unauthorized"
+        pings = messages[1:-1]
+        assert len(pings) >= 2
+        assert all(set(p) == {"type", "seq", "ts"} for p in pings)
+        assert 0.5 < elapsed < 2.5
+    finally:
+        await rig.stop()
+
+
+async def test_idle_subscriber_hears_pings_even_with_empty_filter(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(ping_interval_s=0.3)
+    await rig.start()
+    try:
+        client = await rig.tcp()
+        await client.subscribe(contacts=[])
+        await rig.publish([arrived("c-1")])
+        ping = await client.line(wait_s=2.0)
+        assert ping is not None
+        assert ping["type"] == "ping"
+        assert ping["seq"] == 1
+    finally:
+        await rig.stop()
+
+
+async def test_status_request(rig: Rig) -> None:
+    await rig.publish([arrived("c-1")])
+    client = await rig.tcp()
+    await client.line()
+    await client.send({"type": "status", "token": TOKEN})
+    status = await client.line()
+    assert status is not None
+    assert status["type"] == "status"
+    assert status["scanner"] == "kiosk-a"
+    assert status["hub"]["published"] == 1
+    # The same connection may then subscribe; after that, status needs no token.
+    await client.send({"type": "subscribe", "token": TOKEN})
+    assert (await client.event())["type"] == "subscribed"
+    await client.send({"type": "status"})
+    assert (await client.event())["type"] == "status"
+
+
+async def test_wrong_tokens_are_rate_limited_per_peer(rig: Rig) -> None:
+    for _ in range(AUTH_BURST):
+        client = await rig.tcp()
+        await client.line()
+        await client.send({"type": "subscribe", "token": "guess-guess-guess-guess"})
+        assert [m["code"] for m in await client.rest()] == ["unauthorized"]
+    # Over budget: refused before hello, even with the right token.
+    client = await rig.tcp()
+    messages = await client.rest()
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "unauthorized")]
+    assert rig.server.stats()["refused_peer"] >= 1
+    # The Unix socket is another peer, with its own budget.
+    other = await rig.unix()
+    await other.subscribe()
+
+
+async def test_auth_none_only_locally(rig_factory: Any) -> None:
+    with pytest.raises(ValidationError):
+        ServerConfig(auth="none", tcp_host="0.0.0.0")
+    hub = Hub.__new__(Hub)  # never started: the constructor check comes first
+    with pytest.raises(ConfigError):
+        EventServer(ServerConfig(tcp_host="0.0.0.0"), hub, scanner="x", version="1", tokens=[])
+    rig: Rig = rig_factory(auth="none", tokens=())
+    rig.tokens = []
+    await rig.start()
+    try:
+        client = await rig.tcp()
+        hello = await client.line()
+        assert hello is not None
+        assert hello["auth"] == "none"
+        await client.send({"type": "subscribe"})
+        assert (await client.event())["type"] == "subscribed"
+    finally:
+        await rig.stop()
+
+
+async def test_connection_limit_evicts_oldest_unauthenticated(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(max_connections=3)
+    await rig.start()
+    try:
+        first, second, third = [await rig.tcp() for _ in range(3)]
+        for client in (first, second, third):
+            assert (await client.line() or {}).get("type") == "hello"
+        fourth = await rig.tcp()
+        assert (await fourth.line() or {}).get("type") == "hello"
+        assert [m["code"] for m in await first.rest()] == ["unauthorized"]
+        for client in (second, third, fourth):
+            await client.send({"type": "subscribe", "token": TOKEN})
+            assert (await client.event())["type"] == "subscribed"
+        fifth = await rig.tcp()
+        assert [m["code"] for m in await fifth.rest()] == ["busy"]
+        assert rig.server.stats()["evicted"] == 1
+    finally:
+        await rig.stop()
+
+
+# -- delivery, backpressure and resume ------------------------------------------------------
+
+
+async def test_half_closed_client_keeps_receiving(rig: Rig) -> None:
+    client = await rig.tcp()
+    await client.subscribe()
+    client.sock.shutdown(socket.SHUT_WR)
+    rig.hub.publish([arrived("c-1")])
+    assert (await client.event())["seq"] == 1
+
+
+async def test_slow_client_is_cut_off_while_another_keeps_up(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(queue_size=256)
+    await rig.start()
+    try:
+        await _slow_and_fast(rig)
+    finally:
+        await rig.stop()
+
+
+async def _slow_and_fast(rig: Rig) -> None:
+    total, per_batch = 2000, 20
+    slow = await rig.tcp(rcvbuf=4096)
+    await slow.subscribe()
+    fast = await rig.tcp()
+    await fast.subscribe()
+    latencies: list[float] = []
+    seqs: list[int] = []
+
+    async def read_fast() -> None:
+        while len(seqs) < total:
+            event = await fast.event(wait_s=5.0)
+            seqs.append(event["seq"])
+            latencies.append(time.time() - event["ts"])
+
+    reader = asyncio.create_task(read_fast(), name="fast-reader")
+    for batch in range(total // per_batch):
+        rig.hub.publish([arrived(f"x-{batch}-{i}") for i in range(per_batch)])
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(reader, timeout=20)
+    assert seqs == list(range(1, total + 1))
+    latencies.sort()
+    print(f"\nfast subscriber: {total} events, median latency {latencies[total // 2] * 1e3:.1f} ms,"
+          f" max {latencies[-1] * 1e3:.1f} ms")
+    assert latencies[-1] < 2.0
+    # The slow client now reads: a contiguous run of events, then `lagged`, then the end.
+    got = await slow.rest(wait_s=5.0)
+    assert got[-1] == {"type": "error", "code": "lagged", "message": got[-1]["message"]}
+    events = got[:-1]
+    assert events
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert len(events) < total
+    assert rig.server.stats()["lagged"] == 1
+    # It resumes without loss.
+    again = await rig.tcp()
+    subscribed = await again.subscribe(since_seq=events[-1]["seq"])
+    assert subscribed["seq"] == total
+    replayed = [(await again.event())["seq"] for _ in range(total - len(events))]
+    assert replayed == list(range(len(events) + 1, total + 1))
+
+
+async def test_reconnect_with_since_seq_delivers_exactly_the_missed_events(rig: Rig) -> None:
+    client = await rig.tcp()
+    await client.subscribe()
+    rig.hub.publish([arrived("c-1"), arrived("c-2")])
+    seen = [(await client.event())["seq"] for _ in range(2)]
+    client.close()
+    await rig.publish([departed("c-1"), departed("c-2"), arrived("c-1")])
+    watcher = await rig.tcp()
+    await watcher.subscribe()
+    back = await rig.tcp()
+    await back.subscribe(since_seq=seen[-1])
+    assert [(await back.event())["seq"] for _ in range(3)] == [3, 4, 5]
+    rig.hub.publish([departed("c-1")])
+    assert (await back.event())["seq"] == 6
+    assert (await watcher.event())["seq"] == 6
+    # With a filter, the replay holds only matching events.
+    filtered = await rig.tcp()
+    await filtered.subscribe(since_seq=0, contacts=["c-2"])
+    assert [(await filtered.event())["seq"] for _ in range(2)] == [2, 4]
+    # Asking for events from the future: resync.
+    future = await rig.tcp()
+    await future.subscribe(since_seq=1000)
+    resync = await future.event()
+    assert resync["type"] == "resync"
+    assert resync["seq"] == 6
+    assert [p["contact"]["id"] for p in resync["present"]] == []
+
+
+async def test_resume_after_outside_pruning_gets_resync(rig: Rig) -> None:
+    await rig.publish([arrived("c-1"), departed("c-1"), arrived("c-2"), arrived("c-1")])
+    await rig.store.prune_events(before_ts=-1.0, keep_count=2)
+    client = await rig.tcp()
+    subscribed = await client.subscribe(since_seq=1)
+    resync = await client.event()
+    assert resync["type"] == "resync"
+    assert resync["seq"] == subscribed["seq"] == 4
+    assert [p["contact"]["id"] for p in resync["present"]] == ["c-2", "c-1"]
+    await rig.publish([departed("c-2")])
+    assert (await client.event())["seq"] == 5
+
+
+async def test_restart_keeps_seq_increasing_and_resume_working(rig_factory: Any) -> None:
+    rig: Rig = rig_factory()
+    await rig.start()
+    client = await rig.tcp()
+    await client.subscribe()
+    rig.hub.publish([arrived("c-1"), arrived("c-2")])
+    last = [(await client.event())["seq"] for _ in range(2)][-1]
+    rig.hub.publish([departed("c-2")])  # published, never read by the client
+    await rig.stop()
+    assert [m["seq"] for m in await client.rest() if "seq" in m and m["type"] != "ping"][-1] == 3
+
+    rig2: Rig = rig_factory()
+    await rig2.start()
+    try:
+        await rig2.publish([arrived("c-2")])
+        back = await rig2.tcp()
+        subscribed = await back.subscribe(since_seq=last)
+        assert subscribed["seq"] == 4
+        replay = [await back.event() for _ in range(2)]
+        assert [(e["seq"], e["type"]) for e in replay] == [(3, "departed"), (4, "arrived")]
+        rig2.hub.publish([departed("c-1")])
+        assert (await back.event())["seq"] == 5
+    finally:
+        await rig2.stop()
+
+
+async def test_shutdown_delivers_queued_events_then_closes(rig_factory: Any) -> None:
+    rig: Rig = rig_factory()
+    await rig.start()
+    client = await rig.tcp()
+    await client.subscribe()
+    rig.hub.publish([departed("c-1"), departed("c-2")])
+    await rig.stop()
+    assert [m["seq"] for m in await client.rest()] == [1, 2]
+    assert not Path(rig.sock_path).exists()  # noqa: ASYNC240 - a test's quick check
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def test_load_tokens_generates_one_into_the_state_dir(tmp_path: Path) -> None:
+    config = ServerConfig()
+    tokens = load_tokens(config, state_dir=tmp_path)
+    assert len(tokens) == 1
+    assert len(tokens[0]) >= 32
+    path = tmp_path / "token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert load_tokens(config, state_dir=tmp_path) == tokens  # stable across starts
+    with pytest.raises(ConfigError):
+        load_tokens(config, state_dir=tmp_path / "nowhere", create=False)
+    assert load_tokens(ServerConfig(auth="none"), state_dir=tmp_path) == []
+
+
+def test_load_tokens_from_config_and_file(tmp_path: Path) -> None:
+    file = tmp_path / "tokens"
+    file.write_text("# apps\n\nfile-token-aaaaaaaaaaaa\n  other-token-bbbbbbbbbb  \n")
+    config = ServerConfig(tokens=(TOKEN,), token_file=str(file))
+    assert load_tokens(config, state_dir=None) == [TOKEN, "file-token-aaaaaaaaaaaa",
+                                                   "other-token-bbbbbbbbbb"]
+    file.write_text("short\n")
+    with pytest.raises(ConfigError, match=r"16 characters"):
+        load_tokens(config, state_dir=None)
