@@ -15,10 +15,10 @@ trackers, which get the same distance model and radius:
 
 Scores (times in trace seconds, one sample per second, per contact):
 
-- scope: the seconds a contact is in the venue (within radio reach) or reported present;
-  the rest (not there, not claimed) is right by any tracker and left out.
+- scope: the seconds a contact is in the venue (within radio reach) or reported present; the
+  rest (not there, not claimed) is right by any tracker and left out.
 - presence accuracy/error: reported == truth, excluding ±10 s around each true transition.
-- ghost: the fraction of reported-present seconds that were truly absent (same exclusion).
+- ghost: the fraction of truly absent seconds reported present (same exclusion).
 - missed: the fraction of truly present seconds reported absent (same exclusion).
 - false departures per present contact-hour: a departure while truly present, not within
   ±10 s of a true transition (the end of the trace is not a departure).
@@ -263,7 +263,7 @@ class Score:
 
     scored_s: int = 0
     correct_s: int = 0
-    reported_s: int = 0
+    absent_s: int = 0
     ghost_s: int = 0
     true_s: int = 0
     missed_s: int = 0
@@ -287,7 +287,7 @@ class Score:
 
     @property
     def ghost(self) -> float:
-        return self.ghost_s / self.reported_s if self.reported_s else 0.0
+        return self.ghost_s / self.absent_s if self.absent_s else 0.0
 
     @property
     def missed(self) -> float:
@@ -323,13 +323,16 @@ def score(truths: dict[str, Truth], timelines: dict[str, Timeline], *, seconds: 
             actual = truth.present[k]
             if actual:
                 result.present_hours += 1 / 3600
+            recently_gone = k - last_in_venue <= GONE_GHOST_WINDOW_S
             if distance is None and not reported:
+                if recently_gone:
+                    result.clear_out_s += 1
                 continue
             if distance is not None and distance <= clear_in and actual:
                 result.clear_in_s += 1
                 result.clear_in_missed_s += not reported
             elif (distance is not None and distance >= clear_out) or (
-                distance is None and k - last_in_venue <= GONE_GHOST_WINDOW_S
+                distance is None and recently_gone
             ):
                 result.clear_out_s += 1
                 result.clear_out_ghost_s += reported
@@ -343,7 +346,7 @@ def score(truths: dict[str, Truth], timelines: dict[str, Timeline], *, seconds: 
                 continue
             result.scored_s += 1
             result.correct_s += reported == actual
-            result.reported_s += reported
+            result.absent_s += not actual
             result.ghost_s += reported and not actual
             result.true_s += actual
             result.missed_s += actual and not reported

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
 import struct
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from hallway.config import ScannerConfig
@@ -47,55 +50,69 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def throughput(fake: FakeBlueZProcess, consumer: Consumer, handoff: Handoff,
-                     source: BleakSource, rate: float, seconds: float) -> None:
-    consumer.latencies.clear()
-    start_count = consumer.count
-    start_drop = handoff.stats()["dropped"]
-    heard0 = source.stats()["heard"]
-    t0 = time.monotonic()
-    answer = await fake.command("steady", devices=200, rate=rate, duration_s=seconds, wait=True,
-                                stamp=True, timeout_s=seconds * 20 + 30)
-    # let the tail drain
-    for _ in range(200):
-        if source.stats()["heard"] - int(heard0) >= answer["sent"]:
-            break
-        await asyncio.sleep(0.02)
-    elapsed = time.monotonic() - t0
-    got = consumer.count - start_count
-    lat = consumer.latencies
-    print(f"  asked {rate:>8.0f}/s  sent {answer['sent']:>7}  delivered {got:>7} "
-          f"in {elapsed:5.2f} s = {got / elapsed:>8.0f}/s  dropped {handoff.stats()['dropped'] - start_drop:>6}"
-          f"  latency p50 {pct(lat, 0.5) * 1e3:6.2f} ms  p99 {pct(lat, 0.99) * 1e3:7.2f} ms")
+async def poll(predicate: Callable[[], bool], interval_s: float = 0.002) -> None:
+    """Return once ``predicate()`` holds (checked every ``interval_s``)."""
+    while True:
+        if predicate():
+            return
+        await asyncio.sleep(interval_s)
 
 
-async def recovery(directory: Path, bus: PrivateBus, fake: FakeBlueZProcess, handoff: Handoff,
-                   source: BleakSource, restarts: int) -> FakeBlueZProcess:
-    times = []
-    for _ in range(restarts):
-        await fake.command("steady", devices=5, rate=500, duration_s=60)
-        await asyncio.sleep(0.3)
-        await fake.stop(kill=True)
-        while source.state is SourceState.SCANNING:
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(1.0)
-        fake = FakeBlueZProcess(bus.address, directory / "control")
-        await fake.start()
-        ready = time.monotonic()
-        before = handoff.stats()["total"]
-        await fake.command("steady", devices=5, rate=500, duration_s=60)
-        while handoff.stats()["total"] == before:
-            await asyncio.sleep(0.001)
-        times.append(time.monotonic() - ready)
-        await fake.command("stop_jobs")
-    print(f"  BlueZ killed and restarted {restarts}x: scanning resumed after "
-          f"median {statistics.median(times) * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms "
-          "(from the new BlueZ owning its name to the first advertisement in the hand-off)")
-    return fake
+@dataclass
+class Bench:
+    directory: Path
+    bus: PrivateBus
+    fake: FakeBlueZProcess
+    source: BleakSource
+    handoff: Handoff
+    consumer: Consumer
+
+    async def throughput(self, rate: float, seconds: float) -> None:
+        consumer, handoff, source = self.consumer, self.handoff, self.source
+        consumer.latencies.clear()
+        start_count = consumer.count
+        start_drop = handoff.stats()["dropped"]
+        heard0 = int(source.stats()["heard"])
+        t0 = time.monotonic()
+        cpu0 = time.process_time()
+        answer = await self.fake.command("steady", devices=200, rate=rate, duration_s=seconds,
+                                         wait=True, stamp=True, timeout_s=seconds * 20 + 30)
+        with contextlib.suppress(TimeoutError):  # let the tail drain
+            async with asyncio.timeout(5):
+                await poll(lambda: int(source.stats()["heard"]) - heard0 >= answer["sent"])
+        elapsed = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
+        got = consumer.count - start_count
+        dropped = handoff.stats()["dropped"] - start_drop
+        lat = consumer.latencies
+        print(f"  asked {rate:>6.0f}/s: delivered {got:>6}/{answer['sent']:<6} in {elapsed:5.2f} s "
+              f"= {got / elapsed:>6.0f}/s, dropped {dropped}, send->hand-off p50 "
+              f"{pct(lat, 0.5) * 1e3:.2f} ms p99 {pct(lat, 0.99) * 1e3:.2f} ms; receiving "
+              f"process {cpu / elapsed:4.0%} of a core = {got / cpu:,.0f} per CPU-second")
+
+    async def recovery(self, restarts: int) -> None:
+        times = []
+        for _ in range(restarts):
+            await self.fake.command("steady", devices=5, rate=500, duration_s=60)
+            await asyncio.sleep(0.3)
+            await self.fake.stop(kill=True)
+            await poll(lambda: self.source.state is not SourceState.SCANNING)
+            await asyncio.sleep(1.0)
+            self.fake = FakeBlueZProcess(self.bus.address, self.directory / "control")
+            await self.fake.start()
+            ready = time.monotonic()
+            before = self.handoff.stats()["total"]
+            await self.fake.command("steady", devices=5, rate=500, duration_s=60)
+            await poll(lambda n=before: self.handoff.stats()["total"] > n, 0.0005)
+            times.append(time.monotonic() - ready)
+            await self.fake.command("stop_jobs")
+        print(f"  BlueZ killed and restarted {restarts}x: scanning resumed after median "
+              f"{statistics.median(times) * 1e3:.0f} ms, max {max(times) * 1e3:.0f} ms (from the "
+              "new BlueZ owning its name to the first advertisement in the hand-off)")
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--restarts", type=int, default=5)
     args = parser.parse_args()
@@ -109,21 +126,21 @@ async def main() -> None:
                            start_timeout_s=2, device_prune_s=60)
     handoff = Handoff(config.queue_size)
     source = BleakSource(config)
-    consumer = Consumer(handoff)
-    tasks = [asyncio.create_task(source.run(handoff)), asyncio.create_task(consumer.run())]
+    bench = Bench(directory, bus, fake, source, handoff, Consumer(handoff))
+    tasks = [asyncio.create_task(source.run(handoff)),
+             asyncio.create_task(bench.consumer.run())]
     try:
-        while source.state is not SourceState.SCANNING:
-            await asyncio.sleep(0.01)
-        print("BleakSource through bleak's BlueZ backend, fake BlueZ "
-              f"in its own process, {os.cpu_count()} cores:")
+        await poll(lambda: source.state is SourceState.SCANNING)
+        print("BleakSource through bleak's BlueZ backend, fake BlueZ in its own process, "
+              f"{os.cpu_count()} cores (shared):")
         for rate in (1000, 5000, 10000, 20000, 40000):
-            await throughput(fake, consumer, handoff, source, rate, args.seconds)
-        fake = await recovery(directory, bus, fake, handoff, source, args.restarts)
+            await bench.throughput(rate, args.seconds)
+        await bench.recovery(args.restarts)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await fake.stop()
+        await bench.fake.stop()
         bus.stop()
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -149,7 +149,7 @@ class PrivateAvahi:
                 ["dbus-daemon", f"--config-file={self.dir / 'bus.conf'}", "--nofork"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
-            self._wait(lambda: self.bus.exists(), "dbus-daemon")
+            self._wait(self.bus.exists, "dbus-daemon")
             script = (f"mount --bind {self.dir / 'run'} /run && mkdir -p /run/avahi-daemon && "
                       "exec avahi-daemon --no-drop-root --no-chroot --no-rlimits "
                       f"-f {self.dir / 'avahi.conf'}")

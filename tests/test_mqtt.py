@@ -8,14 +8,11 @@ stopped by PID. Events are written to a real SQLite store the way the hub writes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,233 +20,31 @@ import aiomqtt
 import pytest
 
 from hallway.config import MqttConfig
-from hallway.events import event_json
-from hallway.models import Contact, ContactKey, DepartReason, EventType, KeyKind, PresenceEvent
 from hallway.mqtt import MqttPublisher, PublisherState, Topics, topic_level, unescape_level
 from hallway.store import SqliteStore
-from hallway.testing.mosquitto import (
-    MosquittoBroker,
-    TlsFiles,
-    add_passwords,
-    docs_broker_config,
-    free_port,
-    make_tls,
+from mqtt_env import (
+    IRK_HEX,
+    KEY_HEX,
+    PASSWORDS,
+    VENUE,
+    Collector,
+    Log,
+    Site,
+    collecting,
+    publishing,
+    retained,
+    retained_status,
+    running_site,
+    scanner_config,
 )
 
 pytestmark = pytest.mark.system
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "venue.md"
-PASSWORDS = {
-    "kiosk-a": "kiosk-a-password-1",
-    "kiosk-b": "kiosk-b-password-2",
-    "venue": "venue-password-3",
-    "reader": "reader-password-4",
-}
-VENUE = "expo"
-KEY_HEX = "75c734c6dd1a782de7a965da5eb93125"
-IRK_HEX = "ec0234a357c8ad05341010a60a397d9b"
-
-CONTACTS = {
-    f"c-{i}": Contact(
-        id=f"c-{i}", name=f"Person {i}", org="Org", tags=("speaker",),
-        keys=(ContactKey(KeyKind.HALLWAY_V1, f"{i:032x}"),),
-    )
-    for i in range(1, 6)
-}
-CONTACTS["c-1"] = Contact(
-    id="c-1", name="Ada Lovelace", handles={"linkedin": "ada"},
-    keys=(ContactKey(KeyKind.HALLWAY_V1, KEY_HEX), ContactKey(KeyKind.IRK, IRK_HEX)),
-)
-
-
-# -- the broker ------------------------------------------------------------------------------
-
-
-@dataclass
-class Site:
-    broker: MosquittoBroker
-    port: int
-    tls_port: int
-    tls: TlsFiles
-
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    tls = make_tls(tmp_path / "tls", clients=["kiosk-c"])
-    port, tls_port = free_port(), free_port()
-    config = docs_broker_config(DOCS.read_text(), tmp_path, port=port, tls_port=tls_port,
-                                tls=tls)
-    add_passwords(tmp_path / "passwd", PASSWORDS)
-    broker = MosquittoBroker(tmp_path, config, ports=(port, tls_port))
-    broker.start()
-    try:
-        yield Site(broker, port, tls_port, tls)
-    finally:
-        broker.stop()
-
-
-def scanner_config(site: Site, user: str = "kiosk-a", **extra: Any) -> MqttConfig:
-    values: dict[str, Any] = {
-        "enabled": True, "host": "127.0.0.1", "port": site.port, "username": user,
-        "password": PASSWORDS[user], "venue": VENUE, "reconnect_max_s": 0.5,
-        "present_interval_s": 0.2, **extra,
-    }
-    return MqttConfig(**values)
-
-
-# -- a subscriber that keeps everything -------------------------------------------------------
-
-
-@dataclass
-class Received:
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-@dataclass
-class Collector:
-    """A venue-style subscriber: persistent session, QoS 1, reconnects until stopped."""
-
-    port: int
-    topics: tuple[str, ...]
-    user: str = "venue"
-    client_id: str = "test-collector"
-    clean: bool = False
-    messages: list[Received] = field(default_factory=list)
-    connects: int = 0
-    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
-    _new: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    "127.0.0.1", self.port, username=self.user, password=PASSWORDS[self.user],
-                    identifier=self.client_id, clean_session=self.clean, timeout=5,
-                ) as client:
-                    self.connects += 1
-                    for topic in self.topics:
-                        await client.subscribe(topic, qos=1)
-                    self.subscribed.set()
-                    async for message in client.messages:
-                        payload = message.payload
-                        assert isinstance(payload, bytes)
-                        self.messages.append(Received(str(message.topic), payload,
-                                                      message.retain))
-                        self._new.set()
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.2)
-
-    def on(self, suffix: str) -> list[Received]:
-        return [m for m in self.messages if m.topic.endswith(suffix)]
-
-    def event_seqs(self) -> list[int]:
-        return [json.loads(m.payload)["seq"] for m in self.on("/events")]
-
-    async def until(self, predicate: Callable[[], bool], timeout_s: float) -> None:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                self._new.clear()
-                await self._new.wait()
-
-
-@contextlib.asynccontextmanager
-async def collecting(collector: Collector) -> AsyncIterator[Collector]:
-    task = asyncio.create_task(collector.run())
-    try:
-        async with asyncio.timeout(10):
-            await collector.subscribed.wait()
-        yield collector
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-@contextlib.asynccontextmanager
-async def publishing(publisher: MqttPublisher) -> AsyncIterator[MqttPublisher]:
-    task = asyncio.create_task(publisher.run())
-    try:
-        yield publisher
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def retained(port: int, topic_filter: str, status_topic: str) -> dict[str, bytes]:
-    """The retained messages under ``topic_filter`` (read until ``status_topic``'s arrives)."""
-    found: dict[str, bytes] = {}
-    async with aiomqtt.Client("127.0.0.1", port, username="venue",
-                              password=PASSWORDS["venue"], timeout=5) as client:
-        await client.subscribe(topic_filter, qos=1)
-        # Mosquitto queues a subscription's retained messages with its SUBACK, so once the
-        # second subscription's retained status arrives, the first one's have all come.
-        await client.subscribe(status_topic, qos=1)
-        async with asyncio.timeout(5):
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                if str(message.topic) == status_topic:
-                    break
-                found[str(message.topic)] = message.payload
-    return found
-
-
-async def retained_status(port: int, topic: str) -> bytes | None:
-    """The retained message on one topic, or None (it would come right after the SUBACK)."""
-    async with aiomqtt.Client("127.0.0.1", port, username="venue",
-                              password=PASSWORDS["venue"], timeout=5) as client:
-        await client.subscribe(topic, qos=1)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                async for message in client.messages:
-                    assert isinstance(message.payload, bytes)
-                    return message.payload
-    return None
-
-
-# -- events in the store, as the hub writes them ---------------------------------------------
-
-
-class Log:
-    """Writes SPEC §5 events into a store's log with consecutive ``seq``."""
-
-    def __init__(self, store: SqliteStore, scanner: str = "kiosk-a") -> None:
-        self.store = store
-        self.scanner = scanner
-        self.ts = 1_763_700_000.0
-
-    async def write(self, events: list[PresenceEvent],
-                    tamper: Callable[[dict[str, Any]], None] | None = None) -> list[int]:
-        seq = await self.store.last_seq()
-        rows = []
-        for event in events:
-            seq += 1
-            payload = event_json(event, seq=seq, scanner=self.scanner,
-                                 contact=CONTACTS.get(event.contact_id))
-            if tamper is not None:
-                tamper(payload)
-            rows.append((seq, event.ts, event.type.value, event.contact_id, json.dumps(payload)))
-        await self.store.append_events(rows)
-        return [row[0] for row in rows]
-
-    def arrived(self, cid: str, distance_m: float = 2.0) -> PresenceEvent:
-        self.ts += 1
-        return PresenceEvent(EventType.ARRIVED, self.ts, cid, zone="near",
-                             distance_m=distance_m, rssi=-65.0, via=KeyKind.HALLWAY_V1)
-
-    def zone(self, cid: str, zone: str, distance_m: float) -> PresenceEvent:
-        self.ts += 1
-        return PresenceEvent(EventType.ZONE, self.ts, cid, zone=zone, distance_m=distance_m,
-                             rssi=-70.0, via=KeyKind.HALLWAY_V1, previous_zone="near")
-
-    def departed(self, cid: str) -> PresenceEvent:
-        self.ts += 1
-        return PresenceEvent(EventType.DEPARTED, self.ts, cid, zone="far", distance_m=9.0,
-                             rssi=-80.0, via=KeyKind.HALLWAY_V1, dwell_s=10.0,
-                             reason=DepartReason.OUT_OF_RANGE)
+    with running_site(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture
@@ -279,7 +74,9 @@ def assert_in_order_without_gaps(seqs: list[int], expected: list[int]) -> None:
 def test_topic_levels_escape_and_round_trip() -> None:
     for text in ("kiosk-a", "Hall 3/North", "a+b#c", "100%", "%2F"):
         level = topic_level(text)
-        assert "/" not in level and "+" not in level and "#" not in level
+        assert "/" not in level
+        assert "+" not in level
+        assert "#" not in level
         assert unescape_level(level) == text
     topics = Topics.for_scanner(MqttConfig(venue="expo"), "Hall 3/N")
     assert topics.events == "hallway/expo/scanners/Hall 3%2FN/events"
@@ -314,7 +111,8 @@ async def test_events_arrive_in_order_with_presence_and_status(
     assert event["contact"] == {"id": "c-2", "name": "Person 2", "org": "Org",
                                 "tags": ["speaker"]}
     stats = publisher.stats()
-    assert stats["events"] == len(expected) and stats["dropped"] == 0
+    assert stats["events"] == len(expected)
+    assert stats["dropped"] == 0
     assert stats["state"] == PublisherState.STOPPED.value
 
     # Retained presence is what a late subscriber sees: the present set after the last event.
@@ -322,8 +120,10 @@ async def test_events_arrive_in_order_with_presence_and_status(
     present = {json.loads(p)["contact"]["id"]: json.loads(p) for p in held.values() if p}
     # c-3 and c-5 were last seen in odd rounds, which end in a departure.
     assert set(present) == {"c-1", "c-2", "c-4"}
-    assert present["c-1"]["distance_m"] == 3.0 and present["c-1"]["scanner"] == "kiosk-a"
-    assert present["c-1"]["zone"] == "near" and present["c-1"]["via"] == "hallway-v1"
+    assert present["c-1"]["distance_m"] == 3.0
+    assert present["c-1"]["scanner"] == "kiosk-a"
+    assert present["c-1"]["zone"] == "near"
+    assert present["c-1"]["via"] == "hallway-v1"
     # A clean stop says offline itself.
     assert await retained_status(site.port, topics.status) == b"offline"
 
@@ -375,20 +175,20 @@ async def test_last_will_says_offline_when_the_daemon_dies(
     )
     collector = Collector(site.port, (topics.status,), clean=True)
     async with collecting(collector):
-        child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "child.db"),
-                                  config.model_dump_json()])
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(tmp_path / "child.db"), config.model_dump_json())
         try:
             await collector.until(lambda: bool(collector.on("/status")), 20)
             assert collector.on("/status")[-1].payload == b"online"
             child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
+            await child.wait()
             started = time.monotonic()
             await collector.until(lambda: collector.on("/status")[-1].payload == b"offline", 15)
             assert time.monotonic() - started < 10
         finally:
-            if child.poll() is None:
+            if child.returncode is None:
                 child.kill()
-                child.wait(timeout=10)
+                await child.wait()
     # ... and it is retained for late subscribers.
     assert await retained_status(site.port, topics.status) == b"offline"
 
@@ -422,7 +222,8 @@ async def test_presence_follows_the_live_set_and_crash_leftovers_are_cleared(
             await asyncio.sleep(0.1)
         entries = [json.loads(p) for p in held.values() if p]
         assert [e["contact"]["id"] for e in entries] == ["c-2"]
-        assert entries[0]["distance_m"] == 0.6 and entries[0]["ts"] == 1_800_000_000.0
+        assert entries[0]["distance_m"] == 0.6
+        assert entries[0]["ts"] == 1_800_000_000.0
         # A small change is not worth a message; a large one is.
         before = second.stats()["presence_updates"]
         live[0] = {**live[0], "distance_m": 0.62}
@@ -510,7 +311,7 @@ async def test_tls_with_a_client_certificate(site: Site, store: SqliteStore) -> 
 
 async def test_broker_refuses_whoever_the_docs_do_not_let_in(site: Site) -> None:
     # No credentials on the plain listener.
-    with pytest.raises(aiomqtt.MqttError, match="[Nn]ot authori[sz]ed"):
+    with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed"):
         async with aiomqtt.Client("127.0.0.1", site.port, timeout=5):
             pass
     # A wrong password.
@@ -578,6 +379,7 @@ async def test_broker_down_for_30_s_loses_no_event(site: Site, store: SqliteStor
             publisher.notify()
             await asyncio.sleep(0.05)
 
+    await store.save_mqtt_progress(0)  # publish from the first event on, however early
     async with collecting(collector), publishing(publisher):
         writing = asyncio.create_task(writer())
         await collector.until(lambda: len(collector.event_seqs()) >= 20, 10)
@@ -596,7 +398,8 @@ async def test_broker_down_for_30_s_loses_no_event(site: Site, store: SqliteStor
     seqs = collector.event_seqs()
     assert_in_order_without_gaps(seqs, written)
     stats = publisher.stats()
-    assert stats["dropped"] == 0 and stats["connects"] >= 2
+    assert stats["dropped"] == 0
+    assert stats["connects"] >= 2
     assert during > 400  # events kept coming while the broker was away
     duplicates = len(seqs) - len(set(seqs))
     print(f"\noutage {restarted - down_at:.1f} s, {len(written)} events, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import uuid
 
 import pytest
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from hallway.config import IdentityConfig
 from hallway.identity import crypto
+from hallway.identity import irk as irk_module
+from hallway.identity.irk import IrkCache
 from hallway.identity.resolver import Resolver
 from hallway.models import Advertisement, Contact, ContactKey, KeyKind, Match
 from hallway.parsing.frames import EDDYSTONE_SERVICE_UUID, EN_SERVICE_UUID
@@ -275,7 +278,10 @@ def test_rolling_precompute_in_slices_keeps_boundaries_free() -> None:
         for n, key in enumerate(keys)
     ]
     resolver = make_resolver(*contacts, now=I0 * 600)
-    assert resolver.stats()["token_entries"] == 5 * 300  # i-2 .. i+1 and the next one
+    assert resolver.stats()["token_entries"] == 4 * 300  # i-2 .. i+1
+    while resolver.maintain(I0 * 600):
+        pass
+    assert resolver.stats()["token_entries"] == 5 * 300  # and the next one, precomputed
     rpiks = [crypto.derive_rpik(bytes.fromhex(k)) for k in keys]
     for step in range(1, 5):
         now = (I0 + step) * 600 + 1
@@ -410,3 +416,99 @@ def test_random_bytes_in_every_field_never_raise(advs: list[Advertisement]) -> N
     stats = resolver.stats()
     assert stats["internal_errors"] == 0
     assert stats["advertisements"] == len(advs)
+
+
+def rpa_of(rng_bytes: bytes, irk: bytes | None = None) -> str:
+    prand = bytes([0x40 | (rng_bytes[0] & 0x3F)]) + rng_bytes[1:3]
+    if irk is None:
+        return ":".join(f"{b:02X}" for b in prand + rng_bytes[3:6])
+    return crypto.make_rpa(irk, prand)
+
+
+def test_irk_cache_recheck_finds_exactly_the_new_keys_addresses() -> None:
+    rng = random.Random(5)
+    cache = IrkCache(max_entries=1000, ttl_s=1800.0)
+    cache.set_irks("other", [rng.randbytes(16)])
+    newcomer = rng.randbytes(16)
+    theirs = {rpa_of(rng.randbytes(6), newcomer) for _ in range(7)}
+    strangers = {rpa_of(rng.randbytes(6)) for _ in range(600)}
+    for address in sorted(theirs | strangers):
+        assert cache.resolve(address, 10.0) is None
+    misses = cache.misses
+    cache.add_many([("new", [newcomer]), ("third", [rng.randbytes(16)])])
+    for address in theirs:
+        key = cache.resolve(address, 11.0)
+        assert key is not None
+        assert key.contact_id == "new"
+    assert all(cache.resolve(address, 11.0) is None for address in strangers)
+    assert cache.misses == misses  # every answer came from the re-checked cache
+    cache.remove("new")
+    assert len(cache) == len(strangers)
+    assert all(cache.resolve(address, 12.0) is None for address in theirs)
+
+
+def test_irk_cache_ring_keeps_the_newest_answers() -> None:
+    rng = random.Random(6)
+    cache = IrkCache(max_entries=16, ttl_s=1800.0)
+    cache.set_irks("x", [rng.randbytes(16)])
+    addresses = [rpa_of(rng.randbytes(6)) for _ in range(40)]
+    for n, address in enumerate(addresses):
+        cache.resolve(address, float(n))
+    assert len(cache) == 16
+    assert cache.evicted == 24
+    hits = cache.hits
+    for address in addresses[-16:]:
+        cache.resolve(address, 50.0)
+    assert cache.hits == hits + 16
+    cache.resolve(addresses[0], 51.0)
+    assert cache.hits == hits + 16  # long gone: a miss
+    assert len(cache) == 16
+
+
+def test_irk_cache_bulk_add_drops_no_one_answers_past_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(7)
+    cache = IrkCache(max_entries=100, ttl_s=1800.0)
+    cache.set_irks("x", [rng.randbytes(16)])
+    newcomer = rng.randbytes(16)
+    address = rpa_of(rng.randbytes(6), newcomer)
+    cache.resolve(address, 1.0)
+    for _ in range(50):
+        cache.resolve(rpa_of(rng.randbytes(6)), 1.0)
+    monkeypatch.setattr(irk_module, "RECHECK_LIMIT", 10)
+    cache.add_many([("new", [newcomer])])
+    assert len(cache) == 0
+    key = cache.resolve(address, 2.0)
+    assert key is not None
+    assert key.contact_id == "new"
+
+
+def test_en_power_needs_a_known_metadata_version() -> None:
+    resolver = make_resolver(ada())
+    rpi = crypto.rpi_for_interval(RPIK, I0)
+    aemk = crypto.derive_aemk(bytes.fromhex(K))
+    for metadata, power in ((b"\x40\xf6\x00\x00", -10 - 41), (b"\x80\x08\x00\x00", None)):
+        aem = crypto.aem_crypt(aemk, rpi, metadata)
+        adv = Advertisement(TS, STRANGER, "random", service_data={EN_SERVICE_UUID: rpi + aem})
+        assert resolver.resolve(adv) == Match("c-0001", KeyKind.HALLWAY_V1, power)
+
+
+def test_identity_continues_across_rotations() -> None:
+    """Rotating RPIs and addresses of one contact all resolve to the same contact id."""
+    resolver = make_resolver(ada(), now=I0 * 600)
+    rng = random.Random(9)
+    seen: set[str] = set()
+    addresses: set[str] = set()
+    for step in range(8):
+        ts = I0 * 600 + step * 450.0
+        resolver.maintain(ts)
+        rpi = crypto.rpi_for_interval(RPIK, crypto.interval_number(ts))
+        address = rpa_of(rng.randbytes(6), bytes.fromhex(IRK))
+        addresses.add(address)
+        for adv in (mfr_adv(rpi, ts), Advertisement(ts, address, "random")):
+            match = resolver.resolve(adv)
+            assert match is not None
+            seen.add(match.contact_id)
+    assert seen == {"c-0001"}
+    assert len(addresses) == 8

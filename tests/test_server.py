@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -301,6 +302,14 @@ async def test_oversized_line_gets_too_large_and_close(rig: Rig) -> None:
     assert rig.server.stats()["too_large"] == 2
 
 
+async def test_huge_line_gets_too_large_not_a_reset(rig: Rig) -> None:
+    client = await rig.tcp()
+    await client.line()
+    await client.send_raw(b"a" * 800_000)  # all of it, before reading anything
+    rest = await client.rest()
+    assert [(m["type"], m["code"]) for m in rest] == [("error", "too_large")]
+
+
 async def test_unauthenticated_connection_times_out_and_hears_only_pings(rig_factory: Any) -> None:
     rig: Rig = rig_factory(auth_timeout_s=0.7, ping_interval_s=0.2)
     await rig.start()
@@ -420,6 +429,23 @@ async def test_half_closed_client_keeps_receiving(rig: Rig) -> None:
     client.sock.shutdown(socket.SHUT_WR)
     rig.hub.publish([arrived("c-1")])
     assert (await client.event())["seq"] == 1
+
+
+async def test_close_is_quick_and_clean_after_clients_hung_up(
+    rig_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig: Rig = rig_factory()
+    await rig.start()
+    quiet, gone = await rig.tcp(), await rig.tcp()
+    await quiet.subscribe()
+    await gone.subscribe()
+    quiet.sock.shutdown(socket.SHUT_WR)
+    gone.close()
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await rig.stop()
+    assert time.monotonic() - started < 1.0
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
 async def test_slow_client_is_cut_off_while_another_keeps_up(rig_factory: Any) -> None:
@@ -575,3 +601,69 @@ def test_load_tokens_from_config_and_file(tmp_path: Path) -> None:
     file.write_text("short\n")
     with pytest.raises(ConfigError, match=r"16 characters"):
         load_tokens(config, state_dir=None)
+
+
+# -- hallway tail -----------------------------------------------------------------------------
+
+
+async def _tail(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hallway", "tail", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _tail_line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(10):
+        return (await proc.stdout.readline()).decode()
+
+
+async def test_tail_prints_readable_lines_and_resumes_across_a_restart(
+    rig_factory: Any,
+) -> None:
+    rig: Rig = rig_factory()
+    await rig.start()
+    port = rig.port
+    proc = await _tail("--connect", f"127.0.0.1:{port}", "--token", TOKEN, "--count", "3")
+    try:
+        assert "subscribed at seq 0; 0 present" in await _tail_line(proc)
+        await rig.publish([arrived("c-1")])
+        line = await _tail_line(proc)
+        assert "arrived" in line
+        assert "Ada Lovelace (Analytical Engines) [speaker]" in line
+        assert "near 2.1 m" in line
+        assert line.rstrip().endswith("#1")
+        await rig.stop()
+        # The daemon comes back on the same port with two events tail has not seen.
+        rig2: Rig = rig_factory(tcp_port=port)
+        await rig2.start()
+        try:
+            await rig2.publish([departed("c-1"), arrived("c-2")])
+            async with asyncio.timeout(10):
+                out, err = await proc.communicate()
+            assert proc.returncode == 0, err
+            rest = out.decode().splitlines()
+            assert "subscribed at seq 3; 1 present" in rest[0]
+            assert "present   Grace Hopper [staff]" in rest[1]
+            assert "departed" in rest[2]
+            assert "(timeout)" in rest[2]
+            assert rest[2].endswith("#2")
+            assert "arrived   Grace Hopper" in rest[3]
+            assert rest[3].endswith("#3")
+            assert b"reconnecting" in err
+        finally:
+            await rig2.stop()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+async def test_tail_exits_when_refused(rig: Rig) -> None:
+    proc = await _tail("--unix", rig.sock_path, "--token", "not-the-right-token-at-all")
+    async with asyncio.timeout(10):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert b"unauthorized" in err
+    assert out == b""

@@ -81,7 +81,10 @@ class ProximityConfig(_Section):
     path_loss_exponent: float = Field(default=2.0, ge=1.0, le=6.0)
     default_measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
     measured_power_dbm: dict[str, int] = Field(default_factory=dict)
-    rssi_time_constant_s: float = Field(default=4.0, gt=0, le=120)
+    rssi_time_constant_s: float = Field(default=2.0, gt=0, le=120)
+    settle_time_constant_s: float = Field(default=60.0, gt=0, le=3600)
+    motion_threshold_db: float = Field(default=3.0, ge=0, le=40)
+    motion_evidence_db_s: float = Field(default=12.0, gt=0, le=1000)
     outlier_clip_db: float = Field(default=6.0, gt=0, le=60)
     presence_hysteresis_db: float = Field(default=1.5, ge=0, le=20)
     arrive_confirm_s: float = Field(default=2.0, ge=0, le=600)
@@ -94,8 +97,7 @@ class ProximityConfig(_Section):
     fade_timeout_s: float = Field(default=20.0, gt=0, le=3600)
     quiet_hold_s: float = Field(default=180.0, gt=0, le=3600)
     hold_radius_m: float | None = Field(default=None, gt=0, le=200)
-    fading_drop_db: float = Field(default=6.0, gt=0, le=60)
-    fading_window_s: float = Field(default=10.0, gt=0, le=120)
+    steady_s: float = Field(default=15.0, ge=0, le=600)
 
     @field_validator("measured_power_dbm")
     @classmethod

@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import errno
 import grp
+import ipaddress
 import json
 import os
 import pwd
@@ -223,9 +224,12 @@ def _check_database(config: Config, account: Account) -> Check:
     path = Path(config.storage.database)
     if not path.exists():
         folder = path.parent
-        where = ("the service creates it at first start"
-                 if account.may(folder, os.W_OK | os.X_OK) and account.can_reach(folder)
-                 else f"and {folder} is not writable by {account.name}")
+        if not folder.is_dir():
+            where = f"and its folder {folder} does not exist"
+        elif account.may(folder, os.W_OK | os.X_OK) and account.can_reach(folder):
+            where = "the service creates it at first start"
+        else:
+            where = f"and {folder} is not writable by {account.name}"
         return Check("database", title, Status.FAIL, f"{path} does not exist ({where})",
                      "start the service once (`systemctl start hallway`) or import contacts: "
                      f"`hallway contacts import FILE --config <config>`; "
@@ -601,17 +605,36 @@ async def _check_mdns(config: Config, timeout_s: float) -> Check:
         return Check("mdns", title, Status.SKIP, "no TCP listener to announce")
     interfaces: Any = list(config.mdns.interfaces) or InterfaceChoice.All
     where = ", ".join(config.mdns.interfaces) or "all interfaces"
+    fix = ("check mdns.interfaces (addresses of this machine, from `ip -brief address`) and "
+           "that the unit allows AF_INET/AF_INET6/AF_NETLINK; or set mdns.enabled = false and "
+           "give clients the address by hand")
+    for address in config.mdns.interfaces:
+        problem = _not_local(address)
+        if problem:
+            return Check("mdns", title, Status.FAIL,
+                         f"cannot join mDNS on {address}: {problem}", fix)
     try:
         async with asyncio.timeout(timeout_s):
             zc = AsyncZeroconf(interfaces=interfaces)
             await zc.async_close()
     except (OSError, TimeoutError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return Check("mdns", title, Status.FAIL, f"cannot join mDNS on {where}: {reason}",
-                     "check mdns.interfaces (addresses of this machine, from "
-                     "`ip -brief address`) and that the unit allows AF_INET/AF_INET6/AF_NETLINK;"
-                     " or set mdns.enabled = false and give clients the address by hand")
+        return Check("mdns", title, Status.FAIL, f"cannot join mDNS on {where}: {reason}", fix)
     return Check("mdns", title, Status.OK, f"UDP 5353 joined on {where}")
+
+
+def _not_local(address: str) -> str | None:
+    """Why ``address`` cannot be bound here (not this machine's), or None."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return "not an IP address"
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as exc:
+            return f"not an address of this machine ({exc.strerror})"
+    return None
 
 
 # -- clock ---------------------------------------------------------------------------------------

@@ -47,12 +47,16 @@ def event_json(
     if event.type is EventType.DEPARTED:
         data["dwell_s"] = _round(event.dwell_s, 1)
         data["reason"] = None if event.reason is None else event.reason.value
+    if event.room is not None:
+        data["room"] = event.room
+    if event.type is EventType.MOVED:
+        data["previous_room"] = event.previous_room
     return data
 
 
 def present_json(info: PresentInfo, contact: Contact | None) -> dict[str, Any]:
     """One entry of the ``present`` list in ``subscribed``/``resync`` (SPEC §6)."""
-    return {
+    data = {
         "contact": contact_public(contact, info.contact_id),
         "zone": info.zone,
         "distance_m": round(info.distance_m, 2),
@@ -60,3 +64,6 @@ def present_json(info: PresentInfo, contact: Contact | None) -> dict[str, Any]:
         "since": round(info.since, 3),
         "via": info.via.value,
     }
+    if info.room is not None:
+        data["room"] = info.room
+    return data

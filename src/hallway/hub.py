@@ -414,7 +414,7 @@ class Hub:
         if ev.type is EventType.DEPARTED:
             self._present.pop(ev.contact_id, None)
             return
-        if ev.type not in (EventType.ARRIVED, EventType.ZONE):
+        if ev.type not in (EventType.ARRIVED, EventType.ZONE, EventType.MOVED):
             return
         via = ev.via if ev.via is not None else (old.info.via if old is not None else None)
         if via is None:
@@ -427,6 +427,7 @@ class Hub:
             rssi=_first(ev.rssi, old.info.rssi if old else None, -127.0),
             since=since,
             via=via,
+            room=ev.room or (old.info.room if old is not None else None),
         )
         tags = pending.tags or frozenset()
         self._present[ev.contact_id] = _Present(info, tags | (old.tags if old else frozenset()))

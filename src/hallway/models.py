@@ -102,6 +102,7 @@ class EventType(StrEnum):
     ARRIVED = "arrived"
     ZONE = "zone"
     DEPARTED = "departed"
+    MOVED = "moved"  # venue level only: present, and now in another room
 
 
 class DepartReason(StrEnum):
@@ -131,6 +132,8 @@ class PresenceEvent:
     previous_zone: str | None = None
     dwell_s: float | None = None
     reason: DepartReason | None = None
+    room: str | None = None  # venue level only (``hallway venue``)
+    previous_room: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +146,4 @@ class PresentInfo:
     rssi: float
     since: float
     via: KeyKind
+    room: str | None = None  # venue level only

@@ -48,7 +48,13 @@ SNDBUF_BYTES = 64 * 1024
 MAX_UNSENT_BYTES = 512 * 1024
 """Unsent output a connection may hold in user space before it is treated as lagged."""
 LAG_GRACE_S = 10.0
-"""How long a cut-off client may take to read its last lines before the socket is aborted."""
+"""How long a cut-off (lagged) client may take to read its last lines before an abort."""
+REJECT_GRACE_S = 2.0
+"""How long a refused client may take to read the error line before an abort."""
+CLOSE_GRACE_S = 2.0
+"""How long an orderly close may take to flush before an abort."""
+MAX_LINGER_BYTES = 1 << 20
+"""Input still read (and discarded) from a refused client before the socket is closed."""
 DRAIN_TIMEOUT_S = 60.0
 """A subscriber that accepts no bytes for this long is cut off as lagged."""
 CLOSE_TIMEOUT_S = 3.0
@@ -227,7 +233,8 @@ class _Connection:
         self.subscription: Subscription | None = None
         self.closing = False
         self.task: asyncio.Task[Any] | None = None
-        self.grace_s = LAG_GRACE_S
+        self._lingering = False
+        self._expiry: asyncio.TimerHandle | None = None
 
     def send(self, data: bytes) -> bool:
         """Queue bytes for the peer; False once the connection is closing."""
@@ -246,28 +253,49 @@ class _Connection:
         """Bytes written but not yet handed to the kernel."""
         return self.writer.transport.get_write_buffer_size()
 
-    def close(self, *, grace_s: float = LAG_GRACE_S) -> None:
-        """Flush what is queued, then close (``wait_closed`` aborts after ``grace_s``)."""
+    def close(self, *, grace_s: float = CLOSE_GRACE_S, linger: bool = False) -> None:
+        """Stop sending: flush what is queued, then close; abort if not done within ``grace_s``.
+
+        With ``linger`` only the sending side is shut (FIN after the last line) and ``finish``
+        reads and discards what the peer still sends: closing a socket with unread input sends
+        a reset, which could destroy the error line before the peer reads it.
+        """
         if self.closing:
             return
         self.closing = True
-        self.grace_s = grace_s
         if self.subscription is not None:
             self.subscription.close()
-        self.writer.transport.close()
+        transport = self.writer.transport
+        self._expiry = asyncio.get_running_loop().call_later(grace_s, transport.abort)
+        if transport.is_closing():
+            return
+        self._lingering = linger and transport.can_write_eof()
+        if self._lingering:
+            transport.write_eof()
+        else:
+            transport.close()
 
-    async def wait_closed(self) -> None:
-        """Wait until the peer has taken the last bytes (at most the grace), then abort."""
-        try:
-            async with asyncio.timeout(self.grace_s):
-                await self.writer.wait_closed()
-        except (TimeoutError, ConnectionError, OSError):
-            self.writer.transport.abort()
-
-    def reject(self, code: str, message: str) -> None:
-        """Send an error line and close."""
-        self.send_json({"type": "error", "code": code, "message": message})
+    async def finish(self) -> None:
+        """After the handler: linger if asked (bounded), close, and wait for the close."""
         self.close()
+        if self._lingering:
+            discarded = 0
+            with contextlib.suppress(ConnectionError, OSError):
+                while discarded < MAX_LINGER_BYTES:
+                    data = await self.reader.read(65536)
+                    if not data:
+                        break
+                    discarded += len(data)
+        self.writer.transport.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()  # bounded: the expiry timer aborts the transport
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    def reject(self, code: str, message: str, *, grace_s: float = REJECT_GRACE_S) -> None:
+        """Send an error line and close (lingering)."""
+        self.send_json({"type": "error", "code": code, "message": message})
+        self.close(grace_s=grace_s, linger=True)
 
     def abort(self) -> None:
         """Drop the connection now."""
@@ -439,19 +467,24 @@ class EventServer:
         await self.stop_accepting()
         for conn in list(self._conns.values()):
             sub = conn.subscription
-            if sub is not None and not conn.closing:
-                sub.finish()
+            if conn.closing:
+                conn.abort()  # it was told why already; no more lingering
+            elif sub is not None:
+                sub.finish()  # its handler sends what is queued, then closes
             else:
-                conn.close(grace_s=CLOSE_TIMEOUT_S)
+                conn.close(grace_s=1.0)
         tasks = [c.task for c in self._conns.values() if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        if pending:
             for conn in list(self._conns.values()):
                 conn.abort()
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S)
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S)
 
     @property
     def tcp_port(self) -> int | None:
@@ -463,9 +496,10 @@ class EventServer:
         n = self._n
         conns = list(self._conns.values())
         return {
-            "connections": len(conns),
+            "connections": sum(1 for c in conns if not c.closing),
+            "closing": sum(1 for c in conns if c.closing),
             "subscribers": sum(1 for c in conns if c.subscription is not None),
-            "unauthenticated": sum(1 for c in conns if not c.authenticated),
+            "unauthenticated": sum(1 for c in conns if not c.authenticated and not c.closing),
             "accepted": n.accepted,
             "subscribed": n.subscribed,
             "status_requests": n.status_requests,
@@ -506,7 +540,8 @@ class EventServer:
         if not self._limiter.allowed(conn.peer, now):
             conn.reject("unauthorized", "too many failed attempts; try again later")
             return False
-        if len(self._conns) < self._config.max_connections:
+        active = sum(1 for c in self._conns.values() if not c.closing)
+        if active < self._config.max_connections:
             return True
         waiting = [c for c in self._conns.values() if not c.authenticated and not c.closing]
         if not waiting:
@@ -516,7 +551,6 @@ class EventServer:
         oldest = min(waiting, key=lambda c: c.opened)
         self._n.evicted += 1
         oldest.reject("unauthorized", "connection limit reached before you subscribed")
-        self._conns.pop(oldest.ident, None)
         return True
 
     async def _serve(
@@ -536,11 +570,22 @@ class EventServer:
                            loopback=loopback)
         conn.task = task
         self._n.accepted += 1
-        if self._closed or not self._admit(conn, time.monotonic()):
-            conn.close(grace_s=1.0)
-            await conn.wait_closed()
-            return
-        self._conns[ident] = conn
+        admitted = not self._closed and self._admit(conn, time.monotonic())
+        self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
+        try:
+            if admitted:
+                await self._guarded(conn)
+            elif len(self._conns) > 2 * self._config.max_connections:
+                conn.abort()  # a flood: refused sockets may not linger without bound either
+            await conn.finish()
+        except asyncio.CancelledError:
+            # Only close() cancels these tasks, and asyncio's stream callback would log a
+            # cancelled handler as an error: the cancellation ends here.
+            conn.abort()
+        finally:
+            self._conns.pop(ident, None)
+
+    async def _guarded(self, conn: _Connection) -> None:
         try:
             await self._run(conn)
         except _Reject as exc:
@@ -548,16 +593,9 @@ class EventServer:
             conn.reject(exc.code, exc.message)
         except (ConnectionError, OSError):
             conn.abort()
-        except asyncio.CancelledError:
-            conn.abort()
-            raise
         except Exception:  # a fault in one connection must not take the server down
-            log.exception("connection_failed", conn=ident)
+            log.exception("connection_failed", conn=conn.ident)
             conn.abort()
-        finally:
-            conn.close()
-            await conn.wait_closed()
-            self._conns.pop(ident, None)
 
     def _count(self, code: str) -> None:
         if code == "unauthorized":
@@ -612,7 +650,7 @@ class EventServer:
                 if time.monotonic() >= next_ping:
                     self._ping(conn)
                 continue
-            if message is None:
+            if message is None or conn.closing:
                 return
             self._handle_first(conn, message)
         await self._stream(conn, conn.subscription)
@@ -674,7 +712,8 @@ class EventServer:
             return
         self._n.lagged += 1
         log.info("subscriber_lagged", conn=conn.ident, peer=conn.peer)
-        conn.reject("lagged", "you fell behind; reconnect with since_seq to resume")
+        conn.reject("lagged", "you fell behind; reconnect with since_seq to resume",
+                    grace_s=LAG_GRACE_S)
 
     async def _stream(self, conn: _Connection, sub: Subscription) -> None:
         ping_s = self._config.ping_interval_s
@@ -734,7 +773,7 @@ class EventServer:
         try:
             while not conn.closing:
                 message = await self._read_message(conn)
-                if message is None:
+                if message is None or conn.closing:
                     break
                 if message["type"] == "status":
                     self._send_status(conn)
@@ -748,9 +787,18 @@ class EventServer:
             conn.abort()
             return
         # The peer may have only shut down its sending side: keep streaming until it is gone.
+        # Shielded: cancelling a wait on the stream's close future would cancel the future.
+        closed = asyncio.create_task(conn.writer.wait_closed(),
+                                     name=f"hallway-conn-{conn.ident}-closed")
+        closed.add_done_callback(_consume_result)
         with contextlib.suppress(ConnectionError, OSError):
-            await conn.writer.wait_closed()
+            await asyncio.shield(closed)
         sub.close()
+
+
+def _consume_result(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _socket_answers(path: Path) -> bool:

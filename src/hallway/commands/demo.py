@@ -57,7 +57,14 @@ def _port_free(host: str, port: int) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Build a throwaway venue and run the daemon on it."""
-    from hallway.config import MdnsConfig, ScannerConfig, ServerConfig, StorageConfig
+    from hallway.config import (
+        LoggingConfig,
+        MdnsConfig,
+        ScannerConfig,
+        ServerConfig,
+        StorageConfig,
+    )
+    from hallway.logs import configure_logging
     from hallway.service import Service, install_signal_handlers
     from hallway.simulator import scenario_contacts, scenario_names
     from hallway.store import SqliteStore
@@ -66,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"hallway: unknown scenario {args.scenario!r}; choose from "
               f"{', '.join(scenario_names())}", file=sys.stderr)
         return 2
-    base = config_from_args(args)
+    base = config_from_args(args, setup_logging=False)
+    if not args.config:
+        # The demo prints events; keep the daemon's own log to warnings unless configured.
+        base = base.model_copy(update={"logging": LoggingConfig(level="warning")})
+    configure_logging(base.logging)
     token = args.token or secrets.token_urlsafe(24)
     port = args.port
     if port is None:

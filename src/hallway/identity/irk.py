@@ -2,26 +2,30 @@
 
 Each new resolvable private address is tried against every IRK once (one AES block per IRK,
 with an ECB context kept per IRK: about 0.2 µs a try instead of 5 µs). The answer — the key
-that resolved it, or "no one" — is cached under the address. The cache holds at most
-``max_entries`` addresses and an answer lives ``ttl_s`` after it was computed; both bounds evict
-oldest first, so strangers' rotating addresses cannot grow memory without bound. Phones rotate
-about every 15 minutes, so the default 30 minute life covers an address's whole use.
+that resolved it, or "no one" — is remembered under the address.
 
-Adding an IRK re-checks the cached "no one" answers against the new key only (one batched AES
-call for all of them); when that would cost more than ``RECHECK_LIMIT`` blocks (a bulk load into
-a full cache) those answers are dropped instead and recomputed when next seen. Removing an IRK
-drops every address it resolved, at once.
+The answers live in a ring of ``max_entries`` slots, filled in the order they were computed; a
+new answer takes the oldest slot, so strangers' rotating addresses cannot grow memory past the
+ring, and the ring is all the memory the cache ever holds. An answer is also forgotten
+``ttl_s`` after it was computed (phones rotate about every 15 minutes; the default 30 minutes
+covers an address's whole use). A slot keeps the address's AES input block and hash next to
+the answer, so that:
+
+- adding an IRK re-checks every cached "no one" with a single AES call over the whole ring and
+  a byte-wise comparison done on big integers, a few milliseconds for 100k cached addresses
+  instead of a Python loop over them. When a bulk load would cost more than ``RECHECK_LIMIT``
+  blocks, the "no one" answers are dropped instead and recomputed when next seen;
+- removing an IRK drops every address it resolved, at once.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hallway.identity.crypto import BlockEncryptor, ecb_encryptor
 
-RECHECK_LIMIT = 1_000_000
+RECHECK_LIMIT = 2_000_000
 """Most AES blocks spent re-checking cached "no one" answers when IRKs are added."""
 
 _PAD = bytes(13)
@@ -53,12 +57,19 @@ class IrkCache:
     """Resolves resolvable private addresses against IRKs; caches both kinds of answer."""
 
     def __init__(self, *, max_entries: int, ttl_s: float) -> None:
-        self._max = max_entries
+        self._cap = max_entries
         self._ttl = ttl_s
         self._keys: list[IrkKey] = []
         self._by_contact: dict[str, list[IrkKey]] = {}
-        # address -> (key or None, time answered); insertion order is answer order
-        self._cache: OrderedDict[str, tuple[IrkKey | None, float]] = OrderedDict()
+        self._slot_of: dict[str, int] = {}  # address -> ring slot
+        # the ring, grown up to _cap slots, then reused oldest first
+        self._addr: list[str | None] = []
+        self._answer: list[IrkKey | None] = []
+        self._time: list[float] = []
+        self._blocks = bytearray()  # 16 bytes a slot: 13 zero bytes || prand
+        self._hashes = bytearray()  # 3 bytes a slot: the address's hash
+        self._next = 0  # sequence number of the next answer; its slot is _next % _cap
+        self._sweep_seq = 0  # answers before this sequence number were swept
         self._resolved: dict[IrkKey, set[str]] = {}
         self.hits = 0
         self.misses = 0
@@ -66,7 +77,7 @@ class IrkCache:
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._slot_of)
 
     @property
     def key_count(self) -> int:
@@ -75,11 +86,12 @@ class IrkCache:
 
     def resolve(self, address: str, now: float) -> IrkKey | None:
         """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached."""
-        cache = self._cache
-        entry = cache.get(address)
-        if entry is not None and now - entry[1] < self._ttl:
-            self.hits += 1
-            return entry[0]
+        slot = self._slot_of.get(address)
+        if slot is not None:
+            if now - self._time[slot] < self._ttl:
+                self.hits += 1
+                return self._answer[slot]
+            self._forget(slot)
         self.misses += 1
         parts = rpa_parts(address)
         if parts is None:
@@ -94,24 +106,12 @@ class IrkCache:
                 found = key
                 break
         self.aes_ops += tried
-        if entry is not None:
-            self._forget(address)
-        cache[address] = (found, now)
-        if found is not None:
-            self._resolved.setdefault(found, set()).add(address)
-        if len(cache) > self._max:
-            self._evict_oldest()
+        self._store(address, found, now, block, want)
         return found
 
     def set_irks(self, contact_id: str, irks: Iterable[bytes]) -> None:
         """Replace a contact's IRKs (16 bytes, most significant first); re-checks "no one"."""
-        self.remove(contact_id)
-        new = [IrkKey(contact_id, ecb_encryptor(irk)) for irk in irks]
-        if not new:
-            return
-        self._by_contact[contact_id] = new
-        self._keys.extend(new)
-        self._recheck(new)
+        self.add_many([(contact_id, list(irks))])
 
     def add_many(self, items: Iterable[tuple[str, list[bytes]]]) -> None:
         """``set_irks`` for many contacts, re-checking the "no one" answers once for all."""
@@ -123,7 +123,7 @@ class IrkCache:
                 self._by_contact[contact_id] = new
                 self._keys.extend(new)
                 added.extend(new)
-        if added:
+        if added and self._slot_of:
             self._recheck(added)
 
     def remove(self, contact_id: str) -> None:
@@ -133,68 +133,99 @@ class IrkCache:
             return
         self._keys = [k for k in self._keys if k.contact_id != contact_id]
         for key in keys:
-            for address in self._resolved.pop(key, ()):
-                self._cache.pop(address, None)
+            for address in self._resolved.pop(key, set()):
+                slot = self._slot_of.get(address)
+                if slot is not None:
+                    self._forget(slot)
 
     def clear(self) -> None:
         """Drop every IRK and every cached answer."""
         self._keys = []
         self._by_contact.clear()
-        self._cache.clear()
         self._resolved.clear()
+        for slot in list(self._slot_of.values()):
+            self._forget(slot)
 
     def sweep(self, now: float, *, max_items: int = 4096) -> bool:
-        """Evict up to ``max_items`` answers older than the TTL; True if more may be due."""
-        cache = self._cache
+        """Forget up to ``max_items`` answers older than the TTL, oldest first; True if more
+        may be due."""
         horizon = now - self._ttl
-        for _ in range(max_items):
-            if not cache:
-                return False
-            address, (_key, answered) = next(iter(cache.items()))
-            if answered > horizon:
-                return False
-            self._forget(address)
-            self.evicted += 1
-        return True
+        seq = max(self._sweep_seq, self._next - len(self._addr))
+        end = min(self._next, seq + max_items)
+        while seq < end:
+            slot = seq % self._cap
+            if self._addr[slot] is not None:
+                if self._time[slot] > horizon:
+                    break
+                self._forget(slot)
+                self.evicted += 1
+            seq += 1
+        self._sweep_seq = seq
+        return seq == end and end < self._next
 
-    def _evict_oldest(self) -> None:
-        address = next(iter(self._cache))
-        self._forget(address)
-        self.evicted += 1
+    # -- internals ---------------------------------------------------------------------------
 
-    def _forget(self, address: str) -> None:
-        key, _answered = self._cache.pop(address)
-        if key is not None:
-            addresses = self._resolved.get(key)
+    def _store(
+        self, address: str, answer: IrkKey | None, now: float, block: bytes, want: bytes
+    ) -> None:
+        seq = self._next
+        self._next = seq + 1
+        slot = seq % self._cap
+        if slot == len(self._addr):
+            self._addr.append(address)
+            self._answer.append(answer)
+            self._time.append(now)
+            self._blocks += block
+            self._hashes += want
+        else:
+            if self._addr[slot] is not None:
+                self._forget(slot)
+                self.evicted += 1
+            self._addr[slot] = address
+            self._answer[slot] = answer
+            self._time[slot] = now
+            self._blocks[16 * slot : 16 * slot + 16] = block
+            self._hashes[3 * slot : 3 * slot + 3] = want
+        self._slot_of[address] = slot
+        if answer is not None:
+            self._resolved.setdefault(answer, set()).add(address)
+
+    def _forget(self, slot: int) -> None:
+        address = self._addr[slot]
+        if address is None:
+            return
+        del self._slot_of[address]
+        answer = self._answer[slot]
+        if answer is not None:
+            addresses = self._resolved.get(answer)
             if addresses is not None:
                 addresses.discard(address)
+        self._addr[slot] = None
+        self._answer[slot] = None
 
     def _recheck(self, new: list[IrkKey]) -> None:
-        cache = self._cache
-        negatives: list[tuple[str, bytes]] = []
-        for address, (key, _answered) in cache.items():
-            if key is None:
-                parts = rpa_parts(address)
-                if parts is not None:
-                    negatives.append((address, parts[0] + parts[1]))
-        if not negatives:
+        used = len(self._addr)
+        if used * len(new) > RECHECK_LIMIT:
+            for slot in range(used):
+                if self._addr[slot] is not None and self._answer[slot] is None:
+                    self._forget(slot)
             return
-        if len(negatives) * len(new) > RECHECK_LIMIT:
-            for address, _raw in negatives:
-                del cache[address]
-            return
-        blocks = b"".join(_PAD + raw[:3] for _address, raw in negatives)
+        blocks = bytes(self._blocks)
+        hashes = bytes(self._hashes)
+        first_bytes = int.from_bytes(hashes[0::3], "little")
         for key in new:
             out = key.encryptor.update(blocks)
-            self.aes_ops += len(negatives)
-            still: list[tuple[str, bytes]] = []
-            for n, (address, raw) in enumerate(negatives):
-                if out[16 * n + 13 : 16 * n + 16] == raw[3:]:
-                    cache[address] = (key, cache[address][1])
+            self.aes_ops += used
+            # slots whose first hash byte matches (1 in 256 of the others), then the rest
+            diff = (int.from_bytes(out[13::16], "little") ^ first_bytes).to_bytes(used, "little")
+            slot = diff.find(0)
+            while slot != -1:
+                address = self._addr[slot]
+                if (
+                    address is not None
+                    and self._answer[slot] is None
+                    and out[16 * slot + 14 : 16 * slot + 16] == hashes[3 * slot + 1 : 3 * slot + 3]
+                ):
+                    self._answer[slot] = key
                     self._resolved.setdefault(key, set()).add(address)
-                else:
-                    still.append((address, raw))
-            negatives = still
-            if not negatives:
-                return
-            blocks = b"".join(_PAD + raw[:3] for _address, raw in negatives)
+                slot = diff.find(0, slot + 1)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from hallway.config import IdentityConfig
 from hallway.errors import KeyFormatError
@@ -60,6 +60,18 @@ from hallway.parsing.frames import (
 
 _RPA_FIRST = frozenset("4567")
 _STATIC_FIRST = frozenset("CDEFcdef")
+
+
+def _key16(value: str, parse: Callable[[str], bytes]) -> bytes:
+    """16 key bytes from canonical hex (the store's form) quickly, else through ``parse``."""
+    if len(value) == 32:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raw = b""
+        if len(raw) == 16:
+            return raw
+    return parse(value)
 
 
 def _ibeacon_index(value: str) -> bytes:
@@ -156,36 +168,39 @@ class Resolver:
 
     def _install(self, contact: Contact) -> tuple[list[bytes], list[bytes]]:
         """(Re)install a contact's static keys; return its hallway-v1 keys and IRKs to add."""
-        if contact.id in self._contacts:
-            self.remove_contact(contact.id)
+        contact_id = contact.id
+        if contact_id in self._contacts:
+            self.remove_contact(contact_id)
         if contact.revoked_at is not None:
             return [], []
-        self._contacts[contact.id] = contact
+        self._contacts[contact_id] = contact
         tokens: list[bytes] = []
         irks: list[bytes] = []
-        statics: tuple[list[bytes], list[bytes], list[str]] = ([], [], [])
+        statics: tuple[list[bytes], list[bytes], list[str]] | None = None
         for key in contact.keys:
+            kind = key.kind
             try:
-                if key.kind is KeyKind.HALLWAY_V1:
-                    tokens.append(parse_hallway_key(key.value))
-                elif key.kind is KeyKind.IRK:
-                    irks.append(parse_irk(key.value))
-                elif key.kind is KeyKind.IBEACON:
-                    beacon = _ibeacon_index(key.value)
-                    self._ibeacon[beacon] = contact.id
-                    statics[0].append(beacon)
-                elif key.kind is KeyKind.EDDYSTONE_UID:
-                    eddystone = _eddystone_index(key.value)
-                    self._eddystone[eddystone] = contact.id
-                    statics[1].append(eddystone)
-                elif key.kind is KeyKind.ADDRESS:
-                    address = normalize_address(key.value)
-                    self._address[address] = contact.id
-                    statics[2].append(address)
+                if kind is KeyKind.HALLWAY_V1:
+                    tokens.append(_key16(key.value, parse_hallway_key))
+                elif kind is KeyKind.IRK:
+                    irks.append(_key16(key.value, parse_irk))
+                else:
+                    if statics is None:
+                        statics = self._static_of[contact_id] = ([], [], [])
+                    if kind is KeyKind.IBEACON:
+                        beacon = _ibeacon_index(key.value)
+                        self._ibeacon[beacon] = contact_id
+                        statics[0].append(beacon)
+                    elif kind is KeyKind.EDDYSTONE_UID:
+                        eddystone = _eddystone_index(key.value)
+                        self._eddystone[eddystone] = contact_id
+                        statics[1].append(eddystone)
+                    elif kind is KeyKind.ADDRESS:
+                        address = normalize_address(key.value)
+                        self._address[address] = contact_id
+                        statics[2].append(address)
             except (KeyFormatError, ValueError, OverflowError):
                 self._bad_keys += 1
-        if any(statics):
-            self._static_of[contact.id] = statics
         return tokens, irks
 
     # -- resolving ---------------------------------------------------------------------------

@@ -6,11 +6,12 @@ clock interval ``i`` is accepted when its entry's interval lies in ``i-back .. i
 (SPEC §3: ``i-2 .. i+1``), so finding a contact costs one hash lookup and one comparison, never
 a pass over the keys.
 
-The table keeps one interval more than the window, ``i+ahead+1``, so that when the clock crosses
-a boundary the new window is already complete. Rolling forward is incremental: ``maintain(i)``
-builds missing intervals and drops ones that fell out of ``i-back .. i+ahead+1`` a slice at a
-time, each slice bounded by a work-time budget. A new key is inserted at once for every tracked
-interval (a few AES blocks); a removed key is deleted at once from every tracked interval.
+A build (the first keys, or a jump in time) fills exactly the window. Rolling forward is
+incremental: ``maintain(i)`` precomputes the next interval, ``i+ahead+1``, so that when the clock
+crosses the boundary the new window is already complete, and drops intervals that fell out of
+``i-back .. i+ahead+1``, a slice at a time, each slice bounded by a work-time budget. A new key
+is inserted at once for every tracked interval (a few AES blocks); a removed key is deleted at
+once from every tracked interval.
 
 ``lookup`` never depends on ``maintain`` having run: when the window of its interval is not
 complete it builds what is missing synchronously (one cipher context and one AES call per key
@@ -280,7 +281,7 @@ class TokenTable:
         self._dropping = [d for d in self._dropping if d.interval != interval]
 
     def _start_tracking(self, interval: int) -> None:
-        for i in range(interval - self._back, interval + self._ahead + 2):
+        for i in range(interval - self._back, interval + self._ahead + 1):
             self._track(i)
             self._complete.add(i)
 

@@ -29,7 +29,6 @@ Zones run beside it: a zone changes only when the distance is past an edge by
 from __future__ import annotations
 
 import math
-from collections import deque
 from enum import Enum
 
 from hallway.config import ProximityConfig
@@ -42,7 +41,7 @@ from hallway.models import (
     Sighting,
 )
 from hallway.proximity.distance import db_factor
-from hallway.proximity.filter import RssiFilter
+from hallway.proximity.filter import LevelFilter
 from hallway.proximity.zones import Zone, ZoneMap
 
 
@@ -140,8 +139,6 @@ class _Track:
         "level",
         "outside_since",
         "power_dbm",
-        "snap_next",
-        "snapshots",
         "state",
         "via",
         "zone",
@@ -149,7 +146,7 @@ class _Track:
         "zone_pending_since",
     )
 
-    def __init__(self, contact_id: str, rssi_filter: RssiFilter, interval_s: float) -> None:
+    def __init__(self, contact_id: str, rssi_filter: LevelFilter, interval_s: float) -> None:
         self.contact_id = contact_id
         self.state = State.ABSENT
         self.filter = rssi_filter
@@ -166,8 +163,6 @@ class _Track:
         self.gaps: list[float] = []
         self.gap_count = 0
         self.interval_s = interval_s
-        self.snapshots: deque[tuple[float, float]] = deque(maxlen=24)
-        self.snap_next = -math.inf
 
 
 class Tracker:
@@ -220,9 +215,6 @@ class Tracker:
         level = track.level = track.filter.update(ts, sighting.rssi - track.power_dbm)
         track.via = sighting.via
         track.last_ts = max(track.last_ts, ts)
-        if ts >= track.snap_next:
-            track.snapshots.append((ts, level))
-            track.snap_next = ts + 1.0
 
         if level >= self._arrive_level:
             track.outside_since = None
@@ -328,10 +320,14 @@ class Tracker:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _new_filter(self) -> RssiFilter:
+    def _new_filter(self) -> LevelFilter:
         config = self._config
-        return RssiFilter(
-            time_constant_s=config.rssi_time_constant_s, clip_min_db=config.outlier_clip_db
+        return LevelFilter(
+            fast_time_constant_s=config.rssi_time_constant_s,
+            slow_time_constant_s=config.settle_time_constant_s,
+            motion_db=config.motion_threshold_db,
+            evidence_db_s=config.motion_evidence_db_s,
+            clip_min_db=config.outlier_clip_db,
         )
 
     def _distance(self, level: float) -> float:
@@ -357,13 +353,11 @@ class Tracker:
         """True when the contact went quiet steady and near: a paused phone, not a walk-out."""
         if track.level < self._hold_level:
             return False
-        horizon = track.last_ts - self._config.fading_window_s
-        before = track.level
-        for ts, level in track.snapshots:
-            if ts >= horizon:
-                before = level
-                break
-        return before - track.level < self._config.fading_drop_db
+        rssi_filter = track.filter
+        return (
+            track.last_ts - rssi_filter.last_move_ts >= self._config.steady_s
+            and rssi_filter.down < 0.5 * self._config.motion_evidence_db_s
+        )
 
     def _classify_silence(self, track: _Track, now: float) -> Input | None:
         config = self._config

@@ -181,7 +181,7 @@ def make_device(rng: random.Random, kind: DeviceKind, seed: str) -> Device:
     intervals = [i for i, _ in INTERVALS]
     interval = rng.choices(intervals, [w for _, w in INTERVALS])[0]
     nominal = -59
-    offset = max(-6.0, min(6.0, rng.gauss(0.0, 2.5)))
+    offset = rng.uniform(-3.0, 3.0)
     device = Device(kind=kind, seed=seed, interval_s=interval, nominal_power_dbm=nominal,
                     offset_db=offset)
     if kind in (DeviceKind.HALLWAY_MFR, DeviceKind.HALLWAY_MFR_BARE, DeviceKind.HALLWAY_UUID,
@@ -205,7 +205,7 @@ def make_device(rng: random.Random, kind: DeviceKind, seed: str) -> Device:
         device.static_address = _address(bytes(raw))
         if kind is DeviceKind.ADDRESS_BADGE:
             # A fixed-address badge says nothing about its power; its true one varies more.
-            device.offset_db = max(-8.0, min(8.0, rng.gauss(0.0, 3.5)))
+            device.offset_db = rng.uniform(-4.0, 4.0)
     return device
 
 

@@ -8,10 +8,10 @@ fresh devices.
 - ``booth``: an expo booth on an aisle. Visitors walk up the aisle, stop at the booth (1-3 m)
   for a few minutes, sometimes chat at the neighbouring booth (10-16 m, around the presence
   edge), and walk on; others just pass by along the aisle 2-6 m away. Open floor.
-- ``keynote``: a packed hall, the scanner among the seats. Hour-long sessions: people come in
-  through the back doors over the first minutes, sit for the talk (phones locked, so many
-  silent gaps), a few step out and come back, all leave at the end. Bodies everywhere: a higher
-  path-loss exponent, more shadowing, many collisions.
+- ``keynote``: a keynote hall (40 m wide, 30 rows), the scanner a kiosk at the front by the
+  stage. Sessions of 50 minutes: people come in through the doors over the first minutes, sit
+  for the talk (phones locked, so many silent gaps), a few step out and come back, all leave at
+  the end. Bodies everywhere: a higher path-loss exponent, more shadowing, many collisions.
 - ``corridor``: a corridor with the scanner on the wall. Mostly passers-by (about 20 s inside
   the radius), some stop to chat, a coffee queue around the presence edge.
 """
@@ -122,10 +122,16 @@ def _booth_plan(rng: random.Random, start: float, contacts: int) -> Iterator[Vis
 
 _SESSION_S = 3000.0
 _TALK_S = 40 * 60.0
-_HALL_X = 17.0  # seats from -17 to 17 m across
-_HALL_FRONT, _HALL_BACK = 20.0, -9.0  # rows from the back (-9 m) to the front (20 m)
-_DOORS = ((-_HALL_X - 1.0, _HALL_BACK - 2.0), (_HALL_X + 1.0, _HALL_BACK - 2.0))
-_AISLES = (-_HALL_X - 0.5, -6.0, 6.0, _HALL_X + 0.5)
+_HALL_X = 20.0  # seats from -20 to 20 m across
+_FIRST_ROW, _ROWS = 2.0, 30  # rows 1 m apart from 2 m to 31 m behind the kiosk
+# (door, a point 15 m outside it): two at the back, two at the front sides
+_DOORS = (
+    ((-_HALL_X - 1.0, 33.0), (-_HALL_X - 1.0, 48.0)),
+    ((_HALL_X + 1.0, 33.0), (_HALL_X + 1.0, 48.0)),
+    ((-_HALL_X - 1.0, 3.0), (-_HALL_X - 16.0, 3.0)),
+    ((_HALL_X + 1.0, 3.0), (_HALL_X + 16.0, 3.0)),
+)
+_AISLES = (-_HALL_X - 0.5, -7.0, 7.0, _HALL_X + 0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,20 +139,20 @@ class _Seat:
     x: float
     y: float
     aisle: float
-    door: tuple[float, float]
+    door: tuple[tuple[float, float], tuple[float, float]]
     speed: float
 
     def walk_in(self, t: float) -> PathBuilder:
-        door_x, door_y = self.door
-        path = PathBuilder(t, door_x, door_y - 15.0, speed_mps=self.speed)
+        (door_x, door_y), (out_x, out_y) = self.door
+        path = PathBuilder(t, out_x, out_y, speed_mps=self.speed)
         return path.walk(door_x, door_y).walk(self.aisle, door_y).walk(self.aisle, self.y).walk(
             self.x, self.y
         )
 
     def walk_out(self, path: PathBuilder) -> PathBuilder:
-        door_x, door_y = self.door
+        (door_x, door_y), (out_x, out_y) = self.door
         return path.walk(self.aisle, self.y).walk(self.aisle, door_y).walk(door_x, door_y).walk(
-            door_x, door_y - 15.0
+            out_x, out_y
         )
 
 
@@ -154,18 +160,20 @@ def _keynote_session(
     rng: random.Random, t0: float, contacts: int, attendees: int
 ) -> list[Visit]:
     visits: list[Visit] = []
-    taken: set[tuple[int, int]] = {(0, 9)}  # the scanner's own seat
+    taken: set[tuple[int, int]] = set()
     chosen = rng.sample(range(contacts), min(contacts, int(attendees * 0.4)))
     people: list[int | None] = [*chosen, *([None] * (attendees - len(chosen)))]
+    across = int(_HALL_X / 0.6)
     for who in people:
         while True:
-            spot = (rng.randrange(-28, 29), rng.randrange(0, 30))
+            spot = (rng.randrange(-across, across + 1), rng.randrange(0, _ROWS))
             if spot not in taken:
                 taken.add(spot)
                 break
-        x, y = spot[0] * 0.6, _HALL_BACK + spot[1]
+        x, y = spot[0] * 0.6, _FIRST_ROW + spot[1]
+        door = rng.choice(_DOORS[:2]) if rng.random() < 0.7 else rng.choice(_DOORS[2:])
         seat = _Seat(
-            x=x, y=y, aisle=min(_AISLES, key=lambda a: abs(a - x)), door=rng.choice(_DOORS),
+            x=x, y=y, aisle=min(_AISLES, key=lambda a: abs(a - x)), door=door,
             speed=_speed(rng) * 0.8,
         )
         arrive = t0 + rng.betavariate(2, 5) * 12 * 60.0 - 120.0
@@ -186,14 +194,14 @@ def _keynote_session(
 
 
 def _keynote_plan(rng: random.Random, start: float, contacts: int) -> Iterator[Visit]:
-    # The scanner is the phone of someone seated at row 9, seat 0 (the origin).
+    # The scanner is a kiosk at the front of the hall, by the stage (the origin).
     for _ in range(25):  # laptops and gear on the stage and at the desks
-        x, y = rng.uniform(-_HALL_X, _HALL_X), rng.uniform(_HALL_BACK, _HALL_FRONT + 3)
+        x, y = rng.uniform(-_HALL_X, _HALL_X), rng.uniform(-8.0, 1.0)
         yield Visit(None, PathBuilder(start, x, y, speed_mps=1.0).stand(10 * 86400.0).build())
     session = 0
     while True:
         t0 = start + 150.0 + session * _SESSION_S
-        yield from _merge_by_start(_keynote_session(rng, t0, contacts, attendees=300))
+        yield from _merge_by_start(_keynote_session(rng, t0, contacts, attendees=360))
         session += 1
 
 
@@ -243,7 +251,7 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "keynote": Scenario(
         name="keynote",
-        description="a packed keynote hall: everyone seated for the talk, phones often silent",
+        description="a keynote hall, kiosk by the stage: everyone seated, phones often silent",
         duration_s=3000.0,
         radio=Radio(path_loss_exponent=2.3, shadowing_db=7.0, packet_loss=0.3),
         contacts=150,

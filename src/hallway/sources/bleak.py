@@ -53,6 +53,7 @@ _STOP_TIMEOUT_S = 5.0
 _CALL_TIMEOUT_S = 5.0
 _BACKOFF_FIRST_S = 1.0
 _PRUNE_BATCH = 2000  # RemoveDevice calls per prune pass, at most
+_PRUNE_PASS_S = 5.0  # and the time one pass may take (a stalled BlueZ must not hold the watch)
 _MAX_TRACKED = 50_000  # beyond this many unheard-of-late devices, the oldest go early
 _PROTECTING = ("Paired", "Bonded", "Trusted", "Connected")
 _FAULTS = {  # bus events that end a running scan, and how the log names them
@@ -62,6 +63,13 @@ _FAULTS = {  # bus events that end a running scan, and how the log names them
     "powered-off": "the adapter was powered off",
     "bus-lost": "the connection to the system bus was lost",
 }
+# bluetoothd keeps a discovery session per D-Bus client. A StartDiscovery that timed out on our
+# side but was carried out later leaves one that bleak cannot stop, and every later start then
+# fails with InProgress until our bus connection closes: only a process restart clears it.
+_IN_PROGRESS = "org.bluez.Error.InProgress"
+_STALE_SESSION_AFTER = 3  # consecutive InProgress start failures before we say so
+_STALE_SESSION_HINT = ("BlueZ holds a stale discovery session of this process; "
+                       "restarting hallway clears it")
 _RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
@@ -211,6 +219,8 @@ class _BusWatch:
             self.owner = new or None
             self._notify("bluez-gone" if not new else "bluez-appeared" if not old
                          else "bluez-replaced")
+        elif msg.sender != self.owner or self.owner is None:
+            return  # only BlueZ itself speaks for the adapter
         elif member == "InterfacesAdded" and msg.body[0] == self._adapter_path:
             if _ADAPTER_IFACE in msg.body[1]:
                 self._notify("adapter-added")
@@ -251,6 +261,8 @@ class BleakSource:
         self._failed_cycles = 0
         self._fault_streak = 0
         self._start_fail_streak = 0
+        self._in_progress_streak = 0
+        self._stale_session = False
         self._seen: dict[str, float] = {}  # device object path -> last heard (monotonic)
         self._seeded = False
         self._next_prune = 0.0
@@ -275,9 +287,10 @@ class BleakSource:
         """Running, not FAILED, and the supervisor made progress within its own time bounds.
 
         ``now`` is ``time.monotonic()``. A silent room is legitimately idle: silence rebuilds
-        the scanner, and a scanner that started fine and still hears nothing is healthy.
+        the scanner, and a scanner that started fine and still hears nothing is healthy. Not
+        healthy once BlueZ holds a discovery session of ours that only a restart can clear.
         """
-        if not self._running or self._state is SourceState.FAILED:
+        if not self._running or self._state is SourceState.FAILED or self._stale_session:
             return False
         return now - self._progress <= self._stall_s
 
@@ -313,8 +326,10 @@ class BleakSource:
                 delay = min(self._cfg.backoff_max_s,
                             _BACKOFF_FIRST_S * 2 ** (self._failed_cycles - 1))
                 first = self._failed_cycles == 1
-                self._set_state(SourceState.BACKOFF,
-                                f"retrying in {delay:g} s: {self._last_error}", quiet=not first)
+                status = f"retrying in {delay:g} s: {self._last_error}"
+                if self._stale_session:
+                    status += f" ({_STALE_SESSION_HINT})"
+                self._set_state(SourceState.BACKOFF, status, quiet=not first)
                 await self._pause(delay)
         finally:
             self._running = False
@@ -353,8 +368,11 @@ class BleakSource:
             self._wake.set()
 
     async def _pause(self, delay: float) -> None:
-        """Sleep ``delay`` seconds in slices; BlueZ or the adapter coming back ends it early."""
-        self._wake.clear()
+        """Sleep ``delay`` seconds in slices; BlueZ or the adapter coming back ends it early.
+
+        ``_wake`` is cleared before each start attempt, not here, so a recovery signalled
+        while an attempt was failing still cuts this pause short.
+        """
         deadline = self._mono() + delay
         while (left := deadline - self._mono()) > 0:
             self._progress = self._mono()
@@ -364,8 +382,10 @@ class BleakSource:
                         await self._watch.ensure_connected()
                 if self._watch.connected and self._watch.owner is not None:
                     return
+            # Without a bus no signal can wake us: look again for it sooner.
+            slice_s = 1.0 if self._watch.connected else 0.25
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, 1.0)):
+                async with asyncio.timeout(min(left, slice_s)):
                     await self._wake.wait()
                     return
 
@@ -377,6 +397,7 @@ class BleakSource:
             self._set_state(SourceState.STARTING,
                             f"starting on {self._cfg.adapter} (attempt {attempt}/{retries})",
                             quiet=self._failed_cycles > 0 or self._fault_streak > 1)
+            self._wake.clear()
             try:
                 async with self._lock, asyncio.timeout(self._cfg.start_timeout_s):
                     await self._start_once()
@@ -388,11 +409,19 @@ class BleakSource:
                 error = _describe(exc)
             else:
                 self._start_fail_streak = 0
-                self._set_state(SourceState.SCANNING, f"scanning on {self._cfg.adapter}")
+                self._in_progress_streak = 0
+                self._stale_session = False
+                self._set_state(SourceState.SCANNING, f"scanning on {self._cfg.adapter}",
+                                quiet=self._fault_streak > 1)
                 return True
             self._progress = self._mono()
             self._counts["start_failures"] += 1
             self._start_fail_streak += 1
+            self._in_progress_streak = (self._in_progress_streak + 1
+                                        if _IN_PROGRESS in error else 0)
+            if self._in_progress_streak >= _STALE_SESSION_AFTER and not self._stale_session:
+                self._stale_session = True
+                log.error("scanner cannot start", source=self.name, reason=_STALE_SESSION_HINT)
             self._last_error = error
             (log.warning if self._start_fail_streak == 1 else log.debug)(
                 "scanner start failed", source=self.name, attempt=attempt, error=error)
@@ -495,29 +524,31 @@ class BleakSource:
     async def _prune(self, now: float) -> None:
         """Remove BlueZ device objects of addresses not heard for ``device_prune_s``."""
         self._next_prune = now + self._prune_interval
+        before = self._counts["pruned"]
         try:
-            if not self._seeded:
-                for path in await self._watch.unprotected_devices():
-                    self._seen.setdefault(path, now)
-                self._seeded = True
-            cutoff = now - self._cfg.device_prune_s
-            stale = [p for p, heard in self._seen.items() if heard < cutoff]
-            excess = len(self._seen) - len(stale) - _MAX_TRACKED
-            if excess > 0:
-                fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
-                stale.extend(p for _h, p in fresh[:excess])
-            removed = 0
-            for path in stale[:_PRUNE_BATCH]:
-                del self._seen[path]
-                if await self._watch.remove_device(path):
-                    removed += 1
-                else:
-                    self._counts["prune_errors"] += 1
+            async with asyncio.timeout(_PRUNE_PASS_S):
+                await self._prune_pass(now)
         except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the scan goes on
             self._counts["prune_errors"] += 1
             log.debug("device pruning failed", source=self.name, error=_describe(exc))
-            return
-        self._counts["pruned"] += removed
-        if removed:
+        if removed := self._counts["pruned"] - before:
             log.debug("pruned BlueZ devices", source=self.name, removed=removed,
                       tracked=len(self._seen))
+
+    async def _prune_pass(self, now: float) -> None:
+        if not self._seeded:
+            for path in await self._watch.unprotected_devices():
+                self._seen.setdefault(path, now)
+            self._seeded = True
+        cutoff = now - self._cfg.device_prune_s
+        stale = [p for p, heard in self._seen.items() if heard < cutoff]
+        excess = len(self._seen) - len(stale) - _MAX_TRACKED
+        if excess > 0:
+            fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
+            stale.extend(p for _h, p in fresh[:excess])
+        for path in stale[:_PRUNE_BATCH]:
+            del self._seen[path]
+            if await self._watch.remove_device(path):
+                self._counts["pruned"] += 1
+            else:
+                self._counts["prune_errors"] += 1

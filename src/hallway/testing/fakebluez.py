@@ -21,7 +21,8 @@ Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
 SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
 ``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
 (``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
-``stop_jobs``; ``remove_adapter``; ``add_adapter``;
+``stop_jobs``; ``remove_adapter``; ``add_adapter``; ``delay`` (``method``, ``seconds``: carry
+out and answer that method late, like a slow bluetoothd);
 ``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
 bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady`` and
 ``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
@@ -45,12 +46,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageType, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 
 from hallway.models import Advertisement
@@ -176,7 +177,6 @@ class _Device:
     manufacturer_data: dict[int, bytes]
     service_data: dict[str, bytes]
     paired: bool = False
-    extra: dict[str, Variant] = field(default_factory=dict)
 
     def props(self, adapter_path: str) -> dict[str, Variant]:
         alias = self.name if self.name else self.address.replace(":", "-")
@@ -259,11 +259,13 @@ class FakeBlueZ:
         self._has_adapter = with_adapter
         self._powered = powered
         self._bus: MessageBus | None = None
+        self._owns_name = False
         self._devices: dict[str, _Device] = {}
         self._sessions: set[str] = set()
         self._filters: dict[str, dict[str, Any]] = {}
         self._frozen = False
         self._held: list[Message] = []
+        self._delays: dict[str, float] = {}
         self._counts = dict.fromkeys(
             ("reported", "signals", "missed", "suppressed", "removed", "removed_paired",
              "start_discovery", "stop_discovery", "set_filter"), 0)
@@ -295,10 +297,17 @@ class FakeBlueZ:
                                  "interface='org.freedesktop.DBus',member='NameOwnerChanged'"]))
         _check(reply)
         self._bus = bus
-        await bus.request_name(BLUEZ)
+        # Queued behind a running BlueZ, this one takes over (NameAcquired) when that one goes.
+        if await bus.request_name(BLUEZ) is RequestNameReply.PRIMARY_OWNER:
+            self._name_acquired()
+        await self.flush()
+
+    def _name_acquired(self) -> None:
+        if self._owns_name:
+            return
+        self._owns_name = True
         if self._has_adapter:
             self._send_interfaces_added(self.adapter_path, self._adapter_interfaces())
-        await self.flush()
 
     async def close(self) -> None:
         """Leave the bus (the name goes away, as when bluetoothd exits)."""
@@ -328,11 +337,16 @@ class FakeBlueZ:
             "adapter": self._has_adapter,
             "powered": self._powered,
             "frozen": self._frozen,
+            "owns_name": self._owns_name,
         }
 
     def freeze(self) -> None:
         """Hold method calls unanswered and report nothing (a stalled bluetoothd)."""
         self._frozen = True
+
+    def delay(self, method: str, seconds: float) -> None:
+        """Carry out and answer calls of ``method`` only after ``seconds`` (0: at once again)."""
+        self._delays[method] = seconds
 
     def thaw(self) -> None:
         """Answer the calls held while frozen, in order, and report again."""
@@ -498,10 +512,14 @@ class FakeBlueZ:
 
     def _on_message(self, msg: Message) -> Message | bool | None:
         if msg.message_type is MessageType.SIGNAL:
-            if msg.member == "NameOwnerChanged" and msg.sender == _DBUS:
+            if msg.sender != _DBUS:
+                return None
+            if msg.member == "NameOwnerChanged":
                 name, _old, new = msg.body
                 if name.startswith(":") and not new:
                     self._client_gone(name)
+            elif msg.member == "NameAcquired" and msg.body[0] == BLUEZ:
+                self._name_acquired()
             return None
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
@@ -509,6 +527,10 @@ class FakeBlueZ:
             return None
         if self._frozen:
             self._held.append(msg)  # answered on thaw(), as a stalled bluetoothd would
+            return True
+        delay = self._delays.get(msg.member or "")
+        if delay:
+            asyncio.get_running_loop().call_later(delay, lambda: self._send(self._answer(msg)))
             return True
         return self._answer(msg)
 
@@ -741,6 +763,7 @@ class _Controller:
             "remove_adapter": fake.remove_adapter, "add_adapter": fake.add_adapter,
             "freeze": fake.freeze, "thaw": fake.thaw, "quit": self.quit.set,
             "power": lambda: fake.set_powered(bool(request.get("on", True))),
+            "delay": lambda: fake.delay(str(request["method"]), float(request["seconds"])),
         }
         action = simple.get(str(cmd))
         if action is None:

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import pwd
 import re
 import signal
 import socket
@@ -185,8 +186,6 @@ def docs_broker_config(
 
 
 def _user() -> str:
-    import pwd
-
     return pwd.getpwuid(os.getuid()).pw_name
 
 

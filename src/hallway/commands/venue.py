@@ -1,0 +1,47 @@
+"""``hallway venue``: one answer for a whole venue, from every scanner's MQTT topics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from hallway.commands._common import config_from_args
+from hallway.errors import ConfigError, Problem
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``venue``."""
+    parser = sub.add_parser(
+        "venue",
+        help="run the venue service: room per contact across all scanners (needs [mqtt])",
+        description="Subscribe to every scanner of the venue through the MQTT broker, decide "
+        "per contact the room it is in, and serve the result on the SPEC §6 socket and MQTT.",
+        parents=[common],
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGTERM/SIGINT; exit 0 after an orderly shutdown."""
+    from hallway.venue.service import VenueService
+
+    config = config_from_args(args)
+    if not config.mqtt.enabled:
+        raise ConfigError([Problem(getattr(args, "config", None) or "<config>", "mqtt.enabled",
+                                   "hallway venue needs the MQTT broker: set enabled = true")])
+    state_env = os.environ.get("STATE_DIRECTORY")
+    state_dir = (Path(state_env.split(":")[0]) if state_env
+                 else Path(config.storage.database).resolve().parent)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await VenueService(config, state_dir=state_dir).run(stop)
+
+    return asyncio.run(main())

@@ -1,0 +1,421 @@
+"""The venue service: scanners' MQTT topics in, one room per contact out (MQTT and SPEC §6).
+
+The graph: an MQTT subscriber (persistent session, QoS 1) reads every scanner's events,
+retained presence and status under ``<prefix>/<venue>/scanners/+/...``; the pure ``Arbiter``
+turns them into venue events (``arrived``/``moved``/``zone``/``departed`` with ``room``); a
+``Hub`` gives them ``seq``, logs them in the venue's own SQLite store and fans them out to the
+``EventServer`` (the same socket protocol as a scanner, announced by mDNS with ``role=venue``);
+an ``MqttPublisher`` publishes the logged events, the retained present set and Home Assistant
+discovery under ``<prefix>/<venue>/``. Teardown is the reverse of start-up.
+
+A scanner's events may arrive twice (at-least-once delivery): one whose ``seq`` is not above
+the last seen from that scanner is dropped, unless its ``ts`` is newer (the scanner's database
+was replaced and ``seq`` started over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from hallway import __version__
+from hallway.announce import ZeroconfAnnouncer
+from hallway.config import Config
+from hallway.errors import BrokerError, HallwayError
+from hallway.hub import Hub
+from hallway.logs import get_logger
+from hallway.models import Contact, DepartReason, PresenceEvent
+from hallway.mqtt import (
+    BACKOFF_START_S,
+    MqttPublisher,
+    Topics,
+    broker_error,
+    make_client,
+    public_contact,
+    public_event,
+    unescape_level,
+    venue_base,
+)
+from hallway.notify import SystemdNotifier
+from hallway.server import EventServer, load_tokens
+from hallway.store import SqliteStore
+from hallway.venue.arbiter import Arbiter
+from hallway.venue.homeassistant import HomeAssistantDiscovery
+
+log = get_logger(__name__)
+
+TICK_S = 1.0
+STEP_TIMEOUT_S = 5.0
+FLUSH_TIMEOUT_S = 3.0
+MAX_INCOMING = 50_000
+"""Messages the MQTT client buffers before we read them; beyond it they are dropped (logged)."""
+MAX_PAYLOAD_BYTES = 65_536
+_REASONS = {reason.value: reason for reason in DepartReason}
+
+
+class VenueService:
+    """``hallway venue``: one instance per process; ``await run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        notifier: SystemdNotifier | None = None,
+        on_ready: Callable[[VenueService], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.config = config
+        self._state_dir = state_dir
+        self._clock = clock
+        self._notifier = notifier or SystemdNotifier.from_environment()
+        self._on_ready = on_ready
+        mqtt = config.mqtt
+        self._base = venue_base(mqtt)
+        self.topics = Topics.for_venue(mqtt)
+        self.arbiter = Arbiter(config.venue, path_loss_exponent=config.proximity.path_loss_exponent)
+        self._contacts: dict[str, Contact] = {}
+        self._last: dict[str, tuple[int, float]] = {}  # scanner -> (seq, ts) of its last event
+        self._scanners: dict[str, bool] = {}  # scanner -> online
+        self._connected = False
+        self._started_at = time.monotonic()
+        self._n: dict[str, int] = dict.fromkeys(
+            ("messages", "events_in", "duplicates", "malformed", "events_out", "connects",
+             "failures"),
+            0,
+        )
+        self.tcp_port: int | None = None
+        self.tokens: list[str] = []
+        self.announced_name: str | None = None
+        self._store: SqliteStore | None = None
+        self._hub: Hub | None = None
+        self._server: EventServer | None = None
+        self._announcer: ZeroconfAnnouncer | None = None
+        self.publisher: MqttPublisher | None = None
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Operational figures (no contact data)."""
+        hub = self._hub.stats() if self._hub is not None else {}
+        publisher = self.publisher.stats() if self.publisher is not None else {}
+        server = self._server.stats() if self._server is not None else {}
+        return {
+            "version": __version__,
+            "role": "venue",
+            "scanner": self.config.scanner.name,
+            "venue": self.config.mqtt.venue,
+            "uptime_s": round(time.monotonic() - self._started_at, 1),
+            "broker_connected": self._connected,
+            "scanners_online": sorted(s for s, up in self._scanners.items() if up),
+            "scanners_offline": sorted(s for s, up in self._scanners.items() if not up),
+            "present": len(self.arbiter.present()),
+            "last_seq": int(hub.get("last_seq", 0)),
+            "subscribers": int(server.get("subscribers", 0)),
+            "mqtt_published_seq": publisher.get("published_seq"),
+            "mqtt_dropped": publisher.get("dropped", 0),
+            **self._n,
+            **{f"decisions_{k}": v for k, v in self.arbiter.counts.items()},
+        }
+
+    def _status_line(self) -> str:
+        s = self.status()
+        return (f"broker {'connected' if s['broker_connected'] else 'unreachable'}; "
+                f"{len(s['scanners_online'])} scanner(s) online; {s['present']} present; "
+                f"{s['subscribers']} subscriber(s)")
+
+    # -- the graph ----------------------------------------------------------------------------
+
+    async def _build(self) -> None:
+        config = self.config
+        self._store = await SqliteStore.open(config.storage.database)
+        self._hub = Hub(
+            self._store,
+            scanner=config.scanner.name,
+            contact_lookup=self._contacts.get,
+            retention_s=config.storage.event_retention_s,
+            retention_count=config.storage.event_retention_count,
+        )
+        await self._hub.start()
+        extra = None
+        if config.mqtt.homeassistant:
+            extra = HomeAssistantDiscovery(config.mqtt, status_topic=self.topics.status).messages
+        self.publisher = MqttPublisher(
+            config.mqtt,
+            scanner=config.scanner.name,
+            store=self._store,
+            present=self._hub.present,
+            topics=self.topics,
+            client_id=f"{self._client_id()}-pub",
+            extra=extra,
+            clock=self._clock,
+        )
+        self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        self._server = EventServer(
+            config.server, self._hub, scanner=config.scanner.name, version=__version__,
+            tokens=self.tokens, status_provider=self.status,
+        )
+        await self._server.start()
+        self.tcp_port = self._server.tcp_port
+        if config.mdns.enabled and self.tcp_port is not None:
+            self._announcer = ZeroconfAnnouncer(
+                config.mdns, scanner=config.scanner.name, port=self.tcp_port,
+                auth="token" if self.tokens else "none", role="venue",
+                host=config.server.tcp_host,
+            )
+
+    def _running_hub(self) -> Hub:
+        assert self._hub is not None, "the hub is built in run()"
+        return self._hub
+
+    def _client_id(self) -> str:
+        return self.config.mqtt.client_id or f"hallway-venue-{self.config.mqtt.venue}"
+
+    def _publish(self, events: list[PresenceEvent]) -> None:
+        if not events:
+            return
+        for event in events:
+            contact = self.arbiter.contact(event.contact_id)
+            if contact is not None:
+                self._contacts[event.contact_id] = contact
+        self._running_hub().publish(events)
+        self._n["events_out"] += len(events)
+        for event in events:
+            if event.reason is DepartReason.REVOKED:
+                self._contacts.pop(event.contact_id, None)
+
+    # -- MQTT in ------------------------------------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        """Read the scanners' topics for ever, reconnecting with capped backoff."""
+        mqtt = self.config.mqtt
+        delay = BACKOFF_START_S
+        streak = 0
+        while True:
+            client = make_client(mqtt, client_id=self._client_id(), clean_session=False,
+                                 max_queued_incoming=MAX_INCOMING)
+            try:
+                async with client:
+                    self._connected = True
+                    self._n["connects"] += 1
+                    log.info("venue_broker_connected", host=mqtt.host, port=mqtt.port)
+                    streak, delay = 0, BACKOFF_START_S
+                    scanners = f"{self._base}/scanners/+"
+                    for topic in (f"{scanners}/status", f"{scanners}/present/+",
+                                  f"{scanners}/events"):
+                        await client.subscribe(topic, qos=1)
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, bytes | bytearray):
+                            payload = b"" if payload is None else str(payload).encode()
+                        self._publish(self.handle(str(message.topic), bytes(payload)))
+            except aiomqtt.MqttError as exc:
+                error: BrokerError = broker_error(exc)
+                self._n["failures"] += 1
+                streak += 1
+                (log.warning if streak == 1 else log.debug)(
+                    "venue_broker_unavailable", error=str(error), attempts=streak)
+            finally:
+                self._connected = False
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, mqtt.reconnect_max_s)
+
+    def handle(self, topic: str, payload: bytes) -> list[PresenceEvent]:
+        """One message from a scanner's topics -> the venue events it causes."""
+        self._n["messages"] += 1
+        prefix = f"{self._base}/scanners/"
+        if not topic.startswith(prefix) or len(payload) > MAX_PAYLOAD_BYTES:
+            self._n["malformed"] += 1
+            return []
+        parts = topic[len(prefix):].split("/")
+        scanner = unescape_level(parts[0])
+        now = self._clock()
+        if parts[1:] == ["status"]:
+            online = payload == b"online"
+            if self._scanners.get(scanner) != online:
+                log.info("scanner_status", scanner=scanner, online=online)
+            self._scanners[scanner] = online
+            return self.arbiter.scanner_status(scanner, online=online, now=now)
+        if parts[1:] == ["events"]:
+            return self._on_event(scanner, payload, now)
+        if len(parts) == 3 and parts[1] == "present":
+            return self._on_present(scanner, unescape_level(parts[2]), payload, now)
+        self._n["malformed"] += 1
+        return []
+
+    def _on_event(self, scanner: str, payload: bytes, now: float) -> list[PresenceEvent]:
+        event = public_event(payload)
+        ts = event.get("ts") if event is not None else None
+        if event is None or not isinstance(ts, int | float):
+            self._n["malformed"] += 1
+            return []
+        seq = int(event["seq"])
+        last = self._last.get(scanner)
+        if last is not None and seq <= last[0] and ts <= last[1]:
+            self._n["duplicates"] += 1
+            return []
+        self._last[scanner] = (seq, float(ts))
+        self._n["events_in"] += 1
+        contact = event["contact"]
+        kind = event["type"]
+        if kind == "departed":
+            reason = _REASONS.get(str(event.get("reason")))
+            if reason is DepartReason.REVOKED:
+                return self.arbiter.forget(contact["id"], now=now)
+            return self.arbiter.lost(scanner, contact["id"], ts=float(ts), reason=reason,
+                                     now=now)
+        distance = event.get("distance_m")
+        if kind not in ("arrived", "zone") or not isinstance(distance, int | float):
+            return []
+        return self.arbiter.seen(
+            scanner, contact, ts=float(ts), distance_m=float(distance), now=now,
+            zone=_text(event.get("zone")), rssi=_number(event.get("rssi")),
+            via=_text(event.get("via")),
+        )
+
+    def _on_present(self, scanner: str, contact_id: str, payload: bytes, now: float
+                    ) -> list[PresenceEvent]:
+        if not payload:
+            return self.arbiter.lost(scanner, contact_id, now=now)
+        try:
+            data = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        contact = public_contact(data.get("contact")) if isinstance(data, dict) else None
+        if not isinstance(data, dict) or contact is None or contact["id"] != contact_id:
+            self._n["malformed"] += 1
+            return []
+        ts, distance = data.get("ts"), data.get("distance_m")
+        if not isinstance(ts, int | float) or not isinstance(distance, int | float):
+            self._n["malformed"] += 1
+            return []
+        return self.arbiter.seen(
+            scanner, contact, ts=float(ts), distance_m=float(distance), now=now,
+            zone=_text(data.get("zone")), rssi=_number(data.get("rssi")),
+            via=_text(data.get("via")),
+        )
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self._publish(self.arbiter.tick(self._clock()))
+
+    async def _relay(self) -> None:
+        """Wake the MQTT publisher whenever the hub has logged new events."""
+        assert self.publisher is not None
+        while True:
+            sub = self._running_hub().subscribe(queue_size=4096)
+            try:
+                while (lines := await sub.get(5.0)) is not None:
+                    if lines:
+                        self.publisher.notify()
+            finally:
+                sub.close()
+            self.publisher.notify()  # lagged (or finished): the log has it all anyway
+
+    async def _watchdog(self) -> None:
+        notifier = self._notifier
+        step = min(notifier.watchdog_interval_s or 5.0, 5.0)
+        while True:
+            if notifier.watchdog_interval_s is not None:
+                notifier.send(watchdog=1)
+            notifier.send(status=self._status_line())
+            await asyncio.sleep(step)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set; return the process exit code."""
+        try:
+            await self._build()
+        except HallwayError:
+            await self._close_all()
+            raise
+        assert self.publisher is not None
+        log.info("venue_starting", venue=self.config.mqtt.venue, tcp_port=self.tcp_port,
+                 broker=f"{self.config.mqtt.host}:{self.config.mqtt.port}")
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                publisher = group.create_task(self.publisher.run(), name="venue-mqtt-out")
+                tasks = [
+                    group.create_task(self._subscribe(), name="venue-mqtt-in"),
+                    group.create_task(self._ticker(), name="venue-ticker"),
+                    group.create_task(self._relay(), name="venue-relay"),
+                    group.create_task(self._watchdog(), name="venue-watchdog"),
+                ]
+                if self._announcer is not None:
+                    try:
+                        await asyncio.wait_for(self._announcer.start(), timeout=15)
+                        self.announced_name = self._announcer.name
+                    except (TimeoutError, HallwayError, OSError) as exc:
+                        log.warning("mdns_failed", error=str(exc))
+                self._notifier.send(ready=1, status=self._status_line())
+                log.info("venue_ready", tcp_port=self.tcp_port, mdns_name=self.announced_name)
+                if self._on_ready is not None:
+                    result = self._on_ready(self)
+                    if asyncio.iscoroutine(result):
+                        await result
+                await stop.wait()
+                await self._shutdown(tasks, publisher)
+        finally:
+            await self._close_all()
+        return 0
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]],
+                        publisher: asyncio.Task[None]) -> None:
+        log.info("venue_stopping")
+        self._notifier.send(stopping=1, status="stopping")
+        if self._announcer is not None:
+            await _bounded(self._announcer.close(), "mdns_goodbye")
+            self._announcer = None
+        if self._server is not None:
+            await _bounded(self._server.stop_accepting(), "stop_accepting")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._publish(self.arbiter.shutdown(self._clock()))
+        await _bounded(self._running_hub().close(), "flush_events")
+        if self.publisher is not None:
+            with contextlib.suppress(HallwayError):
+                await self.publisher.flush(FLUSH_TIMEOUT_S)
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
+
+    async def _close_all(self) -> None:
+        if self._announcer is not None:
+            await _bounded(self._announcer.close(), "mdns_goodbye")
+        if self._server is not None:
+            await _bounded(self._server.close(), "close_server")
+        if self._hub is not None:
+            await _bounded(self._hub.close(), "close_hub")
+        if self._store is not None:
+            await _bounded(self._store.close(), "close_store")
+        self._notifier.close()
+
+
+async def _bounded(step: Awaitable[Any], name: str) -> None:
+    try:
+        await asyncio.wait_for(step, timeout=STEP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("shutdown_step_timed_out", step=name, timeout_s=STEP_TIMEOUT_S)
+    except (HallwayError, OSError) as exc:
+        log.warning("shutdown_step_failed", step=name, error=str(exc))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
