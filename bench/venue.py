@@ -129,15 +129,15 @@ def score(truth: list[dict[str, Any]], timeline: Timeline) -> dict[str, float]:
             if k - last_change > TRANSITION_S:
                 total_settled += 1
                 right_settled += said[k] == room
-        reported = [(ts, r) for ts, r in timeline.room_at(row["id"])]
-        rooms_only = [(ts, r) for ts, r in reported if r is not None]
-        for i in range(1, len(rooms_only)):
-            if rooms_only[i][1] != rooms_only[i - 1][1] and (
-                    reported.index(rooms_only[i]) == reported.index(rooms_only[i - 1]) + 1):
-                changes += 1
-                if (i + 1 < len(rooms_only) and rooms_only[i + 1][1] == rooms_only[i - 1][1]
-                        and rooms_only[i + 1][0] - rooms_only[i][0] <= FLAP_S):
-                    flaps += 1
+        reported = list(timeline.room_at(row["id"]))
+        moves = [(reported[i][0], reported[i - 1][1], reported[i][1])
+                 for i in range(1, len(reported))
+                 if reported[i - 1][1] and reported[i][1] and reported[i - 1][1] != reported[i][1]]
+        changes += len(moves)
+        for j in range(1, len(moves)):
+            back = moves[j][2] == moves[j - 1][1] and moves[j][1] == moves[j - 1][2]
+            if back and moves[j][0] - moves[j - 1][0] <= FLAP_S:
+                flaps += 1
     hours = max(total, 1) / 3600.0
     return {
         "contact_hours": total / 3600.0,
@@ -154,8 +154,8 @@ def score(truth: list[dict[str, Any]], timeline: Timeline) -> dict[str, float]:
 
 
 def venue_config(workdir: Path, rooms: dict[str, str], exponent: float, *, port: int = 1883,
-                 nearest_wins: bool = False) -> Config:
-    venue: dict[str, Any] = {"rooms": rooms}
+                 nearest_wins: bool = False, tuning: dict[str, float] | None = None) -> Config:
+    venue: dict[str, Any] = {"rooms": rooms, **(tuning or {})}
     if nearest_wins:
         venue.update(switch_margin_db=0.0, switch_confirm_s=0.0)
     return Config.model_validate({
@@ -231,12 +231,12 @@ class EmulatedScanner:
                 yield self.topics.present(info.contact_id), dumps(presence)
 
 
-def run_offline(sim: VenueSimulation, scanner_config: Config, workdir: Path
-                ) -> tuple[Timeline, Timeline]:
+def run_offline(sim: VenueSimulation, scanner_config: Config, workdir: Path,
+                tuning: dict[str, float] | None = None) -> tuple[Timeline, Timeline]:
     now = [sim.start_ts]
     rooms = sim.rooms_config()
     exponent = sim.plan.radio.path_loss_exponent
-    ours = Judge(venue_config(workdir, rooms, exponent), lambda: now[0])
+    ours = Judge(venue_config(workdir, rooms, exponent, tuning=tuning), lambda: now[0])
     base = Judge(venue_config(workdir, rooms, exponent, nearest_wins=True), lambda: now[0])
     scanners = {name: EmulatedScanner(name, scanner_config, sim) for name in sim.scanners}
     traces = sim.traces()

@@ -12,13 +12,17 @@ import pytest
 import structlog
 from bleak import BleakScanner
 
-from bluez_env import bluez_env, drain, needs_dbus, running, wait_until
 from hallway.config import ScannerConfig
 from hallway.models import Advertisement
 from hallway.sources.base import Handoff, SourceState
 from hallway.sources.bleak import BleakSource
 from hallway.testing.fakebluez import FakeBlueZProcess
 from hallway.trace import advertisement_json, parse_trace_line
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
+    from tests.bluez_env import bluez_env, drain, needs_dbus, running, wait_until
+except ImportError:
+    from bluez_env import bluez_env, drain, needs_dbus, running, wait_until
 
 pytestmark = [needs_dbus, pytest.mark.system, pytest.mark.timeout(60)]
 
@@ -247,6 +251,7 @@ async def test_dbus_daemon_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
             assert await env.fake.wait_exit() == 1
             await wait_until(lambda: source.state is SourceState.BACKOFF, timeout_s=5.0,
                              what="backoff without a bus")
+            assert "system bus" in (source.last_error or "")
             env.bus.start()
             await env.new_fake()
             ready = time.monotonic()

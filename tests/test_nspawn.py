@@ -154,10 +154,22 @@ def code_paths() -> list[Path]:
                       Path(sys.base_prefix)])
 
 
-def hidden_by_protect_home() -> list[Path]:
-    """Those of ``code_paths()`` that ProtectHome= hides (/root, /home, /run/user)."""
-    return [p for p in code_paths()
-            if any(p.is_relative_to(top) for top in ("/root", "/home", "/run/user"))]
+def sandbox_properties() -> list[str]:
+    """Unit settings that let a sandboxed service see ``code_paths()``.
+
+    ProtectHome= hides /root, /home and /run/user, PrivateTmp= (and DynamicUser=) replace /tmp
+    and /var/tmp; a checkout or interpreter there is bound back in, read-only. Empty when the
+    code lives elsewhere, as it does when installed.
+    """
+    homes = ("/root", "/home", "/run/user")
+    hidden = [p for p in code_paths()
+              if any(p.is_relative_to(top) for top in (*homes, "/tmp", "/var/tmp"))]
+    properties = []
+    if any(p.is_relative_to(top) for p in hidden for top in homes):
+        properties.append("ProtectHome=tmpfs")
+    if hidden:
+        properties.append("BindReadOnlyPaths=" + " ".join(map(str, hidden)))
+    return properties
 
 
 class Container:
@@ -291,7 +303,6 @@ def container(tmp_path: Path) -> Iterator[Container]:
     (probe / "probe.py").chmod(0o644)
 
     venv = Path(sys.prefix)
-    hidden = hidden_by_protect_home()
     dropin = tmp_path / "dropin"
     dropin.mkdir(mode=0o755)
     lines = [
@@ -302,8 +313,7 @@ def container(tmp_path: Path) -> Iterator[Container]:
         "ExecStartPre=/opt/hallway/bin/hallway contacts import /etc/hallway/contacts.jsonl "
         "--config /etc/hallway/config.toml",
     ]
-    if hidden:
-        lines += ["ProtectHome=tmpfs", "BindReadOnlyPaths=" + " ".join(map(str, hidden))]
+    lines += sandbox_properties()
     (dropin / "test.conf").write_text("\n".join(lines) + "\n")
     (dropin / "test.conf").chmod(0o644)
     # The empty /etc makes this a first boot, when systemd enables units by preset (Debian's:
@@ -359,11 +369,9 @@ def test_unit_runs_under_systemd_and_survives_a_wedge(container: Container, tmp_
     box = container
     probe_dir = tmp_path / "probe"
     python = f"/opt/hallway/bin/{Path(sys.executable).name}"
-    hidden = hidden_by_protect_home()
     sandbox = ["-p", "DynamicUser=yes"]
-    if hidden:
-        sandbox += ["-p", "ProtectHome=tmpfs",
-                    "-p", "BindReadOnlyPaths=" + " ".join(map(str, hidden))]
+    for setting in sandbox_properties():
+        sandbox += ["-p", setting]
 
     # The account comes from the sysusers file, processed at boot.
     passwd = box.run("getent", "passwd", "hallway").stdout.split(":")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bluez_env import running, wait_until
 from hallway.config import Config, ScannerConfig
 from hallway.errors import SourceError
 from hallway.models import Advertisement
@@ -18,6 +17,11 @@ from hallway.sources import AdvertisementSource, Handoff, SourceState, make_sour
 from hallway.sources.replay import ReplaySource
 from hallway.sources.simulated import SimulatedSource
 from hallway.trace import advertisement_json
+
+try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
+    from tests.bluez_env import running, wait_until
+except ImportError:
+    from bluez_env import running, wait_until
 
 T0 = 1585785600.0
 

@@ -85,6 +85,7 @@ class ProximityConfig(_Section):
     settle_time_constant_s: float = Field(default=60.0, gt=0, le=3600)
     motion_threshold_db: float = Field(default=3.0, ge=0, le=40)
     motion_evidence_db_s: float = Field(default=12.0, gt=0, le=1000)
+    quick_margin_db: float = Field(default=6.0, ge=0, le=60)
     outlier_clip_db: float = Field(default=6.0, gt=0, le=60)
     presence_hysteresis_db: float = Field(default=1.5, ge=0, le=20)
     arrive_confirm_s: float = Field(default=2.0, ge=0, le=600)

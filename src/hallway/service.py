@@ -25,12 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from hallway import __version__
+from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import HallwayError
+from hallway.hub import Hub
 from hallway.logs import get_logger
 from hallway.models import Contact, PresenceEvent
 from hallway.notify import SystemdNotifier
+from hallway.pipeline import Pipeline
+from hallway.server import EventServer, load_tokens
+from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
+from hallway.store import SqliteStore
 
 log = get_logger(__name__)
 
@@ -79,18 +85,43 @@ class Service:
         self._last_error: str | None = None
         self._rates = _Rates()
         self._loop_lag_s = 0.0
+        self._clock_offset_s = 0.0
         self.tcp_port: int | None = None
         self.tokens: list[str] = []
         self.announced_name: str | None = None
         # Built in run():
-        self._store: Any = None
-        self._pipeline: Any = None
-        self._hub: Any = None
-        self._server: Any = None
-        self._announcer: Any = None
+        self._store: SqliteStore | None = None
+        self._pipeline: Pipeline | None = None
+        self._hub: Hub | None = None
+        self._server: EventServer | None = None
+        self._announcer: ZeroconfAnnouncer | None = None
         self._source: AdvertisementSource | None = None
         self._handoff: Handoff | None = None
         self._generation = -1
+        self._loaded_ids: set[str] = set()
+
+    # -- the built graph (valid between _build and _close_all) ---------------------------------
+
+    @property
+    def store(self) -> SqliteStore:
+        """The open store."""
+        if self._store is None:
+            raise RuntimeError("service not started")
+        return self._store
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The resolver -> tracker pipeline."""
+        if self._pipeline is None:
+            raise RuntimeError("service not started")
+        return self._pipeline
+
+    @property
+    def hub(self) -> Hub:
+        """The event hub."""
+        if self._hub is None:
+            raise RuntimeError("service not started")
+        return self._hub
 
     # -- control from outside -----------------------------------------------------------------
 
@@ -152,21 +183,18 @@ class Service:
     # -- the graph ----------------------------------------------------------------------------
 
     def _contact(self, contact_id: str) -> Contact | None:
-        result: Contact | None = self._pipeline.contact(contact_id)
+        result: Contact | None = self.pipeline.contact(contact_id)
         return result
+
+    def _now(self) -> float:
+        """Now on the advertisements' clock."""
+        return time.time() + self._clock_offset_s
 
     def _publish(self, events: list[PresenceEvent]) -> None:
         if events:
-            self._hub.publish(events)
+            self.hub.publish(events)
 
     async def _build(self) -> None:
-        from hallway.announce import ZeroconfAnnouncer
-        from hallway.hub import Hub
-        from hallway.pipeline import Pipeline
-        from hallway.server import EventServer, load_tokens
-        from hallway.sources import make_source
-        from hallway.store import SqliteStore
-
         config = self.config
         self._store = await SqliteStore.open(config.storage.database)
         self._pipeline = Pipeline(config)
@@ -178,7 +206,7 @@ class Service:
             retention_s=config.storage.event_retention_s,
             retention_count=config.storage.event_retention_count,
         )
-        await self._hub.start()
+        await self.hub.start()
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
         self._server = EventServer(
             config.server,
@@ -201,37 +229,43 @@ class Service:
             )
 
     async def _reload(self, *, force: bool = False) -> None:
-        generation = await self._store.generation()
+        generation = await self.store.generation()
         if generation == self._generation and not force:
             return
-        contacts = await self._store.list_contacts()
-        before = {c.id for c in contacts}
-        events = self._pipeline.load_contacts(contacts, now=time.time())
-        self._generation = generation
+        contacts = await self.store.list_contacts()
+        ids = {c.id for c in contacts}
+        removed = self._loaded_ids - ids
+        events = self.pipeline.load_contacts(contacts, now=self._now())
+        self._generation, self._loaded_ids = generation, ids
         if self._hub is not None:
             self._publish(events)
-            for event in events:
-                if event.contact_id not in before:
-                    await self._hub.forget_contact(event.contact_id)
+            for contact_id in removed:
+                # Revoked: strip it from queued events and from anything logged since the
+                # revoke deleted its rows (the departure itself carries only the id).
+                await self.hub.forget_contact(contact_id)
+                await self.store.redact_contact_events(contact_id)
         log.info("contacts_loaded", contacts=len(contacts), generation=generation,
-                 departed=len(events))
+                 removed=len(removed), departed=len(events))
 
     # -- loops --------------------------------------------------------------------------------
 
     async def _pump(self) -> None:
         assert self._handoff is not None
-        feed, publish = self._pipeline.feed, self._publish
+        feed, publish = self.pipeline.feed, self._publish
         while True:
             batch = await self._handoff.get_batch(512)
             events: list[PresenceEvent] = []
             for adv in batch:
                 events.extend(feed(adv))
+            # The pipeline's clock is the advertisements' clock (a replayed trace keeps its own
+            # time); timeouts are ticked on the same clock.
+            self._clock_offset_s = batch[-1].ts - time.time()
             publish(events)
 
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
-            self._publish(self._pipeline.tick(time.time()))
+            self._publish(self.pipeline.tick(self._now()))
 
     async def _reloader(self) -> None:
         interval = self.config.storage.reload_interval_s
@@ -249,7 +283,7 @@ class Service:
         storage = self.config.storage
         while True:
             try:
-                removed = await self._store.prune_events(
+                removed = await self.store.prune_events(
                     before_ts=time.time() - storage.event_retention_s,
                     keep_count=storage.event_retention_count,
                 )
@@ -297,7 +331,8 @@ class Service:
         except HallwayError:
             await self._close_all()
             raise
-        assert self._source is not None and self._handoff is not None
+        assert self._source is not None
+        assert self._handoff is not None
         log.info("starting", scanner=self.config.scanner.name, source=self.config.scanner.source,
                  tcp_port=self.tcp_port, unix_socket=self.config.server.unix_socket)
         try:
@@ -333,7 +368,7 @@ class Service:
         """READY=1 waits until the source is scanning (bounded by its start timeout)."""
         assert self._source is not None
         limit = time.monotonic() + self.config.scanner.start_timeout_s * 2
-        while (
+        while (  # noqa: ASYNC110 - sources expose a state, not an event to wait on
             self._source.state is not SourceState.SCANNING
             and time.monotonic() < limit
             and not stop.is_set()
@@ -346,12 +381,13 @@ class Service:
         if self._announcer is not None:
             await _bounded(self._announcer.close(), "mdns_goodbye")
             self._announcer = None
-        await _bounded(self._server.stop_accepting(), "stop_accepting")
+        if self._server is not None:
+            await _bounded(self._server.stop_accepting(), "stop_accepting")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._publish(self._pipeline.shutdown(time.time()))
-        await _bounded(self._hub.close(), "flush_events")
+        self._publish(self.pipeline.shutdown(self._now()))
+        await _bounded(self.hub.close(), "flush_events")
 
     async def _close_all(self) -> None:
         if self._announcer is not None:

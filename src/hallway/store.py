@@ -375,6 +375,20 @@ class SqliteStore:
 
         await self._write(work)
 
+    async def redact_contact_events(self, contact_id: str) -> int:
+        """Reduce a revoked contact's logged events to its id (rows logged after the revoke)."""
+
+        async def work() -> int:
+            cursor = await self._db.execute(
+                "UPDATE events SET payload = json_set(payload, '$.contact', "
+                "json_object('id', contact_id)) WHERE contact_id = ?",
+                (contact_id,),
+            )
+            return int(cursor.rowcount)
+
+        result: int = await self._write(work)
+        return result
+
     async def revoked_ids(self) -> set[str]:
         """Ids of revoked contacts (tombstones only; no other data is kept)."""
         async with self._db.execute("SELECT contact_id FROM revocations") as cursor:

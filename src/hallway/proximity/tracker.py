@@ -29,6 +29,7 @@ Zones run beside it: a zone changes only when the distance is past an edge by
 from __future__ import annotations
 
 import math
+from collections import deque
 from enum import Enum
 
 from hallway.config import ProximityConfig
@@ -119,7 +120,10 @@ TRANSITIONS: dict[tuple[State, Input], tuple[State, Action]] = {
 
 PRESENT_STATES = frozenset({State.PRESENT, State.LEAVING, State.SILENT})
 
-_GAP_RING = 16
+_GAP_RING = 32
+_RECENT_MAX = 256
+_HEALTH_WINDOW_S = 10.0
+_HEALTHY_FRACTION = 0.35  # of the packets its interval promises: below, the signal is at the floor
 _MAX_INTERVAL_S = 30.0
 _MIN_GAP_S = 0.005
 
@@ -139,6 +143,7 @@ class _Track:
         "level",
         "outside_since",
         "power_dbm",
+        "recent",
         "state",
         "via",
         "zone",
@@ -163,6 +168,7 @@ class _Track:
         self.gaps: list[float] = []
         self.gap_count = 0
         self.interval_s = interval_s
+        self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
 
 
 class Tracker:
@@ -175,6 +181,8 @@ class Tracker:
         radius_level = -self._ten_n * math.log10(config.presence_radius_m)
         self._arrive_level = radius_level + config.presence_hysteresis_db
         self._depart_level = radius_level - config.presence_hysteresis_db
+        self._quick_arrive_level = self._arrive_level + config.quick_margin_db
+        self._quick_depart_level = self._depart_level - config.quick_margin_db
         hold_radius = config.hold_radius_m or config.presence_radius_m
         self._hold_level = -self._ten_n * math.log10(hold_radius)
         self._zones = ZoneMap(
@@ -215,14 +223,16 @@ class Tracker:
         level = track.level = track.filter.update(ts, sighting.rssi - track.power_dbm)
         track.via = sighting.via
         track.last_ts = max(track.last_ts, ts)
+        track.recent.append(ts)
 
-        if level >= self._arrive_level:
+        fast = track.filter.fast
+        if level >= self._arrive_level or fast >= self._quick_arrive_level:
             track.outside_since = None
             if track.inside_since is None:
                 track.inside_since = ts
             held = ts - track.inside_since >= config.arrive_confirm_s
             signal = Input.INSIDE_HELD if held else Input.INSIDE
-        elif level < self._depart_level:
+        elif level < self._depart_level or fast < self._quick_depart_level:
             track.inside_since = None
             if track.outside_since is None:
                 track.outside_since = ts
@@ -341,9 +351,10 @@ class Tracker:
             gaps[track.gap_count % _GAP_RING] = gap
         track.gap_count += 1
         if track.gap_count >= 3 and track.gap_count % 4 in (0, 3):
+            # The lower quartile: lost packets make gaps multiples of the interval, and
+            # pauses make a few very long ones; the quartile sees through both.
             ordered = sorted(gaps)
-            median = ordered[len(ordered) // 2]
-            track.interval_s = min(median, _MAX_INTERVAL_S)
+            track.interval_s = min(ordered[len(ordered) // 4], _MAX_INTERVAL_S)
 
     def _quiet_after(self, track: _Track) -> float:
         config = self._config
@@ -354,10 +365,17 @@ class Tracker:
         if track.level < self._hold_level:
             return False
         rssi_filter = track.filter
-        return (
-            track.last_ts - rssi_filter.last_move_ts >= self._config.steady_s
-            and rssi_filter.down < 0.5 * self._config.motion_evidence_db_s
-        )
+        if (
+            track.last_ts - rssi_filter.last_move_ts < self._config.steady_s
+            or rssi_filter.down >= 0.5 * self._config.motion_evidence_db_s
+        ):
+            return False
+        # Reception before the silence: a phone that paused was heard well until then; one
+        # that faded out at the edge of reach was losing most of its packets already.
+        since = track.last_ts - _HEALTH_WINDOW_S
+        heard = sum(1 for ts in track.recent if ts > since)
+        expected = _HEALTH_WINDOW_S / track.interval_s
+        return heard >= _HEALTHY_FRACTION * expected
 
     def _classify_silence(self, track: _Track, now: float) -> Input | None:
         config = self._config

@@ -431,7 +431,10 @@ class BleakSource:
         return False
 
     async def _start_once(self) -> None:
-        await self._watch.ensure_connected()
+        try:
+            await self._watch.ensure_connected()
+        except OSError as exc:
+            raise _StartError(f"cannot reach the system bus: {exc.strerror or exc}") from None
         if self._watch.owner is None:
             raise _StartError("BlueZ (org.bluez) is not on the system bus")
         present, powered = await self._watch.adapter_state()
