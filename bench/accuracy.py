@@ -29,7 +29,7 @@ Scores (times in trace seconds, one sample per second, per contact):
 - zone exact / within one band: while both truly and reportedly present.
 - where the truth is clear (NOTES.md): missed while clearly inside (≤ R/1.5), ghost while
   clearly outside (≥ 1.5 R, or gone from the venue for up to 10 minutes), and false
-  departures while clearly inside.
+  departures while clearly inside (the same ±10 s exclusion).
 
 Usage: bench/accuracy.py [--scenarios booth,keynote,corridor] [--seed 7] [--workdir DIR]
 """
@@ -325,10 +325,12 @@ def score(truths: dict[str, Truth], timelines: dict[str, Timeline], *, seconds: 
                 result.present_hours += 1 / 3600
             recently_gone = k - last_in_venue <= GONE_GHOST_WINDOW_S
             if distance is None and not reported:
-                if recently_gone:
+                if recently_gone and not truth.grace[k]:
                     result.clear_out_s += 1
                 continue
-            if distance is not None and distance <= clear_in and actual:
+            if truth.grace[k]:
+                pass
+            elif distance is not None and distance <= clear_in and actual:
                 result.clear_in_s += 1
                 result.clear_in_missed_s += not reported
             elif (distance is not None and distance >= clear_out) or (

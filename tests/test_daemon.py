@@ -171,3 +171,47 @@ def test_bad_config_exits_78(tmp_path: Path, bad: str) -> None:
     )
     assert result.returncode == 78
     assert str(config) in result.stderr
+
+
+def _assert_alternating(events: list[dict[str, object]]) -> None:
+    state: dict[str, str] = {}
+    for event in events:
+        contact = event["contact"]
+        assert isinstance(contact, dict)
+        cid = str(contact["id"])
+        kind = str(event["type"])
+        if kind == "arrived":
+            assert state.get(cid) != "arrived", f"two arrivals in a row for {cid}: {events}"
+            state[cid] = "arrived"
+        elif kind == "departed":
+            assert state.get(cid) == "arrived", f"departure without arrival for {cid}"
+            state[cid] = "departed"
+        else:
+            assert state.get(cid) == "arrived", f"{kind} while absent for {cid}"
+
+
+def test_after_a_crash_presence_still_alternates(tmp_path: Path) -> None:
+    import_contacts(tmp_path, CONTACTS)
+    port = free_port()
+    config = write_config(tmp_path, port=port, trace=_venue(tmp_path, duration_s=300))
+    daemon = start_daemon(tmp_path, config, port=port)
+    try:
+        daemon.wait_for_notification("READY=1", 20)
+        client = Client(port)
+        client.subscribe()
+        assert any(e["type"] == "arrived" for e in client.events(5))
+        client.close()
+    finally:
+        daemon.stop(signal.SIGKILL)
+    daemon = start_daemon(tmp_path, config, port=port)
+    try:
+        daemon.wait_for_notification("READY=1", 20)
+        client = Client(port)
+        client.subscribe(since_seq=0)
+        events = list(client.events(5))
+        client.close()
+    finally:
+        daemon.stop()
+    assert any(e["type"] == "departed" and e["reason"] == "shutdown" for e in events), events
+    assert any(e["type"] == "arrived" for e in events[1:]), events
+    _assert_alternating(events)

@@ -154,6 +154,14 @@ class Report:
         }
 
 
+_TITLES = {
+    "database": "database reachable and migrated",
+    "unix_socket": "Unix socket path usable",
+    "tcp_socket": "TCP listener",
+    "mdns": "mDNS able to bind",
+}
+
+
 def choose_account(user: str | None) -> Account:
     """``--user``, else the service user when run as root, else the caller."""
     if user:
@@ -183,16 +191,14 @@ async def diagnose(options: DoctorOptions) -> Report:
     if user_problem:
         checks.append(Check("account", "account judged", Status.WARN, user_problem,
                             "pass an existing user with --user"))
+    def skipped(name: str) -> Check:
+        return Check(name, _TITLES[name], Status.SKIP, "needs a valid config")
+
+    checks.append(skipped("database") if config is None else _check_database(config, account))
+    checks.extend(await _radio_checks(config or Config(), account, options))
     if config is None:
-        for name, title in (("database", "database"), ("unix_socket", "Unix socket path"),
-                            ("tcp_socket", "TCP listener"), ("mdns", "mDNS announcement")):
-            checks.append(Check(name, title, Status.SKIP, "needs a valid config"))
-        radio_config = Config()
+        checks.extend(skipped(name) for name in ("unix_socket", "tcp_socket", "mdns"))
     else:
-        checks.append(_check_database(config, account))
-        radio_config = config
-    checks.extend(await _radio_checks(radio_config, account, options))
-    if config is not None:
         checks.append(await _check_unix_socket(config, account))
         checks.append(await _check_tcp(config, options.timeout_s))
         checks.append(await _check_mdns(config, options.timeout_s))
@@ -220,7 +226,7 @@ def _check_config(path: str | None) -> tuple[Check, Config | None]:
 
 
 def _check_database(config: Config, account: Account) -> Check:
-    title = "database reachable and migrated"
+    title = _TITLES["database"]
     path = Path(config.storage.database)
     if not path.exists():
         folder = path.parent
@@ -514,7 +520,7 @@ async def _hello_at(connect: Awaitable[tuple[asyncio.StreamReader, asyncio.Strea
 
 
 async def _check_unix_socket(config: Config, account: Account) -> Check:
-    title = "Unix socket path usable"
+    title = _TITLES["unix_socket"]
     if not config.server.unix_socket:
         return Check("unix_socket", title, Status.SKIP, "server.unix_socket is disabled")
     path = Path(config.server.unix_socket)
@@ -530,6 +536,11 @@ async def _check_unix_socket(config: Config, account: Account) -> Check:
         if hello is not None:
             return Check("unix_socket", title, Status.OK,
                          f"{path}: {hello.get('server', 'hallway')} is listening ({access})")
+        if not os.access(path, os.W_OK):
+            me = Account.current().name
+            return Check("unix_socket", title, Status.WARN,
+                         f"{path} exists but {me} may not connect to it ({access})",
+                         "run doctor as root, or as a member of the socket's group")
     folder = path.parent
     if not folder.is_dir():
         if folder.parent == Path("/run"):
@@ -549,7 +560,7 @@ async def _check_unix_socket(config: Config, account: Account) -> Check:
 
 
 async def _check_tcp(config: Config, timeout_s: float) -> Check:
-    title = "TCP listener"
+    title = _TITLES["tcp_socket"]
     server = config.server
     if not server.tcp_enabled:
         return Check("tcp_socket", title, Status.SKIP, "server.tcp_enabled = false")
@@ -598,7 +609,7 @@ async def _check_tcp(config: Config, timeout_s: float) -> Check:
 
 
 async def _check_mdns(config: Config, timeout_s: float) -> Check:
-    title = "mDNS able to bind"
+    title = _TITLES["mdns"]
     if not config.mdns.enabled:
         return Check("mdns", title, Status.SKIP, "mdns.enabled = false")
     if not config.server.tcp_enabled:

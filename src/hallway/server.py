@@ -95,7 +95,7 @@ def _read_token_file(path: Path) -> list[str]:
 
 
 def _create_token_file(path: Path) -> str:
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(24)  # hex: never starts with '-', safe as a CLI argument
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
         fd = os.open(path, flags, 0o640)

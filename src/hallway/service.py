@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -30,7 +31,7 @@ from hallway.config import Config
 from hallway.errors import HallwayError
 from hallway.hub import Hub
 from hallway.logs import get_logger
-from hallway.models import Contact, PresenceEvent
+from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
 from hallway.server import EventServer, load_tokens
@@ -207,6 +208,7 @@ class Service:
             retention_count=config.storage.event_retention_count,
         )
         await self.hub.start()
+        await self._depart_left_over()
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
         self._server = EventServer(
             config.server,
@@ -227,6 +229,26 @@ class Service:
                 port=self.tcp_port,
                 auth="token" if self.tokens else "none",
             )
+
+    async def _depart_left_over(self) -> None:
+        """Close presences an unclean stop left open, so arrive/depart keep alternating."""
+        now = self._now()
+        events = []
+        for contact_id, payload, arrived_ts in await self.store.present_in_log():
+            try:
+                last = json.loads(payload)
+                via = KeyKind(last["via"]) if last.get("via") else None
+            except (ValueError, KeyError, TypeError):
+                last, via = {}, None
+            events.append(PresenceEvent(
+                EventType.DEPARTED, now, contact_id, zone=last.get("zone"),
+                distance_m=last.get("distance_m"), rssi=last.get("rssi"), via=via,
+                dwell_s=None if arrived_ts is None else max(0.0, now - arrived_ts),
+                reason=DepartReason.SHUTDOWN,
+            ))
+        if events:
+            log.info("departed_after_unclean_stop", contacts=len(events))
+            self._publish(events)
 
     async def _reload(self, *, force: bool = False) -> None:
         generation = await self.store.generation()

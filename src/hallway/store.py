@@ -467,6 +467,18 @@ class SqliteStore:
         ) as cursor:
             return [LoggedEvent(int(s), str(p)) async for s, p in cursor]
 
+    async def present_in_log(self) -> list[tuple[str, str, float | None]]:
+        """Contacts whose newest logged event is not a departure (present when the last run
+        ended, e.g. by a crash): ``(contact_id, newest payload, ts of their last arrival)``."""
+        async with self._db.execute(
+            "SELECT e.contact_id, e.payload, (SELECT max(a.ts) FROM events a "
+            "WHERE a.contact_id = e.contact_id AND a.type = 'arrived') "
+            "FROM events e JOIN (SELECT contact_id, max(seq) AS seq FROM events "
+            "WHERE contact_id IS NOT NULL GROUP BY contact_id) newest ON e.seq = newest.seq "
+            "WHERE e.type != 'departed' ORDER BY e.seq"
+        ) as cursor:
+            return [(str(c), str(p), None if t is None else float(t)) async for c, p, t in cursor]
+
     async def first_retained_seq(self) -> int | None:
         """The lowest ``seq`` still in the log, or None when it is empty."""
         value = await self._scalar("SELECT min(seq) FROM events")

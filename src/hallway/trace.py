@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,6 +18,8 @@ from hallway.models import Advertisement
 
 _ADDR_CHARS = frozenset("0123456789ABCDEFabcdef:")
 _NO_UUIDS: tuple[str, ...] = ()
+TS_MAX = float(2**32)
+"""``ts`` must be from 0 to before this (2106): RPI interval numbers are 32-bit (SPEC §3)."""
 
 
 def _json_loader() -> tuple[Callable[[str | bytes], Any], tuple[type[Exception], ...]]:
@@ -52,8 +53,8 @@ def advertisement_from_obj(obj: Any) -> Advertisement:
     if not isinstance(obj, dict):
         raise TraceLineError("line is not a JSON object")
     ts = obj.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise TraceLineError("ts must be a finite number")
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not _plausible_ts(ts):
+        raise TraceLineError("ts must be Unix seconds from 0 to 2^32")
     address = obj.get("address")
     if (
         not isinstance(address, str)
@@ -81,7 +82,7 @@ def advertisement_from_obj(obj: Any) -> Advertisement:
         raise TraceLineError("manufacturer_data must be an object")
     manufacturer_data: dict[int, bytes] = {}
     for key, value in mfr_raw.items():
-        if not key.isascii() or not key.isdigit() or not 0 <= int(key) <= 0xFFFF:
+        if not key.isascii() or not key.isdigit() or len(key) > 5 or int(key) > 0xFFFF:
             raise TraceLineError("manufacturer_data keys must be decimal company ids 0-65535")
         manufacturer_data[int(key)] = _hex(value, "manufacturer_data value")
     svc_raw = obj.get("service_data") or {}
@@ -108,6 +109,13 @@ def advertisement_from_obj(obj: Any) -> Advertisement:
     )
 
 
+def _plausible_ts(ts: float) -> bool:
+    try:
+        return 0.0 <= float(ts) < TS_MAX
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _advertisement_fast(obj: Any) -> Advertisement | None:
     """The common well-formed line, checked with cheap exact-type tests; None means "let
     ``advertisement_from_obj`` decide" (it accepts everything this accepts, and more)."""
@@ -118,7 +126,7 @@ def _advertisement_fast(obj: Any) -> Advertisement | None:
     rssi = obj.get("rssi", -127)
     if (
         type(ts) is not float
-        or ts - ts != 0.0  # NaN and infinities
+        or not 0.0 <= ts < TS_MAX  # also NaN
         or type(address) is not str
         or len(address) != 17
         or address[2::3] != ":::::"
@@ -229,10 +237,11 @@ class TraceParser:
             return parse_trace_line(text)
         ts_text, rssi_text, rest = split
         known = self._cache.get(rest)
-        if known is not None and _JSON_NUMBER.fullmatch(ts_text) and _JSON_INT.fullmatch(rssi_text):
+        if (known is not None and _JSON_NUMBER.fullmatch(ts_text) and len(rssi_text) <= 4
+                and _JSON_INT.fullmatch(rssi_text)):
             ts = float(ts_text)
             rssi = int(rssi_text)
-            if ts - ts == 0.0 and -128 <= rssi <= 20:
+            if 0.0 <= ts < TS_MAX and -128 <= rssi <= 20:
                 self.hits += 1
                 address, address_type, local_name, mfr, svc, uuids, scanner = known
                 return Advertisement(

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         # The demo prints events; keep the daemon's own log to warnings unless configured.
         base = base.model_copy(update={"logging": LoggingConfig(level="warning")})
     configure_logging(base.logging)
-    token = args.token or secrets.token_urlsafe(24)
+    token = args.token or secrets.token_hex(16)
     port = args.port
     if port is None:
         port = DEFAULT_PORT if _port_free(args.interface, DEFAULT_PORT) else 0

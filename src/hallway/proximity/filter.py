@@ -44,6 +44,7 @@ class LevelFilter:
         "_tau_fast",
         "_tau_slow",
         "down",
+        "estimate",
         "fast",
         "last_fall_ts",
         "last_move_ts",
@@ -74,6 +75,7 @@ class LevelFilter:
         self._gap_s = 3.0 * fast_time_constant_s if gap_reset_s is None else gap_reset_s
         self.fast = 0.0
         self.level = 0.0
+        self.estimate = 0.0
         self.scale = _INITIAL_SCALE_DB
         self._fast_count = 0
         self._slow_count = 0
@@ -90,9 +92,10 @@ class LevelFilter:
         return self._slow_count
 
     def update(self, ts: float, value: float) -> float:
-        """Add one sample taken at ``ts``; return the long-memory ``level``."""
+        """Add one sample taken at ``ts``; return ``estimate``: the long-memory ``level``,
+        leaning towards ``fast`` as far as the evidence of a move goes."""
         if self._fast_count == 0:
-            self.fast = self.level = value
+            self.fast = self.level = self.estimate = value
             self._fast_count = self._slow_count = 1
             self.last_ts = self.last_move_ts = ts
             return value
@@ -142,4 +145,7 @@ class LevelFilter:
             self.moves += 1
             self.last_move_ts = ts
         self.last_ts = max(self.last_ts, ts)
-        return self.level
+        # While evidence of a move builds up, lean from the long average towards the fast one.
+        lean = max(self.up, self.down) / self._evidence
+        self.estimate = self.level + lean * (self.fast - self.level)
+        return self.estimate

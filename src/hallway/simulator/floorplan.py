@@ -52,6 +52,7 @@ from hallway.trace import advertisement_json
 ADV_DELAY_MAX_S = 0.010
 DOOR_HALF_WIDTH_M = 0.8
 DOOR_CLEAR_M = 1.5
+DOORWAY_M = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,15 @@ class FloorPlan:
         """The index of the room at ``x`` (clamped to the row)."""
         width = self.rooms[0].x1 - self.rooms[0].x0
         return max(0, min(len(self.rooms) - 1, int(x // width)))
+
+    def doorway_rooms(self, x: float, y: float) -> tuple[Room, Room] | None:
+        """The two rooms of the doorway the point stands in (within a metre of a door)."""
+        if abs(y - self.door_y) > DOOR_HALF_WIDTH_M + 0.2:
+            return None
+        for index, wall in enumerate(self.walls()):
+            if abs(x - wall) <= DOORWAY_M:
+                return self.rooms[index], self.rooms[index + 1]
+        return None
 
     def wall_loss(self, x: float, y: float, scanner_xy: tuple[float, float]) -> float:
         """dB lost in walls between a point and a scanner."""
@@ -313,20 +323,27 @@ class VenueSimulation:
         return out
 
     def truth(self) -> list[dict[str, object]]:
-        """Per contact: the room it is in once a second from ``start_ts`` (None: outside)."""
+        """Per contact, once a second from ``start_ts``: ``room``, the room it is in (None:
+        outside), and ``doorway``, the other room of the doorway it stands in (else None)."""
         seconds = int(self.duration_s)
         rows = []
         for index, contact in enumerate(self.contacts):
             rooms: list[str | None] = [None] * seconds
+            doorway: list[str | None] = [None] * seconds
             for stay in self.stays:
                 if stay.who != index:
                     continue
                 first = max(0, math.ceil(stay.path.start - self.start_ts))
                 last = min(seconds - 1, int(stay.path.end - self.start_ts))
                 for k in range(first, last + 1):
-                    room = self.plan.room_at(*stay.path.position(self.start_ts + k))
+                    x, y = stay.path.position(self.start_ts + k)
+                    room = self.plan.room_at(x, y)
                     rooms[k] = None if room is None else room.name
-            rows.append({"id": contact.id, "start_ts": self.start_ts, "room": rooms})
+                    pair = self.plan.doorway_rooms(x, y) if room is not None else None
+                    if pair is not None:
+                        doorway[k] = pair[1].name if pair[0] is room else pair[0].name
+            rows.append({"id": contact.id, "start_ts": self.start_ts, "room": rooms,
+                         "doorway": doorway})
         return rows
 
     def write(self, out: FilePath) -> dict[str, FilePath]:

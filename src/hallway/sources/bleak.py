@@ -33,6 +33,7 @@ from collections.abc import Callable
 from bleak import BleakScanner
 from bleak.args.bluez import BlueZScannerArgs, OrPattern
 from bleak.assigned_numbers import AdvertisementDataType
+from bleak.backends.bluezdbus.manager import get_global_bluez_manager
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from dbus_fast import BusType, Message, MessageType
@@ -319,6 +320,7 @@ class BleakSource:
                 if await self._start_cycle():
                     reason = await self._scan()
                     self._counts["rebuilds"] += 1
+                    await self._release_dead_bus()
                     await self._stop_scanner()
                     self._note_fault(reason)
                     continue
@@ -474,6 +476,19 @@ class BleakSource:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(tick):
                     await self._wake.wait()
+
+    async def _release_dead_bus(self) -> None:
+        """Let bleak's manager drop its bus if it died, before the old scanner is stopped.
+
+        Its reconnect (which may fail) closes a dead connection as a deliberate disconnect,
+        so the doomed StopDiscovery in ``stop()`` fails quietly instead of leaving dbus-fast
+        a failed send future nobody retrieves (logged as an error when it is collected). With
+        a live bus this returns at once.
+        """
+        await asyncio.sleep(0)  # let bleak's reader see an EOF that arrived with ours
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(min(_CALL_TIMEOUT_S, self._cfg.start_timeout_s)):
+                await get_global_bluez_manager()
 
     async def _stop_scanner(self) -> None:
         scanner, self._scanner = self._scanner, None
