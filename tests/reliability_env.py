@@ -17,8 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,7 @@ class LineClient:
             self.sock.bind((source_ip, 0))
         self.sock.connect(("127.0.0.1", port))
         self._buffer = b""
+        self.eof = False
         self.hello: dict[str, Any] | None = self.read(timeout_s) if read_hello else None
 
     def __enter__(self) -> LineClient:
@@ -290,6 +292,7 @@ class LineClient:
             except ConnectionResetError:
                 data = b""
             if not data:
+                self.eof = True
                 if self._buffer:
                     line, self._buffer = self._buffer, b""
                     return line
@@ -320,6 +323,79 @@ class LineClient:
         """Close the socket."""
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+EVENT_TYPES = frozenset({"arrived", "zone", "departed"})
+
+
+class Subscriber:
+    """A subscribed client whose lines a thread collects with their arrival times."""
+
+    def __init__(self, port: int, *, source_ip: str | None = None, **fields: Any) -> None:
+        self.client = LineClient(port, source_ip=source_ip)
+        self.reply = self.client.subscribe(**fields)
+        if self.reply.get("type") != "subscribed":
+            raise AssertionError(f"not subscribed: {self.reply}")
+        self.lines: list[tuple[float, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="subscriber", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                line = self.client.read_line(0.2)
+            except OSError:
+                break
+            if line is not None:
+                self.lines.append((time.time(), line))
+            elif self.client.eof:
+                break
+
+    @property
+    def closed(self) -> bool:
+        """True once the server closed the connection."""
+        return self.client.eof
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every line received so far, parsed."""
+        return [json.loads(line) for _, line in list(self.lines)]
+
+    def events(self) -> list[dict[str, Any]]:
+        """The SPEC §5 events received so far."""
+        return [m for m in self.messages() if m.get("type") in EVENT_TYPES]
+
+    def timed_events(self) -> list[tuple[float, dict[str, Any]]]:
+        """``(arrival time, event)`` pairs."""
+        out = []
+        for at, line in list(self.lines):
+            msg = json.loads(line)
+            if msg.get("type") in EVENT_TYPES:
+                out.append((at, msg))
+        return out
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], *, timeout_s: float,
+                 what: str = "an event") -> tuple[float, dict[str, Any]]:
+        """The first received message matching ``predicate``, with its arrival time."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            lines = list(self.lines)
+            for at, line in lines[seen:]:
+                msg = json.loads(line)
+                if predicate(msg):
+                    return at, msg
+            seen = len(lines)
+            if time.monotonic() > deadline or (self.closed and seen == len(self.lines)):
+                raise AssertionError(f"no {what} within {timeout_s} s "
+                                     f"(closed={self.closed}, {seen} lines)")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Stop collecting and close."""
+        self._stop.set()
+        self.client.close()
+        self._thread.join(5)
 
 
 # -- traces and contacts ----------------------------------------------------------------------

@@ -58,9 +58,10 @@ def test_notify_ready_watchdog_status_wedge_and_stopping(tmp_path: Path) -> None
             pings += sum(m.count("WATCHDOG=1") for m in daemon.notifications(0.2))
         assert pings >= 3, daemon.messages
         daemon.wait_for_notification("STATUS=", 10)
-        # Wedged: alive, but no more WATCHDOG=1, so systemd would kill and restart it.
+        # Wedged pipeline: alive, but once the grace (2 s) is over no more WATCHDOG=1, so
+        # systemd would kill and restart it.
         daemon.proc.send_signal(signal.SIGUSR2)
-        time.sleep(0.5)
+        time.sleep(2.5)
         daemon.notifications(0.1)
         later = []
         deadline = time.monotonic() + 2.5

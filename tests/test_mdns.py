@@ -24,7 +24,7 @@ from hallway.hub import Hub
 from hallway.models import Contact, EventType, KeyKind, PresenceEvent
 from hallway.server import EventServer
 from hallway.store import SqliteStore
-from netns_helper import NetnsPair, PrivateAvahi, avahi_unavailable, netns_unavailable
+from tests.netns_helper import NetnsPair, PrivateAvahi, avahi_unavailable, netns_unavailable
 
 HELPER = str(Path(__file__).with_name("netns_helper.py"))
 TOKEN = "mdns-test-token-0123456789abcdef"

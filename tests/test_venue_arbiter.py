@@ -46,19 +46,27 @@ def test_a_challenger_must_be_clearly_and_persistently_better() -> None:
     # Slightly better (3 dB < 4 dB margin) for a long time: stays.
     assert arb.seen("kiosk-b", ADA, ts=1, distance_m=3.6, now=1) == []
     assert arb.tick(60) == []
-    # Clearly better (8 dB) but only for 5 s, then back under the margin: stays.
+    # Twice the margin ahead (8 dB) for 3 s (worth 6 of the 8 s), then back under it: stays.
     assert arb.seen("kiosk-b", ADA, ts=61, distance_m=2.0, now=61) == []
-    assert arb.tick(66) == []
-    assert arb.seen("kiosk-b", ADA, ts=66, distance_m=4.0, now=66) == []
+    assert arb.tick(64) == []
+    assert arb.seen("kiosk-b", ADA, ts=64, distance_m=4.0, now=64) == []
     assert arb.tick(80) == []
-    # Clearly better for the confirmation time: moves, once.
+    # Twice the margin ahead without interruption: half the confirmation time, then moves once.
     arb.seen("kiosk-b", ADA, ts=81, distance_m=2.0, now=81)
-    assert arb.tick(88) == []
-    moved = arb.tick(89)
+    assert arb.tick(84.9) == []
+    moved = arb.tick(85.1)
     assert kinds(moved) == [("moved", "Hall B")]
     assert moved[0].previous_room == "Hall A"
     assert moved[0].type is EventType.MOVED
     assert arb.tick(200) == []
+
+
+def test_just_over_the_margin_needs_the_whole_confirmation_time() -> None:
+    arb = arbiter()
+    arb.seen("kiosk-a", ADA, ts=0, distance_m=5.0, now=0)
+    arb.seen("kiosk-b", ADA, ts=0, distance_m=2.9, now=0)  # 4.7 dB ahead: 1.18 s per second
+    assert arb.tick(6.5) == []
+    assert kinds(arb.tick(7.0)) == [("moved", "Hall B")]
 
 
 def test_rooms_with_two_scanners_score_by_their_best() -> None:

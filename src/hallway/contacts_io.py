@@ -154,25 +154,11 @@ def _csv_contact(row: dict[str, str | None]) -> Contact:
 def _records(text: str, fmt: str, file: str) -> Iterable[tuple[int, Contact | str]]:
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
-        header = reader.fieldnames or []
-        unknown = [name for name in header if name not in CSV_COLUMNS]
-        missing = [name for name in ("id", "name") if name not in header]
-        if unknown or missing:
-            reason = []
-            if unknown:
-                reason.append(f"unknown column(s): {', '.join(unknown)}")
-            if missing:
-                reason.append(f"missing column(s): {', '.join(missing)}")
-            raise ImportRejected([Problem(file, "header", "; ".join(reason), 1)])
-        for row in reader:
-            number = reader.line_num
-            if None in row:
-                yield number, "more cells than header columns"
-                continue
-            try:
-                yield number, _csv_contact(row)
-            except ValueError as exc:
-                yield number, str(exc)
+        try:
+            yield from _csv_records(reader, file)
+        except csv.Error as exc:  # the reason names the fault, never a cell's content
+            raise ImportRejected([Problem(file, "", f"not valid CSV: {exc}",
+                                          max(reader.line_num, 1))]) from None
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -184,6 +170,28 @@ def _records(text: str, fmt: str, file: str) -> Iterable[tuple[int, Contact | st
             continue
         try:
             yield number, contact_from_obj(obj)
+        except ValueError as exc:
+            yield number, str(exc)
+
+
+def _csv_records(reader: csv.DictReader[str], file: str) -> Iterable[tuple[int, Contact | str]]:
+    header = reader.fieldnames or []
+    unknown = [name for name in header if name not in CSV_COLUMNS]
+    missing = [name for name in ("id", "name") if name not in header]
+    if unknown or missing:
+        reason = []
+        if unknown:
+            reason.append(f"unknown column(s): {', '.join(unknown)}")
+        if missing:
+            reason.append(f"missing column(s): {', '.join(missing)}")
+        raise ImportRejected([Problem(file, "header", "; ".join(reason), 1)])
+    for row in reader:
+        number = reader.line_num
+        if None in row:
+            yield number, "more cells than header columns"
+            continue
+        try:
+            yield number, _csv_contact(row)
         except ValueError as exc:
             yield number, str(exc)
 

@@ -58,10 +58,13 @@ def configure_logging(config: LoggingConfig, *, stream: Any = None) -> None:
     handler._hallway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # Third-party chatter stays at WARNING unless we debug.
-    for name in ("bleak", "zeroconf", "dbus_fast", "asyncio"):
+    # Third-party loggers stay at WARNING unless we debug; bleak's and dbus-fast's debug lines
+    # print every device's address and payload, and aiosqlite's print statement parameters
+    # (keys): those never go below INFO, whatever the level.
+    for name in ("zeroconf", "asyncio"):
         logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
-    # aiosqlite's debug lines print statement parameters, which can hold keys: never below WARNING.
+    for name in ("bleak", "dbus_fast"):
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
 
 

@@ -82,7 +82,8 @@ class Service:
         self._on_ready = on_ready
         self._started_at = time.monotonic()
         self._reload_requested = asyncio.Event()
-        self._wedged = False
+        self._wedged = asyncio.Event()
+        self._last_drain = time.monotonic()
         self._last_error: str | None = None
         self._rates = _Rates()
         self._loop_lag_s = 0.0
@@ -131,9 +132,17 @@ class Service:
         self._reload_requested.set()
 
     def wedge(self) -> None:
-        """Debug aid: stop WATCHDOG=1 pings while staying alive, to prove systemd restarts us."""
-        log.warning("watchdog_wedged_on_request")
-        self._wedged = True
+        """Debug aid: the pump stops draining the hand-off (the process stays alive), so the
+        watchdog sees a stuck pipeline and stops WATCHDOG=1; proves systemd restarts us."""
+        log.warning("pipeline_wedged_on_request")
+        self._wedged.set()
+
+    def _pipeline_healthy(self, now: float, grace_s: float) -> bool:
+        """The pump keeps up: nothing queued, or it drained something within ``grace_s``."""
+        handoff = self._handoff
+        if handoff is None or handoff.stats()["queued"] == 0:
+            return not self._wedged.is_set()
+        return now - self._last_drain < grace_s
 
     # -- status -------------------------------------------------------------------------------
 
@@ -275,7 +284,10 @@ class Service:
         assert self._handoff is not None
         feed, publish = self.pipeline.feed, self._publish
         while True:
+            if self._wedged.is_set():
+                await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
             batch = await self._handoff.get_batch(512)
+            self._last_drain = time.monotonic()
             events: list[PresenceEvent] = []
             for adv in batch:
                 events.extend(feed(adv))
@@ -328,9 +340,9 @@ class Service:
             expected = now + step
             source = self._source
             healthy = (
-                not self._wedged
-                and source is not None
+                source is not None
                 and source.healthy(now)
+                and self._pipeline_healthy(now, max(2.0, interval))
                 and self._loop_lag_s < max(1.0, interval / 2)
             )
             if notifier.watchdog_interval_s is not None and healthy:

@@ -197,8 +197,8 @@ def parse_trace_line(line: str | bytes) -> Advertisement:
     return _advertisement_fast(obj) or advertisement_from_obj(obj)
 
 
-_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
-_JSON_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_LEAD_TS = re.compile(r'\{"ts": (-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?), ')
+_RSSI = re.compile(r'"rssi": (-?(?:0|[1-9][0-9]*)), ')
 
 
 _Payload = tuple[str, str, str | None, dict[int, bytes], dict[str, bytes], tuple[str, ...], str]
@@ -209,9 +209,10 @@ class TraceParser:
     device's advertisement only ``ts`` and ``rssi`` are parsed.
 
     A line in the layout the recorder and the simulator write (``{"ts": N, ...,
-    "rssi": N, ...}``) is split around those two numbers; the rest of the text is looked up
-    among the rests of lines already parsed in full. Only a rest whose full parse agreed with
-    the split is remembered, so a line parses here exactly as with ``parse_trace_line``. The
+    "rssi": N, ...}``, the two numbers matched as JSON numbers) is split around those two
+    numbers; the rest of the text is looked up among the rests of lines already parsed in
+    full. Only a rest whose full parse agreed with the split is remembered, so a line parses
+    here exactly as with ``parse_trace_line``. The
     memory is bounded (it is emptied when full). Advertisements made from one remembered rest
     share its (not to be modified) dicts.
     """
@@ -232,16 +233,18 @@ class TraceParser:
                 return parse_trace_line(line)
         else:
             text = str(line)
-        split = self._split(text)
-        if split is None:
+        head = _LEAD_TS.match(text)
+        tail = None if head is None else _RSSI.search(text, head.end() - 2)
+        if head is None or tail is None:
             return parse_trace_line(text)
-        ts_text, rssi_text, rest = split
+        ts_text = head.group(1)
+        rssi_text = tail.group(1)
+        rest = text[head.end() - 2 : tail.start()] + text[tail.end() - 2 :]
         known = self._cache.get(rest)
-        if (known is not None and _JSON_NUMBER.fullmatch(ts_text) and len(rssi_text) <= 4
-                and _JSON_INT.fullmatch(rssi_text)):
+        if known is not None:
             ts = float(ts_text)
             rssi = int(rssi_text)
-            if 0.0 <= ts < TS_MAX and -128 <= rssi <= 20:
+            if ts - ts == 0.0 and -128 <= rssi <= 20:
                 self.hits += 1
                 address, address_type, local_name, mfr, svc, uuids, scanner = known
                 return Advertisement(
@@ -253,8 +256,6 @@ class TraceParser:
             and adv.tx_power is None
             and '"ts"' not in rest
             and '"rssi"' not in rest
-            and _JSON_NUMBER.fullmatch(ts_text)
-            and _JSON_INT.fullmatch(rssi_text)
             and float(ts_text) == adv.ts
             and int(rssi_text) == adv.rssi
         ):
@@ -270,20 +271,6 @@ class TraceParser:
                 adv.scanner,
             )
         return adv
-
-    @staticmethod
-    def _split(text: str) -> tuple[str, str, str] | None:
-        """``(ts text, rssi text, the rest)`` of a line in the usual layout, else None."""
-        if not text.startswith('{"ts": '):
-            return None
-        ts_end = text.find(", ", 7)
-        rssi_at = text.find('"rssi": ', ts_end)
-        if ts_end < 0 or rssi_at < 0:
-            return None
-        rssi_end = text.find(", ", rssi_at + 8)
-        if rssi_end < 0:
-            return None
-        return text[7:ts_end], text[rssi_at + 8 : rssi_end], text[ts_end:rssi_at] + text[rssi_end:]
 
 
 def read_trace(lines: Iterable[str | bytes]) -> Iterator[tuple[int, Advertisement | str]]:

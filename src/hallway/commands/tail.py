@@ -61,11 +61,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def _clock(ts: Any) -> str:
     if not isinstance(ts, int | float):
         return "--:--:--"
-    return time.strftime("%H:%M:%S", time.localtime(ts))
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a hostile or broken server's ts
+        return "--:--:--"
 
 
 def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, int | float):
+    if not isinstance(seconds, int | float) or not -1e12 < seconds < 1e12:
         return "?"
     total = int(seconds)
     hours, rest = divmod(total, 3600)
@@ -109,18 +112,20 @@ def format_message(msg: dict[str, Any], *, now: float, scanner: str | None = Non
     """One server message as readable text (None for hellos and pings)."""
     kind = msg.get("type")
     source = str(msg.get("scanner") or scanner or "")
+    notice = f"-- {source}: " if source else "-- "
     if kind in ("hello", "ping"):
         return None
     if kind in ("subscribed", "resync"):
-        present = msg.get("present") or []
-        head = (f"-- {source}: subscribed at seq {msg.get('seq')}" if kind == "subscribed"
-                else f"-- {source}: resync at seq {msg.get('seq')} (older events are gone)")
+        present = msg.get("present")
+        present = present if isinstance(present, list) else []
+        head = (f"{notice}subscribed at seq {msg.get('seq')}" if kind == "subscribed"
+                else f"{notice}resync at seq {msg.get('seq')} (older events are gone)")
         return "\n".join([f"{head}; {len(present)} present", *_present_lines(present, now=now)])
     if kind == "error":
-        return f"-- {source}: error {msg.get('code')}: {msg.get('message')}"
+        return f"{notice}error {msg.get('code')}: {msg.get('message')}"
     if kind == "status":
         body = {k: v for k, v in msg.items() if k != "type"}
-        return f"-- {source}: status {json.dumps(body, sort_keys=True)}"
+        return f"{notice}status {json.dumps(body, sort_keys=True)}"
     clock = _clock(msg.get("ts"))
     who = _who(msg.get("contact"))
     seq = f"#{msg.get('seq')}"

@@ -4,33 +4,38 @@ Theory of operation
 -------------------
 Each contact (not each address: phones rotate theirs) has a track. Every sighting's RSSI is
 turned into a level relative to the device's 1 m power (the frame's measured power where it
-carries one, else a per-kind default, plus the contact's calibration) and smoothed by a robust
-filter. The smoothed level is compared with two radii a few dB apart: the arrive radius inside
-the presence radius and the depart radius outside it. A contact arrives after its level stayed
-inside the arrive radius for ``arrive_confirm_s``, and departs ``out_of_range`` after it stayed
-beyond the depart radius for ``depart_confirm_s``; in between nothing changes, so a person
-standing at the edge does not flap.
+carries one, else a per-kind default, plus the contact's calibration) and smoothed on two time
+scales (``filter.LevelFilter``): a long average while the device keeps still, which is what
+tells a seated person at 11 m from one at 13 m, and a short one that takes over as soon as a
+move is evident. Distance follows from the log-distance model with the venue's exponent.
 
-Silence is judged against the contact's own learned advertising interval (the median of its
-recent gaps, carried across address rotations because the track is the contact's). After a
-few intervals without a sighting the contact is silent-but-present. How long that may last
-depends on how it went quiet: a contact that was inside the hold radius with a steady level
-(a locked phone on a seat) is held for ``quiet_hold_s`` before it departs with ``timeout``;
-one whose level was falling or was already at the edge (someone walking out of range) departs
-``out_of_range`` after ``fade_timeout_s``. No contact is present longer than ``quiet_hold_s``
-after its last sighting.
+Presence compares the smoothed level with two radii a little apart: the arrive radius inside
+the presence radius and the depart radius outside it (``presence_hysteresis_db``). A contact
+arrives after its level stayed inside the arrive radius for ``arrive_confirm_s``, and departs
+``out_of_range`` after it stayed beyond the depart radius for ``depart_confirm_s``; in between
+nothing changes, so a person standing at the edge does not flap. The short average alone
+decides when it is far past either radius (``quick_margin_db``): someone walking in or out.
+
+Silence is judged against the contact's own learned advertising interval (the lower quartile
+of its recent gaps, carried across address rotations because the track is the contact's).
+After a few intervals without a sighting the contact is silent-but-present. How long that may
+last depends on how it went quiet: a contact that was still, inside the hold radius and heard
+well until then (a locked phone on a seat) is held for ``quiet_hold_s`` and then departs with
+``timeout``; one that was moving, falling, at the edge or already losing most of its packets
+(someone walking out of reach) departs ``out_of_range`` after ``fade_timeout_s``. No contact
+stays present longer than ``quiet_hold_s`` after its last sighting.
 
 The presence machine is the table ``TRANSITIONS`` of (state, input) -> (state, action); the
-inputs are computed by ``_classify_level`` (a sighting) and ``_classify_silence`` (a tick).
-Zones run beside it: a zone changes only when the distance is past an edge by
-``zone_hysteresis_db`` for ``zone_confirm_s``.
+inputs come from ``observe`` (a sighting: where the level is) and ``_classify_silence`` (a
+tick: how long and how it has been quiet). Zones run beside it: a zone changes only when the
+distance is past an edge by ``zone_hysteresis_db`` for ``zone_confirm_s``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from enum import Enum
+from enum import Enum, IntEnum
 
 from hallway.config import ProximityConfig
 from hallway.models import (
@@ -46,28 +51,28 @@ from hallway.proximity.filter import LevelFilter
 from hallway.proximity.zones import Zone, ZoneMap
 
 
-class State(Enum):
-    """Presence states of one contact."""
+class State(IntEnum):
+    """Presence states of one contact (ints: cheap to hash in the transition table)."""
 
-    ABSENT = "absent"  # not present
-    CANDIDATE = "candidate"  # heard inside the arrive radius, not yet for long enough
-    PRESENT = "present"  # present and heard recently
-    LEAVING = "leaving"  # present, but beyond the depart radius, not yet for long enough
-    SILENT = "silent"  # present, silent for longer than its learned interval allows
+    ABSENT = 1  # not present
+    CANDIDATE = 2  # heard inside the arrive radius, not yet for long enough
+    PRESENT = 3  # present and heard recently
+    LEAVING = 4  # present, but beyond the depart radius, not yet for long enough
+    SILENT = 5  # present, silent for longer than its learned interval allows
 
 
-class Input(Enum):
+class Input(IntEnum):
     """What a sighting or a tick says about a contact."""
 
-    INSIDE = "inside"  # level inside the arrive radius
-    INSIDE_HELD = "inside_held"  # ... continuously for arrive_confirm_s
-    BAND = "band"  # between the arrive and the depart radius
-    OUTSIDE = "outside"  # beyond the depart radius
-    OUTSIDE_HELD = "outside_held"  # ... continuously for depart_confirm_s
-    QUIET = "quiet"  # unheard for a few learned intervals
-    FADED = "faded"  # unheard past the fade timeout after a fading or edge level
-    EXPIRED = "expired"  # unheard past the quiet hold after a steady, near level
-    REMOVE = "remove"  # revoked or shut down: leave now, with the caller's reason
+    INSIDE = 1  # level inside the arrive radius
+    INSIDE_HELD = 2  # ... continuously for arrive_confirm_s
+    BAND = 3  # between the arrive and the depart radius
+    OUTSIDE = 4  # beyond the depart radius
+    OUTSIDE_HELD = 5  # ... continuously for depart_confirm_s
+    QUIET = 6  # unheard for a few learned intervals
+    FADED = 7  # unheard past the fade timeout after a fading or edge level
+    EXPIRED = 8  # unheard past the quiet hold after a steady, near level
+    REMOVE = 9  # revoked or shut down: leave now, with the caller's reason
 
 
 class Action(Enum):
@@ -212,7 +217,8 @@ class Tracker:
         gap = ts - track.last_ts
         if gap > _MIN_GAP_S and track.last_ts > -math.inf:
             self._learn_gap(track, gap)
-        if gap > self._quiet_after(track):
+        quiet_after = config.quiet_after_intervals * track.interval_s
+        if gap > quiet_after and gap > config.quiet_min_s:
             # A silence breaks any run towards arriving or departing.
             track.inside_since = track.outside_since = None
         power = sighting.measured_power
@@ -365,9 +371,11 @@ class Tracker:
         if track.level < self._hold_level:
             return False
         rssi_filter = track.filter
+        config = self._config
         if (
-            track.last_ts - rssi_filter.last_move_ts < self._config.steady_s
-            or rssi_filter.down >= 0.5 * self._config.motion_evidence_db_s
+            track.last_ts - rssi_filter.last_move_ts < config.steady_s
+            or rssi_filter.down >= 0.2 * config.motion_evidence_db_s
+            or rssi_filter.fast < rssi_filter.level - 1.5 * config.motion_threshold_db
         ):
             return False
         # Reception before the silence: a phone that paused was heard well until then; one

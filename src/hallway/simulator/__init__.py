@@ -234,15 +234,28 @@ class Simulation:
         end = min(path.end, self.end_ts)
         intervals: list[list[float]] = []
         entered: float | None = None
-        steps = int((end - begin) / TRUTH_STEP_S) + 1
-        for step in range(steps + 1):
-            t = min(begin + step * TRUTH_STEP_S, end)
-            inside = path.distance(t) <= self.radius_m and t < end
+
+        def at(t: float, inside: bool) -> None:
+            nonlocal entered
             if inside and entered is None:
                 entered = t
             elif not inside and entered is not None:
                 intervals.append([round(entered, 2), round(t, 2)])
                 entered = None
+
+        points = path.points
+        for (t0, x0, y0), (t1, x1, y1) in itertools.pairwise(points):
+            lo, hi = max(t0, begin), min(t1, end)
+            if hi <= lo:
+                continue
+            if x0 == x1 and y0 == y1:  # standing still: one look is enough
+                at(lo, path.distance(lo) <= self.radius_m)
+                continue
+            steps = int((hi - lo) / TRUTH_STEP_S) + 1
+            for step in range(steps + 1):
+                t = min(lo + step * TRUTH_STEP_S, hi)
+                at(t, path.distance(t) <= self.radius_m)
+        at(end, False)
         return intervals
 
     def venue_config(self) -> str:

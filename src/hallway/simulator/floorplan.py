@@ -24,12 +24,13 @@ import dataclasses
 import json
 import math
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path as FilePath
+from typing import Any
 
 from hallway.contacts_io import contact_to_line
-from hallway.models import Advertisement, Contact
+from hallway.models import Advertisement, Contact, EventType, PresenceEvent
 from hallway.simulator.devices import (
     CONTACT_MIX,
     STRANGER_MIX,
@@ -53,6 +54,8 @@ ADV_DELAY_MAX_S = 0.010
 DOOR_HALF_WIDTH_M = 0.8
 DOOR_CLEAR_M = 1.5
 DOORWAY_M = 1.0
+TRANSITION_S = 15.0
+FLAP_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +233,10 @@ class VenueSimulation:
         mean_dwell_s: float = 240.0,
         gap_every_s: float = 240.0,
         gap_range_s: tuple[float, float] = (10.0, 40.0),
+        paths: Sequence[Path] | None = None,
     ) -> None:
+        """``paths``, when given, script the run: contact ``i`` follows ``paths[i]`` once, and
+        ``contacts`` is their number."""
         self.seed = seed
         self.start_ts = start_ts
         self.duration_s = duration_s
@@ -239,6 +245,8 @@ class VenueSimulation:
         self._gap_every_s = gap_every_s
         self._gap_range_s = gap_range_s
         rng = random.Random(f"{seed}:floorplan")
+        if paths is not None:
+            contacts = len(paths)
         self._devices: list[Device] = []
         self.contacts: list[Contact] = []
         for index in range(contacts):
@@ -248,8 +256,10 @@ class VenueSimulation:
             self.contacts.append(make_contact(
                 dev_rng, index, device, granted_at=start_ts - 86400.0,
                 expires_at=start_ts + 30 * 86400.0))
-        self.stays: list[Stay] = []
-        for index in range(contacts):
+        self.stays: list[Stay] = [
+            Stay(index, path, self._devices[index]) for index, path in enumerate(paths or ())
+        ]
+        for index in range(contacts if paths is None else 0):
             t = start_ts + rng.uniform(0.0, min(60.0, duration_s / 10))
             while t < self.end_ts - 30.0:
                 path = _visit(rng, self.plan, t, leave_by=min(self.end_ts, t + rng.uniform(
@@ -368,6 +378,111 @@ class VenueSimulation:
             "start_ts": self.start_ts, "duration_s": self.duration_s,
         }, indent=1), encoding="utf-8")
         return files
+
+
+# -- scoring a venue's room decisions against the truth -------------------------------------
+
+@dataclass
+class RoomTimeline:
+    """The rooms a method reported for each contact: (ts, room or None) in order."""
+
+    changes: dict[str, list[tuple[float, str | None]]] = field(default_factory=dict)
+
+    def record(self, contact_id: str, ts: float, room: str | None) -> None:
+        """The contact is in ``room`` (None: absent) from ``ts`` on."""
+        self.changes.setdefault(contact_id, []).append((ts, room))
+
+    def event(self, event: PresenceEvent | Mapping[str, Any]) -> None:
+        """Record a venue event (a PresenceEvent or its SPEC §5 JSON object)."""
+        if isinstance(event, PresenceEvent):
+            kind, cid, ts, room = event.type.value, event.contact_id, event.ts, event.room
+        else:
+            kind, cid, ts, room = (event["type"], event["contact"]["id"], event["ts"],
+                                   event.get("room"))
+        if kind in (EventType.ARRIVED.value, EventType.MOVED.value):
+            self.record(cid, ts, room)
+        elif kind == EventType.DEPARTED.value:
+            self.record(cid, ts, None)
+
+    def room_at(self, contact_id: str) -> Iterator[tuple[float, str | None]]:
+        """The contact's reported changes, in order."""
+        yield from self.changes.get(contact_id, [])
+
+
+def per_second(changes: list[tuple[float, str | None]], start_ts: float,
+               seconds: int) -> list[str | None]:
+    """The reported room at each whole second from ``start_ts``."""
+    rooms: list[str | None] = [None] * seconds
+    current: str | None = None
+    k = 0
+    for second in range(seconds):
+        t = start_ts + second
+        while k < len(changes) and changes[k][0] <= t:
+            current = changes[k][1]
+            k += 1
+        rooms[second] = current
+    return rooms
+
+
+def score_rooms(truth: list[dict[str, Any]], timeline: RoomTimeline) -> dict[str, float]:
+    """Room scores of a timeline against ``VenueSimulation.truth()`` (see bench/venue.py)."""
+    right = right_clear = total = total_clear = right_settled = total_settled = absent = 0
+    changes = flaps = true_changes = wrong_moves = 0
+    for row in truth:
+        true_rooms: list[str | None] = row["room"]
+        doorway: list[str | None] = row["doorway"]
+        start_ts = float(row["start_ts"])
+        seconds = len(true_rooms)
+        said = per_second(list(timeline.room_at(row["id"])), start_ts, seconds)
+        last_change = -10**9
+        for k, room in enumerate(true_rooms):
+            if k and room != true_rooms[k - 1] and room is not None and true_rooms[k - 1]:
+                last_change = k
+                true_changes += 1
+            if room is None:
+                continue
+            total += 1
+            right += said[k] == room
+            absent += said[k] is None
+            ok = said[k] == room or (said[k] is not None and said[k] == doorway[k])
+            if doorway[k] is None:
+                total_clear += 1
+                right_clear += said[k] == room
+            if k - last_change > TRANSITION_S:
+                total_settled += 1
+                right_settled += ok
+
+        def truly_in(room: str, t0: float, t1: float, rooms: list[str | None] = true_rooms,
+                     start: float = start_ts) -> bool:
+            first, last = max(0, int(t0 - start)), min(len(rooms) - 1, int(t1 - start))
+            return any(rooms[k] == room for k in range(first, last + 1))
+
+        reported = list(timeline.room_at(row["id"]))
+        moves = [(reported[i][0], reported[i - 1][1], reported[i][1])
+                 for i in range(1, len(reported))
+                 if reported[i - 1][1] and reported[i][1] and reported[i - 1][1] != reported[i][1]]
+        changes += len(moves)
+        for ts, _, room in moves:
+            assert room is not None
+            wrong_moves += not truly_in(room, ts - 30.0, ts + 5.0)
+        for j in range(1, len(moves)):
+            (t1, a, b), (t2, b2, a2) = moves[j - 1], moves[j]
+            assert b is not None
+            if b2 == b and a2 == a and t2 - t1 <= FLAP_S and not truly_in(b, t1 - 20.0, t2 + 5):
+                flaps += 1
+    hours = max(total, 1) / 3600.0
+    return {
+        "contact_hours_in_a_room": total / 3600.0,
+        "room_accuracy": right / max(total, 1),
+        "room_accuracy_away_from_doorways": right_clear / max(total_clear, 1),
+        "room_accuracy_settled": right_settled / max(total_settled, 1),
+        "absent_while_in_a_room": absent / max(total, 1),
+        "room_changes_per_contact_hour": changes / hours,
+        "true_room_changes_per_contact_hour": true_changes / hours,
+        "moves_to_a_wrong_room_per_contact_hour": wrong_moves / hours,
+        "flaps_per_contact_hour": flaps / hours,
+    }
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,11 @@ the bounded ``Handoff`` without awaiting. bluetoothd keeps a device object for e
 it has heard; with rotating addresses that grows until it stalls, so device objects of
 addresses not heard for ``device_prune_s`` are removed (``Adapter1.RemoveDevice``), never
 those that are paired, bonded, trusted or connected. No stranger's address is ever logged.
+
+``mode = "passive"`` registers an advertisement monitor for the frames hallway resolves
+(BlueZ >= 5.56 with ``--experimental``); without that support the source stays in BACKOFF
+with bleak's explanation as ``last_error``. ``healthy()`` turns false when BlueZ holds a
+discovery session of ours that only a restart of the process can clear (see below).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ _CALL_TIMEOUT_S = 5.0
 _BACKOFF_FIRST_S = 1.0
 _PRUNE_BATCH = 2000  # RemoveDevice calls per prune pass, at most
 _PRUNE_PASS_S = 5.0  # and the time one pass may take (a stalled BlueZ must not hold the watch)
-_MAX_TRACKED = 50_000  # beyond this many unheard-of-late devices, the oldest go early
+_MAX_TRACKED = 50_000  # past this many device objects, the least recently heard go early
 _PROTECTING = ("Paired", "Bonded", "Trusted", "Connected")
 _FAULTS = {  # bus events that end a running scan, and how the log names them
     "bluez-gone": "BlueZ (org.bluez) left the bus",

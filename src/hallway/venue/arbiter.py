@@ -12,10 +12,13 @@ A contact is in at most one room:
 
 * not in the venue, and some room scores: it **arrives** in the best room at once (each
   scanner's own tracker already confirmed the arrival);
-* in room R, and another room beats R by more than ``switch_margin_db`` continuously for
-  ``switch_confirm_s``: it **moves** there. A challenger that falls back under the margin, or
-  is overtaken by another, restarts the clock. So someone in a doorway, where two scanners
-  read about the same, stays where they were;
+* in room R, and another room beats R by more than ``switch_margin_db``, continuously, for
+  ``switch_confirm_s`` weighted by how clearly: each second counts ``advantage / margin``
+  seconds, so a challenger just over the margin needs the whole confirmation time and one that
+  is three times as far ahead (someone who walked into the next room) a third of it. A
+  challenger that falls back under the margin, or is overtaken by another, starts again from
+  nothing. So someone in a doorway, where two scanners read about the same, stays where they
+  were;
 * in room R, and no scanner of R holds a reading any more while another room does: it moves to
   the best other room at once;
 * no room scores: after ``depart_grace_s`` without one it **departs** the venue (a scanner that
@@ -66,7 +69,9 @@ class _Person:
     zone: str | None = None
     last: Reading | None = None  # the room's best reading when last decided
     challenger: str | None = None
-    challenger_since: float = 0.0
+    challenger_at: float = 0.0  # when the challenger's progress was last brought up to date
+    challenger_weight: float = 0.0  # how fast its progress grows (advantage / margin)
+    progress_s: float = 0.0  # weighted seconds the challenger has been clearly better
     empty_since: float | None = None
     last_reason: DepartReason | None = None
 
@@ -275,9 +280,15 @@ class Arbiter:
                   and score.level_db - current.level_db > config.switch_margin_db}
         if rivals:
             top = max(rivals, key=lambda room: (rivals[room].level_db, room))
+            advantage = rivals[top].level_db - current.level_db
+            weight = advantage / config.switch_margin_db if config.switch_margin_db > 0 else 1.0
             if person.challenger != top:
-                person.challenger, person.challenger_since = top, now
-            if now - person.challenger_since >= config.switch_confirm_s:
+                person.challenger, person.progress_s = top, 0.0
+            else:
+                person.progress_s += max(0.0, now - person.challenger_at) * (
+                    person.challenger_weight)
+            person.challenger_at, person.challenger_weight = now, weight
+            if person.progress_s >= config.switch_confirm_s:
                 return self._move(cid, person, top, rivals[top].reading, now)
         else:
             person.challenger = None
