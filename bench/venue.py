@@ -18,10 +18,13 @@ trace time and their messages are built as the MQTT publisher builds them (fast;
 
 Scores, per contact, one sample per second, over the seconds a contact is truly in a room:
 
-- room accuracy: the reported room is the true room (a contact reported absent is wrong);
-- the same, counting only seconds away from doorways (more than a metre from a door);
-- settled: leaving out 15 s after each true room change (nobody can know at once), and in a
-  doorway either of its two rooms counts as right;
+- room accuracy: the reported room is the true room; while the contact stands in a doorway
+  (within a metre of a door: between two rooms) either of its two rooms counts as right; a
+  contact reported absent is wrong;
+- strict: the same without the doorway allowance (the side of the wall decides);
+- away from doorways: only the seconds more than a metre from any door;
+- settled: as room accuracy, leaving out 15 s after each true room change (nobody can know
+  at once);
 - room changes per contact-hour (and the true number, for scale); moves to a wrong room: to a
   room the contact was not in from 30 s before to 5 s after;
 - flaps per contact-hour: a move A -> B undone (B -> A) within 60 s while the contact was

@@ -114,7 +114,8 @@ async def test_events_through_bleak_and_recovery_after_bluez_restart(
             status_log = daemon.log()
             assert "bluez" in status_log.lower()
             client.close()
-            assert ADA not in status_log and STRANGER not in status_log
+            assert ADA not in status_log
+            assert STRANGER not in status_log
         finally:
             daemon.stop()
 

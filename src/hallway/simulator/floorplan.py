@@ -426,7 +426,8 @@ def per_second(changes: list[tuple[float, str | None]], start_ts: float,
 
 def score_rooms(truth: list[dict[str, Any]], timeline: RoomTimeline) -> dict[str, float]:
     """Room scores of a timeline against ``VenueSimulation.truth()`` (see bench/venue.py)."""
-    right = right_clear = total = total_clear = right_settled = total_settled = absent = 0
+    right = strict = right_clear = total = total_clear = right_settled = total_settled = 0
+    absent = 0
     changes = flaps = true_changes = wrong_moves = 0
     for row in truth:
         true_rooms: list[str | None] = row["room"]
@@ -442,9 +443,10 @@ def score_rooms(truth: list[dict[str, Any]], timeline: RoomTimeline) -> dict[str
             if room is None:
                 continue
             total += 1
-            right += said[k] == room
-            absent += said[k] is None
             ok = said[k] == room or (said[k] is not None and said[k] == doorway[k])
+            right += ok
+            strict += said[k] == room
+            absent += said[k] is None
             if doorway[k] is None:
                 total_clear += 1
                 right_clear += said[k] == room
@@ -474,6 +476,7 @@ def score_rooms(truth: list[dict[str, Any]], timeline: RoomTimeline) -> dict[str
     return {
         "contact_hours_in_a_room": total / 3600.0,
         "room_accuracy": right / max(total, 1),
+        "room_accuracy_strict": strict / max(total, 1),
         "room_accuracy_away_from_doorways": right_clear / max(total_clear, 1),
         "room_accuracy_settled": right_settled / max(total_settled, 1),
         "absent_while_in_a_room": absent / max(total, 1),
