@@ -215,6 +215,9 @@ class Service:
             contact_lookup=self._contact,
             retention_s=config.storage.event_retention_s,
             retention_count=config.storage.event_retention_count,
+            # Group commit: events published while a write is in flight share the next one,
+            # so no extra waiting window is needed.
+            batch_window_s=0.0,
         )
         await self.hub.start()
         await self._depart_left_over()
