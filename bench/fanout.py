@@ -12,6 +12,7 @@ publishes at a fixed rate in small batches (the live case); ``burst`` publishes 
 at once (a queue-size stress: no subscriber may lag).
 
 Usage: bench/fanout.py [--subscribers 100] [--rate 200] [--seconds 5] [--burst 1000]
+                       [--batch-window 0]
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ async def _phase(args: argparse.Namespace, name: str, events: list[list[Any]], p
     with tempfile.TemporaryDirectory(prefix="hw-fanout-") as tmp:
         store = await SqliteStore.open(Path(tmp) / "events.db")
         hub = Hub(store, scanner="bench", contact_lookup=lambda _id: None,
-                  retention_s=86400.0, retention_count=1_000_000)
+                  retention_s=86400.0, retention_count=1_000_000,
+                  batch_window_s=args.batch_window)
         await hub.start()
         config = ServerConfig(tcp_port=0, unix_socket=None, tokens=(TOKEN,),
                               max_connections=args.subscribers + 10, queue_size=queue_size)
@@ -132,6 +134,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="steady events per second")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--batch-window", type=float, default=0.0,
+                        help="the hub's batching window in seconds (default 0: group commit)")
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -218,6 +218,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=900.0)
     parser.add_argument("--contacts", type=int, default=12)
     parser.add_argument("--rooms", type=int, default=3)
+    parser.add_argument("--wall-loss", type=float, default=6.0,
+                        help="dB lost in each wall between rooms (0: one open hall)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--radius", type=float, default=16.0,
                         help="scanners' presence radius (m): they must hear the next room too")
@@ -235,7 +237,8 @@ def main() -> int:
         tuning["switch_confirm_s"] = args.confirm
     start_ts = 1795251600.0 if args.offline else time.time() + LEAD_S
     sim = VenueSimulation(seed=args.seed, start_ts=start_ts, duration_s=args.duration,
-                          contacts=args.contacts, plan=FloorPlan.row(args.rooms))
+                          contacts=args.contacts,
+                          plan=FloorPlan.row(args.rooms, wall_loss_db=args.wall_loss))
     started = time.perf_counter()
     info: dict[str, Any] = {}
     if args.offline:

@@ -104,7 +104,7 @@ def test_hallway_v1_phones_rotate_address_and_identifier_every_ten_minutes(booth
 
 
 def test_phones_pause_while_present() -> None:
-    sim = Simulation("keynote", seed=4, start_ts=START, duration_s=1000)
+    sim = Simulation("keynote", seed=4, start_ts=START, duration_s=700)
     resolver = Resolver(IdentityConfig())
     resolver.set_contacts(sim.contacts, now=START)
     last: dict[str, float] = {}
@@ -117,7 +117,7 @@ def test_phones_pause_while_present() -> None:
         if previous is not None and adv.ts - previous > 15:
             pauses.append(adv.ts - previous)
         last[match.contact_id] = adv.ts
-    assert len(pauses) > 30
+    assert len(pauses) > 15
     assert 20 <= statistics.median(pauses) <= 90
 
 

@@ -81,12 +81,24 @@ def test_rooms_with_two_scanners_score_by_their_best() -> None:
     assert kinds(arb.seen("kiosk-b", ADA, ts=4, distance_m=0.5, now=4) + arb.tick(5)) == []
 
 
-def test_losing_the_rooms_scanner_moves_to_the_next_best_at_once() -> None:
+def test_losing_the_rooms_scanner_moves_to_the_next_best_after_the_confirmation() -> None:
     arb = arbiter()
     arb.seen("kiosk-a", ADA, ts=0, distance_m=2.0, now=0)
     arb.seen("kiosk-c", ADA, ts=0, distance_m=9.0, now=0)
-    events = arb.lost("kiosk-a", "c-1", ts=5, now=5, reason=DepartReason.OUT_OF_RANGE)
-    assert kinds(events) == [("moved", "Foyer")]
+    assert arb.lost("kiosk-a", "c-1", ts=5, now=5, reason=DepartReason.OUT_OF_RANGE) == []
+    assert arb.tick(12.9) == []
+    assert kinds(arb.tick(13.1)) == [("moved", "Foyer")]
+
+
+def test_a_room_that_picks_the_contact_up_again_keeps_it() -> None:
+    arb = arbiter()
+    arb.seen("kiosk-a", ADA, ts=0, distance_m=2.0, now=0)
+    arb.seen("kiosk-c", ADA, ts=0, distance_m=9.0, now=0)
+    arb.lost("kiosk-a", "c-1", ts=5, now=5, reason=DepartReason.TIMEOUT)  # a paused phone
+    assert arb.tick(10) == []
+    assert arb.seen("kiosk-a", ADA, ts=11, distance_m=2.5, now=11) == []
+    assert arb.tick(60) == []
+    assert arb.room_of("c-1") == "Hall A"
 
 
 def test_departs_after_the_grace_unless_picked_up() -> None:
@@ -95,8 +107,8 @@ def test_departs_after_the_grace_unless_picked_up() -> None:
     assert arb.lost("kiosk-a", "c-1", ts=10, now=10, reason=DepartReason.OUT_OF_RANGE) == []
     assert arb.tick(20) == []
     # Picked up by another room within the grace: a move, not a departure and an arrival.
-    assert kinds(arb.seen("kiosk-b", ADA, ts=21, distance_m=4.0, now=21)) == [
-        ("moved", "Hall B")]
+    assert arb.seen("kiosk-b", ADA, ts=21, distance_m=4.0, now=21) == []
+    assert kinds(arb.tick(29)) == [("moved", "Hall B")]
     arb.lost("kiosk-b", "c-1", ts=30, now=30, reason=DepartReason.TIMEOUT)
     assert arb.tick(44) == []
     (departed,) = arb.tick(45)
@@ -114,11 +126,13 @@ def test_offline_scanner_counts_for_its_grace_then_not() -> None:
     arb.seen("kiosk-c", ADA, ts=0, distance_m=8.0, now=0)
     assert arb.scanner_status("kiosk-a", online=False, now=10) == []
     assert arb.tick(39) == []
-    assert kinds(arb.tick(40)) == [("moved", "Foyer")]
+    assert arb.tick(40) == []  # from now on kiosk-a does not count: Foyer's claim begins
+    assert kinds(arb.tick(48)) == [("moved", "Foyer")]
     assert arb.offline_scanners == ["kiosk-a"]
-    # Back online, its reading counts again (and is clearly better for long enough).
-    arb.scanner_status("kiosk-a", online=True, now=50)
-    assert kinds(arb.tick(58)) == [("moved", "Hall A")]
+    # Back online, its reading counts again: 12 dB ahead, so 8 s / 3 of confirmation.
+    assert arb.scanner_status("kiosk-a", online=True, now=50) == []
+    assert arb.tick(52) == []
+    assert kinds(arb.tick(53)) == [("moved", "Hall A")]
 
 
 def test_stale_and_reordered_readings_change_nothing() -> None:

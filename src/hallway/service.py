@@ -240,6 +240,7 @@ class Service:
                 scanner=config.scanner.name,
                 port=self.tcp_port,
                 auth="token" if self.tokens else "none",
+                host=config.server.tcp_host,
             )
 
     async def _depart_left_over(self) -> None:

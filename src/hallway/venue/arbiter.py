@@ -19,8 +19,9 @@ A contact is in at most one room:
   challenger that falls back under the margin, or is overtaken by another, starts again from
   nothing. So someone in a doorway, where two scanners read about the same, stays where they
   were;
-* in room R, and no scanner of R holds a reading any more while another room does: it moves to
-  the best other room at once;
+* in room R, and no scanner of R holds a reading any more while another room does: the best
+  other room takes over after ``switch_confirm_s`` (unweighted), unless R picks it up again
+  meanwhile (a phone that paused is often dropped by one scanner before the others);
 * no room scores: after ``depart_grace_s`` without one it **departs** the venue (a scanner that
   picks it up within the grace makes it a move instead);
 * the zone of the room's best reading changed: a ``zone`` event.
@@ -272,8 +273,10 @@ class Arbiter:
             best = max(scores, key=lambda room: (scores[room].level_db, room))
             return self._arrive(cid, person, best, scores[best].reading, now)
         if person.room not in scores:
-            best = max(scores, key=lambda room: (scores[room].level_db, room))
-            return self._move(cid, person, best, scores[best].reading, now)
+            # The room's scanners lost the contact (often a phone pausing): the best other room
+            # takes over after the plain confirmation time, unless the room picks it up again.
+            top = max(scores, key=lambda room: (scores[room].level_db, room))
+            return self._challenge(cid, person, top, scores[top].reading, weight=1.0, now=now)
         current = scores[person.room]
         rivals = {room: score for room, score in scores.items()
                   if room != person.room
@@ -282,14 +285,10 @@ class Arbiter:
             top = max(rivals, key=lambda room: (rivals[room].level_db, room))
             advantage = rivals[top].level_db - current.level_db
             weight = advantage / config.switch_margin_db if config.switch_margin_db > 0 else 1.0
-            if person.challenger != top:
-                person.challenger, person.progress_s = top, 0.0
-            else:
-                person.progress_s += max(0.0, now - person.challenger_at) * (
-                    person.challenger_weight)
-            person.challenger_at, person.challenger_weight = now, weight
-            if person.progress_s >= config.switch_confirm_s:
-                return self._move(cid, person, top, rivals[top].reading, now)
+            events = self._challenge(cid, person, top, rivals[top].reading, weight=weight,
+                                     now=now)
+            if events:
+                return events
         else:
             person.challenger = None
         person.last = current.reading
@@ -298,6 +297,18 @@ class Arbiter:
             previous, person.zone = person.zone, zone
             self.counts["zone"] += 1
             return [self._event(EventType.ZONE, cid, person, now, previous_zone=previous)]
+        return []
+
+    def _challenge(self, cid: str, person: _Person, top: str, reading: Reading, *,
+                   weight: float, now: float) -> list[PresenceEvent]:
+        """Advance ``top``'s claim on the contact at ``weight``; move once it is confirmed."""
+        if person.challenger != top:
+            person.challenger, person.progress_s = top, 0.0
+        else:
+            person.progress_s += max(0.0, now - person.challenger_at) * person.challenger_weight
+        person.challenger_at, person.challenger_weight = now, weight
+        if person.progress_s >= self._config.switch_confirm_s:
+            return self._move(cid, person, top, reading, now)
         return []
 
     def _arrive(self, cid: str, person: _Person, room: str, reading: Reading, now: float
