@@ -163,11 +163,20 @@ def _merge(
         yield adv
 
 
+LIVE_WARMUP_S = 300.0
+
+
 def live_stream(name: str, *, seed: int, start_ts: float) -> Iterator[Advertisement]:
-    """The endless, time-ordered advertisements of a scenario starting at ``start_ts``."""
+    """The endless, time-ordered advertisements of a scenario, from ``start_ts`` on.
+
+    The venue is already in progress at ``start_ts`` (it was planned from ``LIVE_WARMUP_S``
+    before), so a live demo shows people present within seconds, not after the first walk-in.
+    """
     spec = scenario(name)
-    plan = spec.plan(random.Random(f"{seed}:{spec.name}:plan"), start_ts, spec.contacts)
-    return _merge(spec, seed, plan, _contact_devices(spec, seed), None)
+    planned_from = start_ts - LIVE_WARMUP_S
+    plan = spec.plan(random.Random(f"{seed}:{spec.name}:plan"), planned_from, spec.contacts)
+    stream = _merge(spec, seed, plan, _contact_devices(spec, seed), None)
+    return itertools.dropwhile(lambda adv: adv.ts < start_ts, stream)
 
 
 class Simulation:

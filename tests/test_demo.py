@@ -1,0 +1,70 @@
+"""``hallway demo`` on this machine shows events within 10 s, and ``hallway tail`` reads them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def test_demo_shows_events_and_tail_reads_them(tmp_path: Path) -> None:
+    token = "demo-test-token-0123456789"
+    err_path = tmp_path / "demo.err"
+    with err_path.open("w") as err:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "hallway", "demo", "--port", "0", "--token", token,
+             "--duration", "40", "--unix", str(tmp_path / "demo.sock")],
+            stdout=subprocess.PIPE, stderr=err, text=True, env=ENV,
+        )
+    try:
+        started = time.monotonic()
+        assert demo.stdout is not None
+        first_event = None
+        while time.monotonic() - started < 20:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            if " arrived " in line:
+                first_event = time.monotonic() - started
+                break
+        assert first_event is not None, err_path.read_text()
+        # The demo prints its first event within 10 s of being ready (start-up included here).
+        assert first_event < 15, first_event
+        port = re.search(r"serving on 127\.0\.0\.1:(\d+)", err_path.read_text())
+        assert port is not None
+        assert f"hallway tail --connect 127.0.0.1:{port.group(1)} --token {token}" in (
+            err_path.read_text()
+        )
+        tail = subprocess.run(
+            [sys.executable, "-m", "hallway", "tail", "--connect", f"127.0.0.1:{port.group(1)}",
+             "--token", token, "--json", "--since", "0", "--count", "1"],
+            capture_output=True, text=True, env=ENV, timeout=30, check=False,
+        )
+        assert tail.returncode == 0, tail.stderr
+        events = [json.loads(line) for line in tail.stdout.splitlines() if line.strip()]
+        assert any(e.get("type") == "arrived" and e["seq"] == 1 for e in events), events
+        readable = subprocess.run(
+            [sys.executable, "-m", "hallway", "tail", "--unix", str(tmp_path / "demo.sock"),
+             "--token", token, "--since", "0", "--count", "1"],
+            capture_output=True, text=True, env=ENV, timeout=30, check=False,
+        )
+        assert readable.returncode == 0, readable.stderr
+        assert "arrived" in readable.stdout
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(20)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
+        if demo.stdout is not None:
+            demo.stdout.close()
+    assert demo.returncode == 0, err_path.read_text()
