@@ -78,7 +78,10 @@ def test_zone_edges_must_be_ordered() -> None:
 def test_tokens_are_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     secret = "s3cr3t-token-value-0123456789"
     path = tmp_path / "c.toml"
-    path.write_text(f'[server]\ntokens = ["{secret}"]\n[mqtt]\npassword = "hunter2hunter2"\n')
+    path.write_text(
+        f'[server]\ntokens = ["{secret}"]\n'
+        '[mqtt]\nusername = "kiosk"\npassword = "hunter2hunter2"\n'
+    )
     assert main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
     assert secret not in out

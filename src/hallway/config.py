@@ -129,6 +129,7 @@ class StorageConfig(_Section):
     event_retention_s: float = Field(default=7 * 86400.0, gt=0)
     event_retention_count: int = Field(default=100_000, ge=100)
     reload_interval_s: float = Field(default=1.0, gt=0, le=60)
+    write_failure_exit_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class ServerConfig(_Section):
@@ -243,7 +244,7 @@ class VenueConfig(_Section):
 
     rooms: dict[str, str] = Field(default_factory=dict)
     switch_margin_db: float = Field(default=4.0, ge=0, le=40)
-    switch_confirm_s: float = Field(default=8.0, ge=0, le=600)
+    switch_confirm_s: float = Field(default=6.0, ge=0, le=600)
     depart_grace_s: float = Field(default=15.0, ge=0, le=600)
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
 

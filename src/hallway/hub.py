@@ -237,6 +237,7 @@ class Hub:
         batch_window_s: float = 0.01,
         prune_interval_s: float = PRUNE_INTERVAL_S,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
+        give_up_after_s: float | None = None,
     ) -> None:
         self._store = store
         self._scanner = scanner
@@ -244,6 +245,7 @@ class Hub:
         self._retention_s = retention_s
         self._retention_count = retention_count
         self._batch_window_s = batch_window_s
+        self._give_up_after_s = give_up_after_s
         self._prune_interval_s = prune_interval_s
         self._close_timeout_s = close_timeout_s
         self._pending: deque[_Pending] = deque()
@@ -314,7 +316,7 @@ class Hub:
             raise RuntimeError("hub is not running")
         flusher = self._flusher
         if flusher is not None and flusher.done():
-            raise StoreError("the event log writer stopped; see the log for why")
+            raise self.failure or StoreError("the event log writer stopped; see the log for why")
         if len(self._pending) + len(events) > MAX_PENDING:
             raise StoreError(
                 f"event log writes are not keeping up: {len(self._pending)} events pending"
@@ -358,10 +360,17 @@ class Hub:
             (p.seq, p.event.ts, p.event.type.value, p.event.contact_id, p.text()) for p in batch
         ]
         delay = 0.05
+        failing_since = time.monotonic()
         while True:
             try:
                 await self._store.append_events(rows)
             except StoreError as exc:
+                failed_for = time.monotonic() - failing_since
+                if self._give_up_after_s is not None and failed_for >= self._give_up_after_s:
+                    # A full disk or a read-only store does not heal by itself: stop, so the
+                    # daemon exits with the reason (and a supervisor restarts it).
+                    raise StoreError(f"the event log could not be written for "
+                                     f"{failed_for:.0f} s: {exc}") from None
                 self._n.store_errors += 1
                 self._error_streak += 1
                 if self._error_streak == 1:
@@ -457,6 +466,15 @@ class Hub:
         self._horizon = max(self._horizon, horizon)
 
     # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def failure(self) -> StoreError | None:
+        """Why the event log writer gave up (see ``give_up_after_s``), or None."""
+        flusher = self._flusher
+        if flusher is None or not flusher.done() or flusher.cancelled():
+            return None
+        exc = flusher.exception()
+        return exc if isinstance(exc, StoreError) else None
 
     @property
     def running(self) -> bool:

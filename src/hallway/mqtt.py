@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -574,6 +574,31 @@ class MqttPublisher:
         await self._store.save_mqtt_progress(seq, added=added, removed=removed)
         self._mark = seq
         self._progress.set()
+
+
+class _Subscription(Protocol):
+    async def get(self, timeout: float) -> list[bytes] | None: ...  # noqa: ASYNC109 - the hub's API
+
+    def close(self) -> None: ...
+
+
+async def follow_hub(publisher: MqttPublisher, subscribe: Callable[[], _Subscription]) -> None:
+    """Wake ``publisher`` each time the hub has logged events; runs until cancelled.
+
+    ``subscribe`` returns a hub subscription (``Hub.subscribe``); the hub offers events to it
+    only once they are in the log, so the publisher finds them there. A lagged subscription is
+    replaced (the publisher reads the log, so nothing is lost either way).
+    """
+    while True:
+        subscription = subscribe()
+        try:
+            while (lines := await subscription.get(5.0)) is not None:
+                if lines:
+                    publisher.notify()
+        finally:
+            subscription.close()
+        publisher.notify()
+        await asyncio.sleep(0.1)
 
 
 async def _watch(client: aiomqtt.Client) -> None:

@@ -218,6 +218,7 @@ class Service:
             # Group commit: events published while a write is in flight share the next one,
             # so no extra waiting window is needed.
             batch_window_s=0.0,
+            give_up_after_s=config.storage.write_failure_exit_s,
         )
         await self.hub.start()
         await self._depart_left_over()
@@ -339,6 +340,8 @@ class Service:
         expected = time.monotonic() + step
         while True:
             await asyncio.sleep(step)
+            if (failure := self.hub.failure) is not None:
+                raise failure  # the event log cannot be written: exit with the reason
             now = time.monotonic()
             self._loop_lag_s = max(0.0, now - expected)
             expected = now + step
@@ -398,6 +401,15 @@ class Service:
                         await result
                 await stop.wait()
                 await self._shutdown(tasks)
+        except BaseExceptionGroup as group:
+            # A task's HallwayError (the store gave up) ends the daemon with that reason.
+            fatal, others = group.split(HallwayError)
+            if fatal is None or others is not None:
+                raise
+            first: BaseException = fatal
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         finally:
             await self._close_all()
         return 0

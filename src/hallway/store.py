@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,7 +85,12 @@ class LoggedEvent:
 
 
 def _connect_error(path: str, exc: BaseException) -> StoreError:
-    return StoreError(f"{path}: {exc}")
+    reason = str(exc)
+    if path != ":memory:":
+        file = Path(path)
+        if not os.access(file.parent, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+            reason += " (the database or its folder is read-only)"
+    return StoreError(f"{path}: {reason}")
 
 
 class SqliteStore:

@@ -105,14 +105,18 @@ class VenueRig:
         venue_tcp_port: int | None = None,
         tuning: Mapping[str, float] | None = None,
         hallway: Sequence[str] = (sys.executable, "-m", "hallway"),
+        daemon: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        """``hallway`` runs the CLI; ``daemon`` runs a scanner daemon (default
+        ``<hallway> run``), given ``--config FILE``."""
         self.workdir = workdir
         self.sim = sim
         self._docs = docs
         self._radius_m = radius_m
         self._tuning = dict(tuning or {})
         self._hallway = list(hallway)
+        self._daemon = list(daemon) if daemon is not None else [*self._hallway, "run"]
         self._env = dict(env if env is not None else os.environ)
         self.broker_port = free_port()
         self._tls_port = free_port()
@@ -153,7 +157,7 @@ class VenueRig:
                            capture_output=True, timeout=120)
             path = self.workdir / f"{name}.toml"
             path.write_text(toml(self._scanner_sections(name, files[f"trace:{name}"], db)))
-            self._spawn(name, [*self._hallway, "run", "--config", str(path)])
+            self._spawn(name, [*self._daemon, "--config", str(path)])
         venue = self.workdir / "venue.toml"
         venue.write_text(toml(venue_sections(
             self.workdir, self.sim.rooms_config(), exponent=self.exponent,

@@ -38,6 +38,7 @@ from hallway.mqtt import (
     MqttPublisher,
     Topics,
     broker_error,
+    follow_hub,
     make_client,
     public_contact,
     public_event,
@@ -313,15 +314,7 @@ class VenueService:
     async def _relay(self) -> None:
         """Wake the MQTT publisher whenever the hub has logged new events."""
         assert self.publisher is not None
-        while True:
-            sub = self._running_hub().subscribe(queue_size=4096)
-            try:
-                while (lines := await sub.get(5.0)) is not None:
-                    if lines:
-                        self.publisher.notify()
-            finally:
-                sub.close()
-            self.publisher.notify()  # lagged (or finished): the log has it all anyway
+        await follow_hub(self.publisher, lambda: self._running_hub().subscribe(queue_size=4096))
 
     async def _watchdog(self) -> None:
         notifier = self._notifier
