@@ -140,8 +140,8 @@ def run_offline(sim: VenueSimulation, scanner_config: Config, workdir: Path,
             for scanner in scanners.values():
                 deliver(scanner.events(scanner.pipeline.tick(next_tick)))
                 deliver(scanner.refresh(next_tick))
-            ours.tick(next_tick)
-            base.tick(next_tick)
+            ours.tick()
+            base.tick()
             next_tick += 1.0
 
     for adv in stream:
@@ -187,7 +187,7 @@ async def observe(rig: VenueRig, base: RoomJudge, now: list[float]
                     base.message(topic, payload)
                 counts[kind] = counts.get(kind, 0) + 1
                 if now[0] >= next_tick:
-                    base.tick(now[0])
+                    base.tick()
                     next_tick = now[0] + 1.0
 
         with contextlib.suppress(TimeoutError):

@@ -130,20 +130,23 @@ def start_daemon(tmp: Path, config: Path, *, port: int, watchdog_usec: int = 1_0
 
 
 class Client:
-    """A blocking SPEC §6 client over TCP, for tests."""
+    """A blocking SPEC §6 client over TCP, for tests (its own line buffer survives timeouts)."""
 
     def __init__(self, port: int, *, timeout_s: float = 10.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self.file = self.sock.makefile("rb")
+        self._buffer = b""
         self.hello = self.read()
 
     def send(self, obj: dict[str, Any]) -> None:
         self.sock.sendall((json.dumps(obj) + "\n").encode())
 
     def read(self) -> dict[str, Any]:
-        line = self.file.readline()
-        if not line:
-            raise EOFError("connection closed")
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
         result: dict[str, Any] = json.loads(line)
         return result
 
@@ -164,7 +167,6 @@ class Client:
                 yield msg
 
     def close(self) -> None:
-        self.file.close()
         self.sock.close()
 
 

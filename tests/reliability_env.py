@@ -424,3 +424,81 @@ def badge_address(index: int, *, prefix: int = 0xC4) -> str:
     raw = bytes([prefix & 0xFC, 0x7C, 0x8D, (index >> 16) & 0xFF, (index >> 8) & 0xFF,
                  index & 0xFF])
     return ":".join(f"{b:02X}" for b in raw)
+
+
+# -- a subscriber in its own process (its own GIL: clean arrival times under load) ------------
+
+
+@dataclass
+class SubscriberProcess:
+    """``python -m tests.reliability_env subscribe``: arrival time and line, one per line."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+
+    def timed_messages(self) -> list[tuple[float, dict[str, Any]]]:
+        """``(arrival time, message)`` for every line received so far."""
+        rows = []
+        for line in self.out.read_text(encoding="utf-8").splitlines():
+            at, _, text = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                rows.append((float(at), json.loads(text)))
+        return rows
+
+    def timed_events(self) -> list[tuple[float, dict[str, Any]]]:
+        """``(arrival time, event)`` for the SPEC §5 events received so far."""
+        return [(at, m) for at, m in self.timed_messages() if m.get("type") in EVENT_TYPES]
+
+    def closed(self) -> bool:
+        """True if the process ended (the server closed the connection, or it failed)."""
+        return self.proc.poll() is not None
+
+    def stop(self) -> None:
+        """End it (SIGTERM) and wait."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_subscriber_process(port: int, out: Path, *, source_ip: str | None = None,
+                             timeout_s: float = 15.0) -> SubscriberProcess:
+    """Start a subscriber process and wait for its ``subscribed`` line."""
+    argv = [sys.executable, "-m", "tests.reliability_env", "subscribe", str(port), str(out)]
+    if source_ip is not None:
+        argv.append(source_ip)
+    proc = subprocess.Popen(argv, env={**env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"},
+                            cwd=ROOT)
+    sub = SubscriberProcess(proc, out)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if out.exists() and any(m.get("type") == "subscribed" for _, m in sub.timed_messages()):
+            return sub
+        if proc.poll() is not None:
+            raise AssertionError(f"subscriber process exited {proc.returncode}")
+        time.sleep(0.05)
+    sub.stop()
+    raise AssertionError("subscriber process did not subscribe")
+
+
+def _subscribe_main(port: int, out: Path, source_ip: str | None) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    client = LineClient(port, source_ip=source_ip)
+    client.send({"type": "subscribe", "token": TOKEN})
+    with out.open("w", encoding="utf-8") as handle:
+        while not stop.is_set():
+            line = client.read_line(0.2)
+            if line is not None:
+                handle.write(f"{time.time():.6f} {line.decode()}\n")
+                handle.flush()
+            elif client.eof:
+                return 1
+    client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "subscribe":
+        raise SystemExit(_subscribe_main(int(sys.argv[2]), Path(sys.argv[3]),
+                                         sys.argv[4] if len(sys.argv) > 4 else None))
+    raise SystemExit("usage: python -m tests.reliability_env subscribe PORT OUT [SOURCE_IP]")

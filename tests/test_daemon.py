@@ -216,3 +216,33 @@ def test_after_a_crash_presence_still_alternates(tmp_path: Path) -> None:
     assert any(e["type"] == "departed" and e["reason"] == "shutdown" for e in events), events
     assert any(e["type"] == "arrived" for e in events[1:]), events
     _assert_alternating(events)
+
+
+def test_sighup_forces_a_contact_reload(tmp_path: Path) -> None:
+    import_contacts(tmp_path, CONTACTS)
+    port = free_port()
+    config = write_config(tmp_path, port=port, trace=_venue(tmp_path))
+    # The periodic look at the store is far off: only SIGHUP can make the change take effect.
+    config.write_text(
+        config.read_text().replace("reload_interval_s = 0.5", "reload_interval_s = 60")
+    )
+    daemon = start_daemon(tmp_path, config, port=port)
+    try:
+        daemon.wait_for_notification("READY=1", 20)
+        client = Client(port)
+        client.subscribe()
+        assert any(e["type"] == "arrived" and e["contact"]["id"] == "c-bob"
+                   for e in client.events(10))
+        subprocess.run(
+            [sys.executable, "-m", "hallway", "contacts", "revoke", "c-bob", "--db",
+             str(tmp_path / "hallway.db")],
+            check=True, capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        assert not any(e["contact"]["id"] == "c-bob" for e in client.events(2))
+        daemon.proc.send_signal(signal.SIGHUP)
+        departed = [e for e in client.events(3) if e["contact"]["id"] == "c-bob"]
+        assert [(e["type"], e["reason"]) for e in departed] == [("departed", "revoked")]
+        client.close()
+    finally:
+        daemon.stop()

@@ -543,6 +543,19 @@ def test_trace_regressions(line: str) -> None:
     check_trace_parser([line, line])
 
 
+@pytest.mark.parametrize(("ts", "rssi"), [
+    ("1e300", "-60"), ("-5.0", "-60"), ("4294967296.5", "-60"), ("1585785630.5", "1" * 5000),
+    ("1585785630.5", "-0"),
+])
+def test_trace_parser_cache_agrees_on_odd_numbers(ts: str, rssi: str) -> None:
+    """A remembered line layout with an odd ts or rssi parses as the plain parser says."""
+    rest = (', "address": "AA:BB:CC:DD:EE:FF", "address_type": "public", "rssi": {}, '
+            '"tx_power": null, "scanner": "hci0"}}')
+    good = '{"ts": 1585785630.25' + rest.format("-60")
+    odd = '{"ts": ' + ts + rest.format(rssi)
+    check_trace_parser([good, odd, good, odd])
+
+
 # -- the socket protocol reader of a running daemon -------------------------------------------
 
 MAX_LINE = 2048

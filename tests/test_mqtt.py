@@ -22,7 +22,7 @@ import pytest
 from hallway.config import MqttConfig
 from hallway.mqtt import MqttPublisher, PublisherState, Topics, topic_level, unescape_level
 from hallway.store import SqliteStore
-from mqtt_env import (
+from tests.mqtt_env import (
     IRK_HEX,
     KEY_HEX,
     PASSWORDS,

@@ -164,8 +164,9 @@ def test_a_hand_made_trace_gives_exactly_the_expected_events(
     assert arrived["zone"] == "near"
     assert arrived["distance_m"] == pytest.approx(2.0, rel=0.05)
     assert arrived["ts"] - START == pytest.approx(2.0, abs=0.6)
-    assert departed["reason"] == "timeout"
-    assert departed["ts"] == pytest.approx(last + 180, abs=1.0)
+    # A badge does not pause like a locked phone: silent, it has left (after the fade timeout).
+    assert departed["reason"] == "out_of_range"
+    assert departed["ts"] == pytest.approx(last + 20, abs=1.0)
     assert departed["dwell_s"] == pytest.approx(departed["ts"] - arrived["ts"], abs=0.1)
     assert _summary(capsys.readouterr().out)["events"] == "2"
 

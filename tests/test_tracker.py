@@ -39,7 +39,7 @@ class Run:
         self.now = until
 
     def sight(
-        self, rssi: float, *, contact: str = "c-1", via: KeyKind = KeyKind.IBEACON,
+        self, rssi: float, *, contact: str = "c-1", via: KeyKind = KeyKind.HALLWAY_V1,
         power: int | None = POWER, calibration_db: float = 0.0,
     ) -> list[PresenceEvent]:
         new = self.tracker.observe(
@@ -52,15 +52,18 @@ class Run:
     def stream(
         self, seconds: float, rssi: Callable[[float], float], *, interval: float = 0.5,
         contact: str = "c-1", rng: random.Random | None = None, noise_db: float = 0.0,
-        power: int | None = POWER,
+        power: int | None = POWER, via: KeyKind = KeyKind.HALLWAY_V1,
+        floor_dbm: float | None = None,
     ) -> None:
-        """Sightings every ``interval`` s for ``seconds``; ``rssi(t)`` with t from 0."""
+        """Sightings every ``interval`` s for ``seconds``; ``rssi(t)`` with t from 0; packets
+        below ``floor_dbm`` are lost."""
         start = self.now
         t = 0.0
         while t < seconds:
             self.advance(start + t)
             value = rssi(t) + (rng.gauss(0.0, noise_db) if rng else 0.0)
-            self.sight(value, contact=contact, power=power)
+            if floor_dbm is None or value >= floor_dbm:
+                self.sight(value, contact=contact, power=power, via=via)
             t += interval
         self.advance(start + seconds)
 
@@ -78,7 +81,7 @@ def test_a_steady_device_near_arrives_after_the_confirmation_time() -> None:
     assert arrived.zone == "near"
     assert arrived.distance_m == pytest.approx(2.0, rel=0.05)
     assert arrived.rssi == pytest.approx(rssi_for(2.0), abs=1.0)
-    assert arrived.via is KeyKind.IBEACON
+    assert arrived.via is KeyKind.HALLWAY_V1
     [info] = run.tracker.present()
     assert info.contact_id == "c-1"
     assert info.since == arrived.ts
@@ -306,3 +309,42 @@ def test_distance_model_round_trip() -> None:
         rssi = rssi_at(distance, measured_power_dbm=-59, exponent=2.3)
         assert distance_m(rssi, measured_power_dbm=-59, exponent=2.3) == pytest.approx(distance)
     assert math.isclose(rssi_at(1.0, measured_power_dbm=-59, exponent=2.0), -59.0)
+
+
+def test_a_badge_that_goes_silent_near_is_not_held_it_left() -> None:
+    config = ProximityConfig()
+    run = Run(config)
+    run.stream(120, lambda t: rssi_for(4.0), via=KeyKind.IBEACON)
+    last = run.tracker.last_heard("c-1")
+    assert last is not None
+    run.advance(run.now + 60)
+    [departed] = run.of(EventType.DEPARTED)
+    assert departed.reason is DepartReason.OUT_OF_RANGE
+    assert departed.ts <= last + config.fade_timeout_s + 1.0
+
+
+def test_a_far_badge_heard_only_in_its_strongest_packets_does_not_arrive() -> None:
+    config = ProximityConfig(path_loss_exponent=2.3)
+    far = rssi_at(30.0, measured_power_dbm=-70, exponent=2.3)  # ~ -104 dBm: under the floor
+    heard: list[float] = []
+    run = Run(config)
+    rng = random.Random(11)
+    run.stream(300, lambda t: rssi_at(3.0, measured_power_dbm=-59, exponent=2.3),
+               contact="near", interval=0.25)  # teaches the venue's base reception
+    start = run.now
+    t = 0.0
+    while t < 600:
+        run.advance(start + t)
+        value = far + rng.gauss(0.0, 7.0)
+        if value >= config.reception_floor_dbm:
+            heard.append(value)
+            run.sight(value, contact="far", power=-70)
+        t += 0.5
+    assert len(heard) < 0.3 * 1200
+    assert run.of(EventType.ARRIVED, "far") == []
+    # The same readings at the full packet rate would have looked near enough to arrive.
+    full = Run(config)
+    for value in heard * 3:
+        full.advance(full.now + 0.5)
+        full.sight(value, contact="far", power=-70)
+    assert len(full.of(EventType.ARRIVED, "far")) == 1

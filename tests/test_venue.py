@@ -21,7 +21,7 @@ from hallway.mqtt import MqttPublisher
 from hallway.store import SqliteStore
 from hallway.venue.homeassistant import object_slug
 from hallway.venue.service import VenueService
-from mqtt_env import (
+from tests.mqtt_env import (
     PASSWORDS,
     VENUE,
     Collector,

@@ -72,6 +72,9 @@ class IdentityConfig(_Section):
     irk_cache_ttl_s: float = Field(default=1800.0, gt=0, le=86400)
 
 
+_KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
+
+
 class ProximityConfig(_Section):
     """Distance, zones and presence (see ``hallway.proximity.tracker`` for how they interact)."""
 
@@ -99,11 +102,22 @@ class ProximityConfig(_Section):
     quiet_hold_s: float = Field(default=180.0, gt=0, le=3600)
     hold_radius_m: float | None = Field(default=None, gt=0, le=200)
     steady_s: float = Field(default=15.0, ge=0, le=600)
+    pausing_kinds: tuple[str, ...] = ("hallway-v1", "irk")
+    reception_floor_dbm: float = Field(default=-97.0, ge=-130, le=0)
+    shadowing_db: float = Field(default=6.0, gt=0, le=30)
+
+    @field_validator("pausing_kinds")
+    @classmethod
+    def _known_pausing(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for kind in value:
+            if kind not in _KINDS:
+                raise ValueError(f"unknown identity kind {kind!r} (one of {', '.join(_KINDS)})")
+        return value
 
     @field_validator("measured_power_dbm")
     @classmethod
     def _known_kinds(cls, value: dict[str, int]) -> dict[str, int]:
-        kinds = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
+        kinds = _KINDS
         for kind, power in value.items():
             if kind not in kinds:
                 raise ValueError(f"unknown identity kind {kind!r} (one of {', '.join(kinds)})")

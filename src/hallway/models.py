@@ -1,4 +1,5 @@
-"""Hot-path records shared by the pipeline: plain frozen slotted dataclasses, no validation.
+"""Hot-path records shared by the pipeline: immutable, no validation (named tuple or frozen
+slotted dataclasses).
 
 The pipeline is ``source -> resolver -> tracker -> hub``; these are the values passed along it.
 """
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 _EMPTY_INT_MAP: Mapping[int, bytes] = MappingProxyType({})
 _EMPTY_STR_MAP: Mapping[str, bytes] = MappingProxyType({})
@@ -24,12 +26,13 @@ class KeyKind(StrEnum):
     ADDRESS = "address"
 
 
-@dataclass(frozen=True, slots=True)
-class Advertisement:
+class Advertisement(NamedTuple):
     """One received advertisement (SPEC §2 fields; bleak's ``AdvertisementData`` names).
 
     ``address`` is upper-case ``AA:BB:CC:DD:EE:FF``; ``manufacturer_data`` is keyed by the
     company id with the payload after the id; ``service_data`` by lower-case 128-bit UUID.
+    A named tuple, not a dataclass: the pipeline builds one per packet. Change a copy with
+    ``adv._replace(...)``.
     """
 
     ts: float
@@ -38,8 +41,8 @@ class Advertisement:
     rssi: int = -127
     tx_power: int | None = None
     local_name: str | None = None
-    manufacturer_data: Mapping[int, bytes] = field(default_factory=lambda: _EMPTY_INT_MAP)
-    service_data: Mapping[str, bytes] = field(default_factory=lambda: _EMPTY_STR_MAP)
+    manufacturer_data: Mapping[int, bytes] = _EMPTY_INT_MAP
+    service_data: Mapping[str, bytes] = _EMPTY_STR_MAP
     service_uuids: tuple[str, ...] = ()
     scanner: str = ""
 

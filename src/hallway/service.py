@@ -178,6 +178,9 @@ class Service:
             "loop_lag_ms": round(self._loop_lag_s * 1000, 1),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
+            # Counters behind the figures above: refused and cut-off clients, radio faults.
+            "sockets": server_stats,
+            "source_stats": source.stats() if source is not None else {},
         }
 
     def _status_line(self) -> str:

@@ -137,7 +137,7 @@ def _advertisement_fast(obj: Any) -> Advertisement | None:
     ):
         return None
     address_type = obj.get("address_type", "public")
-    if address_type not in {"random", "public"}:
+    if address_type not in ("random", "public"):  # a tuple: the value may be unhashable
         return None
     local_name = obj.get("local_name")
     if local_name is not None and type(local_name) is not str:
@@ -197,9 +197,14 @@ def parse_trace_line(line: str | bytes) -> Advertisement:
     return _advertisement_fast(obj) or advertisement_from_obj(obj)
 
 
-_LEAD_TS = re.compile(r'\{"ts": (-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?), ')
-_RSSI = re.compile(r'"rssi": (-?(?:0|[1-9][0-9]*)), ')
+_LINE = re.compile(
+    rb'\{"ts": (-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)(, .*?)'
+    rb'"rssi": (-?(?:0|[1-9][0-9]*))(, .*)',
+    re.DOTALL,
+)
 
+
+_new_tuple = tuple.__new__  # Advertisement's own __new__ without its Python-level frame
 
 _Payload = tuple[str, str, str | None, dict[int, bytes], dict[str, bytes], tuple[str, ...], str]
 
@@ -210,7 +215,7 @@ class TraceParser:
 
     A line in the layout the recorder and the simulator write (``{"ts": N, ...,
     "rssi": N, ...}``, the two numbers matched as JSON numbers) is split around those two
-    numbers; the rest of the text is looked up among the rests of lines already parsed in
+    numbers; the rest of the bytes is looked up among the rests of lines already parsed in
     full. Only a rest whose full parse agreed with the split is remembered, so a line parses
     here exactly as with ``parse_trace_line``. The
     memory is bounded (it is emptied when full). Advertisements made from one remembered rest
@@ -220,42 +225,41 @@ class TraceParser:
     __slots__ = ("_cache", "_max_entries", "hits")
 
     def __init__(self, *, max_entries: int = 65536) -> None:
-        self._cache: dict[str, _Payload] = {}
+        self._cache: dict[bytes, _Payload] = {}
         self._max_entries = max_entries
         self.hits = 0
 
     def parse(self, line: str | bytes) -> Advertisement:
         """One trace line to an Advertisement, or TraceLineError."""
         if type(line) is bytes:
-            try:
-                text = line.decode()
-            except UnicodeDecodeError:
-                return parse_trace_line(line)
+            raw = line
         else:
-            text = str(line)
-        head = _LEAD_TS.match(text)
-        tail = None if head is None else _RSSI.search(text, head.end() - 2)
-        if head is None or tail is None:
-            return parse_trace_line(text)
-        ts_text = head.group(1)
-        rssi_text = tail.group(1)
-        rest = text[head.end() - 2 : tail.start()] + text[tail.end() - 2 :]
+            try:
+                raw = str(line).encode()
+            except UnicodeEncodeError:
+                return parse_trace_line(line)
+        split = _LINE.match(raw)
+        if split is None:
+            return parse_trace_line(raw)
+        ts_text, before, rssi_text, after = split.groups()
+        rest = before + after
         known = self._cache.get(rest)
-        if known is not None:
+        if known is not None and len(rssi_text) <= 4:  # int() of thousands of digits raises
             ts = float(ts_text)
             rssi = int(rssi_text)
-            if ts - ts == 0.0 and -128 <= rssi <= 20:
+            if 0.0 <= ts < TS_MAX and -128 <= rssi <= 20:  # as the full parse checks
                 self.hits += 1
                 address, address_type, local_name, mfr, svc, uuids, scanner = known
-                return Advertisement(
-                    ts, address, address_type, rssi, None, local_name, mfr, svc, uuids, scanner
+                return _new_tuple(
+                    Advertisement,
+                    (ts, address, address_type, rssi, None, local_name, mfr, svc, uuids, scanner),
                 )
-        adv = parse_trace_line(text)
+        adv = parse_trace_line(raw)
         if (
             known is None
             and adv.tx_power is None
-            and '"ts"' not in rest
-            and '"rssi"' not in rest
+            and b'"ts"' not in rest
+            and b'"rssi"' not in rest
             and float(ts_text) == adv.ts
             and int(rssi_text) == adv.rssi
         ):

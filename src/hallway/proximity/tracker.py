@@ -16,7 +16,7 @@ arrives after its level stayed inside the arrive radius for ``arrive_confirm_s``
 nothing changes, so a person standing at the edge does not flap. The short average alone
 decides when it is far past either radius (``quick_margin_db``): someone walking in or out.
 
-Silence is judged against the contact's own learned advertising interval (the lower quartile
+Silence is judged against the contact's own learned advertising interval (the lowest decile
 of its recent gaps, carried across address rotations because the track is the contact's).
 After a few intervals without a sighting the contact is silent-but-present. How long that may
 last depends on how it went quiet: a contact that was still, inside the hold radius and heard
@@ -24,6 +24,14 @@ well until then (a locked phone on a seat) is held for ``quiet_hold_s`` and then
 ``timeout``; one that was moving, falling, at the edge or already losing most of its packets
 (someone walking out of reach) departs ``out_of_range`` after ``fade_timeout_s``. No contact
 stays present longer than ``quiet_hold_s`` after its last sighting.
+
+Far from the scanner, near the receiver's floor, only the strongest packets get through, so
+the heard ones read as if the device were much nearer. The tracker counts the packets it
+misses (the learned interval says how many to expect) into a reception share, and learns the
+venue's base share (collisions) from strong devices; a device heard at well under the base
+share has its levels capped at what the floor model gives for that share
+(``reception_floor_dbm``, ``shadowing_db``). Only phones pause (``pausing_kinds``): a badge
+that goes silent has left, however near it seemed.
 
 The presence machine is the table ``TRANSITIONS`` of (state, input) -> (state, action); the
 inputs come from ``observe`` (a sighting: where the level is) and ``_classify_silence`` (a
@@ -36,6 +44,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from enum import Enum, IntEnum
+from statistics import NormalDist
 
 from hallway.config import ProximityConfig
 from hallway.models import (
@@ -131,6 +140,14 @@ _HEALTH_WINDOW_S = 10.0
 _HEALTHY_FRACTION = 0.35  # of the packets its interval promises: below, the signal is at the floor
 _MAX_INTERVAL_S = 30.0
 _MIN_GAP_S = 0.005
+_RECEPTION_SLOTS = 30  # the reception share remembers about this many expected packets
+_RECEPTION_WEIGHT = 1.0 / _RECEPTION_SLOTS
+_MISSES_PER_GAP = 5  # a longer gap may be a pause, not lost packets: count this many at most
+_BASE_WEIGHT = 1.0 / 2000  # per strong sighting, for the venue's base reception rate
+_STRONG_ABOVE_FLOOR_DB = 15.0  # where nothing but collisions loses packets
+_RECEPTION_EVIDENCE = 0.7  # below this share of its base rate, reception says "at the floor"
+_INV_CDF = NormalDist().inv_cdf
+_SETTLED_GAPS = 3  # gaps before the interval (and so the reception share) means anything
 
 
 class _Track:
@@ -149,6 +166,8 @@ class _Track:
         "outside_since",
         "power_dbm",
         "recent",
+        "reception",
+        "slots",
         "state",
         "via",
         "zone",
@@ -174,6 +193,8 @@ class _Track:
         self.gap_count = 0
         self.interval_s = interval_s
         self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
+        self.reception = 1.0  # share of its expected packets heard lately (learned interval)
+        self.slots = 0  # expected packets counted into ``reception``
 
 
 class Tracker:
@@ -200,6 +221,10 @@ class Tracker:
             kind: float(config.measured_power_dbm.get(kind.value, default_power))
             for kind in KeyKind
         }
+        self._pausing = frozenset(KeyKind(kind) for kind in config.pausing_kinds)
+        self._floor_dbm = config.reception_floor_dbm
+        self._shadowing_db = config.shadowing_db
+        self._base_reception = 0.85  # share of packets heard from strong devices, learned
         self._tracks: dict[str, _Track] = {}
         self._active: set[str] = set()  # contacts not ABSENT: the ones tick must look at
 
@@ -217,6 +242,7 @@ class Tracker:
         gap = ts - track.last_ts
         if gap > _MIN_GAP_S and track.last_ts > -math.inf:
             self._learn_gap(track, gap)
+            self._count_reception(track, gap)
         quiet_after = config.quiet_after_intervals * track.interval_s
         if gap > quiet_after and gap > config.quiet_min_s:
             # A silence breaks any run towards arriving or departing.
@@ -226,12 +252,15 @@ class Tracker:
             track.power_dbm = self._kind_power[sighting.via] + calibration_db
         else:
             track.power_dbm = power + calibration_db
-        level = track.level = track.filter.update(ts, sighting.rssi - track.power_dbm)
+        level = track.filter.update(ts, sighting.rssi - track.power_dbm)
+        fast = track.filter.fast
+        if track.gap_count >= _SETTLED_GAPS:
+            level, fast = self._reception_bound(track, level, fast)
+        track.level = level
         track.via = sighting.via
         track.last_ts = max(track.last_ts, ts)
         track.recent.append(ts)
 
-        fast = track.filter.fast
         if level >= self._arrive_level or fast >= self._quick_arrive_level:
             track.outside_since = None
             if track.inside_since is None:
@@ -349,6 +378,37 @@ class Tracker:
     def _distance(self, level: float) -> float:
         return float(10.0 ** (-level / self._ten_n))
 
+    def _reception_bound(self, track: _Track, level: float, fast: float) -> tuple[float, float]:
+        """The levels, capped where the share of packets heard says the signal is at the
+        receiver's floor (only the strongest packets get through there, so the heard ones
+        read high); strong devices teach the venue's base share (collisions)."""
+        floor = self._floor_dbm
+        if level + track.power_dbm > floor + _STRONG_ABOVE_FLOOR_DB:
+            self._base_reception += _BASE_WEIGHT * (track.reception - self._base_reception)
+            return level, fast
+        share = track.reception / self._base_reception
+        if share >= _RECEPTION_EVIDENCE:
+            return level, fast
+        ceiling = floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
+        return min(level, ceiling), min(fast, ceiling)
+
+    def _count_reception(self, track: _Track, gap: float) -> None:
+        """The packets missed in ``gap`` and the one heard, into the reception share (a
+        running mean over the first slots, then an exponential one)."""
+        missed = min(max(round(gap / track.interval_s) - 1, 0), _MISSES_PER_GAP)
+        if track.slots >= _RECEPTION_SLOTS:
+            keep = (1.0 - _RECEPTION_WEIGHT) ** (missed + 1)
+            track.reception = track.reception * keep + _RECEPTION_WEIGHT
+            return
+        reception = track.reception
+        slots = track.slots
+        for k in range(missed + 1):
+            slots += 1
+            weight = max(1.0 / slots, _RECEPTION_WEIGHT)
+            reception += weight * ((1.0 if k == missed else 0.0) - reception)
+        track.reception = reception
+        track.slots = slots
+
     def _learn_gap(self, track: _Track, gap: float) -> None:
         gaps = track.gaps
         if len(gaps) < _GAP_RING:
@@ -357,10 +417,10 @@ class Tracker:
             gaps[track.gap_count % _GAP_RING] = gap
         track.gap_count += 1
         if track.gap_count >= 3 and track.gap_count % 4 in (0, 3):
-            # The lower quartile: lost packets make gaps multiples of the interval, and
-            # pauses make a few very long ones; the quartile sees through both.
+            # The lowest decile: lost packets make gaps multiples of the interval, and
+            # pauses make a few very long ones; the decile sees through both.
             ordered = sorted(gaps)
-            track.interval_s = min(ordered[len(ordered) // 4], _MAX_INTERVAL_S)
+            track.interval_s = min(ordered[len(ordered) // 10], _MAX_INTERVAL_S)
 
     def _quiet_after(self, track: _Track) -> float:
         config = self._config
@@ -368,7 +428,7 @@ class Tracker:
 
     def _holds(self, track: _Track) -> bool:
         """True when the contact went quiet steady and near: a paused phone, not a walk-out."""
-        if track.level < self._hold_level:
+        if track.level < self._hold_level or track.via not in self._pausing:
             return False
         rssi_filter = track.filter
         config = self._config

@@ -20,7 +20,6 @@ each contact is in, once a second (None when outside the venue). Deterministic f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random
@@ -327,7 +326,7 @@ class VenueSimulation:
                 assert adv is not None
                 for name, rssi in zip(names, heard, strict=True):
                     if rssi is not None:
-                        out[name].append(dataclasses.replace(adv, rssi=rssi, scanner=name))
+                        out[name].append(adv._replace(rssi=rssi, scanner=name))
         for ads in out.values():
             ads.sort(key=lambda a: a.ts)
         return out

@@ -60,7 +60,8 @@ _CALL_TIMEOUT_S = 5.0
 _BACKOFF_FIRST_S = 1.0
 _PRUNE_BATCH = 2000  # RemoveDevice calls per prune pass, at most
 _PRUNE_PASS_S = 5.0  # and the time one pass may take (a stalled BlueZ must not hold the watch)
-_MAX_TRACKED = 50_000  # past this many device objects, the least recently heard go early
+_MAX_TRACKED = 20_000  # past this many device objects, the least recently heard go early
+_PRUNE_PARALLEL = 16  # RemoveDevice calls in flight at once (BlueZ answers each in turn)
 _PROTECTING = ("Paired", "Bonded", "Trusted", "Connected")
 _FAULTS = {  # bus events that end a running scan, and how the log names them
     "bluez-gone": "BlueZ (org.bluez) left the bus",
@@ -519,6 +520,11 @@ class BleakSource:
                 self._seen.pop(path, None)
             else:
                 self._seen[path] = now
+                if len(self._seen) > _MAX_TRACKED and self._next_prune > now:
+                    # A flood of new addresses: bleak and BlueZ hold every device object, so
+                    # memory is bounded only by pruning at once rather than at the next pass.
+                    self._next_prune = now
+                    self._wake.set()
             adv = Advertisement(
                 ts=self._wall(),
                 address=device.address.upper(),
@@ -567,11 +573,16 @@ class BleakSource:
         stale = [p for p, heard in self._seen.items() if heard < cutoff]
         excess = len(self._seen) - len(stale) - _MAX_TRACKED
         if excess > 0:
+            excess += _MAX_TRACKED // 10  # room, so a flood does not prune on every tick
             fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
             stale.extend(p for _h, p in fresh[:excess])
-        for path in stale[:_PRUNE_BATCH]:
-            del self._seen[path]
-            if await self._watch.remove_device(path):
-                self._counts["pruned"] += 1
-            else:
-                self._counts["prune_errors"] += 1
+        batch = stale[: max(_PRUNE_BATCH, excess)]
+        for begin in range(0, len(batch), _PRUNE_PARALLEL):
+            chunk = batch[begin : begin + _PRUNE_PARALLEL]
+            done = await asyncio.gather(*(self._watch.remove_device(p) for p in chunk),
+                                        return_exceptions=True)
+            for path in chunk:  # only now: a pass cut short retries the rest next time
+                self._seen.pop(path, None)
+            removed = sum(1 for result in done if result is True)
+            self._counts["pruned"] += removed
+            self._counts["prune_errors"] += len(done) - removed

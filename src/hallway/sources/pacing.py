@@ -8,7 +8,6 @@ has passed (a slow consumer, an out-of-order trace) are handed over at once and 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -118,7 +117,7 @@ class PacedSource:
                     self._late += 1
                 adv = record
                 if self._shift_ts:
-                    adv = dataclasses.replace(record, ts=start_wall + offset)
+                    adv = record._replace(ts=start_wall + offset)
                 handoff.put_nowait(adv)
                 self._delivered += 1
                 since_yield += 1

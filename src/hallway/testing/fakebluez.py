@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -446,7 +445,7 @@ class FakeBlueZ:
                 if delay > 0:
                     await asyncio.sleep(delay)
             if stamp:
-                adv = dataclasses.replace(adv, manufacturer_data={
+                adv = adv._replace(manufacturer_data={
                     **adv.manufacturer_data, STAMP_COMPANY: struct.pack("<d", time.time())})
             self.report(adv, paired=paired)
             if self._since_flush >= _FLUSH_EVERY:

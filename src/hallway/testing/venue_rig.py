@@ -86,9 +86,9 @@ class RoomJudge:
         for event in self.service.handle(topic, payload):
             self.timeline.event(event)
 
-    def tick(self, now: float) -> None:
-        """Let time pass (confirmations, grace periods)."""
-        for event in self.service.arbiter.tick(now):
+    def tick(self) -> None:
+        """Let time pass (confirmations, grace periods) up to the venue clock's now."""
+        for event in self.service.arbiter.tick(self.service.now()):
             self.timeline.event(event)
 
 

@@ -87,6 +87,7 @@ class VenueService:
         self._last: dict[str, tuple[int, float]] = {}  # scanner -> (seq, ts) of its last event
         self._scanners: dict[str, bool] = {}  # scanner -> online
         self._connected = False
+        self._offset_s: float | None = None
         self._started_at = time.monotonic()
         self._n: dict[str, int] = dict.fromkeys(
             ("messages", "events_in", "duplicates", "malformed", "events_out", "connects",
@@ -173,6 +174,20 @@ class VenueService:
                 host=config.server.tcp_host,
             )
 
+    def now(self) -> float:
+        """The venue's clock: ``clock`` plus the lead of the most advanced scanner's clock.
+
+        Scanners stamp events and readings on their advertisements' clock (a replayed trace
+        keeps its own time); decisions follow that clock, so they line up with the readings.
+        Live, the offset is the scanners' clock skew, about zero.
+        """
+        return self._clock() + (self._offset_s or 0.0)
+
+    def _follow(self, ts: float) -> None:
+        skew = ts - self._clock()
+        if self._offset_s is None or skew > self._offset_s:
+            self._offset_s = skew
+
     def _running_hub(self) -> Hub:
         assert self._hub is not None, "the hub is built in run()"
         return self._hub
@@ -238,7 +253,7 @@ class VenueService:
             return []
         parts = topic[len(prefix):].split("/")
         scanner = unescape_level(parts[0])
-        now = self._clock()
+        now = self.now()
         if parts[1:] == ["status"]:
             online = payload == b"online"
             if self._scanners.get(scanner) != online:
@@ -258,6 +273,8 @@ class VenueService:
         if event is None or not isinstance(ts, int | float):
             self._n["malformed"] += 1
             return []
+        self._follow(float(ts))
+        now = self.now()
         seq = int(event["seq"])
         last = self._last.get(scanner)
         if last is not None and seq <= last[0] and ts <= last[1]:
@@ -298,6 +315,8 @@ class VenueService:
         if not isinstance(ts, int | float) or not isinstance(distance, int | float):
             self._n["malformed"] += 1
             return []
+        self._follow(float(ts))
+        now = self.now()
         return self.arbiter.seen(
             scanner, contact, ts=float(ts), distance_m=float(distance), now=now,
             zone=_text(data.get("zone")), rssi=_number(data.get("rssi")),
@@ -309,7 +328,7 @@ class VenueService:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self._publish(self.arbiter.tick(self._clock()))
+            self._publish(self.arbiter.tick(self.now()))
 
     async def _relay(self) -> None:
         """Wake the MQTT publisher whenever the hub has logged new events."""
@@ -377,7 +396,7 @@ class VenueService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._publish(self.arbiter.shutdown(self._clock()))
+        self._publish(self.arbiter.shutdown(self.now()))
         await _bounded(self._running_hub().close(), "flush_events")
         if self.publisher is not None:
             with contextlib.suppress(HallwayError):
