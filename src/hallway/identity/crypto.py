@@ -101,6 +101,11 @@ def aem_crypt(aemk: bytes, rpi: bytes, data: bytes) -> bytes:
     """AES-128-CTR of ``data`` under ``aemk`` with the RPI as initial counter block (both ways)."""
     if len(aemk) != 16 or len(rpi) != 16:
         raise ValueError("AEMK and RPI must be 16 bytes each")
+    if len(data) <= 16:
+        # One counter block: CTR is the data XOR AES-ECB(AEMK, RPI), and the ECB context of
+        # the key is cached (building a CTR context per frame costs several microseconds).
+        keystream = _cached_ecb(aemk).update(rpi)
+        return bytes(a ^ b for a, b in zip(data, keystream, strict=False))
     ctx = Cipher(algorithms.AES(aemk), modes.CTR(rpi)).encryptor()
     return ctx.update(data) + ctx.finalize()
 
