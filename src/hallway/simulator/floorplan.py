@@ -53,6 +53,7 @@ ADV_DELAY_MAX_S = 0.010
 DOOR_HALF_WIDTH_M = 0.8
 DOOR_CLEAR_M = 1.5
 DOORWAY_M = 1.0
+MARKER_ADDRESS = "02:00:00:00:00:00"
 TRANSITION_S = 15.0
 FLAP_S = 60.0
 
@@ -318,8 +319,16 @@ class VenueSimulation:
             t += device.interval_s + rng.uniform(0.0, ADV_DELAY_MAX_S)
 
     def traces(self) -> dict[str, list[Advertisement]]:
-        """Per scanner, every advertisement it heard, in time order."""
-        out: dict[str, list[Advertisement]] = {name: [] for name in self.scanners}
+        """Per scanner, every advertisement it heard, in time order.
+
+        Each trace opens with the same marker at ``start_ts`` (a packet from an anonymous
+        fixed-address device), so replays that start together stay in step: a replay is paced
+        from its first record.
+        """
+        marker = Advertisement(ts=self.start_ts, address=MARKER_ADDRESS, address_type="public",
+                               rssi=-95)
+        out: dict[str, list[Advertisement]] = {
+            name: [marker._replace(scanner=name)] for name in self.scanners}
         names = self.scanners
         for number, stay in enumerate(self.stays):
             for _, adv, heard in self._packets(number, stay):

@@ -150,13 +150,18 @@ class VenueRig:
                                                                  self._tls_port))
         self.broker.start()
         files = self.sim.write(self.workdir / "sim")
+        configs = {}
         for name in self.sim.scanners:
             db = self.workdir / f"{name}.db"
             subprocess.run([*self._hallway, "contacts", "import", "--db", str(db),
                             str(files["contacts"])], check=True, env=self._env,
                            capture_output=True, timeout=120)
-            path = self.workdir / f"{name}.toml"
-            path.write_text(toml(self._scanner_sections(name, files[f"trace:{name}"], db)))
+            configs[name] = self.workdir / f"{name}.toml"
+            configs[name].write_text(
+                toml(self._scanner_sections(name, files[f"trace:{name}"], db)))
+        # Started back to back: each replay is paced from its own start (the traces share
+        # their first record's time), so the scanners' clocks stay within a fraction of a second.
+        for name, path in configs.items():
             self._spawn(name, [*self._daemon, "--config", str(path)])
         venue = self.workdir / "venue.toml"
         venue.write_text(toml(venue_sections(
