@@ -3,7 +3,8 @@
 A fake BlueZ on a private dbus-daemon plays a venue at a fixed rate (1,000/s and 5,000/s by
 default): 90 % strangers on rotating addresses, 10 % from 200 enrolled badges that come and go
 (arrive, change zone, walk out), so events keep flowing. ``hallway run`` (a real subprocess,
-source = bleak) resolves, tracks and publishes; 100 subscribers read every event over TCP.
+source = bleak) resolves, tracks and publishes; 100 subscribers read every event over TCP (from 4
+subscriber processes, as separate apps would).
 
 Figures, per rate:
 - daemon latency: from the moment bleak handed the causing advertisement to the daemon (the
@@ -44,6 +45,7 @@ from hallway.testing.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBu
 TOKEN = "bench-token-0123456789abcdef"
 BADGES = 200
 TICKS = os.sysconf("SC_CLK_TCK")
+WORKERS = 4  # subscriber processes
 
 
 def pct(values: list[float], q: float) -> float:
@@ -166,6 +168,21 @@ class Subscriber:
             writer.close()
 
 
+async def worker_main(port: int, count: int, out: Path) -> None:
+    """A process of ``count`` subscribers (apps are separate processes, not one loop)."""
+    subs = [Subscriber() for _ in range(count)]
+    ready = asyncio.Event()
+    counter = [0, count]
+    tasks = [asyncio.create_task(sub.run(port, ready, counter)) for sub in subs]
+    await asyncio.wait_for(ready.wait(), 30)
+    print("WORKER-READY", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # told to stop
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    out.write_text(json.dumps([{"latencies": s.latencies, "seqs": s.seqs} for s in subs]))
+
+
 async def status(port: int) -> dict[str, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await reader.readline()
@@ -214,11 +231,20 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
                                  stdout=subprocess.PIPE)
         assert probe.stdout is not None
         await asyncio.to_thread(probe.stdout.readline)
-        subs = [Subscriber() for _ in range(subscribers)]
-        ready = asyncio.Event()
-        counter = [0, subscribers]
-        tasks = [asyncio.create_task(sub.run(port, ready, counter)) for sub in subs]
-        await asyncio.wait_for(ready.wait(), 30)
+        per_worker = -(-subscribers // WORKERS)
+        workers = []
+        for w in range(WORKERS):
+            count = min(per_worker, subscribers - w * per_worker)
+            if count <= 0:
+                break
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(directory / f"w{w}.json"),
+                 "--port", str(port), "--subscribers", str(count)],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            workers.append(proc)
+        for proc in workers:
+            assert proc.stdout is not None
+            await asyncio.to_thread(proc.stdout.readline)
         before = await status(port)
         cpu0 = {"daemon": cpu_s(daemon.pid), "probe": cpu_s(probe.pid)}
         wall0 = time.monotonic()
@@ -230,9 +256,16 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
         after = await status(port)
         await asyncio.to_thread(probe.wait, 60)
         probe_result = json.loads(probe_out.read_text())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        subs = []
+        for w, proc in enumerate(workers):
+            assert proc.stdin is not None
+            proc.stdin.write(b"stop\n")
+            proc.stdin.flush()
+            await asyncio.to_thread(proc.wait, 30)
+            for item in json.loads((directory / f"w{w}.json").read_text()):
+                sub = Subscriber()
+                sub.latencies, sub.seqs = item["latencies"], item["seqs"]
+                subs.append(sub)
     finally:
         for proc in (probe, daemon):
             if proc is not None and proc.poll() is None:
@@ -282,7 +315,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        asyncio.run(worker_main(args.port, args.subscribers, args.worker))
+        return
     if args.probe:
         asyncio.run(probe_main(args.probe, args.seconds))
         return
