@@ -45,7 +45,7 @@ from tests.reliability_env import (
 )
 from tests.test_crash import BUSY_PROXIMITY, busy_venue
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(scaled(300, 1800))
 
 IDLE_CONNECTIONS = 1000
 MAX_CONNECTIONS = 256
@@ -409,7 +409,10 @@ async def test_abusive_clients(tmp_path: Path) -> None:
     assert counts["wrong_token refused at once"] > 10 * counts["wrong_token rejected"], counts
     assert counts["wrong_token rejected"] <= 10 + abuse_s * 0.5 + 2
     assert len(auth_warnings) == 1, auth_warnings
-    assert counts["non_reader lagged"] == 3, counts
+    # Cut off: the "lagged" line is the last one sent, read only if the client reads within
+    # the grace period; after it the connection is dropped.
+    cut_off = sum(counts[f"non_reader {how}"] for how in ("lagged", "closed", "reset"))
+    assert cut_off == 3, counts
     assert sockets["lagged"] >= 3
 
 

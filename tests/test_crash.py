@@ -41,7 +41,7 @@ from tests.reliability_env import (
     write_jsonl,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(scaled(300, 1800))
 
 BUSY_PROXIMITY = {
     "initial_interval_s": 0.2, "quiet_after_intervals": 2.0, "quiet_min_s": 0.6,

@@ -53,7 +53,7 @@ from tests.reliability_env import (
     write_jsonl,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(scaled(240, 1800))
 
 CONTACT_KINDS = (DeviceKind.HALLWAY_MFR, DeviceKind.HALLWAY_MFR_BARE, DeviceKind.HALLWAY_UUID,
                  DeviceKind.HALLWAY_EN, DeviceKind.IRK_PHONE, DeviceKind.IBEACON,

@@ -34,7 +34,7 @@ from tests.reliability_env import (
     write_jsonl,
 )
 
-pytestmark = [needs_dbus, pytest.mark.system, pytest.mark.timeout(240)]
+pytestmark = [needs_dbus, pytest.mark.system, pytest.mark.timeout(scaled(240, 1800))]
 
 START_TIMEOUT_S = 1.0
 BACKOFF_MAX_S = 1.0

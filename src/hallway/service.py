@@ -29,9 +29,11 @@ from hallway import __version__
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import HallwayError
+from hallway.events import present_json
 from hallway.hub import Hub
 from hallway.logs import get_logger
 from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
+from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
 from hallway.server import EventServer, load_tokens
@@ -97,6 +99,8 @@ class Service:
         self._hub: Hub | None = None
         self._server: EventServer | None = None
         self._announcer: ZeroconfAnnouncer | None = None
+        self._mqtt: MqttPublisher | None = None
+        self._mqtt_task: asyncio.Task[None] | None = None
         self._source: AdvertisementSource | None = None
         self._handoff: Handoff | None = None
         self._generation = -1
@@ -199,6 +203,9 @@ class Service:
         result: Contact | None = self.pipeline.contact(contact_id)
         return result
 
+    def _present_json(self) -> list[dict[str, Any]]:
+        return [present_json(i, self._contact(i.contact_id)) for i in self.pipeline.present()]
+
     def _now(self) -> float:
         """Now on the advertisements' clock."""
         return time.time() + self._clock_offset_s
@@ -225,6 +232,14 @@ class Service:
         )
         await self.hub.start()
         await self._depart_left_over()
+        if config.mqtt.enabled:
+            self._mqtt = MqttPublisher(
+                config.mqtt,
+                scanner=config.scanner.name,
+                store=self.store,
+                present=self._present_json,
+                clock=self._now,  # the advertisements' clock, like every other decision
+            )
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
         self._server = EventServer(
             config.server,
@@ -389,6 +404,15 @@ class Service:
                     group.create_task(self._pruner(), name="pruner"),
                     group.create_task(self._watchdog(), name="watchdog"),
                 ]
+                if self._mqtt is not None:
+                    # The publisher outlives the other loops: it drains the log after the
+                    # shutdown departures are flushed (see _shutdown).
+                    self._mqtt_task = asyncio.create_task(self._mqtt.run(), name="mqtt")
+                    hub = self.hub
+                    tasks.append(group.create_task(
+                        follow_hub(self._mqtt, lambda: hub.subscribe(queue_size=4096)),
+                        name="mqtt-follow",
+                    ))
                 if self._announcer is not None:
                     try:
                         await asyncio.wait_for(self._announcer.start(), timeout=15)
@@ -441,8 +465,16 @@ class Service:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._publish(self.pipeline.shutdown(self._now()))
         await _bounded(self.hub.close(), "flush_events")
+        if self._mqtt is not None and self._mqtt_task is not None:
+            self._mqtt.notify()
+            await _bounded(self._mqtt.flush(3.0), "mqtt_flush")
+            self._mqtt_task.cancel()
+            await asyncio.gather(self._mqtt_task, return_exceptions=True)
 
     async def _close_all(self) -> None:
+        if self._mqtt_task is not None and not self._mqtt_task.done():
+            self._mqtt_task.cancel()
+            await asyncio.gather(self._mqtt_task, return_exceptions=True)
         if self._announcer is not None:
             await _bounded(self._announcer.close(), "mdns_goodbye")
         if self._server is not None:
