@@ -31,6 +31,7 @@ from hallway.config import Config
 from hallway.errors import HallwayError
 from hallway.events import present_json
 from hallway.hub import Hub
+from hallway.lifecycle import bounded, close_edges
 from hallway.logs import get_logger
 from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
 from hallway.mqtt import MqttPublisher, follow_hub
@@ -43,7 +44,6 @@ from hallway.store import SqliteStore
 
 log = get_logger(__name__)
 
-STEP_TIMEOUT_S = 5.0
 PRUNE_INTERVAL_S = 600.0
 STATUS_INTERVAL_S = 5.0
 TICK_INTERVAL_S = 1.0
@@ -456,18 +456,18 @@ class Service:
         log.info("stopping")
         self._notifier.send(stopping=1, status="stopping")
         if self._announcer is not None:
-            await _bounded(self._announcer.close(), "mdns_goodbye")
+            await bounded(self._announcer.close(), "mdns_goodbye")
             self._announcer = None
         if self._server is not None:
-            await _bounded(self._server.stop_accepting(), "stop_accepting")
+            await bounded(self._server.stop_accepting(), "stop_accepting")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._publish(self.pipeline.shutdown(self._now()))
-        await _bounded(self.hub.close(), "flush_events")
+        await bounded(self.hub.close(), "flush_events")
         if self._mqtt is not None and self._mqtt_task is not None:
             self._mqtt.notify()
-            await _bounded(self._mqtt.flush(3.0), "mqtt_flush")
+            await bounded(self._mqtt.flush(3.0), "mqtt_flush")
             self._mqtt_task.cancel()
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
 
@@ -475,24 +475,9 @@ class Service:
         if self._mqtt_task is not None and not self._mqtt_task.done():
             self._mqtt_task.cancel()
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
-        if self._announcer is not None:
-            await _bounded(self._announcer.close(), "mdns_goodbye")
-        if self._server is not None:
-            await _bounded(self._server.close(), "close_server")
-        if self._hub is not None:
-            await _bounded(self._hub.close(), "close_hub")
-        if self._store is not None:
-            await _bounded(self._store.close(), "close_store")
+        await close_edges(announcer=self._announcer, server=self._server, hub=self._hub,
+                          store=self._store)
         self._notifier.close()
-
-
-async def _bounded(step: Awaitable[Any], name: str) -> None:
-    try:
-        await asyncio.wait_for(step, timeout=STEP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("shutdown_step_timed_out", step=name, timeout_s=STEP_TIMEOUT_S)
-    except (HallwayError, OSError) as exc:
-        log.warning("shutdown_step_failed", step=name, error=str(exc))
 
 
 def install_signal_handlers(service: Service, stop: asyncio.Event) -> None:

@@ -31,6 +31,7 @@ from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import BrokerError, HallwayError
 from hallway.hub import Hub
+from hallway.lifecycle import bounded, close_edges
 from hallway.logs import get_logger
 from hallway.models import Contact, DepartReason, PresenceEvent
 from hallway.mqtt import (
@@ -54,7 +55,6 @@ from hallway.venue.homeassistant import HomeAssistantDiscovery
 log = get_logger(__name__)
 
 TICK_S = 1.0
-STEP_TIMEOUT_S = 5.0
 FLUSH_TIMEOUT_S = 3.0
 MAX_INCOMING = 50_000
 """Messages the MQTT client buffers before we read them; beyond it they are dropped (logged)."""
@@ -389,15 +389,15 @@ class VenueService:
         log.info("venue_stopping")
         self._notifier.send(stopping=1, status="stopping")
         if self._announcer is not None:
-            await _bounded(self._announcer.close(), "mdns_goodbye")
+            await bounded(self._announcer.close(), "mdns_goodbye")
             self._announcer = None
         if self._server is not None:
-            await _bounded(self._server.stop_accepting(), "stop_accepting")
+            await bounded(self._server.stop_accepting(), "stop_accepting")
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._publish(self.arbiter.shutdown(self.now()))
-        await _bounded(self._running_hub().close(), "flush_events")
+        await bounded(self._running_hub().close(), "flush_events")
         if self.publisher is not None:
             with contextlib.suppress(HallwayError):
                 await self.publisher.flush(FLUSH_TIMEOUT_S)
@@ -405,24 +405,9 @@ class VenueService:
         await asyncio.gather(publisher, return_exceptions=True)
 
     async def _close_all(self) -> None:
-        if self._announcer is not None:
-            await _bounded(self._announcer.close(), "mdns_goodbye")
-        if self._server is not None:
-            await _bounded(self._server.close(), "close_server")
-        if self._hub is not None:
-            await _bounded(self._hub.close(), "close_hub")
-        if self._store is not None:
-            await _bounded(self._store.close(), "close_store")
+        await close_edges(announcer=self._announcer, server=self._server, hub=self._hub,
+                          store=self._store)
         self._notifier.close()
-
-
-async def _bounded(step: Awaitable[Any], name: str) -> None:
-    try:
-        await asyncio.wait_for(step, timeout=STEP_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("shutdown_step_timed_out", step=name, timeout_s=STEP_TIMEOUT_S)
-    except (HallwayError, OSError) as exc:
-        log.warning("shutdown_step_failed", step=name, error=str(exc))
 
 
 def _text(value: Any) -> str | None:
