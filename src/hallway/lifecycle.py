@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from hallway.errors import HallwayError
@@ -16,6 +16,10 @@ STEP_TIMEOUT_S = 5.0
 
 class _Closable(Protocol):
     def close(self) -> Awaitable[Any]: ...
+
+
+class _Accepting(Protocol):
+    def stop_accepting(self) -> Awaitable[Any]: ...
 
 
 async def bounded(step: Awaitable[Any], name: str) -> None:
@@ -44,3 +48,19 @@ async def close_edges(
     ):
         if part is not None:
             await bounded(part.close(), name)
+
+
+async def stop_front(
+    *,
+    announcer: _Closable | None,
+    server: _Accepting | None,
+    tasks: Sequence[asyncio.Task[None]],
+) -> None:
+    """First half of an orderly stop: mDNS goodbye, stop accepting, end the long-lived loops."""
+    if announcer is not None:
+        await bounded(announcer.close(), "mdns_goodbye")
+    if server is not None:
+        await bounded(server.stop_accepting(), "stop_accepting")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

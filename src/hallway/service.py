@@ -31,7 +31,7 @@ from hallway.config import Config
 from hallway.errors import HallwayError
 from hallway.events import present_json
 from hallway.hub import Hub
-from hallway.lifecycle import bounded, close_edges
+from hallway.lifecycle import bounded, close_edges, stop_front
 from hallway.logs import get_logger
 from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
 from hallway.mqtt import MqttPublisher, follow_hub
@@ -455,14 +455,8 @@ class Service:
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         log.info("stopping")
         self._notifier.send(stopping=1, status="stopping")
-        if self._announcer is not None:
-            await bounded(self._announcer.close(), "mdns_goodbye")
-            self._announcer = None
-        if self._server is not None:
-            await bounded(self._server.stop_accepting(), "stop_accepting")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_front(announcer=self._announcer, server=self._server, tasks=tasks)
+        self._announcer = None
         self._publish(self.pipeline.shutdown(self._now()))
         await bounded(self.hub.close(), "flush_events")
         if self._mqtt is not None and self._mqtt_task is not None:

@@ -31,7 +31,7 @@ from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import BrokerError, HallwayError
 from hallway.hub import Hub
-from hallway.lifecycle import bounded, close_edges
+from hallway.lifecycle import bounded, close_edges, stop_front
 from hallway.logs import get_logger
 from hallway.models import Contact, DepartReason, PresenceEvent
 from hallway.mqtt import (
@@ -388,14 +388,8 @@ class VenueService:
                         publisher: asyncio.Task[None]) -> None:
         log.info("venue_stopping")
         self._notifier.send(stopping=1, status="stopping")
-        if self._announcer is not None:
-            await bounded(self._announcer.close(), "mdns_goodbye")
-            self._announcer = None
-        if self._server is not None:
-            await bounded(self._server.stop_accepting(), "stop_accepting")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_front(announcer=self._announcer, server=self._server, tasks=tasks)
+        self._announcer = None
         self._publish(self.arbiter.shutdown(self.now()))
         await bounded(self._running_hub().close(), "flush_events")
         if self.publisher is not None:
