@@ -8,6 +8,7 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,50 @@ def test_a_missing_database_or_trace_is_an_error(tmp_path: Path,
     assert main(["replay", str(tmp_path / "missing.jsonl"), "--db", str(db), "--out",
                  str(tmp_path / "e.jsonl")]) == 1
     assert "cannot open trace" in capsys.readouterr().err
+
+
+def test_the_reader_process_gives_exactly_the_single_process_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    venue = tmp_path / "corridor"
+    assert main(["simulate", "--scenario", "corridor", "--seed", "5", "--duration", "600",
+                 "--out", str(venue)]) == 0
+    contacts, _ = parse_contacts((venue / "contacts.jsonl").read_text(), file="contacts")
+    db = tmp_path / "hallway.db"
+    _import(db, contacts)
+    trace = tmp_path / "trace.jsonl"
+    lines = (venue / "trace.jsonl").read_text().splitlines()
+    lines[100:100] = ["{not json", '{"ts": 1, "rssi": -50}', ""]  # two malformed, one blank
+    trace.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    results = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"events-{jobs}.jsonl"
+        assert main(["replay", str(trace), "--db", str(db), "--config",
+                     str(venue / "venue.toml"), "--out", str(out), "--jobs", jobs]) == 0
+        text = capsys.readouterr().out
+        summary = _summary(text)
+        for volatile in ("wall_time_s", "advertisements_per_s"):
+            summary.pop(volatile)
+        results[jobs] = (out.read_text(), summary, [x for x in text.splitlines() if "skipped" in x])
+    assert results["1"] == results["2"]
+    events, summary, skipped = results["2"]
+    assert summary["malformed"] == "2"
+    assert len(skipped) == 2
+    assert int(summary["events"]) == len(events.splitlines()) > 10
+    _check_spec_shape([json.loads(line) for line in events.splitlines()])
+
+
+def test_a_read_error_in_the_reader_process_is_reported_not_hung(tmp_path: Path) -> None:
+    from hallway.commands.replay import replay
+    from hallway.config import Config
+    from hallway.errors import SourceError
+
+    def failing() -> Iterator[bytes]:
+        for n in range(5000):
+            yield _line(START + n * 0.01, address="C0:00:00:00:00:02", rssi=-70).encode()
+        raise OSError(5, "Input/output error")
+
+    written: list[str] = []
+    with pytest.raises(SourceError, match="reading the trace failed: OSError"):
+        replay(failing(), [_beacon_contact()], Config(), written.append, reader_process=True)

@@ -28,8 +28,11 @@ _UNKNOWN_RSSI = -127
 class Pipeline:
     """Resolver and tracker wired together, with the active contact list they share."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, resolving: bool = True) -> None:
+        """``resolving=False``: the advertisements are resolved elsewhere (replay's reader
+        process) and come in through ``sighted``; the resolver stays empty."""
         self._config = config
+        self._resolving = resolving
         self._resolver = Resolver(config.identity)
         self.tracker = Tracker(config.proximity)
         self._contacts: dict[str, Contact] = {}
@@ -48,7 +51,8 @@ class Pipeline:
         events: list[PresenceEvent] = []
         for contact_id in sorted(self._contacts.keys() - active.keys()):
             events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
-        self._resolver.set_contacts(active.values(), now=now)
+        if self._resolving:
+            self._resolver.set_contacts(active.values(), now=now)
         self._contacts = active
         self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
         heapq.heapify(self._expiries)
@@ -67,14 +71,18 @@ class Pipeline:
         match = self._resolver.resolve(adv)
         if match is None:
             return []
+        return self.sighted(
+            Sighting(adv.ts, match.contact_id, match.via, adv.rssi, match.measured_power,
+                     adv.scanner)
+        )
+
+    def sighted(self, sighting: Sighting) -> list[PresenceEvent]:
+        """An advertisement already resolved (to ``sighting``) in; the decisions it caused out."""
         self._matched += 1
-        if adv.rssi <= _UNKNOWN_RSSI:
+        if sighting.rssi <= _UNKNOWN_RSSI:
             self._no_rssi += 1
             return []
-        contact = self._contacts.get(match.contact_id)
-        sighting = Sighting(
-            adv.ts, match.contact_id, match.via, adv.rssi, match.measured_power, adv.scanner
-        )
+        contact = self._contacts.get(sighting.contact_id)
         events = self.tracker.observe(
             sighting, calibration_db=0.0 if contact is None else contact.calibration_db
         )

@@ -197,11 +197,10 @@ def parse_trace_line(line: str | bytes) -> Advertisement:
     return _advertisement_fast(obj) or advertisement_from_obj(obj)
 
 
-_LINE = re.compile(
-    rb'\{"ts": (-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)(, .*?)'
-    rb'"rssi": (-?(?:0|[1-9][0-9]*))(, .*)',
-    re.DOTALL,
-)
+_TS_PREFIX = b'{"ts": '
+_RSSI_KEY = b'"rssi": '
+_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_JSON_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 
 
 _new_tuple = tuple.__new__  # Advertisement's own __new__ without its Python-level frame
@@ -238,13 +237,25 @@ class TraceParser:
                 raw = str(line).encode()
             except UnicodeEncodeError:
                 return parse_trace_line(line)
-        split = _LINE.match(raw)
-        if split is None:
+        # The split: '{"ts": N' + before + '"rssi": N' + after, where before and after start
+        # with ", " (bytes.find does it in C; the two numbers are checked as JSON numbers).
+        if not raw.startswith(_TS_PREFIX):
             return parse_trace_line(raw)
-        ts_text, before, rssi_text, after = split.groups()
-        rest = before + after
+        ts_end = raw.find(b", ", 7)
+        key = raw.find(_RSSI_KEY, ts_end)
+        rssi_end = raw.find(b", ", key + 8)
+        if ts_end < 0 or key < 0 or rssi_end < 0:
+            return parse_trace_line(raw)
+        ts_text = raw[7:ts_end]
+        rssi_text = raw[key + 8 : rssi_end]
+        rest = raw[ts_end:key] + raw[rssi_end:]
+        numbers = (
+            len(rssi_text) <= 4  # int() of thousands of digits raises
+            and _JSON_INT.fullmatch(rssi_text) is not None
+            and _JSON_NUMBER.fullmatch(ts_text) is not None
+        )
         known = self._cache.get(rest)
-        if known is not None and len(rssi_text) <= 4:  # int() of thousands of digits raises
+        if known is not None and numbers:
             ts = float(ts_text)
             rssi = int(rssi_text)
             if 0.0 <= ts < TS_MAX and -128 <= rssi <= 20:  # as the full parse checks
@@ -257,6 +268,7 @@ class TraceParser:
         adv = parse_trace_line(raw)
         if (
             known is None
+            and numbers
             and adv.tx_power is None
             and b'"ts"' not in rest
             and b'"rssi"' not in rest
