@@ -229,6 +229,8 @@ class Simulation:
                 {
                     "id": contact.id,
                     "device": self._devices[index].kind.value,
+                    # What a venue measuring this device at 1 m would set as its calibration_db.
+                    "offset_db": round(self._devices[index].offset_db, 2),
                     "radius_m": self.radius_m,
                     "start_ts": self.start_ts,
                     "present": intervals,
