@@ -348,3 +348,17 @@ def test_a_far_badge_heard_only_in_its_strongest_packets_does_not_arrive() -> No
         full.advance(full.now + 0.5)
         full.sight(value, contact="far", power=-70)
     assert len(full.of(EventType.ARRIVED, "far")) == 1
+
+
+def test_a_recalibrated_contact_reads_right_at_its_next_sighting() -> None:
+    tracker = Tracker(ProximityConfig())
+    for n in range(120):  # a minute steady at -65: 2 m with the default -59 at 1 m
+        tracker.observe(Sighting(T0 + n * 0.5, "p", KeyKind.ADDRESS, -65, None, "hci0"))
+    [before] = tracker.present()
+    assert before.distance_m == pytest.approx(2.0, rel=0.05)
+    # Measured at 1 m, this phone is 6 dB quieter than most: calibration_db -6.
+    tracker.observe(Sighting(T0 + 60.5, "p", KeyKind.ADDRESS, -65, None, "hci0"),
+                    calibration_db=-6.0)
+    [after] = tracker.present()
+    assert after.distance_m == pytest.approx(1.0, rel=0.05)
+    assert after.rssi == pytest.approx(before.rssi, abs=0.5)  # the RSSI itself did not change

@@ -11,11 +11,20 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from hallway.commands._client import (
+    ENV_TOKEN,
+    Target,
+    add_target_options,
+    connect,
+    describe,
+    read_json,
+    target,
+    token,
+)
+
 EX_UNAVAILABLE = 69
-ENV_TOKEN = "HALLWAY_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 
 # The figures in the order a person reads them: key -> label.
 _LABELS = (
@@ -46,35 +55,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "the config's Unix socket (or its TCP address); without --token, $HALLWAY_TOKEN or "
         "the config's token (or the generated one in the state directory).",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--unix", metavar="PATH", help="the daemon's Unix socket")
-    where.add_argument("--connect", metavar="HOST:PORT", help="the daemon's TCP address")
-    parser.add_argument("--token", help=f"subscriber token (default: ${ENV_TOKEN} or config)")
+    add_target_options(parser)
     parser.add_argument("--json", action="store_true", help="print the reply as JSON")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="give up after this long (default 5)")
     parser.set_defaults(func=run)
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise SystemExit(f"hallway status: --connect wants HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
-def _config_token(config: Any) -> str | None:
-    from hallway.errors import ConfigError
-    from hallway.server import load_tokens
-
-    state = os.environ.get("STATE_DIRECTORY")
-    state_dir = (Path(state.split(":")[0]) if state
-                 else Path(config.storage.database).resolve().parent)
-    try:
-        tokens = load_tokens(config.server, state_dir=state_dir, create=False)
-    except ConfigError:
-        return None
-    return tokens[0] if tokens else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,42 +71,26 @@ def run(args: argparse.Namespace) -> int:
     config = None
     if not (args.unix or args.connect) or not (args.token or os.environ.get(ENV_TOKEN)):
         config = load_config(find_config_path(args.config))
-    if args.unix:
-        target: tuple[str, Any] = ("unix", args.unix)
-    elif args.connect:
-        target = ("tcp", _split_host_port(args.connect))
-    else:
-        assert config is not None
-        server = config.server
-        if server.unix_socket and Path(server.unix_socket).exists():
-            target = ("unix", server.unix_socket)
-        elif server.tcp_enabled:
-            host = "127.0.0.1" if server.tcp_host in ("0.0.0.0", "") else server.tcp_host
-            host = "::1" if host == "::" else host
-            target = ("tcp", (host, server.tcp_port))
-        elif server.unix_socket:
-            target = ("unix", server.unix_socket)
-        else:
-            print("hallway status: the config enables neither socket", file=sys.stderr)
-            return EX_UNAVAILABLE
-    token = args.token or os.environ.get(ENV_TOKEN)
-    if token is None and config is not None:
-        token = _config_token(config)
-    where = target[1] if target[0] == "unix" else "{}:{}".format(*target[1])
+    where = target(args, config, prog="status")
+    if where is None:
+        print("hallway status: the config enables neither socket", file=sys.stderr)
+        return EX_UNAVAILABLE
+    secret = token(args, config)
+    label = describe(where)
     try:
-        hello, reply = asyncio.run(_ask(target, token, args.timeout))
+        hello, reply = asyncio.run(_ask(where, secret, args.timeout))
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        print(f"hallway status: cannot reach hallway at {where}: {reason}", file=sys.stderr)
+        print(f"hallway status: cannot reach hallway at {label}: {reason}", file=sys.stderr)
         if isinstance(exc, PermissionError):
             print("  (the socket is for the service's group: run as a member of it, or root)",
                   file=sys.stderr)
         return EX_UNAVAILABLE
     except ValueError as exc:
-        print(f"hallway status: {where}: {exc}", file=sys.stderr)
+        print(f"hallway status: {label}: {exc}", file=sys.stderr)
         return 1
     if reply.get("type") == "error":
-        print(f"hallway status: {where} refused: {reply.get('code')}: {reply.get('message')}",
+        print(f"hallway status: {label} refused: {reply.get('code')}: {reply.get('message')}",
               file=sys.stderr)
         if reply.get("code") == "unauthorized":
             print(f"  pass --token (or ${ENV_TOKEN}); the generated token is in the state "
@@ -131,50 +100,35 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
         return 0
-    _print_human(hello, reply, where)
+    _print_human(hello, reply, label)
     return 0
 
 
-async def _ask(target: tuple[str, Any], token: str | None, timeout_s: float
+async def _ask(where: Target, secret: str | None, timeout_s: float
                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Connect, read hello, send the status request, return (hello, reply)."""
     import asyncio
     import contextlib
 
     async with asyncio.timeout(timeout_s):
-        if target[0] == "unix":
-            reader, writer = await asyncio.open_unix_connection(target[1])
-        else:
-            reader, writer = await asyncio.open_connection(*target[1])
+        reader, writer = await connect(where)
         try:
-            hello = _read_json(await reader.readline())
+            hello = read_json(await reader.readline())
             if hello.get("type") != "hello":
                 raise ValueError("this is not a hallway socket (no hello)")
             request: dict[str, Any] = {"type": "status"}
-            if token is not None:
-                request["token"] = token
+            if secret is not None:
+                request["token"] = secret
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             while True:
-                reply = _read_json(await reader.readline())
+                reply = read_json(await reader.readline())
                 if reply.get("type") in ("status", "error"):
                     return hello, reply
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-
-
-def _read_json(line: bytes) -> dict[str, Any]:
-    if not line:
-        raise ValueError("the connection closed without an answer")
-    try:
-        value = json.loads(line)
-    except ValueError:
-        raise ValueError("the answer is not JSON") from None
-    if not isinstance(value, dict):
-        raise ValueError("the answer is not a JSON object")
-    return value
 
 
 def _duration(seconds: float) -> str:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ENV_TOKEN = "HALLWAY_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+from hallway.commands._client import ENV_TOKEN, config_token, split_host_port
+
 SERVICE_TYPE = "_hallway._tcp.local."
 LINE_LIMIT = 1 << 22
 RETRY_MAX_S = 30.0
@@ -165,13 +166,6 @@ class TailError(Exception):
     """A daemon refused us for good (bad token, bad request); the message says why."""
 
 
-def _split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise SystemExit(f"hallway tail: --connect wants HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 async def discover(
     *, interfaces: list[str], browse_s: float, name: str | None = None
 ) -> list[Target]:
@@ -240,17 +234,12 @@ def _token(args: argparse.Namespace) -> str | None:
         return os.environ[ENV_TOKEN]
     from hallway.commands._common import config_from_args
     from hallway.errors import HallwayError
-    from hallway.server import load_tokens
 
     try:
         config = config_from_args(args, setup_logging=False)
-        state = os.environ.get("STATE_DIRECTORY")
-        state_dir = (Path(state.split(":")[0]) if state
-                     else Path(config.storage.database).resolve().parent)
-        tokens = load_tokens(config.server, state_dir=state_dir, create=False)
     except (HallwayError, OSError):
         return None
-    return tokens[0] if tokens else None
+    return config_token(config)
 
 
 # -- following --------------------------------------------------------------------------------
@@ -390,7 +379,7 @@ async def _main(args: argparse.Namespace) -> int:
         print("hallway tail: --count must be at least 1", file=sys.stderr)
         return 2
     if args.connect:
-        host, port = _split_host_port(args.connect)
+        host, port = split_host_port(args.connect, prog="tail")
         targets = [Target(label=args.connect, host=host, port=port)]
     elif args.unix:
         targets = [Target(label=args.unix, path=args.unix)]

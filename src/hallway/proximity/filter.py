@@ -91,6 +91,12 @@ class LevelFilter:
         """Samples behind ``level`` since it last (re)started."""
         return self._slow_count
 
+    def shift(self, delta: float) -> None:
+        """Move every estimate by ``delta`` dB (the samples' reference changed, not the device)."""
+        self.fast += delta
+        self.level += delta
+        self.estimate += delta
+
     def update(self, ts: float, value: float) -> float:
         """Add one sample taken at ``ts``; return ``estimate``: the long-memory ``level``,
         leaning towards ``fast`` as far as the evidence of a move goes."""

@@ -155,6 +155,7 @@ class _Track:
 
     __slots__ = (
         "arrived_ts",
+        "calibration_db",
         "contact_id",
         "filter",
         "gap_count",
@@ -181,6 +182,7 @@ class _Track:
         self.filter = rssi_filter
         self.level = 0.0  # smoothed RSSI relative to the 1 m power (dB, negative)
         self.power_dbm = 0.0  # the 1 m power (with calibration) of the latest sighting
+        self.calibration_db = 0.0
         self.via = KeyKind.ADDRESS
         self.last_ts = -math.inf
         self.inside_since: float | None = None
@@ -247,6 +249,11 @@ class Tracker:
         if gap > quiet_after and gap > config.quiet_min_s:
             # A silence breaks any run towards arriving or departing.
             track.inside_since = track.outside_since = None
+        if calibration_db != track.calibration_db:
+            # Recalibrated: what was learned stays, in the new reference (levels are RSSI minus
+            # the calibrated power), so a corrected phone reads right at once.
+            track.filter.shift(track.calibration_db - calibration_db)
+            track.calibration_db = calibration_db
         power = sighting.measured_power
         if power is None:
             track.power_dbm = self._kind_power[sighting.via] + calibration_db
