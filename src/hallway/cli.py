@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "demo",
     "tail",
     "status",
+    "calibrate",
     "doctor",
     "venue",
 )

@@ -38,7 +38,7 @@ from typing import Any
 
 from hallway.config import ServerConfig, is_loopback_host
 from hallway.errors import ConfigError, Problem, ProtocolError
-from hallway.hub import Hub, Subscription, encode_line
+from hallway.hub import Filter, Hub, Subscription, encode_line
 from hallway.logs import get_logger
 
 log = get_logger(__name__)
@@ -371,6 +371,7 @@ class EventServer:
         version: str,
         tokens: Sequence[str],
         status_provider: Callable[[], dict[str, Any]] | None = None,
+        present_provider: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         if not tokens and config.tcp_enabled and not is_loopback_host(config.tcp_host):
             raise ConfigError([Problem("<config>", "server.tokens", "a token is required when "
@@ -382,6 +383,7 @@ class EventServer:
         # Compared as SHA-256 digests: equal lengths, so the time taken tells nothing either.
         self._tokens = [hashlib.sha256(t.encode()).digest() for t in tokens]
         self._status_provider = status_provider
+        self._present_provider = present_provider
         self._servers: list[asyncio.Server] = []
         self._unix_path: Path | None = None
         self._unix_inode: tuple[int, int] | None = None
@@ -679,13 +681,16 @@ class EventServer:
 
     def _handle_first(self, conn: _Connection, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind not in ("subscribe", "status"):
+        if kind not in ("subscribe", "status", "present"):
             raise _Reject("bad_request", 'expected a "subscribe" line')
         self._authorize(conn, message)
         if not self._hub.running:
             raise _Reject("busy", "shutting down")
         if kind == "status":
             self._send_status(conn)
+            return
+        if kind == "present":
+            self._send_present(conn, message)
             return
         try:
             contacts = _string_list(message, "contacts")
@@ -708,6 +713,22 @@ class EventServer:
                     "seq": self._hub.last_seq, "hub": self._hub.stats(),
                     "sockets": self.stats()}
         conn.send_json({**body, "type": "status"})
+
+    def _send_present(self, conn: _Connection, message: dict[str, Any]) -> None:
+        """The live estimates (not the event-consistent snapshot of ``subscribed``) of the
+        present contacts that pass the message's filters."""
+        try:
+            contacts = _string_list(message, "contacts")
+            tags = _string_list(message, "tags")
+        except ProtocolError as exc:
+            raise _Reject(exc.code, str(exc)) from None
+        wanted = Filter(None if contacts is None else frozenset(contacts),
+                        None if tags is None else frozenset(tags))
+        entries = self._present_provider() if self._present_provider else self._hub.present()
+        conn.send_json({"type": "present", "present": [
+            entry for entry in entries
+            if wanted.matches(entry["contact"]["id"], frozenset(entry["contact"].get("tags", ())))
+        ]})
 
     def _lagged(self, conn: _Connection) -> None:
         if conn.closing:
@@ -779,6 +800,8 @@ class EventServer:
                     break
                 if message["type"] == "status":
                     self._send_status(conn)
+                elif message["type"] == "present":
+                    self._send_present(conn, message)
                 elif message["type"] == "subscribe":
                     raise _Reject("bad_request", "already subscribed")
         except _Reject as exc:

@@ -248,6 +248,7 @@ class Service:
             version=__version__,
             tokens=self.tokens,
             status_provider=self.status,
+            present_provider=self._present_json,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port

@@ -1,5 +1,5 @@
 """What the socket clients (``status``, ``calibrate``, ``tail``) share: where the local daemon
-listens, its token, and reading one JSON object off a line."""
+listens, its token, and one request/reply exchange."""
 
 from __future__ import annotations
 
@@ -80,13 +80,34 @@ def config_token(config: Config) -> str | None:
     return tokens[0] if tokens else None
 
 
-async def connect(where: Target) -> tuple[Any, Any]:
-    """An asyncio (reader, writer) pair to ``where``."""
+async def ask(where: Target, request: dict[str, Any], secret: str | None, *,
+              answers: tuple[str, ...], timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Connect, read hello, send ``request`` (with the token), return (hello, the first reply
+    whose type is in ``answers`` or ``error``); ValueError on anything that is not hallway."""
     import asyncio
+    import contextlib
 
-    if where[0] == "unix":
-        return await asyncio.open_unix_connection(where[1])
-    return await asyncio.open_connection(*where[1])
+    async with asyncio.timeout(timeout_s):
+        if where[0] == "unix":
+            reader, writer = await asyncio.open_unix_connection(where[1])
+        else:
+            reader, writer = await asyncio.open_connection(*where[1])
+        try:
+            hello = read_json(await reader.readline())
+            if hello.get("type") != "hello":
+                raise ValueError("this is not a hallway socket (no hello)")
+            if secret is not None:
+                request = {**request, "token": secret}
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            while True:
+                reply = read_json(await reader.readline())
+                if reply.get("type") in answers or reply.get("type") == "error":
+                    return hello, reply
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 def read_json(line: bytes) -> dict[str, Any]:

@@ -15,11 +15,9 @@ from typing import Any
 
 from hallway.commands._client import (
     ENV_TOKEN,
-    Target,
     add_target_options,
-    connect,
+    ask,
     describe,
-    read_json,
     target,
     token,
 )
@@ -78,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     secret = token(args, config)
     label = describe(where)
     try:
-        hello, reply = asyncio.run(_ask(where, secret, args.timeout))
+        hello, reply = asyncio.run(ask(where, {"type": "status"}, secret, answers=("status",),
+                                         timeout_s=args.timeout))
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         print(f"hallway status: cannot reach hallway at {label}: {reason}", file=sys.stderr)
@@ -102,33 +101,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_human(hello, reply, label)
     return 0
-
-
-async def _ask(where: Target, secret: str | None, timeout_s: float
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Connect, read hello, send the status request, return (hello, reply)."""
-    import asyncio
-    import contextlib
-
-    async with asyncio.timeout(timeout_s):
-        reader, writer = await connect(where)
-        try:
-            hello = read_json(await reader.readline())
-            if hello.get("type") != "hello":
-                raise ValueError("this is not a hallway socket (no hello)")
-            request: dict[str, Any] = {"type": "status"}
-            if secret is not None:
-                request["token"] = secret
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            while True:
-                reply = read_json(await reader.readline())
-                if reply.get("type") in ("status", "error"):
-                    return hello, reply
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
 
 def _duration(seconds: float) -> str:
