@@ -13,8 +13,12 @@ Figures, per rate:
   same run by a probe process (each advertisement carries its send time), p50/p99;
 - end to end, send -> subscriber: each event's daemon latency plus a hop drawn from the probe's
   measured hops, p50/p99 (and the p99 upper bound: the two p99s summed);
-- CPU per advertisement of the daemon and of the probe (a bare bleak scanner whose callback
-  only counts and reads the stamp), from /proc, and their ratio; the daemon's CPU share.
+- CPU per advertisement of the daemon and of the probe (a bare bleak scanner with the daemon's
+  scanner options whose callback only counts, and times every 4th hop), from /proc over the
+  same window, and their ratio; the daemon's CPU share and how much of it is in the kernel.
+
+HALLWAY_BENCH_PROFILE=FILE runs the daemon under cProfile (HALLWAY_BENCH_PROFILE_CPU=1: timed
+by the main thread's CPU clock instead of the wall clock); read FILE with pstats.
 
 Usage: .venv/bin/python bench/latency.py [--rates 1000 5000] [--seconds 20] [--subscribers 100]
 """
@@ -46,6 +50,7 @@ TOKEN = "bench-token-0123456789abcdef"
 BADGES = 200
 TICKS = os.sysconf("SC_CLK_TCK")
 WORKERS = 4  # subscriber processes
+HOP_SAMPLE = 4  # the probe times every 4th advertisement's bus hop
 
 
 def pct(values: list[float], q: float) -> float:
@@ -55,9 +60,10 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def cpu_s(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def badge_address(i: int) -> str:
@@ -119,7 +125,9 @@ def write_setup(directory: Path, port: int, subscribers: int) -> Path:
 
 
 async def probe_main(out: Path, seconds: float) -> None:
-    """A bare bleak scanner: count callbacks, keep the send->callback hop from the stamp."""
+    """A bare bleak scanner, set up as the daemon's BleakSource sets up its own (adapter,
+    active, DuplicateData): its callback counts, and on every HOP_SAMPLE-th advertisement
+    keeps the send->callback hop from the stamp (so it stays close to an empty callback)."""
     from bleak import BleakScanner
 
     count = 0
@@ -128,12 +136,14 @@ async def probe_main(out: Path, seconds: float) -> None:
     def callback(_device: Any, data: Any) -> None:
         nonlocal count
         count += 1
+        if count % HOP_SAMPLE:
+            return
         stamp = data.manufacturer_data.get(STAMP_COMPANY)
         if stamp is not None and len(stamp) == 8:
             hops.append(time.time() - struct.unpack("<d", stamp)[0])
 
     scanner = BleakScanner(callback, scanning_mode="active",
-                           bluez={"filters": {"DuplicateData": True, "Transport": "le"}})
+                           bluez={"adapter": "hci0", "filters": {"DuplicateData": True}})
     await scanner.start()
     print("PROBE-READY", flush=True)
     await asyncio.sleep(seconds)
@@ -210,10 +220,9 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
         trace = directory / "venue.jsonl"
         lines = make_venue(trace, rate=rate, seconds=seconds)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        profile = ["-m", "cProfile", "-o", os.environ["HALLWAY_BENCH_PROFILE"]] if (
-            os.environ.get("HALLWAY_BENCH_PROFILE")) else []
-        daemon = subprocess.Popen([sys.executable, *profile, "-m", "hallway", "run", "--config",
-                                   str(config)], env=env, stderr=subprocess.DEVNULL)
+        profile = _profile_args()
+        daemon = subprocess.Popen([sys.executable, *profile, "run", "--config", str(config)],
+                                  env=env, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -246,13 +255,13 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
             assert proc.stdout is not None
             await asyncio.to_thread(proc.stdout.readline)
         before = await status(port)
-        cpu0 = {"daemon": cpu_s(daemon.pid), "probe": cpu_s(probe.pid)}
+        cpu0 = {"daemon": cpu_times(daemon.pid), "probe": cpu_times(probe.pid)}
         wall0 = time.monotonic()
         await fake.command("play", path=str(trace), rate=None, stamp=True, wait=True,
                            timeout_s=seconds * 4 + 60)
         await asyncio.sleep(1.0)
         wall = time.monotonic() - wall0
-        cpu1 = {"daemon": cpu_s(daemon.pid), "probe": cpu_s(probe.pid)}
+        cpu1 = {"daemon": cpu_times(daemon.pid), "probe": cpu_times(probe.pid)}
         after = await status(port)
         await asyncio.to_thread(probe.wait, 60)
         probe_result = json.loads(probe_out.read_text())
@@ -283,8 +292,10 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
     rng = random.Random(1)
     combined = [x + rng.choice(hops) for x in latencies] if hops else []
     complete = all(sub.seqs == subs[0].seqs for sub in subs)
-    daemon_cpu = cpu1["daemon"] - cpu0["daemon"]
-    probe_cpu = cpu1["probe"] - cpu0["probe"]
+    daemon_user = cpu1["daemon"][0] - cpu0["daemon"][0]
+    daemon_sys = cpu1["daemon"][1] - cpu0["daemon"][1]
+    daemon_cpu = daemon_user + daemon_sys
+    probe_cpu = sum(cpu1["probe"]) - sum(cpu0["probe"])
     daemon_per_adv = daemon_cpu / max(daemon_adv, 1)
     probe_per_adv = probe_cpu / max(probe_result["count"], 1)
     return {
@@ -302,11 +313,34 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
         "e2e_p50_ms": pct(combined, 0.50) * 1e3,
         "e2e_p99_ms": pct(combined, 0.99) * 1e3,
         "e2e_p99_bound_ms": (pct(latencies, 0.99) + pct(hops, 0.99)) * 1e3,
+        "probe_advertisements": probe_result["count"],
         "daemon_cpu_share": daemon_cpu / wall,
+        "daemon_sys_share": daemon_sys / max(daemon_cpu, 1e-9),
         "daemon_us_per_adv": daemon_per_adv * 1e6,
         "probe_us_per_adv": probe_per_adv * 1e6,
         "cpu_ratio": daemon_per_adv / probe_per_adv if probe_per_adv else float("nan"),
     }
+
+
+def _profile_args() -> list[str]:
+    """Interpreter arguments that start ``hallway``, under cProfile if HALLWAY_BENCH_PROFILE=FILE.
+
+    HALLWAY_BENCH_PROFILE_CPU=1 times the main thread's CPU instead of the wall clock, so
+    time spent waiting for the loop's next event does not dominate the profile.
+    """
+    out = os.environ.get("HALLWAY_BENCH_PROFILE")
+    if not out:
+        return ["-m", "hallway"]
+    clock = "time.thread_time" if os.environ.get("HALLWAY_BENCH_PROFILE_CPU") == "1" else (
+        "time.perf_counter")
+    code = ("import cProfile, runpy, sys, time\n"
+            f"p = cProfile.Profile({clock})\n"
+            "sys.argv = ['hallway', *sys.argv[1:]]\n"
+            "p.enable()\n"
+            "try:\n    runpy.run_module('hallway', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            f"finally:\n    p.disable()\n    p.dump_stats({out!r})\n")
+    return ["-c", code]
 
 
 def main() -> None:
@@ -333,6 +367,7 @@ def main() -> None:
     keys = [
         ("rate", "rate (adv/s)", "{:.0f}"),
         ("daemon_advertisements", "advertisements into the daemon", "{:d}"),
+        ("probe_advertisements", "advertisements into the bare scanner", "{:d}"),
         ("dropped", "dropped at the hand-off", "{:d}"),
         ("events", "events", "{:d}"),
         ("samples", "event reads measured", "{:d}"),
@@ -345,6 +380,7 @@ def main() -> None:
         ("e2e_p99_ms", "end to end p99 (ms)", "{:.2f}"),
         ("e2e_p99_bound_ms", "end to end p99 upper bound (ms)", "{:.2f}"),
         ("daemon_cpu_share", "daemon CPU share (cores)", "{:.2f}"),
+        ("daemon_sys_share", "daemon CPU: kernel part", "{:.2f}"),
         ("daemon_us_per_adv", "daemon CPU per advertisement (us)", "{:.1f}"),
         ("probe_us_per_adv", "bare bleak scanner CPU per adv (us)", "{:.1f}"),
         ("cpu_ratio", "daemon / bare scanner CPU ratio", "{:.2f}"),

@@ -283,3 +283,44 @@ async def test_replay_notices_pruning_done_behind_its_back(hub: Hub, store: Sqli
     assert await hub.replay(stale, after=2) is None  # ... but the replay finds out
     assert hub.subscribe(since_seq=2).resync
     assert hub.subscribe(since_seq=7).needs_replay
+
+
+async def test_attached_sink_takes_lines_directly_and_queues_when_it_refuses(hub: Hub) -> None:
+    written: list[bytes] = []
+    accepting = [True]
+
+    def sink(data: bytes) -> bool:
+        if not accepting[0]:
+            return False
+        written.append(data)
+        return True
+
+    filtered: list[bytes] = []
+    sub = hub.subscribe(queue_size=4)
+    sub.attach(sink)
+    speakers = hub.subscribe(tags=["speaker"])
+    speakers.attach(lambda data: filtered.append(data) is None)
+    plain = hub.subscribe()
+    hub.publish([arrived("c-1", 1.0), arrived("c-2", 2.0)])
+    got = await take(plain, 2)
+    # One batch of events goes to the sink in one piece, the lines in order.
+    assert b"".join(written) == b"".join(
+        (json.dumps(e, ensure_ascii=False, separators=(",", ":")) + "\n").encode() for e in got)
+    assert [json.loads(line)["contact"]["id"] for line in filtered] == ["c-1"]
+    assert sub.backlog == 0
+    # A sink that cannot take more now: the lines wait in the bounded queue, in order, and
+    # later ones queue behind them even once the sink would accept again.
+    accepting[0] = False
+    hub.publish([arrived("c-3", 3.0)])
+    await take(plain, 1)
+    accepting[0] = True
+    hub.publish([departed("c-3", 4.0)])
+    await take(plain, 1)
+    assert sub.backlog == 2
+    assert [json.loads(line)["seq"] for line in await sub.get(0.1) or []] == [3, 4]
+    # A refusing sink still ends in lagged once the queue is full.
+    accepting[0] = False
+    hub.publish([arrived(f"x-{i}", 10.0 + i) for i in range(5)])
+    await take(plain, 5)
+    assert sub.lagged
+    assert await sub.get(0.1) is None

@@ -83,6 +83,46 @@ async def test_handoff_get_batch_waits_and_limits() -> None:
     assert len(await asyncio.wait_for(again, 1)) == 1
 
 
+async def test_handoff_drain_calls_the_consumer_per_batch_in_order() -> None:
+    handoff = Handoff(1000)
+    batches: list[list[str]] = []
+    draining = asyncio.create_task(
+        handoff.drain(lambda batch: batches.append([a.address[-2:] for a in batch]),
+                      max_items=4))
+    await asyncio.sleep(0)
+    for i in range(3):
+        handoff.put_nowait(adv(i))
+    await asyncio.sleep(0)
+    assert batches == [["00", "01", "02"]]  # what arrived together is one batch
+    for i in range(3, 13):
+        handoff.put_nowait(adv(i))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    assert batches[1:] == [["03", "04", "05", "06"], ["07", "08", "09", "0A"], ["0B", "0C"]]
+    with pytest.raises(RuntimeError, match="consumer"):
+        await handoff.get_batch()  # one consumer at a time
+    handoff.stop_draining()
+    await asyncio.wait_for(draining, 1)
+    handoff.put_nowait(adv(0x20))  # nobody drains now: it waits for the next consumer
+    await asyncio.sleep(0)
+    assert len(batches) == 4
+    assert [a.address[-2:] for a in await handoff.get_batch()] == ["20"]
+    assert handoff.stats() == {"queued": 0, "dropped": 0, "total": 14}
+
+
+async def test_handoff_drain_ends_with_the_consumers_error() -> None:
+    handoff = Handoff(10)
+
+    def consume(batch: list[Advertisement]) -> None:
+        raise ValueError(f"cannot take {len(batch)}")
+
+    handoff.put_nowait(adv(1))  # queued before the consumer came: handled at once
+    with pytest.raises(ValueError, match="cannot take 1"):
+        await asyncio.wait_for(handoff.drain(consume), 1)
+    handoff.put_nowait(adv(2))
+    assert len(await handoff.get_batch()) == 1  # the hand-off is free for a new consumer
+
+
 def test_handoff_rejects_nonsense_sizes() -> None:
     with pytest.raises(ValueError, match="maxsize"):
         Handoff(0)

@@ -9,7 +9,7 @@ import pytest
 
 from hallway.errors import ContactNotFound, StoreError
 from hallway.models import Contact, ContactKey, KeyKind
-from hallway.store import SCHEMA_VERSION, SqliteStore
+from hallway.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 
 def person(i: int) -> Contact:
@@ -78,3 +78,75 @@ async def test_failed_write_changes_nothing(tmp_path: Path) -> None:
         with pytest.raises(StoreError, match="already held"):
             await store.add_contact(clash)
         assert [c.id for c in await store.list_contacts()] == ["c-1"]
+
+
+def event_rows(first: int, count: int) -> list[tuple[int, float, str, str | None, str]]:
+    return [(seq, float(seq), "zone", "c-1", f'{{"seq": {seq}}}')
+            for seq in range(first, first + count)]
+
+
+@pytest.mark.parametrize("count", [1, 7, 2500])  # one INSERT, and the chunked transaction
+async def test_append_events_logs_every_row_and_moves_last_seq(tmp_path: Path,
+                                                               count: int) -> None:
+    db = tmp_path / "h.db"
+    async with await SqliteStore.open(db) as store:
+        await store.append_events(event_rows(5, count))
+        assert await store.last_seq() == 4 + count
+        logged = await store.events_after(0, limit=count + 10)
+        assert [e.seq for e in logged] == list(range(5, 5 + count))
+        assert logged[-1].payload == f'{{"seq": {4 + count}}}'
+    with sqlite3.connect(db) as conn:  # the same rule holds for any writer of the log
+        conn.execute("INSERT INTO events VALUES (9999, 1.0, 'zone', NULL, '{}')")
+        conn.execute("INSERT INTO events VALUES (9000, 1.0, 'zone', NULL, '{}')")
+        assert conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone() == (9999,)
+
+
+async def test_a_failed_batch_logs_nothing(tmp_path: Path) -> None:
+    async with await SqliteStore.open(tmp_path / "h.db") as store:
+        await store.append_events(event_rows(1, 3))
+        with pytest.raises(StoreError, match="nothing was changed"):
+            await store.append_events(event_rows(4, 5) + event_rows(2, 1))  # seq 2 again
+        assert [e.seq for e in await store.events_after(0)] == [1, 2, 3]
+        assert await store.last_seq() == 3
+
+
+async def test_version_2_store_is_migrated_and_keeps_its_log(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    with sqlite3.connect(db) as conn:
+        for script in MIGRATIONS[:2]:
+            conn.executescript(script)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("INSERT INTO events VALUES (41, 1.0, 'arrived', 'c-1', '{}')")
+        conn.execute("UPDATE meta SET value = 41 WHERE key = 'last_seq'")
+    async with await SqliteStore.open(db) as store:
+        assert await store.schema_version() == SCHEMA_VERSION
+        assert await store.last_seq() == 41
+        await store.append_events(event_rows(42, 2))
+        assert await store.last_seq() == 43
+
+
+def rows_in_main_file(db: Path, tmp_path: Path) -> int:
+    """Events in the database file itself, leaving out what only the WAL holds."""
+    copy = tmp_path / "main-file-only.db"
+    copy.write_bytes(db.read_bytes())
+    with sqlite3.connect(copy) as conn:
+        has_log = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'")
+        count: int = (conn.execute("SELECT count(*) FROM events").fetchone()[0]
+                      if has_log.fetchone()[0] else 0)
+    copy.unlink()
+    return count
+
+
+async def test_background_checkpoints_leave_writes_alone(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    async with await SqliteStore.open(db) as store:
+        await store.checkpoint_in_background()
+        for first in range(1, 1501, 5):  # far past SQLite's automatic checkpoint (1000 pages)
+            await store.append_events(event_rows(first, 5))
+        assert rows_in_main_file(db, tmp_path) == 0  # no commit copied the WAL back
+        await store.checkpoint()
+        assert rows_in_main_file(db, tmp_path) == 1500
+        await store.append_events(event_rows(1501, 1))
+        assert await store.last_seq() == 1501
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (1501,)

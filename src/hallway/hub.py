@@ -3,10 +3,12 @@
 Theory of operation. ``publish`` is synchronous and never blocks: it gives each event the next
 ``seq``, renders its SPEC §5 JSON once, and appends it to a bounded pending list. One owned
 task, the flusher, takes the pending events in batches, writes each batch to the SQLite log in
-one transaction and only then applies it: the present set is updated and every subscriber's
-bounded queue is offered the event. So anything a subscriber was sent is in the log
-(durable before delivered), and the snapshot a new subscriber gets (``seq`` and present set)
-is exactly the state after event ``seq``.
+one transaction and only then applies it: the present set is updated and every subscriber is
+offered the event, serialised once: written straight to its connection when the server has
+attached one (``Subscription.attach``) and that connection has nothing unsent, else put in its
+bounded queue. So anything a subscriber was sent is in the log (durable before delivered), and
+the snapshot a new subscriber gets (``seq`` and present set) is exactly the state after event
+``seq``.
 
 A subscriber's queue never grows past its size: when an event would not fit, the subscription
 is marked lagged, its queue is dropped and its ``on_lagged`` callback runs; the client is cut
@@ -136,11 +138,24 @@ class Subscription:
         self._queue: deque[_Item] = deque()
         self._ready = asyncio.Event()
         self._on_lagged = on_lagged
+        self._sink: Callable[[bytes], bool] | None = None
+        self._all = filter_.contacts is None and filter_.tags is None
+
+    def attach(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand later lines straight to ``sink`` while nothing is queued (no task wake-up).
+
+        ``sink`` returns False when it cannot take a line now; the line is then queued for
+        ``get`` as usual, so the order is kept and a slow reader still fills its bounded queue.
+        """
+        self._sink = sink
 
     def _offer(self, item: _Item) -> None:
         if self.lagged or self.closed or self.finished:
             return
-        if not self.filter.matches(item.contact_id, item.tags):
+        if not self._all and not self.filter.matches(item.contact_id, item.tags):
+            return
+        if self._sink is not None and not self._queue and self._sink(item.line):
+            self.queued += 1
             return
         if len(self._queue) >= self._size:
             self._lag()
@@ -149,8 +164,18 @@ class Subscription:
         self.queued += 1
         self._ready.set()
 
+    def _offer_batch(self, items: list[_Item], joined: bytes) -> None:
+        """Offer events in order; in one write (``joined``) when they can all go to the sink."""
+        sink = self._sink
+        if sink is not None and self._all and not self._queue and sink(joined):
+            self.queued += len(items)
+            return
+        for item in items:
+            self._offer(item)
+
     def _lag(self) -> None:
         self.lagged = True
+        self._sink = None
         self._queue.clear()
         self._ready.set()
         self._hub._lagged_total += 1
@@ -192,6 +217,7 @@ class Subscription:
         """No more events will be offered; ``get`` drains what is queued, then returns None."""
         self.finished = True
         self.needs_replay = False
+        self._sink = None
         self._ready.set()
         self._hub._unsubscribe(self)
 
@@ -199,6 +225,7 @@ class Subscription:
         """Stop this subscription and drop its queue (idempotent)."""
         self.closed = True
         self.needs_replay = False
+        self._sink = None
         self._queue.clear()
         self._ready.set()
         self._hub._unsubscribe(self)
@@ -403,17 +430,18 @@ class Hub:
         return [row for row in rows if row[0] not in done]
 
     def _deliver(self, batch: list[_Pending]) -> None:
-        subs = list(self._subs)
+        items: list[_Item] = []
         for pending in batch:
             self._apply_present(pending)
-            item = _Item(pending.seq, pending.event.contact_id, pending.tags,
-                         encode_line(pending.payload))
-            for sub in subs:
-                sub._offer(item)
-            self._n.delivered += 1
+            items.append(_Item(pending.seq, pending.event.contact_id, pending.tags,
+                               encode_line(pending.payload)))
             ts = pending.event.ts
             if self._newest_ts is None or ts > self._newest_ts:
                 self._newest_ts = ts
+        joined = items[0].line if len(items) == 1 else b"".join(item.line for item in items)
+        for sub in list(self._subs):
+            sub._offer_batch(items, joined)
+        self._n.delivered += len(batch)
         self._delivered_seq = batch[-1].seq
         self._since_prune += len(batch)
 

@@ -228,6 +228,7 @@ class _Connection:
         self.loopback = loopback
         self.reader = reader
         self.writer = writer
+        self._transport = writer.transport
         self.opened = time.monotonic()
         self.last_sent = self.opened
         self.authenticated = False
@@ -242,6 +243,16 @@ class _Connection:
         if self.closing or self.writer.transport.is_closing():
             return False
         self.writer.write(data)
+        self.last_sent = time.monotonic()
+        return True
+
+    def send_now(self, data: bytes) -> bool:
+        """Write ``data`` if the connection holds no unsent output; False (nothing written)
+        otherwise. The hub's fan-out path: no task wake-up, order and backpressure kept."""
+        transport = self._transport
+        if self.closing or transport.get_write_buffer_size() or transport.is_closing():
+            return False
+        transport.write(data)
         self.last_sent = time.monotonic()
         return True
 
@@ -759,6 +770,9 @@ class EventServer:
                         conn.send(b"".join(lines))
                         await self._drain(conn)
                 sub.replay_done()
+            # Live: the hub writes each line itself while this connection keeps up; this task
+            # wakes only for pings, a backlog (the peer is slow) or the end.
+            sub.attach(conn.send_now)
             while not conn.closing:
                 wait = conn.last_sent + ping_s - time.monotonic()
                 if wait <= 0:

@@ -4,8 +4,10 @@ Start-up: store -> pipeline (contacts loaded) -> hub (seq restored) -> socket se
 source -> mDNS announcement -> READY=1. Long-lived loops run in one TaskGroup, each named:
 ``pump`` (hand-off -> pipeline -> hub), ``ticker`` (timeouts, token-table upkeep), ``reloader``
 (contacts changed by the CLI take effect within ``storage.reload_interval_s``), ``pruner``
-(event retention), ``watchdog`` (WATCHDOG=1 only while the source is healthy and the loop
-responsive; STATUS= with counts), and the source itself.
+(event retention), ``checkpointer`` (copies the SQLite WAL into the database file on a second
+connection, so the event log's writes never wait for that), ``watchdog`` (WATCHDOG=1 only
+while the source is healthy and the loop responsive; STATUS= with counts), and the source
+itself. The pump runs in loop callbacks as advertisements arrive (``Handoff.drain``).
 
 Shutdown (SIGTERM/SIGINT) is the reverse, each step bounded: STOPPING=1, mDNS goodbye, stop
 accepting, stop the source, ``departed`` (reason ``shutdown``) for everyone present, flush the
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +37,14 @@ from hallway.events import present_json
 from hallway.hub import Hub
 from hallway.lifecycle import bounded, close_edges, stop_front
 from hallway.logs import get_logger
-from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
+from hallway.models import (
+    Advertisement,
+    Contact,
+    DepartReason,
+    EventType,
+    KeyKind,
+    PresenceEvent,
+)
 from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
@@ -45,6 +56,10 @@ from hallway.store import SqliteStore
 log = get_logger(__name__)
 
 PRUNE_INTERVAL_S = 600.0
+CHECKPOINT_INTERVAL_S = 1.0
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""The event log is written on the database thread; a busy loop must not keep it waiting for
+the GIL for Python's default 5 ms (twice per write)."""
 STATUS_INTERVAL_S = 5.0
 TICK_INTERVAL_S = 1.0
 
@@ -140,6 +155,8 @@ class Service:
         watchdog sees a stuck pipeline and stops WATCHDOG=1; proves systemd restarts us."""
         log.warning("pipeline_wedged_on_request")
         self._wedged.set()
+        if self._handoff is not None:
+            self._handoff.stop_draining()
 
     def _pipeline_healthy(self, now: float, grace_s: float) -> bool:
         """The pump keeps up: nothing queued, or it drained something within ``grace_s``."""
@@ -175,7 +192,7 @@ class Service:
             "advertisements_per_s": round(self._rates.rates.get("advertisements", 0.0), 1),
             "matched_per_s": round(self._rates.rates.get("matched", 0.0), 2),
             **counters,
-            "present": len(self._hub.present()) if self._hub is not None else 0,
+            "present": int(hub_stats.get("present", 0)),
             "subscribers": int(server_stats.get("subscribers", 0)),
             "connections": int(server_stats.get("connections", 0)),
             "last_seq": int(hub_stats.get("last_seq", 0)),
@@ -217,6 +234,7 @@ class Service:
     async def _build(self) -> None:
         config = self.config
         self._store = await SqliteStore.open(config.storage.database)
+        await self._store.checkpoint_in_background()
         self._pipeline = Pipeline(config)
         await self._reload(force=True)
         self._hub = Hub(
@@ -305,20 +323,25 @@ class Service:
     # -- loops --------------------------------------------------------------------------------
 
     async def _pump(self) -> None:
+        """Hand-off -> pipeline -> hub, in loop callbacks as advertisements arrive."""
         assert self._handoff is not None
         feed, publish = self.pipeline.feed, self._publish
-        while True:
-            if self._wedged.is_set():
-                await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
-            batch = await self._handoff.get_batch(512)
+
+        def consume(batch: list[Advertisement]) -> None:
             self._last_drain = time.monotonic()
             events: list[PresenceEvent] = []
             for adv in batch:
-                events.extend(feed(adv))
+                if found := feed(adv):
+                    events.extend(found)
             # The pipeline's clock is the advertisements' clock (a replayed trace keeps its own
             # time); timeouts are ticked on the same clock.
             self._clock_offset_s = batch[-1].ts - time.time()
-            publish(events)
+            if events:
+                publish(events)
+
+        if not self._wedged.is_set():
+            await self._handoff.drain(consume, max_items=512)
+        await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
 
     async def _ticker(self) -> None:
         while True:
@@ -350,6 +373,11 @@ class Service:
             except HallwayError as exc:
                 self._note_error("events_prune_failed", exc)
             await asyncio.sleep(PRUNE_INTERVAL_S)
+
+    async def _checkpointer(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            await self.store.checkpoint()
 
     async def _watchdog(self) -> None:
         notifier = self._notifier
@@ -386,11 +414,29 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set; return the process exit code."""
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
+        try:
+            return await self._run(stop)
+        finally:
+            sys.setswitchinterval(switch_interval)
+
+    async def _run(self, stop: asyncio.Event) -> int:
         try:
             await self._build()
         except HallwayError:
             await self._close_all()
             raise
+        # What start-up built lives as long as the daemon: spare the cyclic GC from walking it
+        # again (a full collection of it paused the loop for ~20 ms).
+        gc.collect()
+        gc.freeze()
+        try:
+            return await self._serve(stop)
+        finally:
+            gc.unfreeze()
+
+    async def _serve(self, stop: asyncio.Event) -> int:
         assert self._source is not None
         assert self._handoff is not None
         log.info("starting", scanner=self.config.scanner.name, source=self.config.scanner.source,
@@ -403,6 +449,7 @@ class Service:
                     group.create_task(self._ticker(), name="ticker"),
                     group.create_task(self._reloader(), name="reloader"),
                     group.create_task(self._pruner(), name="pruner"),
+                    group.create_task(self._checkpointer(), name="checkpointer"),
                     group.create_task(self._watchdog(), name="watchdog"),
                 ]
                 if self._mqtt is not None:

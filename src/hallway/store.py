@@ -4,13 +4,16 @@ WAL journal, foreign keys on, schema versioned by ``PRAGMA user_version`` with f
 migrations. Every write is one transaction, so a crash (or SIGKILL) mid-import leaves the store
 as it was before. ``meta.contacts_generation`` grows with every contact write: the daemon polls
 it to pick up CLI changes within a second. ``meta.last_seq`` is the high-water mark of event
-sequence numbers, so ``seq`` never repeats even after the log is pruned or rows are deleted.
+sequence numbers, so ``seq`` never repeats even after the log is pruned or rows are deleted;
+a trigger keeps it, so a batch of events is one INSERT. The daemon moves WAL checkpoints to a
+second connection (``checkpoint_in_background``) so its event log writes never wait for one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -72,8 +75,18 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO meta VALUES ('mqtt_published_seq', -1);
     CREATE TABLE mqtt_present (contact_id TEXT PRIMARY KEY);
     """,
+    # 3: meta.last_seq follows the event log by itself, so a batch of events is logged by one
+    # INSERT statement (one trip to the database thread, atomic on its own)
+    """
+    CREATE TRIGGER events_last_seq AFTER INSERT ON events BEGIN
+        UPDATE meta SET value = NEW.seq WHERE key = 'last_seq' AND value < NEW.seq;
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+_ROWS_PER_INSERT = 1000
+"""Events written by one multi-row INSERT (5 parameters each, well under SQLite's limit)."""
+_EVENT_COLUMNS = "INSERT INTO events (seq, ts, type, contact_id, payload) VALUES "
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,8 @@ class SqliteStore:
         # One connection is shared by the hub, the MQTT publisher and the pruner: their
         # transactions must not interleave on it.
         self._write_lock = asyncio.Lock()
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._unchecked = False  # written since the last background checkpoint
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,8 +168,41 @@ class SqliteStore:
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            with contextlib.suppress(ValueError, sqlite3.Error):
+                await checkpointer.close()
         with contextlib.suppress(ValueError):
             await self._db.close()
+
+    async def checkpoint_in_background(self) -> None:
+        """Take WAL checkpoints (and the fsyncs they do) off this connection's writes.
+
+        From now on a commit here never copies the WAL into the database file itself;
+        ``checkpoint`` does that on a second connection, and must be called periodically.
+        """
+        if self._checkpointer is not None or self.path == ":memory:":
+            return
+        try:
+            checkpointer = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _connect_error(self.path, exc) from None
+        try:
+            await checkpointer.execute("PRAGMA busy_timeout = 10000")
+            await self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            await checkpointer.close()
+            raise _connect_error(self.path, exc) from None
+        self._checkpointer = checkpointer
+
+    async def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file without making writers wait
+        (a passive checkpoint on the second connection); best effort."""
+        checkpointer = self._checkpointer
+        if checkpointer is not None and self._unchecked:
+            self._unchecked = False
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def __aenter__(self) -> Self:
         return self
@@ -190,8 +238,25 @@ class SqliteStore:
         task.add_done_callback(_consume_outcome)
         return await asyncio.shield(task)
 
+    async def _write_statement(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement as its own transaction (SQLite makes a statement atomic) in a
+        single trip to the database thread; the row count.
+
+        Takes its turn like ``_write``. Once the statement is handed to the database thread
+        it runs to its end even if the caller is cancelled, and nothing queued after it can
+        run first, so no other writer's transaction is ever mixed with it.
+        """
+        async with self._write_lock:
+            self._unchecked = True
+            try:
+                cursor = await self._db.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: write failed, nothing was changed: {exc}") from None
+            return int(cursor.rowcount)
+
     async def _write_serialised(self, work: Callable[[], Any]) -> Any:
         async with self._write_lock:
+            self._unchecked = True
             return await self._write_locked(work)
 
     async def _write_locked(self, work: Callable[[], Any]) -> Any:
@@ -461,20 +526,21 @@ class SqliteStore:
         """Log a batch of events ``(seq, ts, type, contact_id, payload_json)`` in one transaction.
 
         Rows whose contact was revoked meanwhile are still logged with an id-only payload
-        by the caller; here every row is written as given. ``seq`` must exceed ``last_seq``.
+        by the caller; here every row is written as given. ``seq`` must exceed ``last_seq``,
+        which follows (migration 3's trigger).
         """
         if not rows:
             return
+        if len(rows) <= _ROWS_PER_INSERT:
+            await self._write_statement(_insert_events_sql(len(rows)),
+                                        [value for row in rows for value in row])
+            return
 
         async def work() -> None:
-            await self._db.executemany(
-                "INSERT INTO events (seq, ts, type, contact_id, payload) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            await self._db.execute(
-                "UPDATE meta SET value = max(value, ?) WHERE key = 'last_seq'",
-                (max(row[0] for row in rows),),
-            )
+            for begin in range(0, len(rows), _ROWS_PER_INSERT):
+                part = rows[begin : begin + _ROWS_PER_INSERT]
+                await self._db.execute(_insert_events_sql(len(part)),
+                                       [value for row in part for value in row])
 
         await self._write(work)
 
@@ -563,7 +629,24 @@ def _check_path(text: str, *, create: bool) -> None:
 
 
 def _statements(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """The SQL statements of a migration script (a trigger's body keeps its semicolons)."""
+    statements: list[str] = []
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_events_sql(count: int) -> str:
+    """``INSERT INTO events ... VALUES (?, ?, ?, ?, ?), ...`` for ``count`` rows."""
+    return _EVENT_COLUMNS + ", ".join(["(?, ?, ?, ?, ?)"] * count)
 
 
 def _contact_from_row(row: tuple[Any, ...], keys: tuple[ContactKey, ...]) -> Contact:

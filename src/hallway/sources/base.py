@@ -3,13 +3,16 @@
 A source runs in the daemon's event loop and pushes ``Advertisement`` records into a
 ``Handoff`` with ``put_nowait``, which never blocks and never raises: when the pipeline falls
 behind, the oldest queued advertisement is dropped and counted (a fresh sighting is worth more
-than a stale one). The pipeline takes them out in batches with ``get_batch``.
+than a stale one). The pipeline takes them out in batches: ``drain`` (the daemon's pump: a loop
+callback per batch, no task wake-up) or ``get_batch``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -27,14 +30,21 @@ class SourceState(StrEnum):
 
 
 class Handoff:
-    """Bounded FIFO from a source to the pipeline; full means the oldest entry is dropped."""
+    """Bounded FIFO from a source to the pipeline; full means the oldest entry is dropped.
+
+    One consumer at a time: a task awaiting ``get_batch``, or ``drain``, which calls a
+    function from a loop callback as advertisements arrive (no task wake-up per batch).
+    """
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self._items: deque[Advertisement] = deque()
         self._maxsize = maxsize
-        self._ready = asyncio.Event()
+        self._idle = False  # a consumer waits: the next put must call _wake
+        self._wake: Callable[[], object] = _nothing
+        self._consuming = False
+        self._stop: asyncio.Future[None] | None = None
         self._dropped = 0
         self._total = 0
 
@@ -51,26 +61,99 @@ class Handoff:
             self._dropped += 1
         items.append(adv)
         self._total += 1
-        if not self._ready.is_set():
-            self._ready.set()
+        if self._idle:
+            self._idle = False
+            self._wake()
+
+    def _take(self, max_items: int) -> list[Advertisement]:
+        items = self._items
+        if len(items) <= max_items:
+            batch = list(items)
+            items.clear()
+            return batch
+        return [items.popleft() for _ in range(max_items)]
+
+    def _claim(self) -> None:
+        if self._consuming:
+            raise RuntimeError("the hand-off already has a consumer")
+        self._consuming = True
+
+    def _release(self) -> None:
+        self._consuming = False
+        self._idle = False
+        self._wake = _nothing
 
     async def get_batch(self, max_items: int = 512) -> list[Advertisement]:
         """Wait until at least one advertisement is queued; return up to ``max_items`` of them."""
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        items = self._items
-        count = min(max_items, len(items))
-        batch = [items.popleft() for _ in range(count)]
-        if not items:
-            self._ready.clear()
-        return batch
+        if not self._items:
+            self._claim()
+            try:
+                waiter = asyncio.get_running_loop().create_future()
+                self._wake = functools.partial(_set_done, waiter)
+                self._idle = True
+                await waiter
+            finally:
+                self._release()
+        return self._take(max_items)
+
+    async def drain(self, consume: Callable[[list[Advertisement]], None], *,
+                    max_items: int = 512) -> None:
+        """Call ``consume`` with batches of up to ``max_items`` soon after they arrive.
+
+        Runs until cancelled or ``stop_draining``; an exception from ``consume`` ends it with
+        that exception (the batch it was given is gone). A batch is handled in a loop callback
+        of its own; when more than ``max_items`` wait, the rest go in the next one.
+        """
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        self._claim()
+        loop = asyncio.get_running_loop()
+        stop = self._stop = loop.create_future()
+
+        def run() -> None:
+            if stop.done():
+                return
+            try:
+                if batch := self._take(max_items):
+                    consume(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+                stop.set_exception(exc)
+                return
+            if self._items:
+                loop.call_soon(run)
+            else:
+                self._idle = True
+
+        try:
+            self._wake = functools.partial(loop.call_soon, run)
+            if self._items:
+                loop.call_soon(run)
+            else:
+                self._idle = True
+            await stop
+        finally:
+            self._stop = None
+            self._release()
+
+    def stop_draining(self) -> None:
+        """Make a running ``drain`` return; what is queued stays queued."""
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(None)
 
     def stats(self) -> dict[str, int]:
         """``queued`` now, ``dropped`` and ``total`` (accepted by ``put_nowait``) since creation."""
         return {"queued": len(self._items), "dropped": self._dropped, "total": self._total}
+
+
+def _nothing() -> None:
+    return None
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @runtime_checkable

@@ -33,7 +33,8 @@ import contextlib
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from bleak import BleakScanner
 from bleak.args.bluez import BlueZScannerArgs, OrPattern
@@ -78,7 +79,12 @@ _STALE_SESSION_AFTER = 3  # consecutive InProgress start failures before we say 
 _STALE_SESSION_HINT = ("BlueZ holds a stale discovery session of this process; "
                        "restarting hallway clears it")
 _RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
+_NO_DATA: Mapping[str, bytes] = MappingProxyType({})
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
+
+
+def _not_running(_adv: Advertisement) -> None:
+    raise RuntimeError("BleakSource.run is not running")
 
 
 def _describe(exc: BaseException) -> str:
@@ -260,7 +266,7 @@ class BleakSource:
         self._fault: str | None = None
         self._watch = _BusWatch(self._adapter_path, self._on_bus_event)
         self._scanner: BleakScanner | None = None
-        self._handoff: Handoff | None = None
+        self._put: Callable[[Advertisement], None] = _not_running
         self._running = False
         self._progress = monotonic()
         self._last_heard = monotonic()
@@ -270,13 +276,14 @@ class BleakSource:
         self._start_fail_streak = 0
         self._in_progress_streak = 0
         self._stale_session = False
+        self._heard = 0
         self._seen: dict[str, float] = {}  # device object path -> last heard (monotonic)
         self._seeded = False
         self._next_prune = 0.0
         self._prune_interval = max(0.25, min(config.device_prune_s / 2, 30.0))
         self._stall_s = config.start_timeout_s + _STOP_TIMEOUT_S + 2 * _CALL_TIMEOUT_S + 5.0
         self._counts = dict.fromkeys(
-            ("heard", "malformed", "rebuilds", "start_failures", "stop_errors", "pruned",
+            ("malformed", "rebuilds", "start_failures", "stop_errors", "pruned",
              "prune_errors", "bluez_restarts"), 0)
 
     # -- AdvertisementSource ------------------------------------------------------------
@@ -307,6 +314,7 @@ class BleakSource:
             "state": self._state.value,
             "status": self._status,
             **self._counts,
+            "heard": self._heard,
             "tracked_devices": len(self._seen),
             "silence_s": round(self._mono() - self._last_heard, 3),
         }
@@ -316,7 +324,7 @@ class BleakSource:
         if self._running:
             raise RuntimeError("BleakSource.run is already running")
         self._running = True
-        self._handoff = handoff
+        self._put = handoff.put_nowait
         try:
             if sys.platform != "linux":
                 self._last_error = "the bleak source needs Linux and BlueZ"
@@ -509,39 +517,43 @@ class BleakSource:
 
     # -- the callback (hot path) ----------------------------------------------------------
     def _on_detect(self, device: BLEDevice, data: AdvertisementData) -> None:
+        # Runs once per advertisement on bleak's D-Bus reader: record, stamp, hand off.
         now = self._mono()
         self._last_heard = now
-        self._counts["heard"] += 1
+        self._heard += 1
         if self._failed_cycles or self._fault_streak:
             self._recovered()
         try:
             path, props = data.platform_data
-            if any(props.get(k) for k in _PROTECTING):
+            get = props.get
+            if get("Connected") or get("Paired") or get("Bonded") or get("Trusted"):
                 self._seen.pop(path, None)
             else:
-                self._seen[path] = now
-                if len(self._seen) > _MAX_TRACKED and self._next_prune > now:
+                seen = self._seen
+                seen[path] = now
+                if len(seen) > _MAX_TRACKED and self._next_prune > now:
                     # A flood of new addresses: bleak and BlueZ hold every device object, so
                     # memory is bounded only by pruning at once rather than at the next pass.
                     self._next_prune = now
                     self._wake.set()
-            adv = Advertisement(
-                ts=self._wall(),
-                address=device.address.upper(),
-                address_type=props.get("AddressType", "public"),
-                rssi=data.rssi,
-                tx_power=data.tx_power,
-                local_name=data.local_name,
-                manufacturer_data=data.manufacturer_data,
-                service_data={k.lower(): v for k, v in data.service_data.items()},
-                service_uuids=tuple(u.lower() for u in data.service_uuids),
-                scanner=self._cfg.adapter,
+            service_data = data.service_data
+            uuids = data.service_uuids
+            adv = Advertisement(  # positional, in field order: keywords cost twice as much
+                self._wall(),
+                device.address.upper(),
+                get("AddressType", "public"),
+                data.rssi,
+                data.tx_power,
+                data.local_name,
+                data.manufacturer_data,
+                {k.lower(): v for k, v in service_data.items()} if service_data else _NO_DATA,
+                tuple([u.lower() for u in uuids]) if uuids else (),
+                self._cfg.adapter,
             )
         except (AttributeError, KeyError, TypeError, ValueError):
             self._counts["malformed"] += 1
             return
-        assert self._handoff is not None
-        self._handoff.put_nowait(adv)
+        self._put(adv)
 
     def _recovered(self) -> None:
         took = self._mono() - self._scan_started
