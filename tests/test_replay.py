@@ -73,15 +73,21 @@ def _check_spec_shape(events: list[dict[str, Any]]) -> None:
     assert not any(present.values()), "the end of the trace departs everyone"
 
 
-def test_a_simulated_booth_replays_into_spec_events_that_match_the_truth(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    venue = tmp_path / "booth"
-    assert main(["simulate", "--scenario", "booth", "--seed", "21", "--duration", "1200",
-                 "--out", str(venue)]) == 0
+def _simulated(tmp_path: Path, scenario: str, *, seed: int, duration_s: int) -> tuple[Path, Path]:
+    """``hallway simulate`` into tmp_path/<scenario>, its contacts imported: (venue, db)."""
+    venue = tmp_path / scenario
+    assert main(["simulate", "--scenario", scenario, "--seed", str(seed), "--duration",
+                 str(duration_s), "--out", str(venue)]) == 0
     contacts, _ = parse_contacts((venue / "contacts.jsonl").read_text(), file="contacts")
     db = tmp_path / "hallway.db"
     _import(db, contacts)
+    return venue, db
+
+
+def test_a_simulated_booth_replays_into_spec_events_that_match_the_truth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    venue, db = _simulated(tmp_path, "booth", seed=21, duration_s=1200)
     capsys.readouterr()
     out = tmp_path / "events.jsonl"
     assert main(["replay", str(venue / "trace.jsonl"), "--db", str(db), "--config",
@@ -226,12 +232,7 @@ def test_a_missing_database_or_trace_is_an_error(tmp_path: Path,
 def test_the_reader_process_gives_exactly_the_single_process_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    venue = tmp_path / "corridor"
-    assert main(["simulate", "--scenario", "corridor", "--seed", "5", "--duration", "600",
-                 "--out", str(venue)]) == 0
-    contacts, _ = parse_contacts((venue / "contacts.jsonl").read_text(), file="contacts")
-    db = tmp_path / "hallway.db"
-    _import(db, contacts)
+    venue, db = _simulated(tmp_path, "corridor", seed=5, duration_s=600)
     trace = tmp_path / "trace.jsonl"
     lines = (venue / "trace.jsonl").read_text().splitlines()
     lines[100:100] = ["{not json", '{"ts": 1, "rssi": -50}', ""]  # two malformed, one blank
