@@ -443,27 +443,24 @@ def _summary_value(text: str, key: str) -> str:
     return "?"
 
 
-async def _store(db: Path, contacts: list[Contact]) -> None:
+async def _store(db: Path, contacts: list[Contact], *,
+                 lines: list[int] | None = None) -> list[Contact]:
+    """Import ``contacts`` into ``db`` (created if need be); the contacts as stored."""
     from hallway.store import SqliteStore
 
-    store = await SqliteStore.open(db)
-    try:
-        await store.import_contacts(contacts)
-    finally:
-        await store.close()
-
-
-async def _import(db: Path, text: str, file: str) -> list[Contact]:
-    from hallway.contacts_io import parse_contacts
-    from hallway.store import SqliteStore
-
-    contacts, lines = parse_contacts(text, file=file)
     store = await SqliteStore.open(db)
     try:
         await store.import_contacts(contacts, lines=lines)
         return await store.list_contacts()
     finally:
         await store.close()
+
+
+async def _import(db: Path, text: str, file: str) -> list[Contact]:
+    from hallway.contacts_io import parse_contacts
+
+    contacts, lines = parse_contacts(text, file=file)
+    return await _store(db, contacts, lines=lines)
 
 
 @dataclass

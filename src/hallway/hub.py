@@ -28,7 +28,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,12 @@ class Filter:
 
     contacts: frozenset[str] | None = None
     tags: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, contacts: Iterable[str] | None, tags: Iterable[str] | None) -> Filter:
+        """The filter of a request's ``contacts`` and ``tags`` lists (None: not given)."""
+        return cls(None if contacts is None else frozenset(contacts),
+                   None if tags is None else frozenset(tags))
 
     def matches(self, contact_id: str, tags: frozenset[str] | None) -> bool:
         """True if an event about ``contact_id`` with ``tags`` passes this filter."""
@@ -545,10 +551,7 @@ class Hub:
         """
         if not self._started or self._closed:
             raise RuntimeError("hub is not running")
-        filter_ = Filter(
-            None if contacts is None else frozenset(contacts),
-            None if tags is None else frozenset(tags),
-        )
+        filter_ = Filter.of(contacts, tags)
         seq = self._delivered_seq
         resync = since_seq is not None and (since_seq < self._horizon or since_seq > seq)
         sub = Subscription(

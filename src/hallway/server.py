@@ -733,8 +733,7 @@ class EventServer:
             tags = _string_list(message, "tags")
         except ProtocolError as exc:
             raise _Reject(exc.code, str(exc)) from None
-        wanted = Filter(None if contacts is None else frozenset(contacts),
-                        None if tags is None else frozenset(tags))
+        wanted = Filter.of(contacts, tags)
         entries = self._present_provider() if self._present_provider else self._hub.present()
         conn.send_json({"type": "present", "present": [
             entry for entry in entries
