@@ -66,6 +66,16 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def thread_times(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of a process so far, by thread id."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
 def badge_address(i: int) -> str:
     return f"C0:DE:00:00:{i >> 8:02X}:{i & 0xFF:02X}"
 
@@ -256,12 +266,14 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
             await asyncio.to_thread(proc.stdout.readline)
         before = await status(port)
         cpu0 = {"daemon": cpu_times(daemon.pid), "probe": cpu_times(probe.pid)}
+        threads0 = thread_times(daemon.pid)
         wall0 = time.monotonic()
         await fake.command("play", path=str(trace), rate=None, stamp=True, wait=True,
                            timeout_s=seconds * 4 + 60)
         await asyncio.sleep(1.0)
         wall = time.monotonic() - wall0
         cpu1 = {"daemon": cpu_times(daemon.pid), "probe": cpu_times(probe.pid)}
+        threads1 = thread_times(daemon.pid)
         after = await status(port)
         await asyncio.to_thread(probe.wait, 60)
         probe_result = json.loads(probe_out.read_text())
@@ -287,6 +299,9 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
         shutil.rmtree(directory, ignore_errors=True)
 
     daemon_adv = after["advertisements"] - before["advertisements"]
+    main_thread = threads1.get(daemon.pid, 0.0) - threads0.get(daemon.pid, 0.0)
+    other_threads = sorted((threads1[t] - threads0.get(t, 0.0) for t in threads1
+                            if t != daemon.pid), reverse=True)
     latencies = [x for sub in subs for x in sub.latencies]
     hops = probe_result["hops"]
     rng = random.Random(1)
@@ -318,6 +333,8 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
         "daemon_sys_share": daemon_sys / max(daemon_cpu, 1e-9),
         "daemon_us_per_adv": daemon_per_adv * 1e6,
         "probe_us_per_adv": probe_per_adv * 1e6,
+        "main_thread_share": main_thread / max(daemon_user + daemon_sys, 1e-9),
+        "other_threads": " ".join(f"{x:.2f}" for x in other_threads if x > 0) or "-",
         "cpu_ratio": daemon_per_adv / probe_per_adv if probe_per_adv else float("nan"),
     }
 
@@ -379,8 +396,10 @@ def main() -> None:
         ("e2e_p50_ms", "end to end p50 (ms)", "{:.2f}"),
         ("e2e_p99_ms", "end to end p99 (ms)", "{:.2f}"),
         ("e2e_p99_bound_ms", "end to end p99 upper bound (ms)", "{:.2f}"),
-        ("daemon_cpu_share", "daemon CPU share (cores)", "{:.2f}"),
+        ("daemon_cpu_share", "daemon CPU share (cores)", "{:.3f}"),
         ("daemon_sys_share", "daemon CPU: kernel part", "{:.2f}"),
+        ("main_thread_share", "daemon CPU: main thread's part", "{:.2f}"),
+        ("other_threads", "daemon CPU: other threads (s)", "{}"),
         ("daemon_us_per_adv", "daemon CPU per advertisement (us)", "{:.1f}"),
         ("probe_us_per_adv", "bare bleak scanner CPU per adv (us)", "{:.1f}"),
         ("cpu_ratio", "daemon / bare scanner CPU ratio", "{:.2f}"),

@@ -12,8 +12,9 @@ import pytest
 import structlog
 from bleak import BleakScanner
 
-from hallway.config import ScannerConfig
-from hallway.models import Advertisement
+from hallway.config import IdentityConfig, ScannerConfig
+from hallway.identity.resolver import Resolver
+from hallway.models import Advertisement, Contact, ContactKey, KeyKind
 from hallway.sources.base import Handoff, SourceState
 from hallway.sources.bleak import BleakSource
 from hallway.testing.fakebluez import FakeBlueZProcess
@@ -86,6 +87,35 @@ async def test_every_field_arrives_through_bleak(monkeypatch: pytest.MonkeyPatch
             assert before <= adv.ts <= after
             assert adv.scanner == "hci0"
         assert source.stats()["heard"] == 3
+
+
+async def test_a_screen_skips_strangers_before_their_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the resolver's screen on the hand-off only contacts' advertisements are queued;
+    strangers' are counted (and their BlueZ devices still tracked for pruning)."""
+    resolver = Resolver(IdentityConfig())
+    resolver.set_contacts([Contact(id="c-1", name="Badge", keys=(
+        ContactKey(KeyKind.ADDRESS, "C4:7C:8D:6A:12:34"),))], now=time.time())
+    strangers = [
+        {"ts": 1.0, "address": "5B:00:00:00:00:01", "address_type": "random", "rssi": -60},
+        {"ts": 1.0, "address": "1A:00:00:00:00:02", "address_type": "random", "rssi": -61,
+         "manufacturer_data": {"76": "100501"}},
+        {"ts": 1.0, "address": "C4:7C:8D:6A:99:99", "address_type": "public", "rssi": -62},
+    ]
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config())
+        handoff = Handoff(100, screen=resolver.screen)
+        async with running(source, handoff):
+            await scanning(source)
+            await env.fake.command("adv", ads=[*strangers, json.loads(SPEC_LINE), *OTHERS])
+            got = await drain(handoff, count=3)  # SPEC_LINE's and OTHERS' frames, the badge
+            await wait_until(lambda: handoff.stats()["screened"] == 3, what="screened")
+            stats = source.stats()
+        assert sorted(a.address for a in got) == ["5A:12:34:AB:CD:EF", "70:81:94:0D:FB:AA",
+                                                  "C4:7C:8D:6A:12:34"]
+        assert stats["heard"] == 6
+        assert stats["tracked_devices"] == 6
+        assert handoff.stats()["total"] == 3
 
 
 async def test_scans_actively_and_asks_for_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,7 +341,7 @@ async def test_garbage_flood_is_bounded_and_loop_stays_responsive(
         assert sent["sent"] == 3000
         assert stats["malformed"] == 0
         assert handoff.stats() == {"queued": 200, "dropped": stats["heard"] - 200,
-                                   "total": stats["heard"]}
+                                   "total": stats["heard"], "screened": 0}
         lags.sort()
         print(f"loop lag during flood: median {lags[len(lags) // 2] * 1000:.1f} ms, "
               f"max {lags[-1] * 1000:.1f} ms")

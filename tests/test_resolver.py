@@ -18,7 +18,7 @@ from hallway.identity import irk as irk_module
 from hallway.identity.irk import IrkCache
 from hallway.identity.resolver import Resolver
 from hallway.models import Advertisement, Contact, ContactKey, KeyKind, Match
-from hallway.parsing.frames import EDDYSTONE_SERVICE_UUID, EN_SERVICE_UUID
+from hallway.parsing.frames import BLUETOOTH_BASE_SUFFIX, EDDYSTONE_SERVICE_UUID, EN_SERVICE_UUID
 
 K = "75c734c6dd1a782de7a965da5eb93125"
 RPIK = crypto.derive_rpik(bytes.fromhex(K))
@@ -385,7 +385,8 @@ _SERVICE_PAYLOADS = st.one_of(
     st.binary(max_size=22).map(lambda b: b"\x00" + b),
 )
 _UUIDS = st.one_of(st.binary(min_size=16, max_size=16).map(lambda b: str(uuid.UUID(bytes=b))),
-                   st.text(max_size=40))
+                   st.text(max_size=40),
+                   st.text(max_size=10).map(lambda t: t + BLUETOOTH_BASE_SUFFIX))
 _ADDRESSES = st.one_of(
     st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02X}" for x in b)),
     st.text(max_size=20),
@@ -512,3 +513,57 @@ def test_identity_continues_across_rotations() -> None:
             seen.add(match.contact_id)
     assert seen == {"c-0001"}
     assert len(addresses) == 8
+
+
+# -- the screen: strangers skipped before a record is built -----------------------------------
+
+def screened(resolver: Resolver, adv: Advertisement) -> bool:
+    """``Resolver.screen`` on the raw fields, as a source sees them (any case)."""
+    return resolver.screen(adv.address.lower(), adv.address_type, adv.manufacturer_data,
+                           {k.upper(): v for k, v in adv.service_data.items()},
+                           [u.upper() for u in adv.service_uuids])
+
+
+def test_screen_passes_every_kind_and_skips_strangers() -> None:
+    resolver = make_resolver(ada())
+    for kind, adv in every_kind().items():
+        assert screened(resolver, adv), kind
+    strangers = [
+        Advertisement(TS, STRANGER, "random"),  # resolvable private, but only with IRKs loaded
+        Advertisement(TS, "1A:11:22:33:44:55", "random"),  # non-resolvable
+        Advertisement(TS, "C4:7C:8D:6A:99:99", "public"),  # not an address key
+        Advertisement(TS, "1B:11:22:33:44:55", "random", manufacturer_data={76: b"\x10\x05\x01"}),
+        Advertisement(TS, STRANGER, "public", manufacturer_data={0xFFFF: b"XY\x01"},
+                      service_data={"0000180f-0000-1000-8000-00805f9b34fb": b"\x50"},
+                      service_uuids=("0000fe9f-0000-1000-8000-00805f9b34fb",)),
+    ]
+    no_irks = make_resolver(ada(keys=(ContactKey(KeyKind.ADDRESS, BADGE),)))
+    for adv in strangers:
+        assert not screened(no_irks, adv), adv
+    assert screened(resolver, strangers[0])  # IRKs loaded: every RPA must be tried
+    resolver.set_contacts([], now=TS)  # revoked: its address is a stranger's at once
+    assert not screened(resolver, every_kind()["address"])
+    assert not screened(resolver, strangers[0])
+
+
+_FINITE_ADVERTISEMENTS = st.one_of(
+    _ADVERTISEMENTS.filter(lambda a: math.isfinite(a.ts)),
+    st.sampled_from(sorted(every_kind().items())).map(lambda item: item[1]),
+)
+
+
+@given(adv=_FINITE_ADVERTISEMENTS, irks=st.booleans())
+@settings(max_examples=500, deadline=None)
+def test_screen_only_skips_what_resolve_would_pass_over(adv: Advertisement, irks: bool) -> None:
+    """Whatever the screen rules out, resolve neither matches nor counts (a malformed frame
+    is counted, so it must get through)."""
+    contact = ada() if irks else ada(keys=tuple(k for k in ada().keys if k.kind != KeyKind.IRK))
+    resolver = make_resolver(contact, irk_cache_size=16)
+    passes = screened(resolver, adv)
+    before = resolver.stats()
+    match = resolver.resolve(adv)
+    after = resolver.stats()
+    if not passes:
+        assert match is None
+        del before["advertisements"], after["advertisements"]
+        assert after == before

@@ -34,6 +34,9 @@ class Pipeline:
         self._config = config
         self._resolving = resolving
         self._resolver = Resolver(config.identity)
+        # Whether an advertisement's raw fields could be a contact's (``Resolver.screen``): a
+        # source may skip a stranger before building its record; ``feed`` would drop it anyway.
+        self.screen = self._resolver.screen
         self.tracker = Tracker(config.proximity)
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []

@@ -171,7 +171,8 @@ class Service:
         stats = self._pipeline.stats() if self._pipeline is not None else {}
         handoff = self._handoff.stats() if self._handoff is not None else {}
         return {
-            "advertisements": int(stats.get("seen", stats.get("advertisements", 0))),
+            "advertisements": int(stats.get("seen", stats.get("advertisements", 0)))
+            + int(handoff.get("screened", 0)),
             "matched": int(stats.get("matched", 0)),
             "malformed": int(stats.get("malformed", 0)),
             "dropped": int(handoff.get("dropped", 0)),
@@ -271,7 +272,8 @@ class Service:
         await self._server.start()
         self.tcp_port = self._server.tcp_port
         self._source = self._source_override or make_source(config)
-        self._handoff = Handoff(config.scanner.queue_size)
+        # The pipeline's screen lets the bleak source skip strangers before building records.
+        self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
         if config.mdns.enabled and self.tcp_port is not None:
             self._announcer = ZeroconfAnnouncer(
                 config.mdns,

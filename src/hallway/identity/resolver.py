@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from hallway.config import IdentityConfig
 from hallway.errors import KeyFormatError
@@ -41,9 +41,12 @@ from hallway.keys import normalize_address, parse_hallway_key, parse_irk
 from hallway.models import Advertisement, Contact, KeyKind, Match
 from hallway.parsing.frames import (
     APPLE_COMPANY_ID,
+    BLUETOOTH_BASE_SUFFIX,
     EDDYSTONE_SERVICE_UUID,
     EN_SERVICE_UUID,
     FREE_SPACE_LOSS_1M_DB,
+    HALLWAY_V1_PREFIX,
+    IBEACON_PREFIX,
     EddystoneUidFrame,
     EnFrame,
     HallwayFrame,
@@ -60,6 +63,7 @@ from hallway.parsing.frames import (
 
 _RPA_FIRST = frozenset("4567")
 _STATIC_FIRST = frozenset("CDEFcdef")
+_FRAME_SERVICES = frozenset((EN_SERVICE_UUID, EDDYSTONE_SERVICE_UUID))
 
 
 def _key16(value: str, parse: Callable[[str], bytes]) -> bytes:
@@ -217,6 +221,44 @@ class Resolver:
         if self._malformed_frames != before:
             self._malformed += 1
         return match
+
+    def screen(
+        self,
+        address: str,
+        address_type: str,
+        manufacturer_data: Mapping[int, bytes],
+        service_data: Mapping[str, bytes],
+        service_uuids: Sequence[str],
+    ) -> bool:
+        """False only for an advertisement ``resolve`` would pass over without a match or a
+        count: a look at the raw fields (membership tests, no parsing, no AES) that lets a
+        source skip a stranger before building its record. True for anything the resolver
+        examines: our frames (well formed or not), iBeacons, EN and Eddystone service data,
+        non-base service UUIDs, resolvable private addresses while IRKs are loaded, and
+        addresses of address keys. Case-insensitive where ``Advertisement`` normalises case;
+        the time is not looked at (``resolve`` checks consent at ``adv.ts``).
+        """
+        if manufacturer_data:
+            payload = manufacturer_data.get(self._company_id)
+            if payload is not None and payload[:3] == HALLWAY_V1_PREFIX:
+                return True
+            payload = manufacturer_data.get(APPLE_COMPANY_ID)
+            if payload is not None and payload[:2] == IBEACON_PREFIX:
+                return True
+        if service_data:
+            for key in service_data:
+                if key.lower() in _FRAME_SERVICES:
+                    return True
+        for text in service_uuids:
+            if not text.lower().endswith(BLUETOOTH_BASE_SUFFIX) or len(text) != 36:
+                return True
+        if address_type == "random":
+            first = address[:1]
+            if first in _RPA_FIRST:
+                return self._irks.key_count > 0
+            if first not in _STATIC_FIRST:
+                return False
+        return address.upper() in self._address
 
     def _hit(self, contact_id: str, via: KeyKind, power: int | None, ts: float) -> Match | None:
         contact = self._contacts.get(contact_id)

@@ -5,6 +5,12 @@ A source runs in the daemon's event loop and pushes ``Advertisement`` records in
 behind, the oldest queued advertisement is dropped and counted (a fresh sighting is worth more
 than a stale one). The pipeline takes them out in batches: ``drain`` (the daemon's pump: a loop
 callback per batch, no task wake-up) or ``get_batch``.
+
+A hand-off may carry a ``screen`` (``Resolver.screen``): a source that can look at an
+advertisement's raw fields first asks it, and for a stranger's advertisement only counts it
+(``screened_out``) instead of building and queueing a record the resolver would drop. In a busy
+hall most advertisements are strangers', so this is most of the daemon's work saved, and
+nothing about a stranger's device gets as far as a record.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +35,11 @@ class SourceState(StrEnum):
     FAILED = "failed"  # cannot work with this configuration; waits to be cancelled
 
 
+Screen = Callable[[str, str, Mapping[int, bytes], Mapping[str, bytes], Sequence[str]], bool]
+"""``(address, address_type, manufacturer_data, service_data, service_uuids) -> could be a
+contact's`` (see ``Resolver.screen``)."""
+
+
 class Handoff:
     """Bounded FIFO from a source to the pipeline; full means the oldest entry is dropped.
 
@@ -36,9 +47,11 @@ class Handoff:
     function from a loop callback as advertisements arrive (no task wake-up per batch).
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, screen: Screen | None = None) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
+        self.screen = screen  # None: every advertisement is queued
+        self._screened = 0
         self._items: deque[Advertisement] = deque()
         self._maxsize = maxsize
         self._idle = False  # a consumer waits: the next put must call _wake
@@ -64,6 +77,10 @@ class Handoff:
         if self._idle:
             self._idle = False
             self._wake()
+
+    def screened_out(self) -> None:
+        """Count one advertisement a source skipped because ``screen`` ruled it out."""
+        self._screened += 1
 
     def _take(self, max_items: int) -> list[Advertisement]:
         items = self._items
@@ -143,8 +160,10 @@ class Handoff:
             self._stop.set_result(None)
 
     def stats(self) -> dict[str, int]:
-        """``queued`` now, ``dropped`` and ``total`` (accepted by ``put_nowait``) since creation."""
-        return {"queued": len(self._items), "dropped": self._dropped, "total": self._total}
+        """``queued`` now; ``dropped``, ``total`` (accepted by ``put_nowait``) and ``screened``
+        (skipped as strangers' by a source, see ``screen``) since creation."""
+        return {"queued": len(self._items), "dropped": self._dropped, "total": self._total,
+                "screened": self._screened}
 
 
 def _nothing() -> None:

@@ -14,6 +14,7 @@ Starts run under a lock, each bounded by ``start_timeout_s``; backoff doubles fr
 ``backoff_max_s``. ``stop()`` on a scanner whose BlueZ died raises, which is expected and only
 counted. Scanning is active by default with BlueZ's ``DuplicateData`` filter on, so a device
 that keeps advertising keeps being reported (presence needs the steady stream). Every callback
+the hand-off's ``screen`` lets through (all of them without one; a stranger's is only counted)
 becomes an ``Advertisement`` stamped with ``time.time()`` (bleak gives no time) and goes into
 the bounded ``Handoff`` without awaiting. bluetoothd keeps a device object for every address
 it has heard; with rotating addresses that grows until it stalls, so device objects of
@@ -48,7 +49,7 @@ from dbus_fast.aio import MessageBus
 from hallway.config import ScannerConfig
 from hallway.logs import get_logger
 from hallway.models import Advertisement
-from hallway.sources.base import Handoff, SourceState
+from hallway.sources.base import Handoff, Screen, SourceState
 
 log = get_logger(__name__)
 
@@ -81,6 +82,10 @@ _STALE_SESSION_HINT = ("BlueZ holds a stale discovery session of this process; "
 _RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
 _NO_DATA: Mapping[str, bytes] = MappingProxyType({})
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
+
+
+def _nothing() -> None:
+    return None
 
 
 def _not_running(_adv: Advertisement) -> None:
@@ -267,6 +272,8 @@ class BleakSource:
         self._watch = _BusWatch(self._adapter_path, self._on_bus_event)
         self._scanner: BleakScanner | None = None
         self._put: Callable[[Advertisement], None] = _not_running
+        self._screen: Screen | None = None
+        self._screened_out: Callable[[], None] = _nothing
         self._running = False
         self._progress = monotonic()
         self._last_heard = monotonic()
@@ -325,6 +332,8 @@ class BleakSource:
             raise RuntimeError("BleakSource.run is already running")
         self._running = True
         self._put = handoff.put_nowait
+        self._screen = handoff.screen
+        self._screened_out = handoff.screened_out
         try:
             if sys.platform != "linux":
                 self._last_error = "the bleak source needs Linux and BlueZ"
@@ -536,16 +545,25 @@ class BleakSource:
                     # memory is bounded only by pruning at once rather than at the next pass.
                     self._next_prune = now
                     self._wake.set()
+            address = device.address
+            address_type = get("AddressType", "public")
+            manufacturer_data = data.manufacturer_data
             service_data = data.service_data
             uuids = data.service_uuids
+            screen = self._screen
+            if screen is not None and not screen(
+                address, address_type, manufacturer_data, service_data, uuids
+            ):
+                self._screened_out()
+                return
             adv = Advertisement(  # positional, in field order: keywords cost twice as much
                 self._wall(),
-                device.address.upper(),
-                get("AddressType", "public"),
+                address.upper(),
+                address_type,
                 data.rssi,
                 data.tx_power,
                 data.local_name,
-                data.manufacturer_data,
+                manufacturer_data,
                 {k.lower(): v for k, v in service_data.items()} if service_data else _NO_DATA,
                 tuple([u.lower() for u in uuids]) if uuids else (),
                 self._cfg.adapter,
