@@ -498,6 +498,38 @@ async def _slow_and_fast(rig: Rig) -> None:
     assert replayed == list(range(len(events) + 1, total + 1))
 
 
+async def test_a_slow_reader_within_its_queue_gets_every_byte_in_order(
+        rig_factory: Any) -> None:
+    """The fan-out writes to the socket itself while it can: what the kernel does not take
+    must continue through the transport and the queue with nothing lost, doubled or
+    reordered, on TCP and on the Unix socket."""
+    rig: Rig = rig_factory(queue_size=100_000)
+    await rig.start()
+    try:
+        slow_tcp = await rig.tcp(rcvbuf=4096)
+        slow_unix = await rig.unix()
+        for client in (slow_tcp, slow_unix):
+            await client.subscribe()
+        # About 400 kB: far more than the kernel buffers take, less than MAX_UNSENT_BYTES.
+        total, per_batch = 500, 25
+        padding = "p" * 700
+        for batch in range(total // per_batch):
+            rig.hub.publish([arrived(f"x-{batch}-{i}-{padding}") for i in range(per_batch)])
+            await asyncio.sleep(0)
+        for client in (slow_tcp, slow_unix):
+            got = []
+            while len(got) < total:
+                msg = await client.line(wait_s=10.0)
+                if msg is None:
+                    break
+                if msg["type"] != "ping":
+                    got.append(msg)
+            assert [e.get("seq") for e in got] == list(range(1, total + 1)), got[-1]
+        assert rig.server.stats()["lagged"] == 0
+    finally:
+        await rig.stop()
+
+
 async def test_reconnect_with_since_seq_delivers_exactly_the_missed_events(rig: Rig) -> None:
     client = await rig.tcp()
     await client.subscribe()

@@ -170,12 +170,8 @@ class Subscription:
         self.queued += 1
         self._ready.set()
 
-    def _offer_batch(self, items: list[_Item], joined: bytes) -> None:
-        """Offer events in order; in one write (``joined``) when they can all go to the sink."""
-        sink = self._sink
-        if sink is not None and self._all and not self._queue and sink(joined):
-            self.queued += len(items)
-            return
+    def _offer_each(self, items: list[_Item]) -> None:
+        """Offer events one by one, in order (``Hub._deliver`` tried the one-write path)."""
         for item in items:
             self._offer(item)
 
@@ -445,8 +441,15 @@ class Hub:
             if self._newest_ts is None or ts > self._newest_ts:
                 self._newest_ts = ts
         joined = items[0].line if len(items) == 1 else b"".join(item.line for item in items)
+        count = len(items)
         for sub in list(self._subs):
-            sub._offer_batch(items, joined)
+            # Per event per subscriber, so inline: a live subscriber to everything with nothing
+            # queued takes the whole batch in one write; any other goes event by event.
+            sink = sub._sink
+            if sink is not None and sub._all and not sub._queue and sink(joined):
+                sub.queued += count
+            else:
+                sub._offer_each(items)
         self._n.delivered += len(batch)
         self._delivered_seq = batch[-1].seq
         self._since_prune += len(batch)

@@ -229,6 +229,8 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self._transport = writer.transport
+        sock = writer.get_extra_info("socket")
+        self._fd: int = sock.fileno() if sock is not None else -1
         self.opened = time.monotonic()
         self.last_sent = self.opened
         self.authenticated = False
@@ -248,11 +250,24 @@ class _Connection:
 
     def send_now(self, data: bytes) -> bool:
         """Write ``data`` if the connection holds no unsent output; False (nothing written)
-        otherwise. The hub's fan-out path: no task wake-up, order and backpressure kept."""
+        otherwise. The hub's fan-out path: no task wake-up, order and backpressure kept.
+
+        It runs once per event per subscriber, so it writes to the socket itself rather than
+        through the transport's general ``write``: only when the transport is open (its
+        socket, and so this descriptor, is closed only after ``is_closing()`` turns true) and
+        holds nothing unsent (so the order is kept). What the kernel does not take, and any
+        error, goes to the transport, which buffers the rest or closes the connection as
+        usual.
+        """
         transport = self._transport
-        if self.closing or transport.get_write_buffer_size() or transport.is_closing():
+        if self.closing or transport.is_closing() or transport.get_write_buffer_size():
             return False
-        transport.write(data)
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # full (BlockingIOError) or broken: the transport takes it from here
+            sent = 0
+        if sent < len(data):
+            transport.write(data[sent:])
         self.last_sent = time.monotonic()
         return True
 
