@@ -56,14 +56,14 @@ def test_handoff_drops_oldest_when_full_and_counts() -> None:
     handoff = Handoff(3)
     for i in range(5):
         handoff.put_nowait(adv(i))
-    assert handoff.stats() == {"queued": 3, "dropped": 2, "total": 5, "screened": 0}
+    assert handoff.stats() == {"queued": 3, "dropped": 2, "total": 5}
 
     async def take() -> list[Advertisement]:
         return await handoff.get_batch(10)
 
     batch = asyncio.run(take())
     assert [a.address[-2:] for a in batch] == ["02", "03", "04"]
-    assert handoff.stats() == {"queued": 0, "dropped": 2, "total": 5, "screened": 0}
+    assert handoff.stats() == {"queued": 0, "dropped": 2, "total": 5}
 
 
 async def test_handoff_get_batch_waits_and_limits() -> None:
@@ -107,7 +107,7 @@ async def test_handoff_drain_calls_the_consumer_per_batch_in_order() -> None:
     await asyncio.sleep(0)
     assert len(batches) == 4
     assert [a.address[-2:] for a in await handoff.get_batch()] == ["20"]
-    assert handoff.stats() == {"queued": 0, "dropped": 0, "total": 14, "screened": 0}
+    assert handoff.stats() == {"queued": 0, "dropped": 0, "total": 14}
 
 
 async def test_handoff_drain_ends_with_the_consumers_error() -> None:

@@ -231,6 +231,7 @@ class _Connection:
         self._transport = writer.transport
         sock = writer.get_extra_info("socket")
         self._fd: int = sock.fileno() if sock is not None else -1
+        self._flushed = False  # True: all we wrote is known to have gone to the kernel
         self.opened = time.monotonic()
         self.last_sent = self.opened
         self.authenticated = False
@@ -245,6 +246,7 @@ class _Connection:
         if self.closing or self.writer.transport.is_closing():
             return False
         self.writer.write(data)
+        self._flushed = False  # it may sit in the transport's buffer: send_now must look
         self.last_sent = time.monotonic()
         return True
 
@@ -255,19 +257,24 @@ class _Connection:
         It runs once per event per subscriber, so it writes to the socket itself rather than
         through the transport's general ``write``: only when the transport is open (its
         socket, and so this descriptor, is closed only after ``is_closing()`` turns true) and
-        holds nothing unsent (so the order is kept). What the kernel does not take, and any
-        error, goes to the transport, which buffers the rest or closes the connection as
-        usual.
+        holds nothing unsent (so the order is kept; ``_flushed`` says so without asking while
+        everything written went to the kernel). What the kernel does not take, and any error,
+        goes to the transport, which buffers the rest or closes the connection as usual.
         """
         transport = self._transport
-        if self.closing or transport.is_closing() or transport.get_write_buffer_size():
+        if self.closing or transport.is_closing():
             return False
+        if not self._flushed:
+            if transport.get_write_buffer_size():
+                return False
+            self._flushed = True
         try:
             sent = os.write(self._fd, data)
         except OSError:  # full (BlockingIOError) or broken: the transport takes it from here
             sent = 0
         if sent < len(data):
             transport.write(data[sent:])
+            self._flushed = False
         self.last_sent = time.monotonic()
         return True
 

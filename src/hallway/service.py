@@ -174,9 +174,11 @@ class Service:
     def _counters(self) -> dict[str, int]:
         stats = self._pipeline.stats() if self._pipeline is not None else {}
         handoff = self._handoff.stats() if self._handoff is not None else {}
+        source = self._source.stats() if self._source is not None else {}
         return {
+            # The pipeline's count plus the strangers' a source screened out before a record.
             "advertisements": int(stats.get("seen", stats.get("advertisements", 0)))
-            + int(handoff.get("screened", 0)),
+            + int(source.get("screened", 0)),
             "matched": int(stats.get("matched", 0)),
             "malformed": int(stats.get("malformed", 0)),
             "dropped": int(handoff.get("dropped", 0)),

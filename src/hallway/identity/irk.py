@@ -60,6 +60,7 @@ class IrkCache:
         self._cap = max_entries
         self._ttl = ttl_s
         self._keys: list[IrkKey] = []
+        self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
         self._by_contact: dict[str, list[IrkKey]] = {}
         self._slot_of: dict[str, int] = {}  # address -> ring slot
         # the ring, grown up to _cap slots, then reused oldest first
@@ -78,11 +79,6 @@ class IrkCache:
 
     def __len__(self) -> int:
         return len(self._slot_of)
-
-    @property
-    def key_count(self) -> int:
-        """Number of IRKs held."""
-        return len(self._keys)
 
     def resolve(self, address: str, now: float) -> IrkKey | None:
         """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached."""
@@ -122,6 +118,7 @@ class IrkCache:
             if new:
                 self._by_contact[contact_id] = new
                 self._keys.extend(new)
+                self.key_count = len(self._keys)
                 added.extend(new)
         if added and self._slot_of:
             self._recheck(added)
@@ -132,6 +129,7 @@ class IrkCache:
         if not keys:
             return
         self._keys = [k for k in self._keys if k.contact_id != contact_id]
+        self.key_count = len(self._keys)
         for key in keys:
             for address in self._resolved.pop(key, set()):
                 slot = self._slot_of.get(address)
@@ -141,6 +139,7 @@ class IrkCache:
     def clear(self) -> None:
         """Drop every IRK and every cached answer."""
         self._keys = []
+        self.key_count = 0
         self._by_contact.clear()
         self._resolved.clear()
         for slot in list(self._slot_of.values()):

@@ -253,7 +253,7 @@ class Resolver:
             if not text.lower().endswith(BLUETOOTH_BASE_SUFFIX) or len(text) != 36:
                 return True
         if address_type == "random":
-            first = address[:1]
+            first = address[0] if address else ""  # an index is cheaper than a slice
             if first in _RPA_FIRST:
                 return self._irks.key_count > 0
             if first not in _STATIC_FIRST:

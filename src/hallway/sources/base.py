@@ -8,9 +8,9 @@ callback per batch, no task wake-up) or ``get_batch``.
 
 A hand-off may carry a ``screen`` (``Resolver.screen``): a source that can look at an
 advertisement's raw fields first asks it, and for a stranger's advertisement only counts it
-(``screened_out``) instead of building and queueing a record the resolver would drop. In a busy
-hall most advertisements are strangers', so this is most of the daemon's work saved, and
-nothing about a stranger's device gets as far as a record.
+(in its ``stats()["screened"]``) instead of building and queueing a record the resolver would
+drop. In a busy hall most advertisements are strangers', so this is most of the daemon's work
+saved, and nothing about a stranger's device gets as far as a record.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class Handoff:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.screen = screen  # None: every advertisement is queued
-        self._screened = 0
         self._items: deque[Advertisement] = deque()
         self._maxsize = maxsize
         self._idle = False  # a consumer waits: the next put must call _wake
@@ -77,10 +76,6 @@ class Handoff:
         if self._idle:
             self._idle = False
             self._wake()
-
-    def screened_out(self) -> None:
-        """Count one advertisement a source skipped because ``screen`` ruled it out."""
-        self._screened += 1
 
     def _take(self, max_items: int) -> list[Advertisement]:
         items = self._items
@@ -160,10 +155,8 @@ class Handoff:
             self._stop.set_result(None)
 
     def stats(self) -> dict[str, int]:
-        """``queued`` now; ``dropped``, ``total`` (accepted by ``put_nowait``) and ``screened``
-        (skipped as strangers' by a source, see ``screen``) since creation."""
-        return {"queued": len(self._items), "dropped": self._dropped, "total": self._total,
-                "screened": self._screened}
+        """``queued`` now, ``dropped`` and ``total`` (accepted by ``put_nowait``) since creation."""
+        return {"queued": len(self._items), "dropped": self._dropped, "total": self._total}
 
 
 def _nothing() -> None:

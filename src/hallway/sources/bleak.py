@@ -84,10 +84,6 @@ _NO_DATA: Mapping[str, bytes] = MappingProxyType({})
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 
-def _nothing() -> None:
-    return None
-
-
 def _not_running(_adv: Advertisement) -> None:
     raise RuntimeError("BleakSource.run is not running")
 
@@ -273,7 +269,7 @@ class BleakSource:
         self._scanner: BleakScanner | None = None
         self._put: Callable[[Advertisement], None] = _not_running
         self._screen: Screen | None = None
-        self._screened_out: Callable[[], None] = _nothing
+        self._screened = 0  # advertisements the screen ruled out (strangers'): counted only
         self._running = False
         self._progress = monotonic()
         self._last_heard = monotonic()
@@ -322,6 +318,7 @@ class BleakSource:
             "status": self._status,
             **self._counts,
             "heard": self._heard,
+            "screened": self._screened,
             "tracked_devices": len(self._seen),
             "silence_s": round(self._mono() - self._last_heard, 3),
         }
@@ -333,7 +330,6 @@ class BleakSource:
         self._running = True
         self._put = handoff.put_nowait
         self._screen = handoff.screen
-        self._screened_out = handoff.screened_out
         try:
             if sys.platform != "linux":
                 self._last_error = "the bleak source needs Linux and BlueZ"
@@ -554,7 +550,7 @@ class BleakSource:
             if screen is not None and not screen(
                 address, address_type, manufacturer_data, service_data, uuids
             ):
-                self._screened_out()
+                self._screened += 1
                 return
             adv = Advertisement(  # positional, in field order: keywords cost twice as much
                 self._wall(),
