@@ -248,6 +248,33 @@ async def test_forget_contact_strips_queued_details(hub: Hub) -> None:
     assert got[1]["contact"]["name"] == "Grace Hopper"
 
 
+async def test_forget_contact_during_the_log_write_strips_the_sent_line(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event already serialised for the log when its contact is revoked is still sent with
+    the id only (its serialised text is not reused)."""
+    gate = asyncio.Event()
+    writing = asyncio.Event()
+    real_append = store.append_events
+
+    async def held_append(rows: Any) -> None:
+        writing.set()
+        await gate.wait()  # the write is in flight while the contact is revoked
+        await real_append(rows)
+
+    monkeypatch.setattr(store, "append_events", held_append)
+    hub = make_hub(store)
+    await hub.start()
+    sub = hub.subscribe()
+    hub.publish([arrived("c-1", 1.0), arrived("c-2", 2.0)])
+    await asyncio.wait_for(writing.wait(), 2.0)
+    await hub.forget_contact("c-1")
+    gate.set()
+    got = await take(sub, 2)
+    assert got[0]["contact"] == {"id": "c-1"}
+    assert got[1]["contact"]["name"] == "Grace Hopper"
+    await hub.close()
+
+
 async def test_revoked_departure_reaches_tag_filtered_subscriber(store: SqliteStore) -> None:
     contacts = dict(CONTACTS)
     hub = make_hub(store, contacts)

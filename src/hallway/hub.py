@@ -72,9 +72,12 @@ class _Pending:
     event: PresenceEvent
     payload: dict[str, Any]
     tags: frozenset[str] | None
+    _text: str | None = None  # the payload as logged and sent: serialised once
 
     def text(self) -> str:
-        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+        if self._text is None:
+            self._text = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+        return self._text
 
 
 @dataclass(slots=True)
@@ -436,7 +439,7 @@ class Hub:
         for pending in batch:
             self._apply_present(pending)
             items.append(_Item(pending.seq, pending.event.contact_id, pending.tags,
-                               encode_line(pending.payload)))
+                               (pending.text() + "\n").encode()))
             ts = pending.event.ts
             if self._newest_ts is None or ts > self._newest_ts:
                 self._newest_ts = ts
@@ -644,6 +647,7 @@ class Hub:
         for pending in self._pending:
             if pending.event.contact_id == contact_id:
                 pending.payload["contact"] = contact_public(None, contact_id)
+                pending._text = None  # serialised again, without the details
                 pending.tags = None
         for sub in list(self._subs):
             for item in sub._queue:
