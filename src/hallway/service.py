@@ -58,12 +58,12 @@ log = get_logger(__name__)
 PRUNE_INTERVAL_S = 600.0
 CHECKPOINT_INTERVAL_S = 1.0
 GIL_SWITCH_INTERVAL_S = 0.0005
-# The cyclic GC's young generation, while serving: each advertisement allocates short-lived
-# containers (in bleak and here), so the default 700 collects every few packets and promotes
-# survivors that die soon after; 7,000 spends about half the CPU on collection (bench/latency.py).
-GC_THRESHOLDS = (7000, 10, 10)
 """The event log is written on the database thread; a busy loop must not keep it waiting for
 the GIL for Python's default 5 ms (twice per write)."""
+GC_THRESHOLDS = (7000, 10, 10)
+"""The cyclic GC's thresholds while serving: each advertisement allocates short-lived containers
+(in bleak and here), so the default young generation of 700 collects every few packets and
+promotes objects that die soon after; 7,000 halves the CPU spent collecting (bench/latency.py)."""
 STATUS_INTERVAL_S = 5.0
 TICK_INTERVAL_S = 1.0
 

@@ -522,7 +522,7 @@ class BleakSource:
 
     # -- the callback (hot path) ----------------------------------------------------------
     def _on_detect(self, device: BLEDevice, data: AdvertisementData) -> None:
-        # Runs once per advertisement on bleak's D-Bus reader: record, stamp, hand off.
+        # Runs once per advertisement on bleak's D-Bus reader: screen, record, stamp, hand off.
         now = self._mono()
         self._last_heard = now
         self._heard += 1
