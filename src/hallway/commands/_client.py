@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hallway.commands._common import state_dir
 from hallway.config import Config
 
 ENV_TOKEN = "HALLWAY_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -70,11 +71,8 @@ def config_token(config: Config) -> str | None:
     from hallway.errors import ConfigError
     from hallway.server import load_tokens
 
-    state = os.environ.get("STATE_DIRECTORY")
-    state_dir = (Path(state.split(":")[0]) if state
-                 else Path(config.storage.database).resolve().parent)
     try:
-        tokens = load_tokens(config.server, state_dir=state_dir, create=False)
+        tokens = load_tokens(config.server, state_dir=state_dir(config), create=False)
     except (ConfigError, OSError):
         return None
     return tokens[0] if tokens else None

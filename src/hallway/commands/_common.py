@@ -21,3 +21,12 @@ def config_from_args(args: argparse.Namespace, *, setup_logging: bool = True) ->
     if setup_logging:
         configure_logging(config.logging)
     return config
+
+
+def state_dir(config: Config) -> Path:
+    """The daemon's state directory: systemd's ``$STATE_DIRECTORY`` (its first entry), else
+    the folder of the configured database."""
+    env = os.environ.get("STATE_DIRECTORY")
+    if env:
+        return Path(env.split(":")[0])
+    return Path(config.storage.database).resolve().parent

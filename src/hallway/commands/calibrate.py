@@ -148,7 +148,8 @@ async def _save(database: str, contact: Contact, calibration_db: float) -> None:
 
 async def _read_distances(where: Target, secret: str | None, contact_id: str,
                           seconds: float) -> list[float]:
-    """The contact's distance from a fresh subscription's snapshot, once a second."""
+    """The contact's distance from the daemon's live estimate (a ``present`` request), once a
+    second."""
     import asyncio
 
     readings: list[float] = []

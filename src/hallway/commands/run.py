@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
 
-from hallway.commands._common import config_from_args
+from hallway.commands._common import config_from_args, state_dir
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -31,14 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if args.source:
         scanner = config.scanner.model_copy(update={"source": args.source})
         config = config.model_copy(update={"scanner": scanner})
-    state_dir_env = os.environ.get("STATE_DIRECTORY")
-    state_dir = Path(state_dir_env.split(":")[0]) if state_dir_env else None
-    if state_dir is None:
-        state_dir = Path(config.storage.database).resolve().parent
+    state = state_dir(config)
 
     async def main() -> int:
         stop = asyncio.Event()
-        service = Service(config, state_dir=state_dir)
+        service = Service(config, state_dir=state)
         install_signal_handlers(service, stop)
         return await service.run(stop)
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
-from pathlib import Path
 from typing import Any
 
-from hallway.commands._common import config_from_args
+from hallway.commands._common import config_from_args, state_dir
 from hallway.errors import ConfigError, Problem
 
 
@@ -33,15 +31,13 @@ def run(args: argparse.Namespace) -> int:
     if not config.mqtt.enabled:
         raise ConfigError([Problem(getattr(args, "config", None) or "<config>", "mqtt.enabled",
                                    "hallway venue needs the MQTT broker: set enabled = true")])
-    state_env = os.environ.get("STATE_DIRECTORY")
-    state_dir = (Path(state_env.split(":")[0]) if state_env
-                 else Path(config.storage.database).resolve().parent)
+    state = state_dir(config)
 
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await VenueService(config, state_dir=state_dir).run(stop)
+        return await VenueService(config, state_dir=state).run(stop)
 
     return asyncio.run(main())
