@@ -120,10 +120,12 @@ class NetworkTables:
         async with self._db.execute("SELECT hash, contact_id FROM match_hashes") as cursor:
             return [(bytes(h), str(cid)) for h, cid in await cursor.fetchall()]
 
-    async def knows_of(self, contact_ids: Iterable[str]) -> dict[str, frozenset[str]]:
-        """The enrolled ids each of ``contact_ids`` knows (for ``--mutual-only``)."""
-        wanted = set(contact_ids)
-        return {owner: ids for owner, ids in (await self._knows_map()).items() if owner in wanted}
+    async def known_by(self, contact_id: str) -> frozenset[str]:
+        """The enrolled contacts whose ``knows`` lists ``contact_id`` (for ``--mutual-only``)."""
+        async with self._db.execute(
+            "SELECT k.contact_id FROM knows k WHERE k.known_id = ?", (contact_id,)
+        ) as cursor:
+            return frozenset(str(row[0]) for row in await cursor.fetchall())
 
     async def add_knows(
         self, contact_id: str, known: Iterable[str], *, replace: bool = False

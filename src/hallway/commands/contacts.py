@@ -1,4 +1,4 @@
-"""``hallway contacts``: import, export, list, show, add, enroll, revoke."""
+"""``hallway contacts``: import, export, list, show, add, enroll, revoke, network."""
 
 from __future__ import annotations
 
@@ -83,6 +83,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            parents=[common])
     p.add_argument("id")
     p.set_defaults(func=run_revoke)
+
+    from hallway.commands import network
+
+    network.register(actions, common)
 
 
 async def _open(args: argparse.Namespace, *, create: bool = True) -> SqliteStore:
