@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from hallway.store.network import MIGRATION as NETWORK_MIGRATION
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: contacts, keys, consent, revocations, event log, meta
     """
@@ -63,6 +65,8 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE meta SET value = NEW.seq WHERE key = 'last_seq' AND value < NEW.seq;
     END;
     """,
+    # 4: contacts' display and knows, match hashes and their salt (hallway.store.network)
+    NETWORK_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
