@@ -1,5 +1,8 @@
 """``hallway demo``: the whole daemon on a simulated venue, on loopback, watched live.
 
+It first says what the viewer is looking at: the venue (by default ``meetup``, busy enough
+to show arrivals, zone changes and departures every minute), how many contacts are enrolled,
+and how fast people come and go (the simulation runs in real time).
 A temporary store is filled with the simulated venue's contacts; the daemon serves TCP (and a
 Unix socket) with a token and announces itself by mDNS on loopback (or ``--interface``). The
 demo subscribes to itself like any app would and prints the events as they come, and it prints
@@ -23,6 +26,7 @@ from typing import Any
 from hallway.commands._common import config_from_args
 
 DEFAULT_PORT = 7447
+DEFAULT_SCENARIO = "meetup"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -37,7 +41,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "temporary folder)")
     parser.add_argument("--interface", metavar="ADDR", default="127.0.0.1",
                         help="address to listen and announce on (default 127.0.0.1)")
-    parser.add_argument("--scenario", default="booth", help="simulated venue (default booth)")
+    parser.add_argument("--scenario", default=DEFAULT_SCENARIO,
+                        help=f"simulated venue (default {DEFAULT_SCENARIO})")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, metavar="S",
                         help="stop after S seconds (default: run until Ctrl-C)")
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from hallway.logs import configure_logging
     from hallway.service import Service, install_signal_handlers
-    from hallway.simulator import scenario_contacts, scenario_names
+    from hallway.simulator import scenario, scenario_contacts, scenario_names
     from hallway.store import SqliteStore
 
     if args.scenario not in scenario_names():
@@ -96,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         contacts = scenario_contacts(args.scenario, seed=args.seed)
+        spec = scenario(args.scenario)
+        print(f"hallway demo: scenario '{spec.name}', {spec.description}\n"
+              f"  {len(contacts)} enrolled contacts (strangers' phones come and go too: "
+              f"counted, never shown)\n"
+              f"  in real time: {spec.pace}", file=sys.stderr, flush=True)
         async with await SqliteStore.open(config.storage.database) as store:
             await store.import_contacts(contacts)
         stop = asyncio.Event()
