@@ -71,7 +71,7 @@ def test_jsonl_round_trip_ignores_unenrolled_and_hides_match(
     again.write_text(out, encoding="utf-8")
     assert run_cli(capsys, "contacts", "import", str(again), "--db", str(db))[0] == 0
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT contact_id FROM match_hashes").fetchall()
+        rows = conn.execute("SELECT contact_id FROM match_ids WHERE hashed = 1").fetchall()
     assert rows == [("ada",), ("ada",)]
 
 
@@ -88,10 +88,10 @@ def test_match_values_are_stored_only_as_salted_hashes(
             assert needle not in blob
         with sqlite3.connect(db) as conn:
             (salt,) = conn.execute("SELECT salt FROM network_salt").fetchone()
-            stored = {bytes(h) for (h,) in conn.execute("SELECT hash FROM match_hashes")}
+            stored = {h for (h,) in conn.execute("SELECT ident FROM match_ids WHERE hashed = 1")}
         assert len(salt) == 32
-        assert stored == {hash_id(salt, "email:ada@example.org"),
-                          hash_id(salt, "phone:+442079460000")}
+        assert stored == {"h:" + hash_id(salt, "email:ada@example.org").hex(),
+                          "h:" + hash_id(salt, "phone:+442079460000").hex()}
         hashes.append(stored)
     assert hashes[0].isdisjoint(hashes[1])  # the same email hashes differently per database
 
@@ -114,7 +114,7 @@ def test_csv_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert exported["bob"].get("display") is None
     assert exported["bob"]["knows"] == ["ada"]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM match_hashes").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM match_ids WHERE hashed = 1").fetchone() == (2,)
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name,display,phones\nada,Ada,maybe,\nbob,Bob,,0123 456\n",
                    encoding="utf-8")
@@ -185,12 +185,18 @@ async def test_version_3_database_is_migrated(tmp_path: Path) -> None:
         for script in MIGRATIONS[:3]:
             conn.executescript(script)
         conn.execute("PRAGMA user_version = 3")
-        conn.execute("INSERT INTO contacts (id, name) VALUES ('old', 'Old Timer')")
+        conn.execute("INSERT INTO contacts (id, name, handles) VALUES ('old', 'Old Timer', "
+                     "'{\"linkedin\": \"https://www.linkedin.com/in/old-timer\"}')")
     async with await SqliteStore.open(db) as store:
         (old,) = await store.list_contacts()
         assert old.display is False
         assert old.knows == frozenset()
         assert len(await store.network_salt()) == 32
+        # Handles stored before the migration become match identifiers on first use.
+        assert await store.match_rows({"linkedin:old-timer"}) == []
+        assert await store.ensure_match_ids() is True
+        assert await store.match_rows({"linkedin:old-timer"}) == [("linkedin:old-timer", "old")]
+        assert await store.ensure_match_ids() is False
 
 
 def test_event_contact_object_carries_display_and_knows() -> None:
