@@ -145,6 +145,7 @@ def test_add_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     code, out, _ = run_cli(capsys, "contacts", "show", "ada", "--db", str(db))
     shown = json.loads(out)
+    assert shown["match_hashes"] == 2
     assert shown["display"] is True
     assert shown["knows"] == ["bob"]
     assert "example" not in out

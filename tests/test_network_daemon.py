@@ -109,6 +109,13 @@ def test_knows_of_delivers_exactly_the_known_people(tmp_path: Path) -> None:
         assert {p["contact"]["id"] for p in present["present"]} == {"ada", "cy", "bob"}
         asker.close()
 
+        # A resume replays the log through the same filter (with the knows of now).
+        resumed = Client(port)
+        assert resumed.subscribe(knows_of="me", since_seq=0)["type"] == "subscribed"
+        replayed = [e for e in resumed.events(2.0) if e.get("type") == "arrived"]
+        assert {e["contact"]["id"] for e in replayed} == {"ada", "cy", "bob"}
+        resumed.close()
+
         # A knows_of that is not a contact id is a bad request.
         bad = Client(port)
         reply = bad.subscribe(knows_of=42)

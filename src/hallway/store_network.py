@@ -166,6 +166,11 @@ class NetworkTables:
         ) as cursor:
             return [(str(ident), str(cid)) for ident, cid in await cursor.fetchall()]
 
+    async def match_count(self, contact_id: str) -> int:
+        """How many email/phone hashes a contact may be matched by."""
+        return int(await self._scalar(
+            "SELECT count(*) FROM match_ids WHERE contact_id = ? AND hashed = 1", (contact_id,)))
+
     async def known_by(self, contact_id: str) -> frozenset[str]:
         """The enrolled contacts whose ``knows`` lists ``contact_id`` (for ``--mutual-only``)."""
         async with self._db.execute(
