@@ -59,11 +59,12 @@ def phone(value: str, region: str | None = None) -> str | None:
         return None
     if text.startswith("00"):
         text = "+" + text[2:]
-    if not text.startswith("+") and region is None:
+    international = text.startswith("+")
+    if not international and region is None:
         return None
     try:
-        number = phonenumbers.parse(text, None if text.startswith("+") else region.upper()
-                                    if region else None)
+        number = phonenumbers.parse(text, None if international or region is None
+                                    else region.upper())
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(number):
