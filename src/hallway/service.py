@@ -177,7 +177,7 @@ class Service:
         source = self._source.stats() if self._source is not None else {}
         return {
             # The pipeline's count plus the strangers' a source screened out before a record.
-            "advertisements": int(stats.get("seen", stats.get("advertisements", 0)))
+            "advertisements": int(stats.get("advertisements", 0))
             + int(source.get("screened", 0)),
             "matched": int(stats.get("matched", 0)),
             "malformed": int(stats.get("malformed", 0)),
