@@ -15,6 +15,7 @@ from hallway.events import contact_public
 from hallway.models import Contact
 from hallway.network.hashing import hash_id
 from hallway.store import MIGRATIONS, SqliteStore
+from hallway.store.migrations import statements
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -206,3 +207,26 @@ def test_event_contact_object_carries_display_and_knows() -> None:
     assert contact_public(ada, "ada") == {"id": "ada", "name": "Ada", "display": True,
                                          "knows": ["bob", "cy"]}
     assert contact_public(Contact(id="bob", name="Bob"), "bob") == {"id": "bob", "name": "Bob"}
+
+
+async def test_version_4_match_hashes_move_to_match_ids(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    with sqlite3.connect(db) as conn:
+        for script in MIGRATIONS[:4]:
+            for statement in statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute("INSERT INTO contacts (id, name, handles) VALUES ('bob', 'Bob', "
+                     "'{\"x\": \"@bobby\"}')")
+        (salt,) = conn.execute("SELECT salt FROM network_salt").fetchone()
+        digest = hash_id(salt, "email:bob@babbage.example")
+        conn.execute("INSERT INTO match_hashes VALUES (?, 'bob')", (digest,))
+    async with await SqliteStore.open(db) as store:
+        rows = await store.match_rows({"h:" + digest.hex(), "x:bobby"})
+        assert rows == [("h:" + digest.hex(), "bob")]  # handles wait for ensure_match_ids
+        assert await store.ensure_match_ids() is True
+        rows = await store.match_rows({"h:" + digest.hex(), "x:bobby"})
+        assert sorted(rows) == [("h:" + digest.hex(), "bob"), ("x:bobby", "bob")]
+    with sqlite3.connect(db) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "match_hashes" not in tables

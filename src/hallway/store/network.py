@@ -1,4 +1,4 @@
-"""The store's network tables (migration 4): who knows whom, match identifiers, the salt.
+"""The store's network tables (network's migrations): who knows whom, match identifiers, salt.
 
 ``knows(contact_id, known_id)`` holds the ids a person knows; rows whose ``known_id`` is not
 (or no longer) enrolled are kept (a later import may enroll them) but never read back, and
@@ -11,7 +11,7 @@ matching (``hashed`` 1, ``ident`` = ``h:`` + hex; the addresses themselves are n
 stored). ``network_salt`` holds the database's random salt, made once by the migration.
 ``meta.match_ids_version`` says which normalisation rules the handle rows were derived
 with; ``ensure_match_ids`` derives them again when it is older than this code's (also for
-the contacts stored before the migration).
+the contacts stored before ``match_ids`` existed).
 
 ``NetworkTables`` is mixed into ``SqliteStore``; its methods use the store's connection and
 its one-writer-at-a-time transactions.
@@ -40,6 +40,18 @@ MIGRATION = """
         PRIMARY KEY (contact_id, known_id)
     ) WITHOUT ROWID;
     CREATE INDEX knows_known ON knows(known_id);
+    CREATE TABLE match_hashes (
+        hash BLOB NOT NULL,
+        contact_id TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+        PRIMARY KEY (hash, contact_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX match_hashes_contact ON match_hashes(contact_id);
+    CREATE TABLE network_salt (id INTEGER PRIMARY KEY CHECK (id = 1), salt BLOB NOT NULL);
+    INSERT INTO network_salt VALUES (1, randomblob(32));
+"""
+"""Contacts' display and knows, match hashes and their salt (as first shipped)."""
+
+MATCH_IDS_MIGRATION = """
     CREATE TABLE match_ids (
         ident TEXT NOT NULL,
         contact_id TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
@@ -47,14 +59,17 @@ MIGRATION = """
         PRIMARY KEY (ident, contact_id)
     ) WITHOUT ROWID;
     CREATE INDEX match_ids_contact ON match_ids(contact_id, hashed);
-    CREATE TABLE network_salt (id INTEGER PRIMARY KEY CHECK (id = 1), salt BLOB NOT NULL);
-    INSERT INTO network_salt VALUES (1, randomblob(32));
+    INSERT INTO match_ids (ident, contact_id, hashed)
+        SELECT 'h:' || lower(hex(hash)), contact_id, 1 FROM match_hashes;
+    DROP TABLE match_hashes;
     INSERT INTO meta SELECT 'match_ids_version',
-        CASE WHEN EXISTS (SELECT 1 FROM contacts) THEN 0 ELSE {version} END;
+        CASE WHEN EXISTS (SELECT 1 FROM contacts WHERE handles != '{}') THEN 0 ELSE {version} END;
 """
+"""Match identifiers: handles in canonical form beside the salted hashes (the hashes move
+over as ``h:`` + hex), so an import looks up only its own identifiers."""
 MATCH_IDS_VERSION = 1
 """Bump when ``hallway.network.normalise`` changes what a handle's identifier is."""
-MIGRATION = MIGRATION.replace("{version}", str(MATCH_IDS_VERSION))
+MATCH_IDS_MIGRATION = MATCH_IDS_MIGRATION.replace("{version}", str(MATCH_IDS_VERSION))
 
 _INSERT_KNOWN = (
     "INSERT OR IGNORE INTO knows (contact_id, known_id) SELECT ?, ? "
@@ -131,7 +146,7 @@ class NetworkTables:
 
     async def ensure_match_ids(self) -> bool:
         """Derive every contact's handle identifiers again if they were derived by older rules
-        (or not at all: contacts stored before migration 4). True if it did."""
+        (or not at all: contacts stored before ``match_ids`` existed). True if it did."""
         version = await self._scalar("SELECT value FROM meta WHERE key = 'match_ids_version'")
         if version is not None and int(version) >= MATCH_IDS_VERSION:
             return False
