@@ -564,6 +564,15 @@ class Hub:
                 entries.append(present_json(entry.info, contact))
         return entries
 
+    def filter_of(
+        self,
+        contacts: Iterable[str] | None,
+        tags: Iterable[str] | None,
+        knows_of: str | None = None,
+    ) -> Filter:
+        """A request's filter, its ``knows_of`` following this hub's contacts."""
+        return Filter.of(contacts, tags, knows_of=knows_of, lookup=self._lookup)
+
     def subscribe(
         self,
         *,
@@ -581,7 +590,7 @@ class Hub:
         """
         if not self._started or self._closed:
             raise RuntimeError("hub is not running")
-        filter_ = Filter.of(contacts, tags, knows_of=knows_of, lookup=self._lookup)
+        filter_ = self.filter_of(contacts, tags, knows_of)
         seq = self._delivered_seq
         resync = since_seq is not None and (since_seq < self._horizon or since_seq > seq)
         sub = Subscription(

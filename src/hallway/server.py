@@ -38,7 +38,7 @@ from typing import Any
 
 from hallway.config import ServerConfig, is_loopback_host
 from hallway.errors import ConfigError, Problem, ProtocolError
-from hallway.hub import Filter, Hub, Subscription, encode_line
+from hallway.hub import Hub, Subscription, encode_line
 from hallway.logs import get_logger
 
 log = get_logger(__name__)
@@ -764,9 +764,10 @@ class EventServer:
         try:
             contacts = _string_list(message, "contacts")
             tags = _string_list(message, "tags")
+            knows_of = _knows_of(message)
         except ProtocolError as exc:
             raise _Reject(exc.code, str(exc)) from None
-        wanted = Filter.of(contacts, tags)
+        wanted = self._hub.filter_of(contacts, tags, knows_of)
         entries = self._present_provider() if self._present_provider else self._hub.present()
         conn.send_json({"type": "present", "present": [
             entry for entry in entries

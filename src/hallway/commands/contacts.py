@@ -194,13 +194,15 @@ def run_show(args: argparse.Namespace) -> int:
     from hallway.contacts_io import contact_to_obj
     from hallway.keys import key_to_json, mask
 
-    async def work() -> Any:
+    async def work() -> tuple[Any, int]:
         store = await _open(args, create=False)
         async with store:
-            return await store.get_contact(args.id)
+            return await store.get_contact(args.id), await store.match_count(args.id)
 
-    contact = asyncio.run(work())
+    contact, match_count = asyncio.run(work())
     obj = contact_to_obj(contact)
+    if match_count:
+        obj["match_hashes"] = match_count  # how many; the addresses are not stored
     if not args.reveal_keys:
         masked = []
         for key in contact.keys:

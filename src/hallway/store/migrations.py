@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from hallway.store.network import MATCH_IDS_MIGRATION as NETWORK_MATCH_IDS_MIGRATION
 from hallway.store.network import MIGRATION as NETWORK_MIGRATION
 
 MIGRATIONS: tuple[str, ...] = (
@@ -67,6 +68,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 4: contacts' display and knows, match hashes and their salt (hallway.store.network)
     NETWORK_MIGRATION,
+    # 5 (network's second): match identifiers, the handles' canonical forms beside the salted
+    # email/phone hashes, so a network import looks up only its own identifiers
+    NETWORK_MATCH_IDS_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
