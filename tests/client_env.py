@@ -112,7 +112,8 @@ class CuttingProxy:
             events = 0
             with contextlib.suppress(OSError):
                 while line := await up_reader.readline():
-                    is_event = b'"contact"' in line and b'"seq"' in line and b'"present"' not in line
+                    is_event = (b'"contact"' in line and b'"seq"' in line
+                                and b'"present"' not in line)
                     if cut and is_event and events >= self.after_events:
                         writer.write(line[: len(line) // 2])
                         await writer.drain()

@@ -145,11 +145,13 @@ async def test_kill_and_restart_under_a_subscriber_exactly_once(
     assert collector.error is None
     _assert_exactly_once(collector, tmp_path / "hallway.db")
     kinds = {type(e) for e in collector.events}
-    assert hc.Arrived in kinds and hc.Departed in kinds
+    assert hc.Arrived in kinds
+    assert hc.Departed in kinds
     assert any(isinstance(e, hc.Departed) and e.reason == "shutdown" for e in collector.events)
     states = [s.state for s in collector.states]
     assert states[:2] == [hc.State.CONNECTING, hc.State.CONNECTED]
-    assert hc.State.RESUMING in states and hc.State.BACKING_OFF in states
+    assert hc.State.RESUMING in states
+    assert hc.State.BACKING_OFF in states
     assert states[-1] is hc.State.CLOSED
 
 
@@ -303,6 +305,12 @@ async def test_resume_after_the_retention_horizon_gets_resync(tmp_path: Path,
 # -- TLS pinning and the token rule, against scripted servers ----------------------------------
 
 
+async def _consume(sub: hc.Subscription) -> None:
+    async with sub:
+        async for _ in sub:
+            pass
+
+
 async def _hallway_script(conn: FakeConnection) -> None:
     await conn.send({"type": "hello", "protocol": 1, "server": "hallway/fake", "scanner": "fake",
                      "auth": "token"})
@@ -342,9 +350,7 @@ async def test_a_certificate_that_does_not_match_gets_nothing(tmp_path: Path) ->
     try:
         uri = f"hallway://127.0.0.1:{fake.port}?token={TOKEN}&fp=sha256:{pinned}"
         with pytest.raises(hc.FingerprintMismatch, match="does not match the pinned"):
-            async with hc.connect(uri) as sub:
-                async for _ in sub:
-                    pass
+            await _consume(hc.connect(uri))
         with pytest.raises(hc.FingerprintMismatch):
             await hc.status(uri)
         with pytest.raises(hc.FingerprintMismatch):
@@ -361,10 +367,8 @@ async def test_a_plain_server_given_a_fingerprint_gets_nothing(tmp_path: Path) -
     await fake.start()
     try:
         with pytest.raises(hc.Unreachable):
-            async with hc.connect(f"127.0.0.1:{fake.port}", token=TOKEN, fingerprint=pinned,
-                                  give_up_after_s=1.0, retry_max_s=0.2) as sub:
-                async for _ in sub:
-                    pass
+            await _consume(hc.connect(f"127.0.0.1:{fake.port}", token=TOKEN, fingerprint=pinned,
+                                      give_up_after_s=1.0, retry_max_s=0.2))
     finally:
         await fake.close()
     assert fake.connections >= 1
@@ -404,7 +408,8 @@ async def test_rate_limited_is_waited_out() -> None:
     finally:
         await fake.close()
     assert len(attempts) == 3
-    assert attempts[1] - attempts[0] >= 0.55 and attempts[2] - attempts[1] >= 0.55
+    assert attempts[1] - attempts[0] >= 0.55
+    assert attempts[2] - attempts[1] >= 0.55
     backoffs = [s for s in states if s.state is hc.State.BACKING_OFF]
     assert len(backoffs) == 2
     assert all(s.retry_in_s is not None and s.retry_in_s >= 0.6 for s in backoffs)
@@ -416,9 +421,7 @@ async def test_unauthorized_ends_the_subscription() -> None:
     await fake.start()
     try:
         with pytest.raises(hc.Refused) as caught:
-            async with hc.connect(f"127.0.0.1:{fake.port}", token="wrong-token-000000") as sub:
-                async for _ in sub:
-                    pass
+            await _consume(hc.connect(f"127.0.0.1:{fake.port}", token="wrong-token-000000"))
     finally:
         await fake.close()
     assert caught.value.code == "unauthorized"
@@ -428,8 +431,10 @@ async def test_unauthorized_ends_the_subscription() -> None:
 def test_targets_and_uris() -> None:
     fp = "ab" * 32
     target = hc.parse_target(f"hallway://[::1]:7000?token=a%26b&fp=sha256:{fp.upper()}")
-    assert (target.host, target.port, target.token, target.fingerprint) == ("::1", 7000, "a&b", fp)
-    assert target.tls and target.named
+    got = (target.host, target.port, target.token, target.fingerprint)
+    assert got == ("::1", 7000, "a&b", fp)
+    assert target.tls
+    assert target.named
     assert hc.parse_target(target.uri()) == target
     assert "a&b" not in repr(target)
     plain = hc.parse_target("hallway://kiosk.local?token=t")

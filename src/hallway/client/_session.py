@@ -135,7 +135,7 @@ async def _greet(stream: Stream, target: Target, timeout_s: float,
 
 
 def _check_discovered(target: Target) -> None:
-    if not target.named and not target.tls:
+    if target.token is not None and not target.named and not target.tls:
         raise TokenWithheld(
             f"{target.describe()} was found by mDNS: connect with its certificate's pinned "
             "fingerprint (TLS), or name the host yourself")
