@@ -26,6 +26,7 @@ from typing import Any, Self
 import aiosqlite
 
 from hallway.errors import ContactNotFound, ImportRejected, Problem, StoreError
+from hallway.files import create_private
 from hallway.models import Contact, ContactKey, KeyKind
 
 MIGRATIONS: tuple[str, ...] = (
@@ -125,6 +126,11 @@ class SqliteStore:
         """Open (creating and migrating as needed) the database at ``path``."""
         text = str(path)
         _check_path(text, create=create)
+        if create and text != ":memory:" and not text.startswith("file:"):
+            # Keys and IRKs live here: 0600 whatever the umask (SQLite gives its -wal and
+            # -shm files the database file's mode).
+            with contextlib.suppress(OSError):  # connect reports what is wrong with the path
+                create_private(text)
         try:
             db = await aiosqlite.connect(text, isolation_level=None)
         except sqlite3.Error as exc:
