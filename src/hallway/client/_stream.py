@@ -9,6 +9,7 @@ sees a token.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ from hallway.client._errors import FingerprintMismatch, ProtocolError
 from hallway.client._target import Target
 
 DEFAULT_BUFFER_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 16
 
 
 class ConnectionCut(ConnectionError):
@@ -45,9 +47,12 @@ class Stream:
     """A line-oriented connection; ``read`` returns one JSON object or None at a clean end."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 where: str) -> None:
+                 where: str, *, line_limit: int = DEFAULT_BUFFER_BYTES) -> None:
         self._reader = reader
         self._writer = writer
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._partial = b""
+        self._line_limit = line_limit
         self.where = where
 
     @classmethod
@@ -69,7 +74,7 @@ class Stream:
                 reader, writer = await asyncio.open_connection(
                     target.host, target.port, limit=buffer_bytes, ssl=tls_context(),
                     server_hostname=target.host, ssl_handshake_timeout=timeout_s)
-        stream = cls(reader, writer, where)
+        stream = cls(reader, writer, where, line_limit=buffer_bytes)
         if target.fingerprint is not None:
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -87,16 +92,22 @@ class Stream:
         """The next line as a JSON object; None when the server closed cleanly between lines.
 
         ConnectionCut when it closed inside a line, ProtocolError when a line is not a JSON
-        object or is longer than the buffer, TimeoutError after ``timeout_s`` of silence."""
-        try:
+        object or is longer than the buffer, TimeoutError after ``timeout_s`` of silence.
+        Lines are taken from the socket a chunk at a time (one wait for many lines)."""
+        while not self._lines:
             async with asyncio.timeout(timeout_s):
-                line = await self._reader.readline()
-        except ValueError:  # a line longer than the buffer
-            raise ProtocolError(f"{self.where}: a line longer than the read buffer") from None
-        if not line:
-            return None
-        if not line.endswith(b"\n"):
-            raise ConnectionCut(f"{self.where}: the connection ended in the middle of a line")
+                chunk = await self._reader.read(CHUNK_BYTES)
+            if not chunk:
+                if self._partial:
+                    self._partial = b""
+                    raise ConnectionCut(
+                        f"{self.where}: the connection ended in the middle of a line")
+                return None
+            *complete, self._partial = (self._partial + chunk).split(b"\n")
+            self._lines.extend(line for line in complete if line.strip())
+            if len(self._partial) > self._line_limit:
+                raise ProtocolError(f"{self.where}: a line longer than the read buffer")
+        line = self._lines.popleft()
         try:
             value = json.loads(line)
         except ValueError:
