@@ -40,9 +40,13 @@ def test_demo_shows_events_and_tail_reads_them(tmp_path: Path) -> None:
         assert first_event < 15, first_event
         port = re.search(r"serving on 127\.0\.0\.1:(\d+)", err_path.read_text())
         assert port is not None
-        assert f"hallway tail --connect 127.0.0.1:{port.group(1)} --token {token}" in (
-            err_path.read_text()
-        )
+        # The printed command does not carry the secret (ps shows command lines): a URI file.
+        assert token not in err_path.read_text()
+        uri_file = re.search(r"hallway tail --uri-file (\S+)", err_path.read_text())
+        assert uri_file is not None
+        assert Path(uri_file.group(1)).stat().st_mode & 0o777 == 0o600
+        assert Path(uri_file.group(1)).read_text().strip() == (
+            f"hallway://127.0.0.1:{port.group(1)}?token={token}")
         tail = subprocess.run(
             [sys.executable, "-m", "hallway", "tail", "--connect", f"127.0.0.1:{port.group(1)}",
              "--token", token, "--json", "--since", "0", "--count", "1"],

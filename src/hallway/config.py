@@ -341,8 +341,14 @@ def parse_config(text: str, *, file: str = "<config>", base: Path | None = None)
         line = int(match.group(1)) if match else None
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError([Problem(file, "", f"TOML syntax error: {reason}", line)]) from None
+    except RecursionError:
+        raise ConfigError([Problem(file, "", "cannot parse: nested too deeply")]) from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file (exit 78)
+        raise ConfigError([Problem(file, "", f"cannot parse: {type(exc).__name__}")]) from None
     try:
         config = Config.model_validate(data)
+    except RecursionError:
+        raise ConfigError([Problem(file, "", "cannot parse: nested too deeply")]) from None
     except ValidationError as exc:
         lines = _key_lines(text)
         problems = []

@@ -158,7 +158,14 @@ def run_export(args: argparse.Namespace) -> int:
     lines = asyncio.run(work())
     text = "".join(line + "\n" for line in lines)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        from hallway.files import open_private
+
+        # Every contact's keys and IRKs: 0600 from creation, whatever the umask.
+        try:
+            with open_private(args.out, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            raise HallwayError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -321,8 +328,11 @@ def run_enroll(args: argparse.Namespace) -> int:
     print(uri)
     for path, kind in ((args.png, "png"), (args.svg, "svg")):
         if path:
-            try:
-                qr.save(path, kind=kind, scale=8, border=4)
+            from hallway.files import open_private
+
+            try:  # the QR code carries the enrollment key: 0600 from creation
+                with open_private(path, "wb") as out:
+                    qr.save(out, kind=kind, scale=8, border=4)
             except OSError as exc:
                 raise HallwayError(f"{path}: cannot write: {exc.strerror}") from None
             print(f"wrote {path}", file=sys.stderr)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import socket
 import sys
@@ -118,10 +119,10 @@ def run(args: argparse.Namespace) -> int:
             if service.announced_name:
                 print(f"  announced by mDNS as '{service.announced_name}' "
                       f"(_hallway._tcp on {args.interface})", file=sys.stderr)
+            # The token goes in a file of its own, not on a command line (ps shows those).
+            uri_file = _write_uri_file(workdir, args.interface, service.tcp_port, token)
             print("  watch it from another terminal with:\n"
-                  f"    hallway tail --connect {args.interface}:{service.tcp_port} "
-                  f"--token {token}\n"
-                  f"    hallway tail --token {token}   (finds it by mDNS)", file=sys.stderr)
+                  f"    hallway tail --uri-file {uri_file}", file=sys.stderr)
             if not args.quiet:
                 watcher.append(asyncio.create_task(_watch(unix_path, token), name="demo-watch"))
             if args.duration is not None:
@@ -145,6 +146,17 @@ def run(args: argparse.Namespace) -> int:
                 path.unlink() if not path.is_dir() else path.rmdir()
         with contextlib.suppress(OSError):
             workdir.rmdir()
+
+
+def _write_uri_file(workdir: Path, host: str, port: int | None, token: str) -> Path:
+    """The demo's connection URI in a file only its owner can read (0600 from creation)."""
+    from hallway.client import Target
+
+    path = workdir / "hallway.uri"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(Target(host=host, port=port, token=token).uri() + "\n")
+    return path
 
 
 async def _watch(unix_path: str, token: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Self
 import aiosqlite
 
 from hallway.errors import StoreError
+from hallway.files import create_private
 from hallway.store.migrations import MIGRATIONS, SCHEMA_VERSION, statements
 
 
@@ -53,6 +54,11 @@ class Database:
         """Open (creating and migrating as needed) the database at ``path``."""
         text = str(path)
         _check_path(text, create=create)
+        if create and text != ":memory:" and not text.startswith("file:"):
+            # Keys and IRKs live here: 0600 whatever the umask (SQLite gives its -wal and
+            # -shm files the database file's mode).
+            with contextlib.suppress(OSError):  # connect reports what is wrong with the path
+                create_private(text)
         try:
             db = await aiosqlite.connect(text, isolation_level=None)
         except sqlite3.Error as exc:
