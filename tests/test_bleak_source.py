@@ -17,8 +17,8 @@ from hallway.identity.resolver import Resolver
 from hallway.models import Advertisement, Contact, ContactKey, KeyKind
 from hallway.sources.base import Handoff, SourceState
 from hallway.sources.bleak import BleakSource
-from hallway.testing.fakebluez import FakeBlueZProcess
 from hallway.trace import advertisement_json, parse_trace_line
+from tests.support.fakebluez import FakeBlueZProcess
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
     from tests.bluez_env import bluez_env, drain, needs_dbus, running, wait_until
