@@ -43,8 +43,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # the test doubles in tests/support
 
-from hallway.testing.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBus  # noqa: E402
+from tests.support.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBus  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 BADGES = 200

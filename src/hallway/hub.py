@@ -15,10 +15,13 @@ is marked lagged, its queue is dropped and its ``on_lagged`` callback runs; the 
 off and resumes from the log with ``since_seq``. A slow subscriber never slows the flusher or
 anyone else.
 
-Retention: the log keeps events newer than ``retention_s`` (measured against the newest
-event's own ``ts``, the advertisements' clock) and at most ``retention_count`` of them. The
-horizon is the highest ``seq`` that may have been pruned; a resume from below it gets
-``resync``. Pruning waits while any subscriber is being replayed to, so a replay never skips.
+Retention: the log keeps events newer than ``retention_s`` and at most ``retention_count`` of
+them. The hub is the log's only pruner, and it measures age on one clock, the advertisements'
+(``clock``: the daemon's stream clock, so a replayed trace keeps its own time; without one, or
+until it knows the time, the newest event's own ``ts``). It prunes every ``prune_interval_s``,
+also when no events come, and after many events. The horizon is the highest ``seq`` that may
+have been pruned; a resume from below it gets ``resync``. Pruning waits while any subscriber is
+being replayed to, so a replay never skips.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 from hallway.errors import StoreError
 from hallway.events import contact_public, event_json, present_json
-from hallway.logs import get_logger
+from hallway.logs import FailureStreak, get_logger
 from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
 from hallway.store import SqliteStore
 
@@ -293,8 +296,10 @@ class Hub:
         prune_interval_s: float = PRUNE_INTERVAL_S,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
         give_up_after_s: float | None = None,
+        clock: Callable[[], float | None] | None = None,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._scanner = scanner
         self._lookup = contact_lookup
         self._retention_s = retention_s
@@ -318,8 +323,9 @@ class Hub:
         self._closed = False
         self._last_prune = float("-inf")
         self._since_prune = 0
+        self._prune_timer: asyncio.TimerHandle | None = None
         self._lagged_total = 0
-        self._error_streak = 0
+        self._write_failures = FailureStreak(log)
         self._n = _Counters()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -340,6 +346,9 @@ class Hub:
         self._horizon = max(self._horizon, last if first is None else first - 1)
         self._flusher = asyncio.create_task(self._flush_loop(), name="hallway-hub-flusher")
         self._flusher.add_done_callback(_report_flusher_end)
+        self._prune_timer = asyncio.get_running_loop().call_later(
+            self._prune_interval_s, self._prune_due
+        )
         self._started = True
         log.debug("hub_started", last_seq=last, horizon=self._horizon)
 
@@ -349,6 +358,8 @@ class Hub:
             return
         self._closed = True
         self._closing = True
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         self._wakeup.set()
         if self._flusher is not None:
             done, _ = await asyncio.wait({self._flusher}, timeout=self._close_timeout_s)
@@ -427,11 +438,8 @@ class Hub:
                     raise StoreError(f"the event log could not be written for "
                                      f"{failed_for:.0f} s: {exc}") from None
                 self._n.store_errors += 1
-                self._error_streak += 1
-                if self._error_streak == 1:
-                    log.warning("event_log_write_failed", error=str(exc), events=len(rows))
-                else:
-                    log.debug("event_log_write_failed", error=str(exc), streak=self._error_streak)
+                self._write_failures.failed("event_log_write_failed", error=str(exc),
+                                            events=len(rows))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 rows = await self._unlogged(rows)
@@ -439,9 +447,8 @@ class Hub:
                     break
                 continue
             break
-        if self._error_streak:
-            log.info("event_log_write_recovered", failures=self._error_streak)
-            self._error_streak = 0
+        if failures := self._write_failures.ended():
+            log.info("event_log_write_recovered", failures=failures)
         self._logged_seq = batch[-1].seq
         self._n.logged += len(batch)
         self._n.batches += 1
@@ -504,8 +511,23 @@ class Hub:
         tags = pending.tags or frozenset()
         self._present[ev.contact_id] = _Present(info, tags | (old.tags if old else frozenset()))
 
+    def _prune_due(self) -> None:
+        """Wake the flusher every prune interval, so retention holds while no events come."""
+        self._wakeup.set()
+        self._prune_timer = asyncio.get_running_loop().call_later(
+            self._prune_interval_s, self._prune_due
+        )
+
+    def _retention_now(self) -> float | None:
+        """Now on the advertisements' clock (see Retention above); None before any event."""
+        now = self._clock() if self._clock is not None else None
+        if now is None:
+            return self._newest_ts
+        return now if self._newest_ts is None else max(now, self._newest_ts)
+
     async def _maybe_prune(self) -> None:
-        if self._newest_ts is None:
+        now = self._retention_now()
+        if now is None:
             return
         due = (
             time.monotonic() - self._last_prune >= self._prune_interval_s
@@ -517,7 +539,7 @@ class Hub:
         self._since_prune = 0
         try:
             removed = await self._store.prune_events(
-                before_ts=self._newest_ts - self._retention_s, keep_count=self._retention_count
+                before_ts=now - self._retention_s, keep_count=self._retention_count
             )
             first = await self._store.first_retained_seq()
         except StoreError as exc:
@@ -538,6 +560,11 @@ class Hub:
             return None
         exc = flusher.exception()
         return exc if isinstance(exc, StoreError) else None
+
+    @property
+    def writing(self) -> bool:
+        """False while event log writes are failing (retried until ``give_up_after_s``)."""
+        return self._write_failures.count == 0 and self.failure is None
 
     @property
     def running(self) -> bool:

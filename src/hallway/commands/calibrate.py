@@ -17,7 +17,6 @@ Exit codes: 0 measured, 1 no reading (the contact was never present), refused or
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from hallway.client import Target
 from hallway.commands._client import add_target_options, clean, resolve
 from hallway.commands._common import config_from_args
 from hallway.models import Contact
+from hallway.proximity.distance import correction_db
 
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
@@ -51,13 +51,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         help="store the result as the contact's calibration_db")
     add_target_options(parser)
     parser.set_defaults(func=run)
-
-
-def correction_db(calibration_db: float, *, true_m: float, read_m: float,
-                  exponent: float) -> float:
-    """The calibration that makes a contact read ``true_m`` where it read ``read_m`` with
-    ``calibration_db`` (log-distance model with ``exponent``)."""
-    return calibration_db + 10.0 * exponent * math.log10(true_m / read_m)
 
 
 def run(args: argparse.Namespace) -> int:
