@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
-import json
 import os
 import secrets
 import socket
@@ -36,9 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hallway import codec
+from hallway.codec import encode_line
 from hallway.config import ServerConfig, is_loopback_host
 from hallway.errors import ConfigError, Problem, ProtocolError
-from hallway.hub import Filter, Hub, Subscription, encode_line
+from hallway.hub import Filter, Hub, Subscription
 from hallway.logs import get_logger
 
 log = get_logger(__name__)
@@ -358,14 +359,10 @@ class _Counters:
 def _parse_line(raw: bytes) -> dict[str, Any]:
     """One client line as a JSON object with a string ``type``, or ProtocolError(bad_request)."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("bad_request", "line is not valid UTF-8") from None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("bad_request", "line is not valid JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        data = codec.decode(raw)
+    except codec.DecodeError as exc:
+        raise ProtocolError("bad_request", f"line is {exc}") from None
+    if not isinstance(data.get("type"), str):
         raise ProtocolError("bad_request", 'expected a JSON object with a "type"')
     return data
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import signal
 import sys
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hallway import __version__
+from hallway import __version__, codec
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import HallwayError
@@ -295,7 +294,7 @@ class Service:
         events = []
         for contact_id, payload, arrived_ts in await self.store.present_in_log():
             try:
-                last = json.loads(payload)
+                last = codec.decode(payload)
                 via = KeyKind(last["via"]) if last.get("via") else None
             except (ValueError, KeyError, TypeError):
                 last, via = {}, None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from typing import Any
 
 import aiomqtt
 
-from hallway import __version__
+from hallway import __version__, codec
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import BrokerError, HallwayError
@@ -304,8 +303,8 @@ class VenueService:
         if not payload:
             return self.arbiter.lost(scanner, contact_id, now=now)
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            data: dict[str, Any] | None = codec.decode(payload)
+        except codec.DecodeError:
             data = None
         contact = public_contact(data.get("contact")) if isinstance(data, dict) else None
         if not isinstance(data, dict) or contact is None or contact["id"] != contact_id:
