@@ -92,7 +92,9 @@ async def _phase(args: argparse.Namespace, name: str, events: list[list[Any]], p
                   batch_window_s=args.batch_window)
         await hub.start()
         config = ServerConfig(tcp_port=0, unix_socket=None, tokens=(TOKEN,),
-                              max_connections=args.subscribers + 10, queue_size=queue_size)
+                              max_connections=args.subscribers + 10,
+                              max_connections_per_token=args.subscribers + 10,
+                              queue_size=queue_size)
         server = EventServer(config, hub, scanner="bench", version="bench", tokens=[TOKEN])
         await server.start()
         child = await asyncio.create_subprocess_exec(

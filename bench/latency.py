@@ -123,7 +123,8 @@ def write_setup(directory: Path, port: int, subscribers: int) -> Path:
         f'[scanner]\nname = "bench"\nsource = "bleak"\n'
         f'[storage]\ndatabase = "{directory / "hallway.db"}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
-        f"max_connections = {subscribers + 16}\nqueue_size = 100000\n"
+        f"max_connections = {subscribers + 16}\nmax_connections_per_token = {subscribers + 8}\n"
+        "queue_size = 100000\n"
         f'[mdns]\nenabled = false\n[logging]\nlevel = "warning"\nformat = "json"\n'
         f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n"
     )

@@ -411,7 +411,8 @@ async def test_abusive_clients(tmp_path: Path) -> None:
     assert not [k for k in counts if k.startswith("big ") and k != "big too_large"], counts
     assert counts["garbage bad_request"] >= 50, counts
     assert not [k for k in counts if k.startswith("garbage ") and k != "garbage bad_request"]
-    # Wrong tokens: a burst is answered, then the peer is refused at once; one warning.
+    # Wrong tokens: a burst is answered, then the peer is told to wait (rate_limited); one
+    # warning.
     assert counts["wrong_token refused at once"] > 10 * counts["wrong_token rejected"], counts
     assert counts["wrong_token rejected"] <= 10 + abuse_s * 0.5 + 2
     assert len(auth_warnings) == 1, auth_warnings

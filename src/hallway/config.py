@@ -162,6 +162,10 @@ class ServerConfig(_Section):
     ping_interval_s: float = Field(default=15.0, gt=0, le=600)
     queue_size: int = Field(default=1024, ge=8, le=1_000_000)
     auth: Literal["token", "none"] = "token"
+    max_connections_per_token: int | None = Field(default=None, ge=1, le=100_000)
+    """Connections one token may hold (default: three quarters of max_connections)."""
+    max_replay_events: int = Field(default=10_000, ge=0, le=10_000_000)
+    """A resume further back than this many events gets resync instead of a replay."""
 
     @field_validator("tokens")
     @classmethod

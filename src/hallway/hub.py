@@ -97,6 +97,8 @@ class Filter:
 
     contacts: frozenset[str] | None = None
     tags: frozenset[str] | None = None
+    within: Filter | None = None
+    """A bound this filter narrows (a token's scope): both must match."""
 
     @classmethod
     def of(cls, contacts: Iterable[str] | None, tags: Iterable[str] | None) -> Filter:
@@ -108,9 +110,16 @@ class Filter:
         """True if an event about ``contact_id`` with ``tags`` passes this filter."""
         if self.contacts is not None and contact_id not in self.contacts:
             return False
+        if self.within is not None and not self.within.matches(contact_id, tags):
+            return False
         if self.tags is None or tags is None:
             return True
         return not self.tags.isdisjoint(tags)
+
+    @property
+    def everything(self) -> bool:
+        """True when every event passes."""
+        return self.contacts is None and self.tags is None and self.within is None
 
 
 class Subscription:
@@ -132,6 +141,7 @@ class Subscription:
         resync: bool,
         queue_size: int,
         on_lagged: Callable[[], None] | None,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.seq = seq
         self.present = present
@@ -148,7 +158,8 @@ class Subscription:
         self._ready = asyncio.Event()
         self._on_lagged = on_lagged
         self._sink: Callable[[bytes], bool] | None = None
-        self._all = filter_.contacts is None and filter_.tags is None
+        self._transform = transform
+        self._all = filter_.everything and transform is None
 
     def attach(self, sink: Callable[[bytes], bool]) -> None:
         """Hand later lines straight to ``sink`` while nothing is queued (no task wake-up).
@@ -175,6 +186,8 @@ class Subscription:
             return
         if not self._all and not self.filter.matches(item.contact_id, item.tags):
             return
+        if self._transform is not None:
+            item = _Item(item.seq, item.contact_id, item.tags, self._transform(item.line))
         if self._sink is not None and not self._queue and self._sink(item.line):
             return
         if len(self._queue) >= self._size:
@@ -207,6 +220,11 @@ class Subscription:
                 done = redacted[item.seq] = _Item(item.seq, contact_id, None, line)
             queue.append(done)
         self._queue = queue
+
+    @property
+    def transform(self) -> Callable[[bytes], bytes] | None:
+        """How each line is rewritten for this subscriber (None: sent as logged)."""
+        return self._transform
 
     def replay_done(self) -> None:
         """The replay has been sent (or abandoned); the hub may prune again."""
@@ -528,6 +546,11 @@ class Hub:
         return self._started and not self._closed
 
     @property
+    def newest_ts(self) -> float | None:
+        """The ``ts`` of the newest event delivered (the advertisements' clock), if any."""
+        return self._newest_ts
+
+    @property
     def last_seq(self) -> int:
         """The ``seq`` of the newest event delivered (and so logged)."""
         return self._delivered_seq
@@ -555,22 +578,32 @@ class Hub:
         since_seq: int | None = None,
         queue_size: int = 1024,
         on_lagged: Callable[[], None] | None = None,
+        filter_: Filter | None = None,
+        max_replay: int | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> Subscription:
         """A new subscription: snapshot now, live events after it, replay/resync by ``since_seq``.
 
         Resume rule: the events after ``since_seq`` can be replayed if ``since_seq`` is at or
-        above the retention horizon and not beyond the latest ``seq``; otherwise ``resync``.
+        above the retention horizon, not beyond the latest ``seq``, and (with ``max_replay``)
+        at most that many events back; otherwise ``resync``. ``filter_`` replaces
+        ``contacts``/``tags``; ``transform`` rewrites each line this subscriber is sent.
         """
         if not self._started or self._closed:
             raise RuntimeError("hub is not running")
-        filter_ = Filter.of(contacts, tags)
+        if filter_ is None:
+            filter_ = Filter.of(contacts, tags)
         seq = self._delivered_seq
-        resync = since_seq is not None and (since_seq < self._horizon or since_seq > seq)
+        resync = since_seq is not None and (
+            since_seq < self._horizon or since_seq > seq
+            or (max_replay is not None and seq - since_seq > max_replay)
+        )
         sub = Subscription(
             release=self._release,
             seq=seq,
             present=self._present_for(filter_),
             filter_=filter_,
+            transform=transform,
             since_seq=since_seq,
             resync=resync,
             queue_size=queue_size,
@@ -591,12 +624,16 @@ class Hub:
             if lagged:
                 self._lagged_total += 1
 
-    async def replay(self, sub: Subscription, *, after: int) -> tuple[int, list[bytes]] | None:
+    async def replay(
+        self, sub: Subscription, *, after: int, not_before_ts: float | None = None
+    ) -> tuple[int, list[bytes]] | None:
         """Logged events for ``sub`` in (``after``, ``sub.seq``], one page: (new cursor, lines).
 
         Call until the cursor reaches ``sub.seq``. None means the log no longer holds every
         event after ``after`` (pruned meanwhile, also by someone else): the caller resyncs.
-        Events of revoked contacts are gone from the log and so are skipped.
+        Events of revoked contacts are gone from the log and so are skipped. With
+        ``not_before_ts``, a page that starts with an older event also gives None (a resume
+        further back than the subscriber's history allows).
         """
         if after >= sub.seq:
             return sub.seq, []
@@ -606,6 +643,13 @@ class Hub:
         if first is None or first > after + 1:
             self._horizon = max(self._horizon, (self._logged_seq if first is None else first - 1))
             return None
+        if not_before_ts is not None and rows and rows[0].seq <= sub.seq:
+            try:
+                if codec.event_ts(rows[0].payload) < not_before_ts:
+                    return None
+            except codec.DecodeError:
+                return None
+        transform = sub.transform
         lines: list[bytes] = []
         cursor = after
         for row in rows:
@@ -618,7 +662,8 @@ class Hub:
                 log.warning("event_log_row_unreadable", seq=row.seq)
                 continue
             if sub.filter.matches(contact_id, tags):
-                lines.append(codec.line_of(row.payload))
+                line = codec.line_of(row.payload)
+                lines.append(line if transform is None else transform(line))
         if len(rows) < REPLAY_PAGE:
             cursor = sub.seq
         return cursor, lines
