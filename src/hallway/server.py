@@ -27,16 +27,21 @@ import ipaddress
 import os
 import secrets
 import socket
+import sqlite3
+import ssl
 import stat
 import struct
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hallway.access import WATCH_INTERVAL_S, TokenWatch
 from hallway.codec import encode_line
-from hallway.config import ServerConfig, is_loopback_host
+from hallway.config import Config, ServerConfig, is_loopback_host
 from hallway.errors import ConfigError, Problem
 from hallway.hub import Hub, Subscription
 from hallway.logs import get_logger
@@ -56,6 +61,7 @@ from hallway.session import (
     State,
     token_digest,
 )
+from hallway.tls import server_context
 
 log = get_logger(__name__)
 
@@ -147,6 +153,28 @@ def load_tokens(config: ServerConfig, *, state_dir: Path | None, create: bool = 
     return tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What secures a server beyond its config: the TLS context and the token database."""
+
+    tls: ssl.SSLContext | None
+    token_db: Path | None
+
+
+def security(config: Config, *, state_dir: Path | None) -> Security:
+    """The TLS context (the certificate made at first start if needed) and the token table;
+    warns when the TCP socket serves a network without TLS."""
+    server = config.server
+    folder = state_dir or Path(config.storage.database).resolve().parent
+    context = server_context(server, folder) if server.tcp_enabled else None
+    if server.plain_off_loopback:
+        log.warning("tcp_without_tls", host=server.tcp_host,
+                    hint="tokens and contact data cross the network in clear; set server.tls")
+    database = config.storage.database
+    token_db = None if database == ":memory:" or server.auth == "none" else Path(database)
+    return Security(context, token_db)
+
+
 # -- connections ------------------------------------------------------------------------------
 
 
@@ -171,6 +199,10 @@ class _Connection:
         self.task: asyncio.Task[Any] | None = None
         self._lingering = False
         self._expiry: asyncio.TimerHandle | None = None
+
+    def upgraded(self) -> None:
+        """The stream now runs over TLS: write through the new transport."""
+        self._transport = self.writer.transport
 
     def send(self, data: bytes) -> bool:
         """Queue bytes for the peer; False once the connection is closing."""
@@ -275,6 +307,7 @@ class _Counters:
     evicted: int = 0
     refused_busy: int = 0
     rate_limited: int = 0
+    tls_failed: int = 0
     pings: int = 0
 
 
@@ -291,6 +324,8 @@ class EventServer:
         tokens: Sequence[str],
         status_provider: Callable[[], dict[str, Any]] | None = None,
         present_provider: Callable[[], list[dict[str, Any]]] | None = None,
+        token_db: Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not tokens and config.tcp_enabled and not is_loopback_host(config.tcp_host):
             raise ConfigError([Problem("<config>", "server.tokens", "a token is required when "
@@ -311,6 +346,9 @@ class EventServer:
         ]
         self._scoped: list[tuple[bytes, Scope]] = []
         self._gate.set_tokens(self._config_tokens)
+        self._tls = tls
+        self._watch = TokenWatch(token_db) if token_db is not None and tokens else None
+        self._watcher: asyncio.Task[None] | None = None
         self._status_provider = status_provider
         self._present_provider = present_provider
         self._servers: list[asyncio.Server] = []
@@ -344,8 +382,27 @@ class EventServer:
                      else str(config.unix_socket))
             raise ConfigError([Problem("<config>", "server", f"cannot listen on {where}: "
                                        f"{exc.strerror or exc}")]) from None
+        if self._watch is not None:
+            await self._read_tokens()
+            self._watcher = asyncio.create_task(self._watch_tokens(), name="hallway-token-watch")
         log.info("server_listening", tcp_port=self._tcp_port, unix_socket=config.unix_socket,
-                 auth="none" if self._gate.open else "token")
+                 auth="none" if self._gate.open else "token", tls=self._tls is not None)
+
+    async def _read_tokens(self) -> None:
+        assert self._watch is not None
+        try:
+            tokens = await asyncio.to_thread(self._watch.read)
+        except sqlite3.Error as exc:
+            log.debug("token_table_unreadable", error=str(exc))
+            return
+        if tokens != self._scoped:
+            self.set_scoped_tokens(tokens)
+
+    async def _watch_tokens(self) -> None:
+        """Read the token table every second: new tokens work, revoked ones end."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self._read_tokens()
 
     async def _start_unix(self, path: Path, limit: int) -> asyncio.Server:
         mode = int(self._config.unix_socket_mode, 8)
@@ -359,10 +416,11 @@ class EventServer:
             if await _socket_answers(path):
                 raise OSError(98, f"another process is listening on {path}")
             os.unlink(path)
-        # Bind under a temporary name, set the mode, then rename: never visible with a wider mode.
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        # Bind inside a fresh directory only this process can enter (mkdtemp: 0700, a new
+        # name), set the mode there, then rename into place: no one can swap the socket for a
+        # symlink before the chmod, and the socket is never visible with a wider mode.
+        private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        temp = private / "socket"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(temp))
@@ -373,6 +431,9 @@ class EventServer:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(private)
         info = os.stat(path)
         self._unix_path, self._unix_inode = path, (info.st_dev, info.st_ino)
         return await asyncio.start_unix_server(
@@ -396,6 +457,12 @@ class EventServer:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._watch is not None:
+            self._watch.close()
         await self.stop_accepting()
         for conn in list(self._conns.values()):
             sub = conn.subscription
@@ -444,6 +511,7 @@ class EventServer:
             "refused_busy": n.refused_busy,
             "refused_peer": self._gate.refused_peer,
             "rate_limited": n.rate_limited,
+            "tls_failed": n.tls_failed,
             "pings": n.pings,
         }
 
@@ -474,7 +542,8 @@ class EventServer:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
-        await self._serve(reader, writer, listener="tcp", peer=host, loopback=loopback)
+        await self._serve(reader, writer, listener="tcp", peer=host, loopback=loopback,
+                          tls=self._tls)
 
     async def _on_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "unix"
@@ -496,14 +565,18 @@ class EventServer:
             self._n.refused_busy += 1
             conn.reject("busy", "too many connections")
             return False
-        oldest = min(waiting, key=lambda c: c.opened)
+        # The oldest waiting connection of the address holding the most: one address's flood
+        # (of handshakes or idle sockets) evicts itself, never the others' clients.
+        per_peer = Counter(c.peer for c in waiting)
+        most = max(per_peer.values())
+        oldest = min((c for c in waiting if per_peer[c.peer] == most), key=lambda c: c.opened)
         self._n.evicted += 1
         oldest.reject("unauthorized", "connection limit reached before you subscribed")
         return True
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        *, listener: str, peer: str, loopback: bool,
+        *, listener: str, peer: str, loopback: bool, tls: ssl.SSLContext | None = None,
     ) -> None:
         ident = self._next_ident
         self._next_ident += 1
@@ -522,7 +595,7 @@ class EventServer:
         admitted = not self._closed and self._admit(conn)
         self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
         try:
-            if admitted:
+            if admitted and (tls is None or await self._start_tls(conn, tls)):
                 await self._guarded(conn)
             elif len(self._conns) > 2 * self._config.max_connections:
                 conn.abort()  # a flood: refused sockets may not linger without bound either
@@ -534,6 +607,21 @@ class EventServer:
         finally:
             session.end()
             self._conns.pop(ident, None)
+
+    async def _start_tls(self, conn: _Connection, context: ssl.SSLContext) -> bool:
+        """The TLS handshake, within the connection's auth deadline; False (aborted) if it
+        fails. It runs as an admitted, unauthenticated connection: counted, and evicted first
+        when its address holds the most connections waiting."""
+        remaining = conn.opened + self._config.auth_timeout_s - time.monotonic()
+        try:
+            await conn.writer.start_tls(context, ssl_handshake_timeout=max(remaining, 0.1))
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            self._n.tls_failed += 1
+            log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
+            conn.abort()
+            return False
+        conn.upgraded()
+        return not conn.closing
 
     async def _guarded(self, conn: _Connection) -> None:
         try:

@@ -47,7 +47,7 @@ from hallway.models import (
 from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
-from hallway.server import EventServer, load_tokens
+from hallway.server import EventServer, load_tokens, security
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
@@ -265,6 +265,7 @@ class Service:
                 clock=self._now,  # the advertisements' clock, like every other decision
             )
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        secured = security(config, state_dir=self._state_dir)
         self._server = EventServer(
             config.server,
             self._hub,
@@ -273,6 +274,8 @@ class Service:
             tokens=self.tokens,
             status_provider=self.status,
             present_provider=self._present_json,
+            token_db=secured.token_db,
+            tls=secured.tls,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
@@ -285,6 +288,7 @@ class Service:
                 scanner=config.scanner.name,
                 port=self.tcp_port,
                 auth="token" if self.tokens else "none",
+                tls=secured.tls is not None,
                 host=config.server.tcp_host,
             )
 

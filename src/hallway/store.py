@@ -83,6 +83,15 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE meta SET value = NEW.seq WHERE key = 'last_seq' AND value < NEW.seq;
     END;
     """,
+    # 5 (sec): scoped subscriber tokens, kept hashed; read and written by hallway.access
+    """
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64),
+        digest BLOB NOT NULL UNIQUE CHECK (length(digest) = 32),
+        scope TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ROWS_PER_INSERT = 1000

@@ -46,7 +46,7 @@ from hallway.mqtt import (
     venue_base,
 )
 from hallway.notify import SystemdNotifier
-from hallway.server import EventServer, load_tokens
+from hallway.server import EventServer, load_tokens, security
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
@@ -160,9 +160,11 @@ class VenueService:
             clock=self._clock,
         )
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        secured = security(config, state_dir=self._state_dir)
         self._server = EventServer(
             config.server, self._hub, scanner=config.scanner.name, version=__version__,
-            tokens=self.tokens, status_provider=self.status,
+            tokens=self.tokens, status_provider=self.status, token_db=secured.token_db,
+            tls=secured.tls,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
@@ -170,6 +172,7 @@ class VenueService:
             self._announcer = ZeroconfAnnouncer(
                 config.mdns, scanner=config.scanner.name, port=self.tcp_port,
                 auth="token" if self.tokens else "none", role="venue",
+                tls=secured.tls is not None,
                 host=config.server.tcp_host,
             )
 
