@@ -326,6 +326,7 @@ class EventServer:
         present_provider: Callable[[], list[dict[str, Any]]] | None = None,
         token_db: Path | None = None,
         tls: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not tokens and config.tcp_enabled and not is_loopback_host(config.tcp_host):
             raise ConfigError([Problem("<config>", "server.tokens", "a token is required when "
@@ -347,6 +348,7 @@ class EventServer:
         self._scoped: list[tuple[bytes, Scope]] = []
         self._gate.set_tokens(self._config_tokens)
         self._tls = tls
+        self._clock = clock  # the events' clock, for a token's history bound
         self._watch = TokenWatch(token_db) if token_db is not None and tokens else None
         self._watcher: asyncio.Task[None] | None = None
         self._status_provider = status_provider
@@ -746,10 +748,11 @@ class EventServer:
                     grace_s=LAG_GRACE_S)
 
     def _history_bound(self, scope: Scope) -> float | None:
-        newest = self._hub.newest_ts
-        if scope.history_s is None or newest is None:
+        if scope.history_s is None:
             return None
-        return newest - scope.history_s
+        newest = self._hub.newest_ts
+        now = self._clock()
+        return (now if newest is None else max(now, newest)) - scope.history_s
 
     async def _stream(self, conn: _Connection, sub: Subscription) -> None:
         session = conn.session

@@ -276,6 +276,7 @@ class Service:
             present_provider=self._present_json,
             token_db=secured.token_db,
             tls=secured.tls,
+            clock=self._now,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port

@@ -164,7 +164,7 @@ class VenueService:
         self._server = EventServer(
             config.server, self._hub, scanner=config.scanner.name, version=__version__,
             tokens=self.tokens, status_provider=self.status, token_db=secured.token_db,
-            tls=secured.tls,
+            tls=secured.tls, clock=self.now,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
