@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from hallway.config import Config, ServerConfig, StorageConfig, load_config
+from hallway.doctor import Status, _check_tls
 from hallway.errors import ConfigError
 from hallway.server import security
 from hallway.tls import server_context
@@ -351,6 +353,10 @@ def test_plain_tcp_off_loopback_warns_or_is_refused(tmp_path: Path,
     secured = security(config, state_dir=tmp_path)
     assert secured.tls is None
     assert "tcp_without_tls" in capsys.readouterr().out
+    check = _check_tls(config)
+    assert check.status is Status.WARN
+    assert "server.tls = true" in (check.fix or "")
+    assert _check_tls(Config()).status is Status.OK  # loopback
     strict = tmp_path / "strict.toml"
     strict.write_text(f'[server]\ntcp_host = "0.0.0.0"\ntokens = ["{TOKEN}"]\n'
                       "require_tls_off_loopback = true\n")
@@ -368,3 +374,35 @@ def test_plain_tcp_off_loopback_warns_or_is_refused(tmp_path: Path,
     context = server_context(strict_server, tmp_path)
     assert context is not None
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_demo_tls_prints_a_uri_that_connects(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hallway", "demo", "--tls", "--port", "0", "--quiet",
+         "--duration", "20", "--unix", str(tmp_path / "demo.sock")],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        uri = ""
+        deadline = time.monotonic() + 30
+        while not uri and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "demo ended before printing its URI"
+            if line.startswith("hallway://"):
+                uri = line.strip()
+        parsed = urlsplit(uri)
+        query = parse_qs(parsed.query)
+        assert parsed.hostname == "127.0.0.1"
+        assert parsed.port is not None
+        (fingerprint,) = query["fp"]
+        (token,) = query["token"]
+        client = pinned(parsed.port, fingerprint)
+        assert (client.read() or {})["type"] == "hello"
+        client.send({"type": "subscribe", "token": token})
+        assert (client.read() or {})["type"] == "subscribed"
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        if proc.stderr is not None:
+            proc.stderr.close()
