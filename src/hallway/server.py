@@ -50,6 +50,7 @@ from hallway.session import (
     Action,
     Close,
     Gate,
+    HandshakeGate,
     Rules,
     Scope,
     Send,
@@ -80,6 +81,10 @@ MAX_LINGER_BYTES = 1 << 20
 DRAIN_TIMEOUT_S = 60.0
 """A subscriber that accepts no bytes for this long is cut off as lagged."""
 CLOSE_TIMEOUT_S = 3.0
+HANDSHAKES_AT_ONCE = 8
+"""TLS handshakes the server runs at the same time (each is a few ms of CPU on the loop)."""
+HANDSHAKE_SLOT_S = 2.0
+"""A TLS handshake must finish within this long of its ClientHello."""
 TOKEN_FILE_NAME = "token"  # noqa: S105 - a file name, not a secret
 
 
@@ -195,6 +200,7 @@ class _Connection:
         self.opened = session.opened
         self.last_sent = self.opened
         self.subscription: Subscription | None = None
+        self.in_handshake = False
         self.closing = False
         self.task: asyncio.Task[Any] | None = None
         self._lingering = False
@@ -341,6 +347,8 @@ class EventServer:
                             server=f"hallway/{version}", scanner=scanner)
         per_token = config.max_connections_per_token or max(1, config.max_connections * 3 // 4)
         self._gate = Gate(max_connections_per_token=per_token)
+        self._handshakes = HandshakeGate()
+        self._handshake_slots = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
         # Compared as SHA-256 digests: equal lengths, so the time taken tells nothing either.
         self._config_tokens = [
             (token_digest(t), Scope(f"{UNSCOPED}-{n}")) for n, t in enumerate(tokens, start=1)
@@ -514,6 +522,7 @@ class EventServer:
             "refused_peer": self._gate.refused_peer,
             "rate_limited": n.rate_limited,
             "tls_failed": n.tls_failed,
+            "tls_refused": self._handshakes.refused,
             "pings": n.pings,
         }
 
@@ -544,6 +553,9 @@ class EventServer:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
+        if self._tls is not None and not self._handshakes.start(host, time.monotonic()):
+            writer.transport.abort()  # refused before any TLS work: nothing to say in clear
+            return
         await self._serve(reader, writer, listener="tcp", peer=host, loopback=loopback,
                           tls=self._tls)
 
@@ -573,7 +585,10 @@ class EventServer:
         most = max(per_peer.values())
         oldest = min((c for c in waiting if per_peer[c.peer] == most), key=lambda c: c.opened)
         self._n.evicted += 1
-        oldest.reject("unauthorized", "connection limit reached before you subscribed")
+        if oldest.in_handshake:
+            oldest.abort()  # no line can be said in the middle of a TLS handshake
+        else:
+            oldest.reject("unauthorized", "connection limit reached before you subscribed")
         return True
 
     async def _serve(
@@ -597,7 +612,12 @@ class EventServer:
         admitted = not self._closed and self._admit(conn)
         self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
         try:
-            if admitted and (tls is None or await self._start_tls(conn, tls)):
+            if tls is not None:
+                handshaken = admitted and await self._start_tls(conn, tls)
+                self._handshakes.finish(peer)
+                tls = None  # counted once, also if cancelled below
+                admitted = handshaken
+            if admitted:
                 await self._guarded(conn)
             elif len(self._conns) > 2 * self._config.max_connections:
                 conn.abort()  # a flood: refused sockets may not linger without bound either
@@ -607,6 +627,8 @@ class EventServer:
             # cancelled handler as an error: the cancellation ends here.
             conn.abort()
         finally:
+            if tls is not None:
+                self._handshakes.finish(peer)
             session.end()
             self._conns.pop(ident, None)
 
@@ -614,14 +636,28 @@ class EventServer:
         """The TLS handshake, within the connection's auth deadline; False (aborted) if it
         fails. It runs as an admitted, unauthenticated connection: counted, and evicted first
         when its address holds the most connections waiting."""
-        remaining = conn.opened + self._config.auth_timeout_s - time.monotonic()
+        deadline = conn.opened + self._config.auth_timeout_s
+        conn.in_handshake = True
         try:
-            await conn.writer.start_tls(context, ssl_handshake_timeout=max(remaining, 0.1))
+            # Nothing is spent on a client until its ClientHello is there; then a few
+            # handshakes run at a time, so their CPU interleaves with event delivery instead
+            # of queueing ahead of it, each for at most HANDSHAKE_SLOT_S (a stalled handshake
+            # cannot hold its slot), and one address holds at most HANDSHAKES_IN_FLIGHT.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                await _readable(conn.writer.transport)
+                await self._handshake_slots.acquire()
+            try:
+                limit = min(HANDSHAKE_SLOT_S, deadline - time.monotonic())
+                await conn.writer.start_tls(context, ssl_handshake_timeout=max(limit, 0.1))
+            finally:
+                self._handshake_slots.release()
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             self._n.tls_failed += 1
             log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
             conn.abort()
             return False
+        finally:
+            conn.in_handshake = False
         conn.upgraded()
         return not conn.closing
 
@@ -832,6 +868,33 @@ class EventServer:
         with contextlib.suppress(ConnectionError, OSError):
             await asyncio.shield(closed)
         sub.close()
+
+
+async def _readable(transport: asyncio.BaseTransport) -> None:
+    """Wait until the peer sent something (or closed), without reading it: the transport stops
+    reading, so the bytes stay in the socket for the TLS layer that ``start_tls`` puts on it
+    (it resumes reading itself)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not isinstance(transport, asyncio.ReadTransport):
+        return
+    transport.pause_reading()
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    # The transport owns its descriptor in the selector: watch a duplicate of it instead.
+    fd = os.dup(sock.fileno())
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
 
 
 def _consume_result(task: asyncio.Task[None]) -> None:
