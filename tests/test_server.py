@@ -712,3 +712,43 @@ async def test_tail_exits_when_refused(rig: Rig) -> None:
     assert proc.returncode == 1
     assert b"unauthorized" in err
     assert out == b""
+
+
+async def test_one_token_cannot_take_every_connection(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(max_connections=8, max_connections_per_token=2)
+    rig.tokens = [TOKEN, "another-token-0123456789"]
+    await rig.start()
+    try:
+        first, second, third = [await rig.tcp() for _ in range(3)]
+        await first.subscribe()
+        await second.subscribe()
+        assert (await third.line() or {})["type"] == "hello"
+        await third.send({"type": "subscribe", "token": TOKEN})
+        assert [m["code"] for m in await third.rest()] == ["busy"]
+        # Another token still gets in; a closed connection frees its slot.
+        other = await rig.tcp()
+        await other.subscribe("another-token-0123456789")
+        first.close()  # seen as gone at the next line sent to it
+        for _ in range(100):
+            await rig.publish([arrived("c-1"), departed("c-1")])
+            await asyncio.sleep(0.02)
+            if rig.server.stats()["subscribers"] == 2:
+                break
+        assert rig.server.stats()["subscribers"] == 2
+        again = await rig.tcp()
+        await again.subscribe()
+    finally:
+        await rig.stop()
+
+
+async def test_unix_socket_is_bound_in_a_private_folder_then_moved(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(unix_socket_mode="0600")
+    await rig.start()
+    try:
+        folder = Path(rig.sock_path).parent
+        assert sorted(p.name for p in folder.iterdir()) == ["h.sock"]  # no leftover folder
+        assert stat.S_IMODE(os.lstat(rig.sock_path).st_mode) == 0o600
+        client = await rig.unix()
+        await client.subscribe()
+    finally:
+        await rig.stop()
