@@ -28,7 +28,7 @@ from hallway.lifecycle import close_edges, stop_front
 from hallway.logs import get_logger
 from hallway.models import Contact
 from hallway.notify import SystemdNotifier
-from hallway.server import EventServer, load_tokens
+from hallway.server import EventServer, load_tokens, security
 from hallway.store import SqliteStore
 
 log = get_logger(__name__)
@@ -112,7 +112,7 @@ class Edges:
             retention_count=storage.event_retention_count,
             batch_window_s=batch_window_s,
             give_up_after_s=storage.write_failure_exit_s,
-            clock=clock,
+            clock=clock if clock is not None else time.time,
         )
         self.hub = hub
         await hub.start()
@@ -123,11 +123,14 @@ class Edges:
         *,
         status_provider: Callable[[], dict[str, Any]],
         present_provider: Callable[[], list[dict[str, Any]]] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> EventServer:
-        """The socket server (tokens loaded), and the announcer for its TCP port."""
+        """The socket server (tokens loaded, TLS set up), and the announcer for its TCP port.
+        ``clock``: the root's clock, for token expiry and scope history."""
         assert self.hub is not None, "start_hub first"
         config = self.config
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        secured = security(config, state_dir=self._state_dir)
         server = EventServer(
             config.server,
             self.hub,
@@ -136,6 +139,9 @@ class Edges:
             tokens=self.tokens,
             status_provider=status_provider,
             present_provider=present_provider,
+            token_db=secured.token_db,
+            tls=secured.tls,
+            clock=clock if clock is not None else time.time,
         )
         self.server = server
         await server.start()
@@ -147,6 +153,7 @@ class Edges:
                 port=self.tcp_port,
                 auth="token" if self.tokens else "none",
                 role=self._role,
+                tls=secured.tls is not None,
                 host=config.server.tcp_host,
             )
         return server

@@ -17,7 +17,6 @@ those of one process, in about two thirds of the time. ``hallway replay`` is the
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
+from hallway import codec
 from hallway.config import Config
 from hallway.errors import SourceError
 from hallway.events import event_json
@@ -226,7 +226,7 @@ def replay(
     summary = ReplaySummary()
     seq = 0
     contact_of = pipeline.contact
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    dumps = codec.encode
 
     def emit(events: list[PresenceEvent]) -> None:
         nonlocal seq

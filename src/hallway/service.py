@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hallway import __version__
+from hallway import __version__, codec
 from hallway.config import Config
 from hallway.edges import Edges, raise_fatal
 from hallway.errors import HallwayError
@@ -268,7 +267,8 @@ class Service:
                 present=self._present_json,
                 clock=self._now,  # the advertisements' clock, like every other decision
             )
-        await edges.start_server(status_provider=self.status, present_provider=self._present_json)
+        await edges.start_server(status_provider=self.status, present_provider=self._present_json,
+                                 clock=self._now)
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
         self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
@@ -279,7 +279,7 @@ class Service:
         events = []
         for contact_id, payload, arrived_ts in await self.store.present_in_log():
             try:
-                last = json.loads(payload)
+                last = codec.decode(payload)
                 via = KeyKind(last["via"]) if last.get("via") else None
             except (ValueError, KeyError, TypeError):
                 last, via = {}, None

@@ -48,6 +48,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, metavar="S",
                         help="stop after S seconds (default: run until Ctrl-C)")
     parser.add_argument("--quiet", action="store_true", help="do not print the events here")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve TLS on the TCP socket and print the connection URI")
     parser.set_defaults(func=run)
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed),
         "storage": StorageConfig(database=str(workdir / "hallway.db")),
         "server": ServerConfig(tcp_host=args.interface, tcp_port=port, unix_socket=unix_path,
-                               unix_socket_mode="0600", tokens=(token,)),
+                               unix_socket_mode="0600", tokens=(token,), tls=args.tls),
         "mdns": MdnsConfig(instance_name=f"hallway demo {args.scenario}",
                            interfaces=(args.interface,)),
     })
@@ -116,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "
                   f"{unix_path}", file=sys.stderr)
+            if args.tls:
+                from hallway.tls import certificate_fingerprint, connection_uri
+
+                _, fingerprint = certificate_fingerprint(config.server, workdir)
+                assert service.tcp_port is not None
+                print("  connection URI (TLS; the token is this demo's):", file=sys.stderr)
+                print(connection_uri(args.interface, service.tcp_port, token=token,
+                                     fingerprint=fingerprint), file=sys.stderr)
             if service.announced_name:
                 print(f"  announced by mDNS as '{service.announced_name}' "
                       f"(_hallway._tcp on {args.interface})", file=sys.stderr)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from hallway import codec
 from hallway.errors import ContactNotFound, ImportRejected, Problem, StoreError
 from hallway.models import Contact, ContactKey, KeyKind
 from hallway.store.database import Database
@@ -197,11 +198,14 @@ class ContactStore(NetworkTables, Database):
 
         async def work() -> int:
             cursor = await self._db.execute(
-                "UPDATE events SET payload = json_set(payload, '$.contact', "
-                "json_object('id', contact_id)) WHERE contact_id = ?",
-                (contact_id,),
+                "SELECT seq, payload FROM events WHERE contact_id = ?", (contact_id,)
             )
-            return int(cursor.rowcount)
+            rows = list(await cursor.fetchall())
+            await self._db.executemany(
+                "UPDATE events SET payload = ? WHERE seq = ?",
+                [(_redacted(payload, seq, contact_id), seq) for seq, payload in rows],
+            )
+            return len(rows)
 
         result: int = await self._write(work)
         if result:
@@ -270,3 +274,11 @@ def _contact_from_row(
         display=bool(display),
         knows=knows,
     )
+
+
+def _redacted(payload: str, seq: int, contact_id: str) -> str:
+    """A logged event with its contact reduced to the id (an unreadable row to seq and id)."""
+    try:
+        return codec.redact_contact(payload, contact_id)
+    except codec.DecodeError:
+        return codec.encode({"seq": seq, "contact": {"id": contact_id}})

@@ -71,6 +71,15 @@ MIGRATIONS: tuple[str, ...] = (
     # 5 (network's second): match identifiers, the handles' canonical forms beside the salted
     # email/phone hashes, so a network import looks up only its own identifiers
     NETWORK_MATCH_IDS_MIGRATION,
+    # 6: scoped subscriber tokens, kept hashed; read and written by hallway.access
+    """
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64),
+        digest BLOB NOT NULL UNIQUE CHECK (length(digest) = 32),
+        scope TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

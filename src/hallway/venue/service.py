@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,7 @@ from typing import Any
 
 import aiomqtt
 
-from hallway import __version__
+from hallway import __version__, codec
 from hallway.config import Config
 from hallway.edges import Edges, raise_fatal
 from hallway.errors import BrokerError, HallwayError
@@ -176,7 +175,7 @@ class VenueService:
             extra=extra,
             clock=self._clock,
         )
-        await edges.start_server(status_provider=self.status)
+        await edges.start_server(status_provider=self.status, clock=self.now)
 
     def now(self) -> float:
         """The venue's clock: ``clock`` plus the lead of the most advanced scanner's clock.
@@ -315,8 +314,8 @@ class VenueService:
         if not payload:
             return self.arbiter.lost(scanner, contact_id, now=now)
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            data: dict[str, Any] | None = codec.decode(payload)
+        except codec.DecodeError:
             data = None
         contact = public_contact(data.get("contact")) if isinstance(data, dict) else None
         if not isinstance(data, dict) or contact is None or contact["id"] != contact_id:
