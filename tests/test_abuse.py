@@ -375,7 +375,7 @@ async def tls_abuse(port: int, seconds: float) -> Counter[str]:
 def playback_offset(daemon: Daemon, first_ts: float) -> float:
     """Wall time minus trace time, from the moment the replay began playing (its log line)."""
     for event in daemon.log_events():
-        if event.get("event") == "source state" and event.get("status") == "playing":
+        if event.get("event") == "source_state" and event.get("status") == "playing":
             began = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
             return began.timestamp() - first_ts
     raise AssertionError("no 'playing' line in the daemon's log")

@@ -19,22 +19,34 @@ LEVELS = {"debug", "info", "warning", "error", "exception", "critical", "failed"
 def _event_names() -> list[tuple[str, int, str]]:
     """(file, line, name) of every log call's literal event name in the package: calls of a
     level method or of ``FailureStreak.failed``, also through ``(a if c else b)(...)`` and a
-    level chosen beforehand (``emit = ...; emit(...)``)."""
+    level chosen beforehand (``emit = log.debug if quiet else log.info; emit(...)``)."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        chosen = {  # names bound to a level chosen beforehand: level = log.warning if ...
+            target.id
+            for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and _is_level(node.value)
+            for target in node.targets if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and node.args):
                 continue
             first = node.args[0]
             if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
                 continue
             func = node.func
-            methods = [func] if not isinstance(func, ast.IfExp) else [func.body, func.orelse]
-            if any(isinstance(m, ast.Attribute) and m.attr in LEVELS
-                   and isinstance(m.value, ast.Name | ast.Attribute) for m in methods) or (
-                       isinstance(func, ast.Name) and func.id == "emit"):  # a chosen level
+            if _is_level(func) or (isinstance(func, ast.Name) and func.id in chosen):
                 found.append((str(path.relative_to(SRC)), node.lineno, first.value))
     return found
+
+
+def _is_level(node: ast.expr) -> bool:
+    """``log.info`` (a level method of some logger), or ``(log.x if c else log.y)``."""
+    if isinstance(node, ast.IfExp):
+        return _is_level(node.body) and _is_level(node.orelse)
+    return (isinstance(node, ast.Attribute) and node.attr in LEVELS
+            and isinstance(node.value, ast.Name | ast.Attribute))
 
 
 def test_log_event_names_are_snake_case() -> None:
