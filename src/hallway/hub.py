@@ -27,13 +27,14 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hallway import codec
 from hallway.errors import StoreError
 from hallway.events import contact_public, event_json, present_json
+from hallway.filters import Filter
 from hallway.logs import get_logger
 from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
 from hallway.store import SqliteStore
@@ -85,41 +86,6 @@ class _Pending:
 class _Present:
     info: PresentInfo
     tags: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """Which contacts a subscriber wants: ``None`` means any; both given means both must match.
-
-    An event whose contact carries no tags (a revoked contact's id-only departure) passes the
-    tag filter, so a tag-filtered subscriber never keeps a ghost.
-    """
-
-    contacts: frozenset[str] | None = None
-    tags: frozenset[str] | None = None
-    within: Filter | None = None
-    """A bound this filter narrows (a token's scope): both must match."""
-
-    @classmethod
-    def of(cls, contacts: Iterable[str] | None, tags: Iterable[str] | None) -> Filter:
-        """The filter of a request's ``contacts`` and ``tags`` lists (None: not given)."""
-        return cls(None if contacts is None else frozenset(contacts),
-                   None if tags is None else frozenset(tags))
-
-    def matches(self, contact_id: str, tags: frozenset[str] | None) -> bool:
-        """True if an event about ``contact_id`` with ``tags`` passes this filter."""
-        if self.contacts is not None and contact_id not in self.contacts:
-            return False
-        if self.within is not None and not self.within.matches(contact_id, tags):
-            return False
-        if self.tags is None or tags is None:
-            return True
-        return not self.tags.isdisjoint(tags)
-
-    @property
-    def everything(self) -> bool:
-        """True when every event passes."""
-        return self.contacts is None and self.tags is None and self.within is None
 
 
 class Subscription:

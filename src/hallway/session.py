@@ -45,7 +45,7 @@ from enum import Enum
 from typing import Any
 
 from hallway import codec
-from hallway.hub import Filter
+from hallway.filters import Filter
 
 PROTOCOL_VERSION = 1
 MAX_FILTER_ITEMS = 10_000
