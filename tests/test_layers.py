@@ -17,6 +17,9 @@ CORE = [
     "hallway.proximity",
     "hallway.pipeline",
     "hallway.network",
+    "hallway.codec",
+    "hallway.filters",
+    "hallway.session",
 ]
 FORBIDDEN = ["asyncio", "bleak", "aiosqlite", "zeroconf", "structlog", "dbus_fast", "sqlite3"]
 

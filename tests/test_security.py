@@ -406,3 +406,31 @@ def test_demo_tls_prints_a_uri_that_connects(tmp_path: Path) -> None:
         proc.wait(20)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_tokens_cli_refuses_bad_input_and_keeps_only_a_digest(tmp_path: Path) -> None:
+    config = tmp_path / "hallway.toml"
+    config.write_text(f'[storage]\ndatabase = "{tmp_path / "h.db"}"\n')
+    bad = [
+        (["add", "-bad name"], "use 1-64 letters"),
+        (["add", "config-2"], "kept for the config"),
+        (["add", "app", "--fields", "display,secret_keys"], "unknown contact field"),
+        (["add", "app", "--history", "-5"], "--history"),
+        (["revoke", "nobody"], "no token named"),
+    ]
+    for args, message in bad:
+        result = hallway("tokens", *args, "--config", str(config))
+        assert result.returncode != 0, args
+        assert message in result.stderr, (args, result.stderr)
+    secret = _token(config, "kiosk", "--contacts", "c-1,c-2", "--history", "3600", "--fields",
+                    "display")
+    listed = hallway("tokens", "list", "--config", str(config)).stdout
+    assert "kiosk\ttags=all\tcontacts=c-1,c-2\thistory=3600s\tpresent=yes\tfields=display" \
+        in listed
+    raw = (tmp_path / "h.db").read_bytes()
+    for suffix in ("-wal", "-shm"):
+        extra = tmp_path / f"h.db{suffix}"
+        if extra.exists():
+            raw += extra.read_bytes()
+    assert secret.encode() not in raw
+    assert hashlib.sha256(secret.encode()).digest() in raw

@@ -752,3 +752,24 @@ async def test_unix_socket_is_bound_in_a_private_folder_then_moved(rig_factory: 
         await client.subscribe()
     finally:
         await rig.stop()
+
+
+async def test_a_resume_further_back_than_max_replay_events_gets_resync(
+    rig_factory: Any,
+) -> None:
+    rig: Rig = rig_factory(max_replay_events=5)
+    await rig.start()
+    try:
+        await rig.publish([arrived("c-1"), departed("c-1")] * 5)  # seq 1..10
+        near = await rig.tcp()
+        await near.subscribe(since_seq=5)
+        replayed = [await near.event() for _ in range(5)]
+        assert [e["seq"] for e in replayed] == [6, 7, 8, 9, 10]
+        far = await rig.tcp()
+        await far.subscribe(since_seq=4)
+        resync = await far.event()
+        assert resync["type"] == "resync"
+        assert resync["since_seq"] == 4
+        assert rig.hub.stats()["resyncs"] == 1
+    finally:
+        await rig.stop()

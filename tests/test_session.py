@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hallway.hub import Filter
+from hallway.filters import Filter
 from hallway.session import (
     AUTH_BURST,
     AUTH_REFILL_PER_S,

@@ -45,7 +45,7 @@ from enum import Enum
 from typing import Any
 
 from hallway import codec
-from hallway.hub import Filter
+from hallway.filters import Filter
 from hallway.models import Contact
 
 PROTOCOL_VERSION = 1
