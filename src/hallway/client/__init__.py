@@ -146,19 +146,25 @@ def connect(
     on_state: Callable[[StateChange], None] | None = None,
     retry_max_s: float = 30.0,
     timeout_s: float = 15.0,
-    idle_timeout_s: float = 60.0,
+    idle_timeout_s: float | None = None,
     give_up_after_s: float | None = None,
     buffer_bytes: int = 4 << 20,
 ) -> Subscription:
     """A resumable subscription to the daemon at ``where`` (use with ``async with``).
 
     ``contacts``/``tags`` filter (AND; an empty list matches nothing), ``knows_of`` asks for
-    the people a contact knows, ``since_seq`` first replays the events after it. Iterating
-    yields ``Subscribed`` once, then Event objects and any ``Resync``; with ``pings=True`` also
-    ``Ping``. It retries forever unless ``give_up_after_s`` is set (then Unreachable once
-    attempts have failed that long); ``idle_timeout_s`` of silence (the daemon pings every
-    15 s) counts as a lost connection. ``buffer_bytes`` bounds what is read ahead of the
+    the people a contact knows, ``since_seq`` first replays the events after it.
+
+    Iterating yields ``Subscribed`` once, then Event objects and any ``Resync``; with
+    ``pings=True`` also ``Ping``. (With ``since_seq``, the present set of ``Subscribed`` is as
+    of its own, later ``seq``; the replayed events come after it in the iteration.)
+
+    It retries forever unless ``give_up_after_s`` is set (then Unreachable once attempts have
+    failed that long). A vanished host is noticed by TCP keepalive within about a minute;
+    ``idle_timeout_s`` (set it above the daemon's ping interval, 15 s by default) also counts
+    that much silence as a lost connection. ``buffer_bytes`` bounds what is read ahead of the
     caller: a caller slower than the daemon is cut off (``lagged``) and resumed without loss.
+
     Raises Refused, FingerprintMismatch, TokenRequired, TokenWithheld or ProtocolError from
     iteration when retrying cannot help."""
     return Subscription(

@@ -157,7 +157,7 @@ class Subscription:
         on_state: Callable[[StateChange], None] | None = None,
         retry_max_s: float = 30.0,
         timeout_s: float = 15.0,
-        idle_timeout_s: float = 60.0,
+        idle_timeout_s: float | None = None,
         give_up_after_s: float | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
@@ -260,7 +260,7 @@ class Subscription:
         try:
             data = await stream.read(self._idle_timeout_s)
         except TimeoutError:
-            raise _Retry(f"{stream.where}: silent for {self._idle_timeout_s:g} s") from None
+            raise _Retry(f"{stream.where}: silent for {self._idle_timeout_s} s") from None
         except (OSError, ConnectionCut) as exc:
             raise _Retry(f"{stream.where}: connection lost ({exc})") from None
         if data is None:

@@ -43,6 +43,17 @@ def certificate_fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _keepalive(sock: socket.socket) -> None:
+    """No delay for small writes, and TCP keepalive so a daemon whose host vanished is noticed
+    within about a minute, whatever its ping interval."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 class Stream:
     """A line-oriented connection; ``read`` returns one JSON object or None at a clean end."""
 
@@ -84,8 +95,7 @@ class Stream:
                 raise FingerprintMismatch(where, target.fingerprint, got)
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keepalive(sock)
         return stream
 
     async def read(self, timeout_s: float | None = None) -> dict[str, Any] | None:
