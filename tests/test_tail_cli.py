@@ -250,3 +250,61 @@ async def test_rate_limited_is_waited_out_and_said(token_file: Path) -> None:
     assert "rate limited; retrying in" in err
     assert attempts == 2
     assert "arrived" in out
+
+
+async def test_knows_of_and_filters_are_passed_through(token_file: Path) -> None:
+    requests: list[dict[str, object]] = []
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.send({"type": "hello", "protocol": 1, "server": "hallway/fake",
+                         "scanner": "fake", "auth": "token"})
+        request = await conn.read()
+        assert request is not None
+        requests.append(request)
+        await conn.send({"type": "subscribed", "seq": 5, "present": []})
+        await conn.send(event_line(6, {"id": "c-2", "name": "Grace"}))
+
+    fake = FakeHallway(script)
+    await fake.start()
+    try:
+        code, _, err = await tail("--connect", f"127.0.0.1:{fake.port}", "--token-file",
+                                  str(token_file), "--knows-of", "c-1", "--contact", "c-2",
+                                  "--tag", "speaker", "--since", "3", "--count", "1",
+                                  env=_no_token_env())
+    finally:
+        await fake.close()
+    assert code == 0, err
+    assert requests == [{"type": "subscribe", "token": TOKEN, "contacts": ["c-2"],
+                         "tags": ["speaker"], "knows_of": "c-1", "since_seq": 3}]
+
+
+async def test_status_refuses_a_certificate_that_does_not_match(tmp_path: Path) -> None:
+    cert, key, fingerprint = self_signed(tmp_path)
+    _, _, other = self_signed(tmp_path, "other")
+
+    async def status_script(conn: FakeConnection) -> None:
+        await conn.send({"type": "hello", "protocol": 1, "server": "hallway/fake",
+                         "scanner": "fake", "auth": "token"})
+        request = await conn.read()
+        if request and request.get("token") == TOKEN:
+            await conn.send({"type": "status", "uptime_s": 5.0, "scanner": "fake"})
+
+    fake = FakeHallway(status_script, tls=server_tls_context(cert, key))
+    await fake.start()
+    try:
+        for fp, expect in ((fingerprint, 0), (other, 1)):
+            uri_file = tmp_path / "uri"
+            uri_file.write_text(f"hallway://127.0.0.1:{fake.port}?token={TOKEN}&fp=sha256:{fp}")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hallway", "status", "--uri-file", str(uri_file), "--json",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **_no_token_env()})
+            out, err = await proc.communicate()
+            assert proc.returncode == expect, err.decode()
+            if expect == 0:
+                assert json.loads(out)["uptime_s"] == 5.0
+            else:
+                assert b"does not match the pinned fingerprint" in err
+    finally:
+        await fake.close()
+    assert fake.connections == 2
