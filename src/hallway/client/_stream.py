@@ -23,6 +23,7 @@ from hallway.client._target import Target
 
 DEFAULT_BUFFER_BYTES = 4 << 20
 CHUNK_BYTES = 1 << 16
+_decode = json.JSONDecoder().decode
 
 
 class ConnectionCut(ConnectionError):
@@ -119,7 +120,7 @@ class Stream:
                 raise ProtocolError(f"{self.where}: a line longer than the read buffer")
         line = self._lines.popleft()
         try:
-            value = json.loads(line)
+            value = _decode(line.decode())
         except ValueError:
             raise ProtocolError(f"{self.where}: a line that is not JSON") from None
         if not isinstance(value, dict):
