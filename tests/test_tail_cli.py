@@ -103,7 +103,7 @@ async def announced_plain() -> AsyncIterator[Announced]:
 
 
 async def test_a_fake_announcer_never_receives_the_token(
-        announced_plain: Announced, token_file: Path) -> None:
+        announced_plain: Announced, token_file: Path, tmp_path: Path) -> None:
     # Every way of giving tail a token: none of them reaches a daemon found by mDNS.
     for how, env in ((["--token-file", str(token_file)], _no_token_env()),
                      ([], {"HALLWAY_TOKEN": TOKEN, "HALLWAY_URI": ""}),
@@ -114,7 +114,16 @@ async def test_a_fake_announcer_never_receives_the_token(
         assert "found by mDNS" in err
         assert "--fingerprint" in err
         assert out == ""
-    assert announced_plain.fake.connections >= 3
+    connections = announced_plain.fake.connections
+    assert connections >= 3
+    # With a fingerprint, a daemon announcing plain TCP cannot prove it: not even contacted.
+    _, _, pinned = self_signed(tmp_path)
+    code, _, err = await tail("--mdns-interface", "127.0.0.1", "--name", announced_plain.name,
+                              "--browse", "10", "--token-file", str(token_file),
+                              "--fingerprint", f"sha256:{pinned}", env=_no_token_env())
+    assert code == 1
+    assert "does not serve TLS" in err
+    assert announced_plain.fake.connections == connections
     assert TOKEN.encode() not in announced_plain.fake.received
     assert b"token" not in announced_plain.fake.received
 
@@ -134,6 +143,13 @@ async def test_a_tls_announcer_must_prove_the_pinned_fingerprint(
         assert code == 1
         assert "does not match the pinned fingerprint" in err
         assert impostor.fake.received == b""
+        # Without the fingerprint a TLS daemon is not followed, and tail says what is missing.
+        code, out, err = await tail("--mdns-interface", "127.0.0.1", "--name", genuine.name,
+                                    "--browse", "10", "--token-file", str(token_file),
+                                    env=_no_token_env())
+        assert code == 1
+        assert "serves TLS: pass --fingerprint" in err
+        assert genuine.fake.connections == 0
         code, out, err = await tail("--mdns-interface", "127.0.0.1", "--name", genuine.name,
                                     "--browse", "10", "--token-file", str(token_file),
                                     "--fingerprint", f"sha256:{real}", "--json", "--count", "2",

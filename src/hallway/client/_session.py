@@ -116,7 +116,12 @@ async def _greet(stream: Stream, target: Target, timeout_s: float,
 
     A token is only ever sent to a target that was named (not merely discovered) or whose
     certificate matched the pinned fingerprint (the stream checked it before this)."""
-    hello = await stream.read(timeout_s)
+    try:
+        hello = await stream.read(timeout_s)
+    except TimeoutError:
+        hint = "" if target.tls or target.path is not None else (
+            "; if the daemon serves TLS, give its certificate fingerprint (fp= in the URI)")
+        raise _Retry(f"{stream.where}: no hello within {timeout_s:g} s{hint}") from None
     if hello is None:
         raise _Retry(f"{stream.where}: closed before hello")
     if hello.get("type") == "error":
