@@ -480,3 +480,23 @@ def test_event_parsing_is_typed_and_lenient_where_the_protocol_grows() -> None:
                 {"type": "arrived", "seq": 1}):
         with pytest.raises(hc.ProtocolError):
             parse_event(bad)
+
+
+def test_every_public_name_is_documented() -> None:
+    import inspect
+
+    missing = []
+    for name in hc.__all__:
+        value = getattr(hc, name)
+        if isinstance(value, str | int):
+            continue
+        if not inspect.getdoc(value):
+            missing.append(name)
+        if inspect.isclass(value):
+            for attr, member in vars(value).items():
+                if attr.startswith("_") or (not callable(member) and not isinstance(
+                        member, property | classmethod)):
+                    continue
+                if not inspect.getdoc(getattr(value, attr)):
+                    missing.append(f"{name}.{attr}")
+    assert missing == []
