@@ -324,3 +324,37 @@ async def test_status_refuses_a_certificate_that_does_not_match(tmp_path: Path) 
     finally:
         await fake.close()
     assert fake.connections == 2
+
+
+def test_the_config_token_goes_only_to_local_sockets(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from hallway.commands._client import resolve
+
+    monkeypatch.delenv("HALLWAY_TOKEN", raising=False)
+    monkeypatch.delenv("HALLWAY_URI", raising=False)
+    config = tmp_path / "hallway.toml"
+    config.write_text(f'[server]\ntokens = ["{TOKEN}"]\nunix_socket = "{tmp_path / "h.sock"}"\n'
+                      f'[storage]\ndatabase = "{tmp_path / "hallway.db"}"\n')
+
+    def args(**given: object) -> argparse.Namespace:
+        base: dict[str, object] = {"uri": None, "uri_file": None, "unix": None,
+                                   "connect": None, "token": None, "token_file": None,
+                                   "fingerprint": None, "config": str(config)}
+        return argparse.Namespace(**{**base, **given})
+
+    tokens = {
+        where: resolve(args(**{key: where}), prog="test")[0]
+        for key, where in (("connect", "127.0.0.1:7447"), ("connect", "[::1]:7447"),
+                           ("unix", str(tmp_path / "x.sock")), ("connect", "10.1.2.3:7447"),
+                           ("connect", "kiosk.example:7447"))
+    }
+    assert {where: t.token if t else None for where, t in tokens.items()} == {
+        "127.0.0.1:7447": TOKEN, "[::1]:7447": TOKEN, str(tmp_path / "x.sock"): TOKEN,
+        "10.1.2.3:7447": None, "kiosk.example:7447": None}
+    # The config's own socket when nothing is named.
+    own, _ = resolve(args(), prog="test")
+    assert own is not None
+    assert own.token == TOKEN
+    assert (own.host, own.port) == ("127.0.0.1", 7447)
