@@ -57,8 +57,8 @@ def test_who_is_here_against_the_demo(tmp_path: Path) -> None:
     err_path = tmp_path / "demo.err"
     with err_path.open("w") as err:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "hallway", "demo", "--port", "0", "--quiet", "--duration",
-             "90", "--unix", str(tmp_path / "demo.sock")],
+            [sys.executable, "-m", "hallway", "demo", "--scenario", "booth", "--port", "0",
+             "--quiet", "--duration", "90", "--unix", str(tmp_path / "demo.sock")],
             stdout=subprocess.DEVNULL, stderr=err, text=True, env=ENV)
     app = None
     try:

@@ -446,3 +446,57 @@ def test_targets_and_uris() -> None:
                 "hallway://:1", "nohost", "h:99999", "hallway://h:1?token=a&token=b"):
         with pytest.raises(hc.TargetError):
             hc.parse_target(bad)
+
+
+def test_event_parsing_is_typed_and_lenient_where_the_protocol_grows() -> None:
+    from hallway.client._messages import parse_event
+
+    contact = {"id": "c-1", "name": "Ada", "tags": ["speaker"], "handles": {"x": "ada"},
+               "display": True, "knows": ["c-2"], "future": 1}
+    left = parse_event({"type": "departed", "seq": 7, "ts": 12, "contact": contact,
+                        "zone": "far", "distance_m": 9, "rssi": -80.5, "via": "irk",
+                        "dwell_s": 30.5, "reason": "timeout", "carrier": "checkin"})
+    assert isinstance(left, hc.Departed)
+    assert (left.seq, left.ts, left.distance_m, left.dwell_s, left.reason) == (
+        7, 12.0, 9.0, 30.5, "timeout")
+    assert isinstance(left.ts, float)
+    assert left.carrier == "checkin"
+    assert left.contact.tags == ("speaker",)
+    assert left.contact.display is True
+    assert left.contact.knows == ("c-2",)
+    assert left.contact.raw["future"] == 1
+    moved = parse_event({"type": "zone", "seq": 8, "contact": {"id": "c-1"},
+                         "previous_zone": "far", "zone": "near"})
+    assert isinstance(moved, hc.ZoneChanged)
+    assert moved.previous_zone == "far"
+    assert moved.contact.name is None
+    assert moved.contact.knows is None
+    novel = parse_event({"type": "waved", "seq": 9, "contact": {"id": "c-1"}, "ts": "x"})
+    assert type(novel) is hc.Event
+    assert novel.ts is None
+    for bad in ({"type": "arrived", "seq": True, "contact": {"id": "c"}},
+                {"type": "arrived", "seq": "1", "contact": {"id": "c"}},
+                {"type": "arrived", "seq": 1, "contact": {"name": "no id"}},
+                {"type": "arrived", "seq": 1}):
+        with pytest.raises(hc.ProtocolError):
+            parse_event(bad)
+
+
+def test_every_public_name_is_documented() -> None:
+    import inspect
+
+    missing = []
+    for name in hc.__all__:
+        value = getattr(hc, name)
+        if isinstance(value, str | int):
+            continue
+        if not inspect.getdoc(value):
+            missing.append(name)
+        if inspect.isclass(value):
+            for attr, member in vars(value).items():
+                if attr.startswith("_") or (not callable(member) and not isinstance(
+                        member, property | classmethod)):
+                    continue
+                if not inspect.getdoc(getattr(value, attr)):
+                    missing.append(f"{name}.{attr}")
+    assert missing == []

@@ -103,7 +103,7 @@ async def announced_plain() -> AsyncIterator[Announced]:
 
 
 async def test_a_fake_announcer_never_receives_the_token(
-        announced_plain: Announced, token_file: Path) -> None:
+        announced_plain: Announced, token_file: Path, tmp_path: Path) -> None:
     # Every way of giving tail a token: none of them reaches a daemon found by mDNS.
     for how, env in ((["--token-file", str(token_file)], _no_token_env()),
                      ([], {"HALLWAY_TOKEN": TOKEN, "HALLWAY_URI": ""}),
@@ -114,7 +114,16 @@ async def test_a_fake_announcer_never_receives_the_token(
         assert "found by mDNS" in err
         assert "--fingerprint" in err
         assert out == ""
-    assert announced_plain.fake.connections >= 3
+    connections = announced_plain.fake.connections
+    assert connections >= 3
+    # With a fingerprint, a daemon announcing plain TCP cannot prove it: not even contacted.
+    _, _, pinned = self_signed(tmp_path)
+    code, _, err = await tail("--mdns-interface", "127.0.0.1", "--name", announced_plain.name,
+                              "--browse", "10", "--token-file", str(token_file),
+                              "--fingerprint", f"sha256:{pinned}", env=_no_token_env())
+    assert code == 1
+    assert "does not serve TLS" in err
+    assert announced_plain.fake.connections == connections
     assert TOKEN.encode() not in announced_plain.fake.received
     assert b"token" not in announced_plain.fake.received
 
@@ -134,6 +143,13 @@ async def test_a_tls_announcer_must_prove_the_pinned_fingerprint(
         assert code == 1
         assert "does not match the pinned fingerprint" in err
         assert impostor.fake.received == b""
+        # Without the fingerprint a TLS daemon is not followed, and tail says what is missing.
+        code, out, err = await tail("--mdns-interface", "127.0.0.1", "--name", genuine.name,
+                                    "--browse", "10", "--token-file", str(token_file),
+                                    env=_no_token_env())
+        assert code == 1
+        assert "serves TLS: pass --fingerprint" in err
+        assert genuine.fake.connections == 0
         code, out, err = await tail("--mdns-interface", "127.0.0.1", "--name", genuine.name,
                                     "--browse", "10", "--token-file", str(token_file),
                                     "--fingerprint", f"sha256:{real}", "--json", "--count", "2",
@@ -250,3 +266,95 @@ async def test_rate_limited_is_waited_out_and_said(token_file: Path) -> None:
     assert "rate limited; retrying in" in err
     assert attempts == 2
     assert "arrived" in out
+
+
+async def test_knows_of_and_filters_are_passed_through(token_file: Path) -> None:
+    requests: list[dict[str, object]] = []
+
+    async def script(conn: FakeConnection) -> None:
+        await conn.send({"type": "hello", "protocol": 1, "server": "hallway/fake",
+                         "scanner": "fake", "auth": "token"})
+        request = await conn.read()
+        assert request is not None
+        requests.append(request)
+        await conn.send({"type": "subscribed", "seq": 5, "present": []})
+        await conn.send(event_line(6, {"id": "c-2", "name": "Grace"}))
+
+    fake = FakeHallway(script)
+    await fake.start()
+    try:
+        code, _, err = await tail("--connect", f"127.0.0.1:{fake.port}", "--token-file",
+                                  str(token_file), "--knows-of", "c-1", "--contact", "c-2",
+                                  "--tag", "speaker", "--since", "3", "--count", "1",
+                                  env=_no_token_env())
+    finally:
+        await fake.close()
+    assert code == 0, err
+    assert requests == [{"type": "subscribe", "token": TOKEN, "contacts": ["c-2"],
+                         "tags": ["speaker"], "knows_of": "c-1", "since_seq": 3}]
+
+
+async def test_status_refuses_a_certificate_that_does_not_match(tmp_path: Path) -> None:
+    cert, key, fingerprint = self_signed(tmp_path)
+    _, _, other = self_signed(tmp_path, "other")
+
+    async def status_script(conn: FakeConnection) -> None:
+        await conn.send({"type": "hello", "protocol": 1, "server": "hallway/fake",
+                         "scanner": "fake", "auth": "token"})
+        request = await conn.read()
+        if request and request.get("token") == TOKEN:
+            await conn.send({"type": "status", "uptime_s": 5.0, "scanner": "fake"})
+
+    fake = FakeHallway(status_script, tls=server_tls_context(cert, key))
+    await fake.start()
+    try:
+        for fp, expect in ((fingerprint, 0), (other, 1)):
+            uri_file = tmp_path / "uri"
+            uri_file.write_text(f"hallway://127.0.0.1:{fake.port}?token={TOKEN}&fp=sha256:{fp}")
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hallway", "status", "--uri-file", str(uri_file), "--json",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **_no_token_env()})
+            out, err = await proc.communicate()
+            assert proc.returncode == expect, err.decode()
+            if expect == 0:
+                assert json.loads(out)["uptime_s"] == 5.0
+            else:
+                assert b"does not match the pinned fingerprint" in err
+    finally:
+        await fake.close()
+    assert fake.connections == 2
+
+
+def test_the_config_token_goes_only_to_local_sockets(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from hallway.commands._client import resolve
+
+    monkeypatch.delenv("HALLWAY_TOKEN", raising=False)
+    monkeypatch.delenv("HALLWAY_URI", raising=False)
+    config = tmp_path / "hallway.toml"
+    config.write_text(f'[server]\ntokens = ["{TOKEN}"]\nunix_socket = "{tmp_path / "h.sock"}"\n'
+                      f'[storage]\ndatabase = "{tmp_path / "hallway.db"}"\n')
+
+    def args(**given: object) -> argparse.Namespace:
+        base: dict[str, object] = {"uri": None, "uri_file": None, "unix": None,
+                                   "connect": None, "token": None, "token_file": None,
+                                   "fingerprint": None, "config": str(config)}
+        return argparse.Namespace(**{**base, **given})
+
+    tokens = {
+        where: resolve(args(**{key: where}), prog="test")[0]
+        for key, where in (("connect", "127.0.0.1:7447"), ("connect", "[::1]:7447"),
+                           ("unix", str(tmp_path / "x.sock")), ("connect", "10.1.2.3:7447"),
+                           ("connect", "kiosk.example:7447"))
+    }
+    assert {where: t.token if t else None for where, t in tokens.items()} == {
+        "127.0.0.1:7447": TOKEN, "[::1]:7447": TOKEN, str(tmp_path / "x.sock"): TOKEN,
+        "10.1.2.3:7447": None, "kiosk.example:7447": None}
+    # The config's own socket when nothing is named.
+    own, _ = resolve(args(), prog="test")
+    assert own is not None
+    assert own.token == TOKEN
+    assert (own.host, own.port) == ("127.0.0.1", 7447)

@@ -32,9 +32,10 @@ protocol version is not assumed to be compatible.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from hallway.client._discover import SERVICE_TYPE, Candidate, discover
 from hallway.client._errors import (
     ClientError,
     FingerprintMismatch,
@@ -59,22 +60,36 @@ from hallway.client._messages import (
     Subscribed,
     ZoneChanged,
 )
-from hallway.client._session import (
-    State,
-    StateChange,
-    Subscription,
-    fetch_present,
-    fetch_status,
-)
-from hallway.client._stream import certificate_fingerprint
 from hallway.client._target import (
     DEFAULT_PORT,
+    SERVICE_TYPE,
+    Candidate,
     Target,
     TargetError,
     parse_fingerprint,
     parse_target,
     parse_uri,
 )
+
+if TYPE_CHECKING:
+    from hallway.client._discover import discover
+    from hallway.client._session import State, StateChange, Subscription
+    from hallway.client._stream import certificate_fingerprint
+
+# What needs asyncio or ssl is imported on first use, so that importing the module (as the
+# command line does for --help) stays cheap.
+_LAZY = {"discover": "_discover", "State": "_session", "StateChange": "_session",
+         "Subscription": "_session", "certificate_fingerprint": "_stream"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hallway.client' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hallway.client.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 PROTOCOL_VERSION = 1
 """The protocol version this client speaks (the daemon's ``hello`` ``protocol``, TXT
@@ -146,21 +161,29 @@ def connect(
     on_state: Callable[[StateChange], None] | None = None,
     retry_max_s: float = 30.0,
     timeout_s: float = 15.0,
-    idle_timeout_s: float = 60.0,
+    idle_timeout_s: float | None = None,
     give_up_after_s: float | None = None,
     buffer_bytes: int = 4 << 20,
 ) -> Subscription:
     """A resumable subscription to the daemon at ``where`` (use with ``async with``).
 
     ``contacts``/``tags`` filter (AND; an empty list matches nothing), ``knows_of`` asks for
-    the people a contact knows, ``since_seq`` first replays the events after it. Iterating
-    yields ``Subscribed`` once, then Event objects and any ``Resync``; with ``pings=True`` also
-    ``Ping``. It retries forever unless ``give_up_after_s`` is set (then Unreachable once
-    attempts have failed that long); ``idle_timeout_s`` of silence (the daemon pings every
-    15 s) counts as a lost connection. ``buffer_bytes`` bounds what is read ahead of the
+    the people a contact knows, ``since_seq`` first replays the events after it.
+
+    Iterating yields ``Subscribed`` once, then Event objects and any ``Resync``; with
+    ``pings=True`` also ``Ping``. (With ``since_seq``, the present set of ``Subscribed`` is as
+    of its own, later ``seq``; the replayed events come after it in the iteration.)
+
+    It retries forever unless ``give_up_after_s`` is set (then Unreachable once attempts have
+    failed that long). A vanished host is noticed by TCP keepalive within about a minute;
+    ``idle_timeout_s`` (set it above the daemon's ping interval, 15 s by default) also counts
+    that much silence as a lost connection. ``buffer_bytes`` bounds what is read ahead of the
     caller: a caller slower than the daemon is cut off (``lagged``) and resumed without loss.
+
     Raises Refused, FingerprintMismatch, TokenRequired, TokenWithheld or ProtocolError from
     iteration when retrying cannot help."""
+    from hallway.client._session import Subscription  # noqa: PLC0415 - lazy (asyncio)
+
     return Subscription(
         resolve_target(where, token=token, fingerprint=fingerprint), contacts=contacts,
         tags=tags, knows_of=knows_of, since_seq=since_seq, pings=pings, on_state=on_state,
@@ -182,6 +205,8 @@ async def present(
 
     Unreachable if nothing answers within ``timeout_s``; ``rate_limited`` is waited out
     within it (then RateLimited)."""
+    from hallway.client._session import fetch_present  # noqa: PLC0415 - lazy (asyncio)
+
     return await fetch_present(resolve_target(where, token=token, fingerprint=fingerprint),
                                contacts=contacts, tags=tags, knows_of=knows_of,
                                timeout_s=timeout_s)
@@ -195,5 +220,7 @@ async def status(
     timeout_s: float = 10.0,
 ) -> Status:
     """The daemon's operational figures (uptime, rates, subscribers; no contact data)."""
+    from hallway.client._session import fetch_status  # noqa: PLC0415 - lazy (asyncio)
+
     return await fetch_status(resolve_target(where, token=token, fingerprint=fingerprint),
                               timeout_s=timeout_s)

@@ -12,46 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from hallway.client._errors import TokenWithheld
-from hallway.client._target import Target, parse_fingerprint
-
-SERVICE_TYPE = "_hallway._tcp.local."
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A daemon announced by mDNS: its instance name, address, port and TXT properties."""
-
-    name: str
-    host: str
-    port: int
-    properties: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def tls(self) -> bool:
-        """What the announcement claims (``tls=1``); only a pinned fingerprint proves it."""
-        return self.properties.get("tls") == "1"
-
-    @property
-    def scanner(self) -> str | None:
-        """The scanner id from the TXT record."""
-        return self.properties.get("scanner")
-
-    def target(self, *, token: str | None = None, fingerprint: str | None = None) -> Target:
-        """A Target for ``hallway.client.connect``.
-
-        With a token, the fingerprint is required: the token goes only to a server whose
-        certificate matches it. Without a token (a daemon with ``auth=none``) the target is
-        plain TCP unless a fingerprint is given."""
-        if token is not None and fingerprint is None:
-            raise TokenWithheld(
-                f"{self.name} was found by mDNS: a token goes only to a server that proves the "
-                "pinned certificate fingerprint given with it")
-        return Target(host=self.host, port=self.port, token=token,
-                      fingerprint=None if fingerprint is None else parse_fingerprint(fingerprint),
-                      named=False, label=self.name)
+from hallway.client._target import SERVICE_TYPE, Candidate
 
 
 async def discover(*, browse_s: float = 3.0, interfaces: Sequence[str] = (),

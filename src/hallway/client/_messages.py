@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from hallway.client._errors import ProtocolError
@@ -18,6 +19,9 @@ from hallway.client._errors import ProtocolError
 CONTROL_TYPES = frozenset({
     "hello", "subscribed", "resync", "ping", "error", "status", "present",
 })
+
+
+_NONE: Mapping[str, str] = MappingProxyType({})
 
 
 def _num(value: Any) -> float | None:
@@ -49,21 +53,27 @@ class Contact:
     @classmethod
     def from_json(cls, data: Any) -> Contact:
         """Parse a contact object; ProtocolError without a string ``id``."""
-        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        # Written for speed (one contact per event): no helper calls on the common path.
+        if data.__class__ is not dict or data.get("id").__class__ is not str:
             raise ProtocolError("a contact without an id")
-        handles = data.get("handles")
-        tags = data.get("tags")
-        knows = data.get("knows")
-        display = data.get("display")
+        get = data.get
+        name = get("name")
+        org = get("org")
+        title = get("title")
+        handles = get("handles")
+        tags = get("tags")
+        knows = get("knows")
+        display = get("display")
         return cls(
-            id=data["id"], name=_str(data.get("name")), org=_str(data.get("org")),
-            title=_str(data.get("title")),
-            handles={str(k): str(v) for k, v in handles.items()}
-            if isinstance(handles, dict) else {},
-            tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
-            display=display if isinstance(display, bool) else None,
-            knows=tuple(str(k) for k in knows) if isinstance(knows, list) else None,
-            raw=data,
+            data["id"],
+            name if name.__class__ is str else None,
+            org if org.__class__ is str else None,
+            title if title.__class__ is str else None,
+            {str(k): str(v) for k, v in handles.items()} if handles.__class__ is dict else _NONE,
+            tuple(map(str, tags)) if tags.__class__ is list else (),
+            display if display.__class__ is bool else None,
+            tuple(map(str, knows)) if knows.__class__ is list else None,
+            data,
         )
 
 
@@ -215,26 +225,40 @@ _KINDS: dict[str, type[Event]] = {"arrived": Arrived, "zone": ZoneChanged,
 
 def parse_event(data: dict[str, Any]) -> Event:
     """A SPEC §5 event object as an Event; ProtocolError without ``seq`` or a contact."""
-    kind = data.get("type")
-    seq = data.get("seq")
-    if not isinstance(kind, str) or not isinstance(seq, int) or isinstance(seq, bool):
+    get = data.get
+    kind = get("type")
+    seq = get("seq")
+    if kind.__class__ is not str or seq.__class__ is not int:
         raise ProtocolError("an event without a type and an integer seq")
-    common: dict[str, Any] = {
-        "type": kind, "seq": seq, "ts": _num(data.get("ts")), "scanner": _str(data.get("scanner")),
-        "contact": Contact.from_json(data.get("contact")), "zone": _str(data.get("zone")),
-        "distance_m": _num(data.get("distance_m")), "rssi": _num(data.get("rssi")),
-        "via": _str(data.get("via")), "carrier": _str(data.get("carrier")),
-        "room": _str(data.get("room")), "raw": data,
-    }
+    ts = get("ts")
+    scanner = get("scanner")
+    zone = get("zone")
+    distance = get("distance_m")
+    rssi = get("rssi")
+    via = get("via")
+    carrier = get("carrier")
+    room = get("room")
+    common = (
+        kind, seq,
+        ts if ts.__class__ is float else _num(ts),
+        scanner if scanner.__class__ is str else None,
+        Contact.from_json(get("contact")),
+        zone if zone.__class__ is str else None,
+        distance if distance.__class__ is float else _num(distance),
+        rssi if rssi.__class__ is float else _num(rssi),
+        via if via.__class__ is str else None,
+        carrier if carrier.__class__ is str else None,
+        room if room.__class__ is str else None,
+        data,
+    )
     cls = _KINDS.get(kind, Event)
+    if cls is Arrived or cls is Event:
+        return cls(*common)
     if cls is ZoneChanged:
-        return ZoneChanged(**common, previous_zone=_str(data.get("previous_zone")))
+        return ZoneChanged(*common, _str(get("previous_zone")))
     if cls is Departed:
-        return Departed(**common, dwell_s=_num(data.get("dwell_s")),
-                        reason=_str(data.get("reason")))
-    if cls is Moved:
-        return Moved(**common, previous_room=_str(data.get("previous_room")))
-    return cls(**common)
+        return Departed(*common, _num(get("dwell_s")), _str(get("reason")))
+    return Moved(*common, _str(get("previous_room")))
 
 
 def is_event(data: dict[str, Any]) -> bool:

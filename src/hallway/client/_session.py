@@ -116,7 +116,12 @@ async def _greet(stream: Stream, target: Target, timeout_s: float,
 
     A token is only ever sent to a target that was named (not merely discovered) or whose
     certificate matched the pinned fingerprint (the stream checked it before this)."""
-    hello = await stream.read(timeout_s)
+    try:
+        hello = await stream.read(timeout_s)
+    except TimeoutError:
+        hint = "" if target.tls or target.path is not None else (
+            "; if the daemon serves TLS, give its certificate fingerprint (fp= in the URI)")
+        raise _Retry(f"{stream.where}: no hello within {timeout_s:g} s{hint}") from None
     if hello is None:
         raise _Retry(f"{stream.where}: closed before hello")
     if hello.get("type") == "error":
@@ -157,7 +162,7 @@ class Subscription:
         on_state: Callable[[StateChange], None] | None = None,
         retry_max_s: float = 30.0,
         timeout_s: float = 15.0,
-        idle_timeout_s: float = 60.0,
+        idle_timeout_s: float | None = None,
         give_up_after_s: float | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
@@ -260,7 +265,7 @@ class Subscription:
         try:
             data = await stream.read(self._idle_timeout_s)
         except TimeoutError:
-            raise _Retry(f"{stream.where}: silent for {self._idle_timeout_s:g} s") from None
+            raise _Retry(f"{stream.where}: silent for {self._idle_timeout_s} s") from None
         except (OSError, ConnectionCut) as exc:
             raise _Retry(f"{stream.where}: connection lost ({exc})") from None
         if data is None:

@@ -23,6 +23,7 @@ from hallway.client._target import Target
 
 DEFAULT_BUFFER_BYTES = 4 << 20
 CHUNK_BYTES = 1 << 16
+_decode = json.JSONDecoder().decode
 
 
 class ConnectionCut(ConnectionError):
@@ -41,6 +42,17 @@ def tls_context() -> ssl.SSLContext:
 def certificate_fingerprint(der: bytes) -> str:
     """The SHA-256 of a certificate's DER form, as 64 lowercase hex digits."""
     return hashlib.sha256(der).hexdigest()
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """No delay for small writes, and TCP keepalive so a daemon whose host vanished is noticed
+    within about a minute, whatever its ping interval."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class Stream:
@@ -84,8 +96,7 @@ class Stream:
                 raise FingerprintMismatch(where, target.fingerprint, got)
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keepalive(sock)
         return stream
 
     async def read(self, timeout_s: float | None = None) -> dict[str, Any] | None:
@@ -109,7 +120,7 @@ class Stream:
                 raise ProtocolError(f"{self.where}: a line longer than the read buffer")
         line = self._lines.popleft()
         try:
-            value = json.loads(line)
+            value = _decode(line.decode())
         except ValueError:
             raise ProtocolError(f"{self.where}: a line that is not JSON") from None
         if not isinstance(value, dict):

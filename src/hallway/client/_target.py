@@ -8,8 +8,10 @@ connection is plain TCP (loopback only, as a rule). Everything here is pure pars
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, quote, urlsplit
+
+from hallway.client._errors import TokenWithheld
 
 DEFAULT_PORT = 7447
 SCHEME = "hallway"
@@ -96,6 +98,43 @@ class Target:
         secret = "***" if self.token is not None else None
         return (f"Target(host={self.host!r}, port={self.port!r}, path={self.path!r}, "
                 f"token={secret!r}, fingerprint={self.fingerprint!r}, named={self.named!r})")
+
+
+SERVICE_TYPE = "_hallway._tcp.local."
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A daemon announced by mDNS: its instance name, address, port and TXT properties."""
+
+    name: str
+    host: str
+    port: int
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tls(self) -> bool:
+        """What the announcement claims (``tls=1``); only a pinned fingerprint proves it."""
+        return self.properties.get("tls") == "1"
+
+    @property
+    def scanner(self) -> str | None:
+        """The scanner id from the TXT record."""
+        return self.properties.get("scanner")
+
+    def target(self, *, token: str | None = None, fingerprint: str | None = None) -> Target:
+        """A Target for ``hallway.client.connect``.
+
+        With a token, the fingerprint is required: the token goes only to a server whose
+        certificate matches it. Without a token (a daemon with ``auth=none``) the target is
+        plain TCP unless a fingerprint is given."""
+        if token is not None and fingerprint is None:
+            raise TokenWithheld(
+                f"{self.name} was found by mDNS: a token goes only to a server that proves the "
+                "pinned certificate fingerprint given with it")
+        return Target(host=self.host, port=self.port, token=token,
+                      fingerprint=None if fingerprint is None else parse_fingerprint(fingerprint),
+                      named=False, label=self.name)
 
 
 def parse_uri(text: str) -> Target:

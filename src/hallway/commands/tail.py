@@ -239,11 +239,27 @@ class _Follower:
 
 def _discovered_targets(candidates: list[hc.Candidate], args: argparse.Namespace,
                         token: str | None) -> list[hc.Target]:
+    """What tail may follow among the daemons found by mDNS, saying why it skips the others.
+
+    With --fingerprint: those announcing TLS, each of which must prove the certificate before
+    it gets the token. Without: those announcing plain TCP, followed without a token (a daemon
+    that asks for one is told no)."""
     fingerprint = args.fingerprint
-    if fingerprint is None:
-        # No token goes to a daemon that cannot prove who it is; one asking for none is fine.
-        return [c.target() for c in candidates]
-    return [c.target(token=token, fingerprint=fingerprint) for c in candidates]
+    targets = []
+    for candidate in candidates:
+        label = clean(candidate.name)
+        if fingerprint is None and candidate.tls:
+            print(f"hallway tail: {label} serves TLS: pass --fingerprint sha256:... (from "
+                  "`hallway tls show` on its host) with the token", file=sys.stderr)
+        elif fingerprint is not None and not candidate.tls:
+            print(f"hallway tail: {label} does not serve TLS, so it cannot prove "
+                  "--fingerprint; name it (--connect) if you trust it", file=sys.stderr)
+        elif fingerprint is None:
+            # No token goes to a daemon that cannot prove who it is; one asking for none is fine.
+            targets.append(candidate.target())
+        else:
+            targets.append(candidate.target(token=token, fingerprint=fingerprint))
+    return targets
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -274,6 +290,8 @@ async def _main(args: argparse.Namespace) -> int:
             return 1
         args.fingerprint = fingerprint
         targets = _discovered_targets(candidates, args, token)
+        if not targets:
+            return 1
     shared = _Shared(args.count)
     followers = [_Follower(t, args, shared) for t in targets]
     tasks = [asyncio.create_task(f.run(), name=f"tail-{f.label}") for f in followers]
