@@ -21,8 +21,12 @@ Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
 SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
 ``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
 (``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
-``stop_jobs``; ``remove_adapter``; ``add_adapter``; ``delay`` (``method``, ``seconds``: carry
-out and answer that method late, like a slow bluetoothd);
+``stop_jobs``; ``central`` (a simulated central connects and writes to a registered GATT
+application: ``address``, ``values`` (hex), ``type`` ``request``|``command``, ``rate``,
+``reconnect``; answers the tally of replies); ``hostile`` (``centrals`` attackers writing
+``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version, unknown
+identifiers; answers the tally); ``remove_adapter``; ``add_adapter``; ``delay``
+(``method``, ``seconds``: carry out and answer that method late, like a slow bluetoothd);
 ``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
 bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady`` and
 ``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
@@ -44,7 +48,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,12 @@ _DBUS = "org.freedesktop.DBus"
 _RSSI_THRESHOLD_DB = 8  # bluetoothd reports an RSSI change only past this, unless duplicates
 STAMP_COMPANY = 0xFFFE  # manufacturer data key of the send-time stamp (see FakeBlueZ.play)
 _FLUSH_EVERY = 64  # messages between round trips to the bus (backpressure)
+ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+GATT_MANAGER_IFACE = "org.bluez.GattManager1"
+ADVERTISEMENT_IFACE = "org.bluez.LEAdvertisement1"
+CHARACTERISTIC_IFACE = "org.bluez.GattCharacteristic1"
+CHECKIN_CHARACTERISTIC = "48570001-5c7a-4e0b-9b8e-3f1d2a6c9e01"
+_ADV_INSTANCES = 5  # advertising sets the fake controller offers
 _KNOWN_FILTERS = {"UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable",
                   "Pattern"}
 
@@ -176,6 +186,7 @@ class _Device:
     manufacturer_data: dict[int, bytes]
     service_data: dict[str, bytes]
     paired: bool = False
+    connected: bool = False  # a central connected to us (see FakeBlueZ.central_write)
 
     def props(self, adapter_path: str) -> dict[str, Variant]:
         alias = self.name if self.name else self.address.replace(":", "-")
@@ -189,7 +200,7 @@ class _Device:
             "Trusted": Variant("b", self.paired),
             "Blocked": Variant("b", False),
             "LegacyPairing": Variant("b", False),
-            "Connected": Variant("b", False),
+            "Connected": Variant("b", self.connected),
             "ServicesResolved": Variant("b", False),
             "RSSI": Variant("n", self.rssi),
             "UUIDs": Variant("as", list(self.uuids)),
@@ -279,7 +290,20 @@ class FakeBlueZ:
             (ADAPTER_IFACE, "StopDiscovery"): self._stop_discovery,
             (ADAPTER_IFACE, "RemoveDevice"): self._remove_device,
             (ADAPTER_IFACE, "GetDiscoveryFilters"): self._get_discovery_filters,
+            (DEVICE_IFACE, "Disconnect"): self._device_disconnect,
+            (ADV_MANAGER_IFACE, "UnregisterAdvertisement"): self._unregister_advertisement,
+            (GATT_MANAGER_IFACE, "UnregisterApplication"): self._unregister_application,
         }
+        # Methods answered after calls of our own to the caller (BlueZ reads the objects).
+        self._async_methods: dict[tuple[str | None, str | None],
+                                  Callable[[Message], Awaitable[Message]]] = {
+            (ADV_MANAGER_IFACE, "RegisterAdvertisement"): self._register_advertisement,
+            (GATT_MANAGER_IFACE, "RegisterApplication"): self._register_application,
+        }
+        self._adverts: dict[tuple[str, str], dict[str, Any]] = {}  # (owner, path) -> props
+        self._apps: dict[tuple[str, str], dict[str, tuple[str, list[str]]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._central_counts: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     async def connect(self, bus_address: str | None = None) -> None:
@@ -337,6 +361,11 @@ class FakeBlueZ:
             "powered": self._powered,
             "frozen": self._frozen,
             "owns_name": self._owns_name,
+            "advertisements": [_jsonable({k: v.value for k, v in props.items()})
+                               for props in self._adverts.values()],
+            "applications": [{"characteristics": {u: f for u, (_p, f) in chars.items()}}
+                             for chars in self._apps.values()],
+            "central": dict(self._central_counts),
         }
 
     def freeze(self) -> None:
@@ -360,6 +389,11 @@ class FakeBlueZ:
             return
         for path in list(self._devices):
             self._drop_device(path)
+        for owner, path in list(self._adverts):  # bluetoothd releases them with the adapter
+            del self._adverts[(owner, path)]
+            self._send(Message(destination=owner, path=path, interface=ADVERTISEMENT_IFACE,
+                               member="Release"))
+        self._apps.clear()
         self._has_adapter = False
         self._sessions.clear()
         self._filters.clear()
@@ -499,7 +533,8 @@ class FakeBlueZ:
         }
 
     def _adapter_interfaces(self) -> dict[str, dict[str, Variant]]:
-        return {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+        return {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {}, INTROSPECT_IFACE: {},
+                ADV_MANAGER_IFACE: self._adv_manager_props(), GATT_MANAGER_IFACE: {}}
 
     def _drop_device(self, path: str) -> None:
         device = self._devices.pop(path)
@@ -517,11 +552,20 @@ class FakeBlueZ:
                 name, _old, new = msg.body
                 if name.startswith(":") and not new:
                     self._client_gone(name)
+                    self._registrations_gone(name)
             elif msg.member == "NameAcquired" and msg.body[0] == BLUEZ:
                 self._name_acquired()
             return None
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
+        if (msg.interface, msg.member) in self._async_methods:
+            if self._frozen:
+                self._held.append(msg)
+                return True
+            task = asyncio.get_running_loop().create_task(self._answer_later(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
         if (msg.interface, msg.member) not in self._methods:
             return None
         if self._frozen:
@@ -549,7 +593,8 @@ class FakeBlueZ:
 
     def _object(self, path: str | None) -> dict[str, dict[str, Variant]]:
         if self._has_adapter and path == self.adapter_path:
-            return {ADAPTER_IFACE: self._adapter_props()}
+            return {ADAPTER_IFACE: self._adapter_props(),
+                    ADV_MANAGER_IFACE: self._adv_manager_props()}
         device = self._devices.get(path or "")
         if device is not None:
             return {DEVICE_IFACE: device.props(self.adapter_path)}
@@ -643,6 +688,203 @@ class FakeBlueZ:
     def _get_discovery_filters(self, msg: Message) -> Message:
         self._need_adapter(msg)
         return Message.new_method_return(msg, "as", [sorted(_KNOWN_FILTERS)])
+
+
+    # -- the peripheral role: advertisements, GATT applications, simulated centrals ---------
+    def _adv_manager_props(self) -> dict[str, Variant]:
+        return {
+            "ActiveInstances": Variant("y", len(self._adverts)),
+            "SupportedInstances": Variant("y", max(0, _ADV_INSTANCES - len(self._adverts))),
+            "SupportedIncludes": Variant("as", ["tx-power", "appearance", "local-name"]),
+        }
+
+    async def _answer_later(self, msg: Message) -> None:
+        try:
+            reply = await self._async_methods[(msg.interface, msg.member)](msg)
+        except _DBusFault as fault:
+            reply = Message.new_error(msg, fault.name, fault.text)
+        except Exception as exc:  # noqa: BLE001 - the caller gets an error, the fake goes on
+            reply = Message.new_error(msg, "org.bluez.Error.Failed", str(exc))
+        self._send(reply)
+
+    async def _call_client(self, message: Message) -> Message:
+        assert self._bus is not None
+        async with asyncio.timeout(5.0):
+            reply: Message = await self._bus.call(message)
+        return reply
+
+    async def _register_advertisement(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        owner, path = msg.sender or "", msg.body[0]
+        if (owner, path) in self._adverts:
+            raise _DBusFault("org.bluez.Error.AlreadyExists", "Already Exists")
+        if len(self._adverts) >= _ADV_INSTANCES:
+            raise _DBusFault("org.bluez.Error.NotPermitted", "Maximum advertisements reached")
+        reply = await self._call_client(Message(
+            destination=owner, path=path, interface=PROPS_IFACE, member="GetAll",
+            signature="s", body=[ADVERTISEMENT_IFACE]))
+        if reply.message_type is MessageType.ERROR:
+            raise _DBusFault("org.bluez.Error.Failed", "Failed to parse advertisement")
+        props: dict[str, Variant] = reply.body[0]
+        kind = props.get("Type")
+        if kind is None or kind.value not in ("broadcast", "peripheral"):
+            raise _DBusFault("org.bluez.Error.InvalidArguments", "Invalid arguments")
+        self._adverts[(owner, path)] = props
+        self._counts["advertisements_registered"] = (
+            self._counts.get("advertisements_registered", 0) + 1)
+        return Message.new_method_return(msg)
+
+    def _unregister_advertisement(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        if self._adverts.pop((msg.sender or "", msg.body[0]), None) is None:
+            raise _DBusFault("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        return Message.new_method_return(msg)
+
+    async def _register_application(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        owner, root = msg.sender or "", msg.body[0]
+        if (owner, root) in self._apps:
+            raise _DBusFault("org.bluez.Error.AlreadyExists", "Already Exists")
+        reply = await self._call_client(Message(
+            destination=owner, path=root, interface=OM_IFACE, member="GetManagedObjects"))
+        if reply.message_type is MessageType.ERROR:
+            raise _DBusFault("org.bluez.Error.Failed", "Failed to read the application")
+        chars: dict[str, tuple[str, list[str]]] = {}
+        services = set()
+        for path, interfaces in reply.body[0].items():
+            if "org.bluez.GattService1" in interfaces:
+                services.add(path)
+            props = interfaces.get("org.bluez.GattCharacteristic1")
+            if props is not None:
+                chars[str(props["UUID"].value).lower()] = (path, list(props["Flags"].value))
+        if not services or any(p.rsplit("/", 1)[0] not in services for p, _f in chars.values()):
+            raise _DBusFault("org.bluez.Error.Failed", "Failed to create entry in database")
+        self._apps[(owner, root)] = chars
+        self._counts["applications_registered"] = (
+            self._counts.get("applications_registered", 0) + 1)
+        return Message.new_method_return(msg)
+
+    def _unregister_application(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        if self._apps.pop((msg.sender or "", msg.body[0]), None) is None:
+            raise _DBusFault("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        return Message.new_method_return(msg)
+
+    def _registrations_gone(self, owner: str) -> None:
+        for key in [k for k in self._adverts if k[0] == owner]:
+            del self._adverts[key]
+        for key in [k for k in self._apps if k[0] == owner]:
+            del self._apps[key]
+
+    def _device_disconnect(self, msg: Message) -> Message:
+        device = self._devices.get(msg.path or "")
+        if device is None:
+            raise _DBusFault("org.freedesktop.DBus.Error.UnknownObject", "no such device")
+        if not device.connected:
+            raise _DBusFault("org.bluez.Error.NotConnected", "Not Connected")
+        self._set_connected(msg.path or "", device, False)
+        self._tally("disconnected_by_peripheral")
+        return Message.new_method_return(msg)
+
+    def _set_connected(self, path: str, device: _Device, on: bool) -> None:
+        device.connected = on
+        self._send_props_changed(path, DEVICE_IFACE, {"Connected": Variant("b", on)})
+
+    def _tally(self, key: str, count: int = 1) -> None:
+        self._central_counts[key] = self._central_counts.get(key, 0) + count
+
+    def _connect_central(self, address: str) -> str:
+        """A central at ``address`` connects to us: its device object, Connected."""
+        path = device_path(self.adapter, address)
+        device = self._devices.get(path)
+        if device is None:
+            device = _Device(address=address.upper(), address_type="random", rssi=-60,
+                             tx_power=None, name=None, uuids=[], manufacturer_data={},
+                             service_data={}, connected=True)
+            self._devices[path] = device
+            self._send_interfaces_added(path, {DEVICE_IFACE: device.props(self.adapter_path),
+                                               PROPS_IFACE: {}, INTROSPECT_IFACE: {}})
+        elif not device.connected:
+            self._set_connected(path, device, True)
+        self._tally("connections")
+        return path
+
+    async def central_write(self, address: str, values: Sequence[bytes], *,
+                            uuid: str = CHECKIN_CHARACTERISTIC, write_type: str = "request",
+                            rate: float | None = None, reconnect: bool = False
+                            ) -> dict[str, int]:
+        """A central connects and writes ``values`` to the characteristic ``uuid`` of a
+        registered application, as BlueZ hands a write to that application; returns the
+        replies tallied by error name (``ok`` for success). A central disconnected by the
+        peripheral stops (``not_connected``) unless ``reconnect``."""
+        tally: dict[str, int] = {}
+        target = next(((owner, chars[uuid]) for (owner, _root), chars in self._apps.items()
+                       if uuid in chars), None)
+        if target is None or not self._has_adapter:
+            tally["no_service"] = len(values)
+            self._merge(tally)
+            return tally
+        owner, (char_path, _flags) = target
+        path = self._connect_central(address)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for number, value in enumerate(values):
+            if rate is not None:
+                delay = start + number / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            device = self._devices.get(path)
+            if device is None or not device.connected:
+                if not reconnect:
+                    tally["not_connected"] = tally.get("not_connected", 0) + len(values) - number
+                    break
+                path = self._connect_central(address)
+            options = {"device": Variant("o", path), "mtu": Variant("q", 185),
+                       "link": Variant("s", "LE"), "type": Variant("s", write_type)}
+            try:
+                reply = await self._call_client(Message(
+                    destination=owner, path=char_path, interface=CHARACTERISTIC_IFACE,
+                    member="WriteValue", signature="aya{sv}", body=[value, options]))
+                key = "ok" if reply.message_type is MessageType.METHOD_RETURN else str(
+                    reply.error_name)
+            except (TimeoutError, OSError, RuntimeError):
+                key = "no_reply"
+            tally[key] = tally.get(key, 0) + 1
+        device = self._devices.get(path)
+        if device is not None and device.connected:
+            self._set_connected(path, device, False)
+        self._merge(tally)
+        return tally
+
+    def _merge(self, tally: dict[str, int]) -> None:
+        for key, count in tally.items():
+            self._tally(f"write_{key}", count)
+
+    async def hostile(self, *, centrals: int, rate: float, duration_s: float, seed: int = 1
+                      ) -> dict[str, int]:
+        """``centrals`` attackers writing ``rate`` bad check-ins a second in all (each a third
+        wrong length, wrong version, or a well-formed unknown identifier), reconnecting when
+        disconnected; the replies tallied."""
+        rng = random.Random(seed)
+        per = max(1, int(rate * duration_s / centrals))
+
+        def bad() -> bytes:
+            pick = rng.randrange(3)
+            if pick == 0:
+                return rng.randbytes(rng.choice((0, 1, 19, 21, 64, 200)))
+            if pick == 1:
+                return b"HW" + bytes([rng.choice((0, 1, 3, 255))]) + rng.randbytes(17)
+            return b"HW\x02" + rng.randbytes(16) + bytes([0xC0, 0xC5])
+
+        jobs = [self.central_write(_random_address(rng), [bad() for _ in range(per)],
+                                   rate=rate / centrals, reconnect=True,
+                                   write_type=rng.choice(("request", "command")))
+                for _ in range(centrals)]
+        total: dict[str, int] = {}
+        for tally in await asyncio.gather(*jobs):
+            for key, count in tally.items():
+                total[key] = total.get(key, 0) + count
+        return total
 
 
 def _check(reply: Message) -> None:
@@ -753,6 +995,14 @@ class _Controller:
             self.jobs.add(task)
             task.add_done_callback(self._job_done)
             return {"ok": True}
+        if cmd in ("central", "hostile"):
+            writes = self._central_job(cmd, request)
+            if request.get("wait", True):
+                return {"ok": True, "tally": await writes}
+            background = asyncio.create_task(writes, name=f"fakebluez-{cmd}")
+            self.jobs.add(background)
+            background.add_done_callback(self._job_done)
+            return {"ok": True}
         if cmd == "stop_jobs":
             for task in list(self.jobs):
                 task.cancel()
@@ -770,6 +1020,17 @@ class _Controller:
         action()
         await fake.flush()
         return {"ok": True}
+
+    async def _central_job(self, cmd: str, request: dict[str, Any]) -> dict[str, int]:
+        if cmd == "central":
+            return await self.fake.central_write(
+                str(request["address"]), [bytes.fromhex(v) for v in request["values"]],
+                uuid=str(request.get("uuid", CHECKIN_CHARACTERISTIC)),
+                write_type=str(request.get("type", "request")), rate=request.get("rate"),
+                reconnect=bool(request.get("reconnect")))
+        return await self.fake.hostile(
+            centrals=int(request.get("centrals", 10)), rate=float(request.get("rate", 100)),
+            duration_s=float(request.get("duration_s", 1.0)), seed=int(request.get("seed", 1)))
 
     def _job_done(self, task: asyncio.Task[Any]) -> None:
         self.jobs.discard(task)

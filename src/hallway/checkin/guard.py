@@ -1,0 +1,93 @@
+"""Admission of GATT writes from centrals (phones, or anyone): pure, every call takes ``now``.
+
+A central is known by the object path BlueZ gives it. At most ``max_centrals`` are known at
+once; a write from one more is refused (``too_many``) and the central is to be disconnected.
+Each known central has a token bucket of ``writes_per_s`` (burst ``max(2, 2·rate)``): a write
+beyond it is refused (``rate_limited``), and a central that keeps writing into an empty bucket
+(``FLOOD_STRIKES`` refusals in a row) is to be disconnected. A central with no valid check-in
+for ``idle_s`` since it was first heard or last checked in is to be disconnected (``idle``):
+a phone writes and goes, an attacker who holds a connection open loses it. The table is a
+dict with at most ``max_centrals`` entries, so a flood costs no memory.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+FLOOD_STRIKES = 20
+"""Refused writes in a row (rate) after which the central is disconnected."""
+
+
+class Verdict(StrEnum):
+    """What to do with one write; the value names the ``status`` counter of a refusal."""
+
+    ADMIT = "admitted"
+    TOO_MANY = "too_many_centrals"
+    RATE_LIMITED = "rate_limited"
+
+
+class _Central:
+    __slots__ = ("first_ts", "last_valid_ts", "strikes", "tokens", "tokens_ts")
+
+    def __init__(self, now: float, tokens: float) -> None:
+        self.first_ts = now
+        self.last_valid_ts = now
+        self.tokens = tokens
+        self.tokens_ts = now
+        self.strikes = 0
+
+
+class CentralGuard:
+    """The table of known centrals and their budgets (see the module docstring)."""
+
+    def __init__(self, *, max_centrals: int, writes_per_s: float, idle_s: float) -> None:
+        if max_centrals < 1 or writes_per_s <= 0 or idle_s <= 0:
+            raise ValueError("max_centrals, writes_per_s and idle_s must be positive")
+        self._max = max_centrals
+        self._rate = writes_per_s
+        self._burst = max(2.0, 2.0 * writes_per_s)
+        self._idle_s = idle_s
+        self._centrals: dict[str, _Central] = {}
+
+    def __len__(self) -> int:
+        return len(self._centrals)
+
+    def admit(self, central: str, now: float) -> Verdict:
+        """May ``central`` write now? Spends one token when it may."""
+        entry = self._centrals.get(central)
+        if entry is None:
+            if len(self._centrals) >= self._max:
+                return Verdict.TOO_MANY
+            entry = self._centrals[central] = _Central(now, self._burst)
+        elapsed = max(0.0, now - entry.tokens_ts)
+        entry.tokens = min(self._burst, entry.tokens + elapsed * self._rate)
+        entry.tokens_ts = now
+        if entry.tokens < 1.0:
+            entry.strikes += 1
+            return Verdict.RATE_LIMITED
+        entry.tokens -= 1.0
+        entry.strikes = 0
+        return Verdict.ADMIT
+
+    def flooding(self, central: str) -> bool:
+        """True once ``central`` kept writing into an empty bucket: disconnect it."""
+        entry = self._centrals.get(central)
+        return entry is not None and entry.strikes >= FLOOD_STRIKES
+
+    def checked_in(self, central: str, now: float) -> None:
+        """``central`` made a valid check-in at ``now`` (it is not idle)."""
+        entry = self._centrals.get(central)
+        if entry is not None:
+            entry.last_valid_ts = max(entry.last_valid_ts, now)
+
+    def idle(self, now: float) -> list[str]:
+        """Centrals with no valid check-in for ``idle_s``: forgotten here, to be disconnected."""
+        cutoff = now - self._idle_s
+        gone = [c for c, e in self._centrals.items() if e.last_valid_ts <= cutoff]
+        for central in gone:
+            del self._centrals[central]
+        return gone
+
+    def forget(self, central: str) -> None:
+        """``central`` disconnected (or was disconnected): its slot is free."""
+        self._centrals.pop(central, None)
