@@ -4,10 +4,11 @@ A central is known by the object path BlueZ gives it. At most ``max_centrals`` a
 once; a write from one more is refused (``too_many``) and the central is to be disconnected.
 Each known central has a token bucket of ``writes_per_s`` (burst ``max(2, 2·rate)``): a write
 beyond it is refused (``rate_limited``), and a central that keeps writing into an empty bucket
-(``FLOOD_STRIKES`` refusals in a row) is to be disconnected. A central with no valid check-in
-for ``idle_s`` since it was first heard or last checked in is to be disconnected (``idle``):
-a phone writes and goes, an attacker who holds a connection open loses it. The table is a
-dict with at most ``max_centrals`` entries, so a flood costs no memory.
+(``FLOOD_STRIKES`` refusals in a row) is to be disconnected. A central is to be disconnected
+(and forgotten) ``LINGER_S`` after a valid check-in (a phone writes and goes; its slot is free
+for the next) or ``idle_s`` after its first write without one (an attacker who holds a
+connection open loses it). The table is a dict with at most ``max_centrals`` entries, so a
+flood costs no memory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from enum import StrEnum
 
 FLOOD_STRIKES = 20
 """Refused writes in a row (rate) after which the central is disconnected."""
+LINGER_S = 2.0
+"""How long a central that checked in may stay connected (its reply must get out first)."""
 
 
 class Verdict(StrEnum):
@@ -27,11 +30,10 @@ class Verdict(StrEnum):
 
 
 class _Central:
-    __slots__ = ("first_ts", "last_valid_ts", "strikes", "tokens", "tokens_ts")
+    __slots__ = ("deadline", "strikes", "tokens", "tokens_ts")
 
-    def __init__(self, now: float, tokens: float) -> None:
-        self.first_ts = now
-        self.last_valid_ts = now
+    def __init__(self, now: float, tokens: float, deadline: float) -> None:
+        self.deadline = deadline
         self.tokens = tokens
         self.tokens_ts = now
         self.strikes = 0
@@ -58,7 +60,7 @@ class CentralGuard:
         if entry is None:
             if len(self._centrals) >= self._max:
                 return Verdict.TOO_MANY
-            entry = self._centrals[central] = _Central(now, self._burst)
+            entry = self._centrals[central] = _Central(now, self._burst, now + self._idle_s)
         elapsed = max(0.0, now - entry.tokens_ts)
         entry.tokens = min(self._burst, entry.tokens + elapsed * self._rate)
         entry.tokens_ts = now
@@ -75,15 +77,15 @@ class CentralGuard:
         return entry is not None and entry.strikes >= FLOOD_STRIKES
 
     def checked_in(self, central: str, now: float) -> None:
-        """``central`` made a valid check-in at ``now`` (it is not idle)."""
+        """``central`` made a valid check-in at ``now``: it may stay ``LINGER_S`` more."""
         entry = self._centrals.get(central)
         if entry is not None:
-            entry.last_valid_ts = max(entry.last_valid_ts, now)
+            entry.deadline = now + LINGER_S
 
     def idle(self, now: float) -> list[str]:
-        """Centrals with no valid check-in for ``idle_s``: forgotten here, to be disconnected."""
-        cutoff = now - self._idle_s
-        gone = [c for c, e in self._centrals.items() if e.last_valid_ts <= cutoff]
+        """Centrals past their time (see the module docstring): forgotten here, to be
+        disconnected."""
+        gone = [c for c, e in self._centrals.items() if e.deadline <= now]
         for central in gone:
             del self._centrals[central]
         return gone

@@ -68,7 +68,7 @@ _DISCONNECTS_IN_FLIGHT = 4
 
 REFUSALS: dict[str, tuple[str, str]] = {
     # refusal -> (the D-Bus error WriteValue returns, its text); BlueZ sends the ATT error
-    Refusal.LENGTH: ("org.bluez.Error.InvalidValueLength", "a check-in is 20 bytes"),
+    Refusal.LENGTH: ("org.bluez.Error.InvalidValueLength", "a check-in is 21 bytes"),
     Refusal.MAGIC: ("org.bluez.Error.NotSupported", "not a hallway check-in"),
     Refusal.VERSION: ("org.bluez.Error.NotSupported", "unsupported check-in version"),
     Refusal.UNKNOWN_RPI: ("org.bluez.Error.NotAuthorized", "not enrolled here"),

@@ -1,7 +1,7 @@
 """The check-in write (GATT, for phones that cannot advertise in the background). Pure.
 
 A scanner that takes check-ins advertises, connectable, the service ``SERVICE_UUID`` with one
-writable characteristic ``CHARACTERISTIC_UUID``. A phone writes 20 bytes:
+writable characteristic ``CHARACTERISTIC_UUID``. A phone writes 21 bytes:
 
     48 57 02 || RPI (16) || heard_rssi (int8) || tx_power (int8)
 
@@ -20,7 +20,7 @@ SERVICE_UUID = "48570000-5c7a-4e0b-9b8e-3f1d2a6c9e01"
 CHARACTERISTIC_UUID = "48570001-5c7a-4e0b-9b8e-3f1d2a6c9e01"
 MAGIC = b"HW"
 VERSION = 0x02
-FRAME_LENGTH = 20
+FRAME_LENGTH = 21
 UNKNOWN = 0x7F
 """The int8 that means "not known" in ``heard_rssi`` and ``tx_power``."""
 
@@ -28,7 +28,7 @@ UNKNOWN = 0x7F
 class Refusal(StrEnum):
     """Why a write was refused; the value names the ``status`` counter."""
 
-    LENGTH = "bad_length"  # not 20 bytes
+    LENGTH = "bad_length"  # not 21 bytes
     MAGIC = "bad_magic"  # does not start with "HW"
     VERSION = "bad_version"  # "HW" but a version other than 2
     UNKNOWN_RPI = "unknown_rpi"  # well formed, but no enrolled contact's identifier
@@ -55,8 +55,8 @@ def parse_checkin(data: bytes) -> CheckinFrame | Refusal:
         return Refusal.MAGIC
     if data[2] != VERSION:
         return Refusal.VERSION
-    heard = _int8(data[18])
-    power = _int8(data[19])
+    heard = _int8(data[19])
+    power = _int8(data[20])
     return CheckinFrame(
         rpi=bytes(data[3:19]),
         heard_rssi=None if heard == UNKNOWN else heard,
@@ -65,7 +65,7 @@ def parse_checkin(data: bytes) -> CheckinFrame | Refusal:
 
 
 def encode_checkin(rpi: bytes, *, heard_rssi: int | None, tx_power: int | None) -> bytes:
-    """The 20 bytes a phone writes (``None`` is sent as ``0x7F``); ValueError on bad input."""
+    """The 21 bytes a phone writes (``None`` is sent as ``0x7F``); ValueError on bad input."""
     if len(rpi) != 16:
         raise ValueError("an RPI is 16 bytes")
     fields = []

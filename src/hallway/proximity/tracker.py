@@ -47,8 +47,8 @@ arrive and one beyond the depart radius after another is enough to depart; it te
 about the advertising interval or reception share. Each check-in promises the next: until
 ``checkin_hold_s`` (or twice the phone's own latest check-in gap plus 5 s, if shorter) after
 it, the contact is treated as heard, so a check-in-only phone never goes quiet between
-check-ins; after that, silence is judged as for any contact, which for a phone that only
-checks in means it departs then. A contact seen both ways is one track.
+check-ins; once that has passed with nothing heard since, it departs (``timeout``). A contact
+seen both ways is one track, and its silences are judged as usual while it advertises.
 """
 
 from __future__ import annotations
@@ -497,6 +497,12 @@ class Tracker:
     def _classify_silence(self, track: _Track, now: float) -> Input | None:
         if now < track.checkin_until:
             return None  # the phone checked in and its next check-in is not overdue yet
+        if track.checkin_ts >= track.last_ts:
+            # Its latest sighting was a check-in and the next is overdue: nothing else is
+            # coming (it advertises nothing we hear), so it has gone.
+            if track.state is State.CANDIDATE or track.state is State.LEAVING:
+                return Input.QUIET
+            return Input.EXPIRED
         config = self._config
         silence = now - track.last_ts
         quiet_after = self._quiet_after(track)

@@ -871,9 +871,9 @@ class FakeBlueZ:
         def bad() -> bytes:
             pick = rng.randrange(3)
             if pick == 0:
-                return rng.randbytes(rng.choice((0, 1, 19, 21, 64, 200)))
+                return rng.randbytes(rng.choice((0, 1, 20, 22, 64, 200)))
             if pick == 1:
-                return b"HW" + bytes([rng.choice((0, 1, 3, 255))]) + rng.randbytes(17)
+                return b"HW" + bytes([rng.choice((0, 1, 3, 255))]) + rng.randbytes(18)
             return b"HW\x02" + rng.randbytes(16) + bytes([0xC0, 0xC5])
 
         jobs = [self.central_write(_random_address(rng), [bad() for _ in range(per)],
