@@ -132,7 +132,8 @@ async def test_iphone_arrives_changes_zone_and_departs_through_checkins_alone(
             started = time.monotonic()
             await check_in(-65)
             arrived = await _events(client, 10, lambda got: len(got) >= 1)
-            assert arrived and arrived[0]["type"] == "arrived", arrived
+            assert arrived, "no arrival"
+            assert arrived[0]["type"] == "arrived", arrived
             assert time.monotonic() - started < 3.0
             event = arrived[0]
             assert event["contact"]["id"] == "c-iphone"
@@ -147,7 +148,8 @@ async def test_iphone_arrives_changes_zone_and_departs_through_checkins_alone(
                 await check_in(-52, "command" if number % 2 else "request")
                 got += await _events(client, 2.0, lambda _got: False)
             assert [e["type"] for e in got] == ["zone"], got
-            assert got[0]["zone"] == "immediate" and got[0]["carrier"] == "checkin"
+            assert got[0]["zone"] == "immediate"
+            assert got[0]["carrier"] == "checkin"
             # Stops checking in (left with the phone in a pocket): departs once the next
             # check-in is overdue, not before.
             stopped = time.monotonic()
@@ -162,7 +164,8 @@ async def test_iphone_arrives_changes_zone_and_departs_through_checkins_alone(
             assert status["checkin"]["state"] == "registered"
             client.close()
             log = daemon.log()
-            assert PHONE not in log and PHONE.replace(":", "_") not in log
+            assert PHONE not in log
+            assert PHONE.replace(":", "_") not in log
         finally:
             daemon.stop()
 
@@ -250,7 +253,8 @@ async def test_hostile_writes_leave_arrival_on_time_and_memory_flat(
             arrived = await _events(client, 10, lambda got: any(
                 e["type"] == "arrived" for e in got))
             took = time.monotonic() - sent
-            assert arrived and arrived[0]["contact"]["id"] == "c-badge", arrived
+            assert arrived, "no arrival"
+            assert arrived[0]["contact"]["id"] == "c-badge", arrived
             # The tracker's arrive confirmation is 2 s; the flood may add little to it.
             assert took < 3.5, took
             tally = (await flood)["tally"]
