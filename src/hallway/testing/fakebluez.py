@@ -262,8 +262,10 @@ class FakeBlueZ:
     """``org.bluez`` served from this event loop; see the module docstring for what it mimics."""
 
     def __init__(self, *, adapter: str = "hci0", adapter_address: str = "00:1A:7D:DA:71:13",
-                 with_adapter: bool = True, powered: bool = True) -> None:
+                 with_adapter: bool = True, powered: bool = True, advertising: bool = True
+                 ) -> None:
         self.adapter = adapter
+        self._advertising = advertising  # False: a controller without the peripheral role
         self.adapter_path = f"/org/bluez/{adapter}"
         self._adapter_address = adapter_address
         self._has_adapter = with_adapter
@@ -533,8 +535,12 @@ class FakeBlueZ:
         }
 
     def _adapter_interfaces(self) -> dict[str, dict[str, Variant]]:
-        return {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {}, INTROSPECT_IFACE: {},
-                ADV_MANAGER_IFACE: self._adv_manager_props(), GATT_MANAGER_IFACE: {}}
+        interfaces = {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {},
+                      INTROSPECT_IFACE: {}}
+        if self._advertising:
+            interfaces.update({ADV_MANAGER_IFACE: self._adv_manager_props(),
+                               GATT_MANAGER_IFACE: {}})
+        return interfaces
 
     def _drop_device(self, path: str) -> None:
         device = self._devices.pop(path)
@@ -558,7 +564,7 @@ class FakeBlueZ:
             return None
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
-        if (msg.interface, msg.member) in self._async_methods:
+        if (msg.interface, msg.member) in self._async_methods and self._advertising:
             if self._frozen:
                 self._held.append(msg)
                 return True
@@ -593,6 +599,8 @@ class FakeBlueZ:
 
     def _object(self, path: str | None) -> dict[str, dict[str, Variant]]:
         if self._has_adapter and path == self.adapter_path:
+            if not self._advertising:
+                return {ADAPTER_IFACE: self._adapter_props()}
             return {ADAPTER_IFACE: self._adapter_props(),
                     ADV_MANAGER_IFACE: self._adv_manager_props()}
         device = self._devices.get(path or "")
@@ -1100,7 +1108,7 @@ def _take(stream: Iterator[Advertisement], count: int) -> Iterator[Advertisement
 
 async def _serve(args: argparse.Namespace) -> int:
     fake = FakeBlueZ(adapter=args.adapter, with_adapter=not args.no_adapter,
-                     powered=not args.powered_off)
+                     powered=not args.powered_off, advertising=not args.no_advertising)
     await fake.connect(args.bus)
     controller = _Controller(fake)
     control = Path(args.control)
@@ -1133,6 +1141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapter", default="hci0")
     parser.add_argument("--no-adapter", action="store_true", help="start without an adapter")
     parser.add_argument("--powered-off", action="store_true")
+    parser.add_argument("--no-advertising", action="store_true",
+                        help="an adapter without LEAdvertisingManager1 and GattManager1")
     args = parser.parse_args(argv)
     if not args.bus:
         parser.error("--bus or DBUS_SYSTEM_BUS_ADDRESS is required")
@@ -1143,7 +1153,8 @@ class FakeBlueZProcess:
     """``python -m hallway.testing.fakebluez`` as a child process, driven over its socket."""
 
     def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
-                 with_adapter: bool = True, powered: bool = True) -> None:
+                 with_adapter: bool = True, powered: bool = True, advertising: bool = True
+                 ) -> None:
         self.bus_address = bus_address
         self.control_path = Path(control_path)
         self._argv = [sys.executable, "-m", "hallway.testing.fakebluez", "--bus", bus_address,
@@ -1152,6 +1163,8 @@ class FakeBlueZProcess:
             self._argv.append("--no-adapter")
         if not powered:
             self._argv.append("--powered-off")
+        if not advertising:
+            self._argv.append("--no-advertising")
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
