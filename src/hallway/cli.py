@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "calibrate",
     "doctor",
     "venue",
+    "checkin",
 )
 
 
