@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -28,12 +29,13 @@ from bleak import BleakClient, BleakScanner
 from bleak.args.bluez import BlueZScannerArgs
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bleak.exc import BleakDBusError, BleakError
+from bleak.exc import BleakDBusError, BleakError, BleakGATTProtocolError
 
 from hallway.identity.crypto import derive_rpik, interval_number, rpi_for_interval
 from hallway.parsing.checkin import CHARACTERISTIC_UUID, SERVICE_UUID, encode_checkin
 
 MAX_INTERVAL_S = 30.0
+_ATT_CODE = re.compile(r"ATT error: 0x([0-9a-fA-F]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +45,7 @@ class RoundResult:
     ts: float
     scanner: str | None  # the scanner's Bluetooth address (a fixed adapter, not a person)
     heard_rssi: int | None
-    result: str  # "ok", "not_found", or the error BlueZ gave (e.g. org.bluez.Error.NotAuthorized)
+    result: str  # "ok", "not_found", "att_error_0xNN" (the scanner refused), or another error
 
 
 def checkin_bytes(key: bytes, ts: float, *, heard_rssi: int | None,
@@ -99,8 +101,12 @@ async def check_in_once(key: bytes, *, adapter: str | None = None, tx_power: int
             ts = clock()
             data = checkin_bytes(key, ts, heard_rssi=heard, tx_power=tx_power)
             await client.write_gatt_char(CHARACTERISTIC_UUID, data, response=True)
+    except BleakGATTProtocolError as exc:  # the scanner refused the write (an ATT error)
+        return RoundResult(clock(), device.address, heard, f"att_error_0x{int(exc.code):02x}")
     except BleakDBusError as exc:
-        return RoundResult(clock(), device.address, heard, exc.dbus_error)
+        code = _ATT_CODE.search(exc.dbus_error_details or "")
+        result = f"att_error_0x{code.group(1).lower()}" if code else exc.dbus_error
+        return RoundResult(clock(), device.address, heard, result)
     except (BleakError, TimeoutError, OSError) as exc:
         return RoundResult(clock(), device.address, heard, f"failed: {type(exc).__name__}")
     return RoundResult(ts, device.address, heard, "ok")

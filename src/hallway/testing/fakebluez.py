@@ -13,6 +13,13 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
   per-device merging of manufacturer and service data, and, unless a client's discovery
   filter asks for ``DuplicateData``, a repeat reported only when something changed (RSSI by
   8 dB or more).
+* With ``phone_adapter`` (e.g. ``hci1``) a second adapter stands for a phone's radio: while a
+  client discovers on it, it hears every advertisement registered on the first adapter (at
+  ``phone_rssi``), and a client may ``Connect`` to that device, find the registered GATT
+  application's services and characteristics under it, and ``WriteValue`` to them: the fake
+  hands each write to the application as BlueZ would hand a central's write, with a central
+  device (the phone adapter's address) connected on the first adapter. So a real bleak client
+  (``hallway checkin``) talks to the daemon's real peripheral through it.
 * ``FakeBlueZProcess`` runs ``python -m hallway.testing.fakebluez`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 
@@ -75,6 +82,8 @@ GATT_MANAGER_IFACE = "org.bluez.GattManager1"
 ADVERTISEMENT_IFACE = "org.bluez.LEAdvertisement1"
 CHARACTERISTIC_IFACE = "org.bluez.GattCharacteristic1"
 CHECKIN_CHARACTERISTIC = "48570001-5c7a-4e0b-9b8e-3f1d2a6c9e01"
+CHECKIN_SERVICE = "48570000-5c7a-4e0b-9b8e-3f1d2a6c9e01"
+GATT_SERVICE_IFACE = "org.bluez.GattService1"
 _ADV_INSTANCES = 5  # advertising sets the fake controller offers
 _KNOWN_FILTERS = {"UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable",
                   "Pattern"}
@@ -262,9 +271,10 @@ class FakeBlueZ:
     """``org.bluez`` served from this event loop; see the module docstring for what it mimics."""
 
     def __init__(self, *, adapter: str = "hci0", adapter_address: str = "00:1A:7D:DA:71:13",
-                 with_adapter: bool = True, powered: bool = True, advertising: bool = True
-                 ) -> None:
+                 with_adapter: bool = True, powered: bool = True, advertising: bool = True,
+                 phone_adapter: str | None = None) -> None:
         self.adapter = adapter
+        self._phone = _PhoneAdapter(self, phone_adapter) if phone_adapter else None
         self._advertising = advertising  # False: a controller without the peripheral role
         self.adapter_path = f"/org/bluez/{adapter}"
         self._adapter_address = adapter_address
@@ -333,6 +343,8 @@ class FakeBlueZ:
         self._owns_name = True
         if self._has_adapter:
             self._send_interfaces_added(self.adapter_path, self._adapter_interfaces())
+        if self._phone is not None:
+            self._send_interfaces_added(self._phone.path, self._phone.adapter_interfaces())
 
     async def close(self) -> None:
         """Leave the bus (the name goes away, as when bluetoothd exits)."""
@@ -559,11 +571,18 @@ class FakeBlueZ:
                 if name.startswith(":") and not new:
                     self._client_gone(name)
                     self._registrations_gone(name)
+                    if self._phone is not None:
+                        self._phone.client_gone(name)
             elif msg.member == "NameAcquired" and msg.body[0] == BLUEZ:
                 self._name_acquired()
             return None
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
+        phone = self._phone
+        if phone is not None and (msg.path or "").startswith(phone.path) and not self._frozen:
+            answer = phone.handle(msg)
+            if answer is not None:
+                return answer
         if (msg.interface, msg.member) in self._async_methods and self._advertising:
             if self._frozen:
                 self._held.append(msg)
@@ -621,6 +640,8 @@ class FakeBlueZ:
             for path, device in self._devices.items():
                 objects[path] = {DEVICE_IFACE: device.props(self.adapter_path), PROPS_IFACE: {},
                                  INTROSPECT_IFACE: {}}
+            if self._phone is not None:
+                objects.update(self._phone.objects())
         return Message.new_method_return(msg, "a{oa{sa{sv}}}", [objects])
 
     def _props_get(self, msg: Message) -> Message:
@@ -792,6 +813,8 @@ class FakeBlueZ:
             raise _DBusFault("org.bluez.Error.NotConnected", "Not Connected")
         self._set_connected(msg.path or "", device, False)
         self._tally("disconnected_by_peripheral")
+        if self._phone is not None:
+            self._phone.link_lost(device.address)
         return Message.new_method_return(msg)
 
     def _set_connected(self, path: str, device: _Device, on: bool) -> None:
@@ -864,6 +887,36 @@ class FakeBlueZ:
         self._merge(tally)
         return tally
 
+    async def forward_write(self, central_address: str, uuid: str, value: bytes,
+                            write_type: str) -> Message | str:
+        """A write from a connected central to the characteristic ``uuid`` of a registered
+        application: the application's reply, or why it could not be delivered."""
+        target = next(((owner, chars[uuid]) for (owner, _root), chars in self._apps.items()
+                       if uuid in chars), None)
+        if target is None:
+            return "org.bluez.Error.Failed"
+        owner, (char_path, _flags) = target
+        path = device_path(self.adapter, central_address)
+        device = self._devices.get(path)
+        if device is None or not device.connected:
+            return "org.bluez.Error.NotConnected"
+        options = {"device": Variant("o", path), "mtu": Variant("q", 185),
+                   "link": Variant("s", "LE"), "type": Variant("s", write_type)}
+        try:
+            return await self._call_client(Message(
+                destination=owner, path=char_path, interface=CHARACTERISTIC_IFACE,
+                member="WriteValue", signature="aya{sv}", body=[value, options]))
+        except (TimeoutError, OSError, RuntimeError):
+            return "org.bluez.Error.Failed"
+
+    def registered_advertisements(self) -> list[dict[str, Any]]:
+        """The properties of every registered advertisement (plain values)."""
+        return [{k: v.value for k, v in props.items()} for props in self._adverts.values()]
+
+    def application_uuids(self) -> dict[str, list[str]]:
+        """Registered GATT services: service UUID -> characteristic UUIDs (one service each)."""
+        return {CHECKIN_SERVICE: [u for chars in self._apps.values() for u in chars]}
+
     def _merge(self, tally: dict[str, int]) -> None:
         for key, count in tally.items():
             self._tally(f"write_{key}", count)
@@ -893,6 +946,231 @@ class FakeBlueZ:
             for key, count in tally.items():
                 total[key] = total.get(key, 0) + count
         return total
+
+# BlueZ as a GATT server: the ATT error for an application's D-Bus error (src/gatt-database.c).
+_SERVER_ATT_CODES = {
+    "org.bluez.Error.Failed": 0x80, "org.bluez.Error.InProgress": 0xFE,
+    "org.bluez.Error.NotPermitted": 0x03, "org.bluez.Error.InvalidValueLength": 0x0D,
+    "org.bluez.Error.InvalidOffset": 0x07, "org.bluez.Error.NotAuthorized": 0x08,
+    "org.bluez.Error.NotSupported": 0x06,
+}
+# BlueZ as a GATT client: the D-Bus error a write's caller gets for an ATT error code.
+_CLIENT_ATT_ERRORS = {
+    0x03: ("org.bluez.Error.NotPermitted", "Write not permitted"),
+    0x06: ("org.bluez.Error.NotSupported", "Not Supported"),
+    0x07: ("org.bluez.Error.InvalidArguments", "Invalid offset"),
+    0x08: ("org.bluez.Error.NotAuthorized", "Not Authorized"),
+    0x0D: ("org.bluez.Error.InvalidArguments", "Invalid Length"),
+}
+
+
+class _PhoneAdapter:
+    """A second adapter standing for a phone's radio (see the module docstring)."""
+
+    def __init__(self, fake: FakeBlueZ, name: str) -> None:
+        self.fake = fake
+        self.name = name
+        self.path = f"/org/bluez/{name}"
+        self.address = "6A:" + ":".join(f"{b:02X}" for b in name.encode()[-5:].rjust(5, b"\0"))
+        self.rssi = -60
+        self._sessions: set[str] = set()
+        self._devices: dict[str, dict[str, Variant]] = {}  # heard peripherals' Device1 props
+        self._gatt: dict[str, dict[str, dict[str, Variant]]] = {}  # path -> interfaces
+        self._hearing: asyncio.Task[None] | None = None
+
+    def adapter_interfaces(self) -> dict[str, dict[str, Variant]]:
+        props = {
+            "Address": Variant("s", self.address), "AddressType": Variant("s", "random"),
+            "Name": Variant("s", "phone"), "Alias": Variant("s", "phone"),
+            "Powered": Variant("b", True), "Discovering": Variant("b", bool(self._sessions)),
+            "Roles": Variant("as", ["central"]), "UUIDs": Variant("as", []),
+        }
+        return {ADAPTER_IFACE: props, PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+
+    def objects(self) -> dict[str, dict[str, dict[str, Variant]]]:
+        out: dict[str, dict[str, dict[str, Variant]]] = {self.path: self.adapter_interfaces()}
+        for path, props in self._devices.items():
+            out[path] = {DEVICE_IFACE: props, PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+        out.update(self._gatt)
+        return out
+
+    def client_gone(self, sender: str) -> None:
+        self._sessions.discard(sender)
+
+    def link_lost(self, central_address: str) -> None:
+        """The peripheral disconnected the phone: every link of ours is down."""
+        if central_address.upper() == self.address:
+            for path in list(self._devices):
+                self._disconnect(path)
+
+    def handle(self, msg: Message) -> Message | bool | None:
+        """Answer a call on the phone adapter or below it (None: not ours after all)."""
+        path, iface, member = msg.path or "", msg.interface, msg.member
+        try:
+            if iface == PROPS_IFACE and member in ("Get", "GetAll"):
+                interfaces = self.objects().get(path)
+                if interfaces is None:
+                    raise _DBusFault("org.freedesktop.DBus.Error.UnknownObject", "no object")
+                values = interfaces.get(msg.body[0], {})
+                if member == "GetAll":
+                    return Message.new_method_return(msg, "a{sv}", [values])
+                if msg.body[1] not in values:
+                    raise _DBusFault("org.freedesktop.DBus.Error.InvalidArgs", "no property")
+                return Message.new_method_return(msg, "v", [values[msg.body[1]]])
+            if iface == ADAPTER_IFACE and path == self.path:
+                return self._adapter_call(msg)
+            if iface == DEVICE_IFACE and path in self._devices:
+                return self._device_call(msg)
+            if iface == CHARACTERISTIC_IFACE and path in self._gatt and member == "WriteValue":
+                task = asyncio.get_running_loop().create_task(self._write(msg))
+                self.fake._tasks.add(task)
+                task.add_done_callback(self.fake._tasks.discard)
+                return True
+            if iface == CHARACTERISTIC_IFACE and path in self._gatt:
+                raise _DBusFault("org.bluez.Error.NotPermitted", "Read not permitted")
+        except _DBusFault as fault:
+            return Message.new_error(msg, fault.name, fault.text)
+        return None
+
+    def _adapter_call(self, msg: Message) -> Message:
+        member, sender = msg.member, msg.sender or ""
+        if member in ("SetDiscoveryFilter", "RemoveDevice"):
+            return Message.new_method_return(msg)
+        if member == "GetDiscoveryFilters":
+            return Message.new_method_return(msg, "as", [sorted(_KNOWN_FILTERS)])
+        if member == "StartDiscovery":
+            if sender in self._sessions:
+                raise _DBusFault("org.bluez.Error.InProgress", "Operation already in progress")
+            self._sessions.add(sender)
+            self.fake._send_props_changed(self.path, ADAPTER_IFACE,
+                                          {"Discovering": Variant("b", True)})
+            if self._hearing is None or self._hearing.done():
+                self._hearing = asyncio.get_running_loop().create_task(self._hear())
+            return Message.new_method_return(msg)
+        if member == "StopDiscovery":
+            if sender not in self._sessions:
+                raise _DBusFault("org.bluez.Error.Failed", "No discovery started")
+            self._sessions.discard(sender)
+            if not self._sessions:
+                self.fake._send_props_changed(self.path, ADAPTER_IFACE,
+                                              {"Discovering": Variant("b", False)})
+            return Message.new_method_return(msg)
+        raise _DBusFault("org.bluez.Error.NotSupported", "Not Supported")
+
+    async def _hear(self) -> None:
+        """While someone discovers here, hear the first adapter's advertisements (5 a second)."""
+        fake = self.fake
+        while self._sessions and fake._bus is not None:
+            address = fake._adapter_address
+            path = device_path(self.name, address)
+            for advert in fake.registered_advertisements()[:1]:
+                if advert.get("Type") != "peripheral" or not fake._has_adapter:
+                    continue
+                if path not in self._devices:
+                    props = {
+                        "Address": Variant("s", address), "AddressType": Variant("s", "public"),
+                        "Alias": Variant("s", advert.get("LocalName") or address.replace(
+                            ":", "-")),
+                        "Adapter": Variant("o", self.path), "Paired": Variant("b", False),
+                        "Bonded": Variant("b", False), "Trusted": Variant("b", False),
+                        "Blocked": Variant("b", False), "LegacyPairing": Variant("b", False),
+                        "Connected": Variant("b", False),
+                        "ServicesResolved": Variant("b", False),
+                        "RSSI": Variant("n", self.rssi),
+                        "UUIDs": Variant("as", list(advert.get("ServiceUUIDs", []))),
+                    }
+                    if "TxPower" in advert:
+                        props["TxPower"] = Variant("n", advert["TxPower"])
+                    self._devices[path] = props
+                    fake._send_interfaces_added(path, {DEVICE_IFACE: props, PROPS_IFACE: {},
+                                                       INTROSPECT_IFACE: {}})
+                else:
+                    self._devices[path]["RSSI"] = Variant("n", self.rssi)
+                    fake._send_props_changed(path, DEVICE_IFACE,
+                                             {"RSSI": Variant("n", self.rssi)})
+            await asyncio.sleep(0.2)
+
+    def _device_call(self, msg: Message) -> Message:
+        path, member = msg.path or "", msg.member
+        props = self._devices[path]
+        fake = self.fake
+        if member == "Connect":
+            if props["Connected"].value:
+                raise _DBusFault("org.bluez.Error.AlreadyConnected", "Already Connected")
+            uuids = fake.application_uuids()
+            if not fake.registered_advertisements() or not any(uuids.values()):
+                raise _DBusFault("org.bluez.Error.Failed", "le-connection-abort-by-local")
+            fake._connect_central(self.address)
+            props["Connected"] = Variant("b", True)
+            fake._send_props_changed(path, DEVICE_IFACE, {"Connected": Variant("b", True)})
+            handle = 0x000A
+            for service_uuid, chars in uuids.items():
+                service_path = f"{path}/service{handle:04x}"
+                service = {GATT_SERVICE_IFACE: {
+                    "UUID": Variant("s", service_uuid), "Primary": Variant("b", True),
+                    "Device": Variant("o", path), "Includes": Variant("ao", []),
+                    "Handle": Variant("q", handle)}, PROPS_IFACE: {}}
+                self._gatt[service_path] = service
+                fake._send_interfaces_added(service_path, service)
+                for char_uuid in chars:
+                    handle += 1
+                    char_path = f"{service_path}/char{handle:04x}"
+                    char = {CHARACTERISTIC_IFACE: {
+                        "UUID": Variant("s", char_uuid), "Service": Variant("o", service_path),
+                        "Flags": Variant("as", ["write", "write-without-response"]),
+                        "MTU": Variant("q", 185), "Handle": Variant("q", handle),
+                        "Value": Variant("ay", b"")}, PROPS_IFACE: {}}
+                    self._gatt[char_path] = char
+                    fake._send_interfaces_added(char_path, char)
+                handle += 2
+            props["ServicesResolved"] = Variant("b", True)
+            fake._send_props_changed(path, DEVICE_IFACE,
+                                     {"ServicesResolved": Variant("b", True)})
+            fake._tally("phone_connects")
+            return Message.new_method_return(msg)
+        if member == "Disconnect":
+            self._disconnect(path)
+            return Message.new_method_return(msg)
+        raise _DBusFault("org.bluez.Error.NotSupported", "Not Supported")
+
+    def _disconnect(self, path: str) -> None:
+        props = self._devices.get(path)
+        if props is None or not props["Connected"].value:
+            return
+        fake = self.fake
+        for gatt_path in sorted((p for p in self._gatt if p.startswith(path + "/")),
+                                reverse=True):
+            interfaces = self._gatt.pop(gatt_path)
+            fake._send(Message.new_signal(gatt_path, OM_IFACE, "InterfacesRemoved", "oas",
+                                          [gatt_path, list(interfaces)]))
+        props["Connected"] = Variant("b", False)
+        props["ServicesResolved"] = Variant("b", False)
+        fake._send_props_changed(path, DEVICE_IFACE, {"ServicesResolved": Variant("b", False),
+                                                      "Connected": Variant("b", False)})
+        central = fake._devices.get(device_path(fake.adapter, self.address))
+        if central is not None and central.connected:
+            fake._set_connected(device_path(fake.adapter, self.address), central, False)
+
+    async def _write(self, msg: Message) -> None:
+        char = self._gatt[msg.path or ""][CHARACTERISTIC_IFACE]
+        options: dict[str, Variant] = msg.body[1]
+        kind = options.get("type")
+        reply = await self.fake.forward_write(
+            self.address, str(char["UUID"].value), bytes(msg.body[0]),
+            "request" if kind is None else str(kind.value))
+        if isinstance(reply, str):
+            self.fake._send(Message.new_error(msg, reply, "write failed"))
+        elif reply.message_type is MessageType.ERROR:
+            # Over the air this is an ATT error: the peripheral's BlueZ makes the code from the
+            # application's D-Bus error, the phone's BlueZ makes a D-Bus error from the code.
+            code = _SERVER_ATT_CODES.get(str(reply.error_name), 0x0E)
+            name, text = _CLIENT_ATT_ERRORS.get(
+                code, ("org.bluez.Error.Failed", f"Operation failed with ATT error: 0x{code:02x}"))
+            self.fake._send(Message.new_error(msg, name, text))
+            self.fake._tally(f"phone_write_att_0x{code:02x}")
+        else:
+            self.fake._send(Message.new_method_return(msg))
+            self.fake._tally("phone_write_ok")
 
 
 def _check(reply: Message) -> None:
@@ -1016,6 +1294,11 @@ class _Controller:
                 task.cancel()
             await asyncio.gather(*self.jobs, return_exceptions=True)
             return {"ok": True}
+        if cmd == "phone_rssi":
+            if fake._phone is None:
+                return {"ok": False, "error": "no phone adapter (start with --phone-adapter)"}
+            fake._phone.rssi = int(request["rssi"])
+            return {"ok": True}
         simple: dict[str, Callable[[], None]] = {
             "remove_adapter": fake.remove_adapter, "add_adapter": fake.add_adapter,
             "freeze": fake.freeze, "thaw": fake.thaw, "quit": self.quit.set,
@@ -1108,7 +1391,8 @@ def _take(stream: Iterator[Advertisement], count: int) -> Iterator[Advertisement
 
 async def _serve(args: argparse.Namespace) -> int:
     fake = FakeBlueZ(adapter=args.adapter, with_adapter=not args.no_adapter,
-                     powered=not args.powered_off, advertising=not args.no_advertising)
+                     powered=not args.powered_off, advertising=not args.no_advertising,
+                     phone_adapter=args.phone_adapter)
     await fake.connect(args.bus)
     controller = _Controller(fake)
     control = Path(args.control)
@@ -1141,6 +1425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapter", default="hci0")
     parser.add_argument("--no-adapter", action="store_true", help="start without an adapter")
     parser.add_argument("--powered-off", action="store_true")
+    parser.add_argument("--phone-adapter", metavar="hciN",
+                        help="a second adapter standing for a phone (hears our advertisements)")
     parser.add_argument("--no-advertising", action="store_true",
                         help="an adapter without LEAdvertisingManager1 and GattManager1")
     args = parser.parse_args(argv)
@@ -1153,8 +1439,8 @@ class FakeBlueZProcess:
     """``python -m hallway.testing.fakebluez`` as a child process, driven over its socket."""
 
     def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
-                 with_adapter: bool = True, powered: bool = True, advertising: bool = True
-                 ) -> None:
+                 with_adapter: bool = True, powered: bool = True, advertising: bool = True,
+                 phone_adapter: str | None = None) -> None:
         self.bus_address = bus_address
         self.control_path = Path(control_path)
         self._argv = [sys.executable, "-m", "hallway.testing.fakebluez", "--bus", bus_address,
@@ -1165,6 +1451,8 @@ class FakeBlueZProcess:
             self._argv.append("--powered-off")
         if not advertising:
             self._argv.append("--no-advertising")
+        if phone_adapter:
+            self._argv += ["--phone-adapter", phone_adapter]
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
