@@ -68,16 +68,17 @@ def test_parse_never_raises(data: bytes) -> None:
 
 def test_guard_caps_rate_centrals_and_time() -> None:
     guard = CentralGuard(max_centrals=2, writes_per_s=1.0, idle_s=10.0)
-    assert guard.admit("a", 0.0) is Verdict.ADMIT
-    assert guard.admit("a", 0.0) is Verdict.ADMIT  # burst of 2
-    assert guard.admit("a", 0.0) is Verdict.RATE_LIMITED
-    assert guard.admit("a", 1.0) is Verdict.ADMIT  # one token a second
-    assert guard.admit("b", 1.0) is Verdict.ADMIT
-    assert guard.admit("c", 1.0) is Verdict.TOO_MANY
+    admit = Verdict.ADMIT, None
+    assert guard.admit("a", 0.0) == admit
+    assert guard.admit("a", 0.0) == admit  # burst of 2
+    assert guard.admit("a", 0.0) == (Verdict.RATE_LIMITED, None)
+    assert guard.admit("a", 1.0) == admit  # one token a second
+    assert guard.admit("b", 1.0) == admit
+    assert guard.admit("c", 1.0) == (Verdict.TOO_MANY, None)  # nobody is done: no room
     assert len(guard) == 2
-    assert guard.admit("b", 1.0) is Verdict.ADMIT  # its burst's second token
+    assert guard.admit("b", 1.0) == admit  # its burst's second token
     for _ in range(FLOOD_STRIKES - 1):
-        assert guard.admit("b", 1.0) is Verdict.RATE_LIMITED
+        assert guard.admit("b", 1.0) == (Verdict.RATE_LIMITED, None)
     assert not guard.flooding("b")
     guard.admit("b", 1.0)
     assert guard.flooding("b")
@@ -87,7 +88,18 @@ def test_guard_caps_rate_centrals_and_time() -> None:
     assert guard.idle(10.9) == []
     assert guard.idle(11.0) == ["b"]  # never checked in: gone idle_s after its first write
     assert len(guard) == 0
-    assert guard.admit("c", 11.0) is Verdict.ADMIT
+
+
+def test_guard_gives_a_done_centrals_slot_to_a_newcomer() -> None:
+    guard = CentralGuard(max_centrals=2, writes_per_s=1.0, idle_s=10.0)
+    guard.admit("a", 0.0)
+    guard.admit("b", 0.1)
+    guard.checked_in("b", 0.2)
+    guard.checked_in("a", 0.3)
+    assert guard.admit("c", 0.4) == (Verdict.ADMIT, "b")  # the one done longest goes
+    assert guard.admit("d", 0.5) == (Verdict.ADMIT, "a")
+    assert guard.admit("e", 0.6) == (Verdict.TOO_MANY, None)
+    assert len(guard) == 2
 
 
 def _pipeline(hold_s: float = 65.0) -> Pipeline:

@@ -1,7 +1,10 @@
 """Admission of GATT writes from centrals (phones, or anyone): pure, every call takes ``now``.
 
 A central is known by the object path BlueZ gives it. At most ``max_centrals`` are known at
-once; a write from one more is refused (``too_many``) and the central is to be disconnected.
+once. When the table is full, a new central takes the slot of the longest-done central that
+already checked in (it has had its answer; it is to be disconnected); only when every slot
+is held by a central that has not checked in yet is the newcomer refused (``too_many``) and
+to be disconnected.
 Each known central has a token bucket of ``writes_per_s`` (burst ``max(2, 2·rate)``): a write
 beyond it is refused (``rate_limited``), and a central that keeps writing into an empty bucket
 (``FLOOD_STRIKES`` refusals in a row) is to be disconnected. A central is to be disconnected
@@ -30,10 +33,11 @@ class Verdict(StrEnum):
 
 
 class _Central:
-    __slots__ = ("deadline", "strikes", "tokens", "tokens_ts")
+    __slots__ = ("deadline", "done", "strikes", "tokens", "tokens_ts")
 
     def __init__(self, now: float, tokens: float, deadline: float) -> None:
         self.deadline = deadline
+        self.done = False  # checked in: its slot may be reclaimed
         self.tokens = tokens
         self.tokens_ts = now
         self.strikes = 0
@@ -54,22 +58,28 @@ class CentralGuard:
     def __len__(self) -> int:
         return len(self._centrals)
 
-    def admit(self, central: str, now: float) -> Verdict:
-        """May ``central`` write now? Spends one token when it may."""
+    def admit(self, central: str, now: float) -> tuple[Verdict, str | None]:
+        """May ``central`` write now (spending one token if so), and the central evicted to
+        make room for it, if any (to be disconnected)."""
+        evicted = None
         entry = self._centrals.get(central)
         if entry is None:
             if len(self._centrals) >= self._max:
-                return Verdict.TOO_MANY
+                done = [(e.deadline, c) for c, e in self._centrals.items() if e.done]
+                if not done:
+                    return Verdict.TOO_MANY, None
+                evicted = min(done)[1]
+                del self._centrals[evicted]
             entry = self._centrals[central] = _Central(now, self._burst, now + self._idle_s)
         elapsed = max(0.0, now - entry.tokens_ts)
         entry.tokens = min(self._burst, entry.tokens + elapsed * self._rate)
         entry.tokens_ts = now
         if entry.tokens < 1.0:
             entry.strikes += 1
-            return Verdict.RATE_LIMITED
+            return Verdict.RATE_LIMITED, evicted
         entry.tokens -= 1.0
         entry.strikes = 0
-        return Verdict.ADMIT
+        return Verdict.ADMIT, evicted
 
     def flooding(self, central: str) -> bool:
         """True once ``central`` kept writing into an empty bucket: disconnect it."""
@@ -81,6 +91,7 @@ class CentralGuard:
         entry = self._centrals.get(central)
         if entry is not None:
             entry.deadline = now + LINGER_S
+            entry.done = True
 
     def idle(self, now: float) -> list[str]:
         """Centrals past their time (see the module docstring): forgotten here, to be

@@ -20,8 +20,9 @@ Every ``WriteValue`` runs on the event loop and costs a bounded amount: the ``Ce
 (connections and writes per central), ``parse_checkin`` (fixed size), and the sink (one RPI
 table lookup and one tracker step). A refusal is a D-Bus error from ``WriteValue``, which BlueZ
 answers to the central as an ATT error (``REFUSALS``); each kind is counted in ``stats`` and
-none is logged with an address. Centrals that flood, overflow the table, or idle are
-disconnected (``Device1.Disconnect``), at most ``_DISCONNECTS_IN_FLIGHT`` calls at a time.
+none is logged with an address. Centrals that wrote something refused, flood, overflow the
+table, idle, or checked in and linger are disconnected (``Device1.Disconnect``), at most
+``_DISCONNECTS_IN_FLIGHT`` calls at a time (past that, only their slot is freed).
 """
 
 from __future__ import annotations
@@ -318,7 +319,9 @@ class BluezPeripheral:
         now = self._mono()
         device = options.get("device")
         central = str(device.value) if device is not None else "?"
-        verdict = self._guard.admit(central, now)
+        verdict, evicted = self._guard.admit(central, now)
+        if evicted is not None:
+            self._disconnect(evicted)
         if verdict is not Verdict.ADMIT:
             self._counts[verdict] += 1
             if verdict is Verdict.TOO_MANY or self._guard.flooding(central):
@@ -327,6 +330,7 @@ class BluezPeripheral:
         offset = options.get("offset")
         if offset is not None and offset.value:
             self._counts["bad_request"] += 1
+            self._disconnect(central)
             return REFUSALS["bad_request"]
         frame = _parse(value)
         if isinstance(frame, Refusal):
@@ -335,6 +339,7 @@ class BluezPeripheral:
             refusal = self._sink(frame)
         if refusal is not None:
             self._counts[refusal] += 1
+            self._disconnect(central)  # it has had its answer; its slot is for someone else
             return REFUSALS[refusal]
         self._counts["accepted"] += 1
         self._guard.checked_in(central, now)
