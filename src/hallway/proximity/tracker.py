@@ -290,7 +290,11 @@ class Tracker:
             track.power_dbm = power + calibration_db
         level = track.filter.update(ts, sighting.rssi - track.power_dbm)
         fast = track.filter.fast
-        if track.gap_count >= _SETTLED_GAPS:
+        if checkin:
+            # A check-in is already the phone's own average of what it heard, and the next is
+            # seconds away: the long average would lag a walk by several check-ins.
+            level = fast
+        elif track.gap_count >= _SETTLED_GAPS:
             level, fast = self._reception_bound(track, level, fast)
         track.level = level
         track.via = sighting.via
@@ -302,15 +306,16 @@ class Tracker:
             track.outside_since = None
             if track.inside_since is None:
                 track.inside_since = ts
-            held = checkin or ts - track.inside_since >= config.arrive_confirm_s
+            held = ts - track.inside_since >= config.arrive_confirm_s or (
+                checkin and fast >= self._quick_arrive_level)
             signal = Input.INSIDE_HELD if held else Input.INSIDE
         elif level < self._depart_level or fast < self._quick_depart_level:
             track.inside_since = None
             if track.outside_since is None:
                 track.outside_since = ts
             held = ts - track.outside_since >= config.depart_confirm_s
-            if checkin and ts > track.outside_since:
-                held = True  # a second check-in beyond the radius: it is leaving
+            if checkin and (ts > track.outside_since or fast < self._quick_depart_level):
+                held = True  # a second check-in beyond the radius, or one far beyond
             signal = Input.OUTSIDE_HELD if held else Input.OUTSIDE
         else:
             track.inside_since = track.outside_since = None

@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hallway.simulator.devices import CHECKIN_MIX, DeviceKind
 from hallway.simulator.world import Path, PathBuilder, Radio
 
 
@@ -46,6 +47,7 @@ class Scenario:
     gap_every_s: float  # a phone pauses on average once per this many seconds present
     gap_range_s: tuple[float, float]
     plan: Callable[[random.Random, float, int], Iterator[Visit]]
+    contact_mix: tuple[tuple[DeviceKind, float], ...] | None = None  # None: CONTACT_MIX
 
 
 class _Busy:
@@ -268,5 +270,17 @@ SCENARIOS: dict[str, Scenario] = {
         gap_every_s=600.0,
         gap_range_s=(20.0, 90.0),
         plan=_corridor_plan,
+    ),
+    "checkin-booth": Scenario(
+        name="checkin-booth",
+        description="the expo booth where half the phones are iPhones with the app in the "
+                    "background: they only check in over GATT",
+        duration_s=3600.0,
+        radio=Radio(path_loss_exponent=2.0, shadowing_db=6.0, packet_loss=0.15),
+        contacts=60,
+        gap_every_s=600.0,
+        gap_range_s=(20.0, 90.0),
+        plan=_booth_plan,
+        contact_mix=CHECKIN_MIX,
     ),
 }
