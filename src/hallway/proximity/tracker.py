@@ -42,9 +42,12 @@ Check-ins (SPEC §3.1: a phone that cannot advertise writes its identifier over 
 every 30 s, with the level at which it hears the scanner) are sightings with ``carrier``
 ``checkin``. Their level is the phone's ``heard_rssi`` against the scanner's own 1 m power
 (the sighting's ``measured_power``), the same path seen from the other end. A check-in is a
-deliberate report, seldom more than one per 10 s, so one inside the arrive radius is enough to
-arrive and one beyond the depart radius after another is enough to depart; it teaches nothing
-about the advertising interval or reception share. Each check-in promises the next: until
+deliberate report, seldom more than one per 10 s, so two in a row inside the arrive radius
+arrive (one alone when it is clearly inside: past it by ``quick_margin_db``) and two in a row
+beyond the depart radius depart (one alone when far beyond); it teaches nothing about the
+advertising interval or reception share. Its level is its own (the long average
+would lag a walk by several check-ins), averaged with the previous check-in's when the two
+agree within ``_CHECKIN_AGREE_DB``. Each check-in promises the next: until
 ``checkin_hold_s`` (or twice the phone's own latest check-in gap plus 5 s, if shorter) after
 it, the contact is treated as heard, so a check-in-only phone never goes quiet between
 check-ins; once that has passed with nothing heard since, it departs (``timeout``). A contact
@@ -163,6 +166,8 @@ _INV_CDF = NormalDist().inv_cdf
 _SETTLED_GAPS = 3  # gaps before the interval (and so the reception share) means anything
 _CHECKIN_PERIOD_S = 30.0  # SPEC §3.1: a phone checks in at least this often while it hears us
 _CHECKIN_SLACK_S = 5.0
+_CHECKIN_PAIR_S = 60.0  # two check-ins further apart are not averaged
+_CHECKIN_AGREE_DB = 8.0  # two check-ins within this agree (about twice their noise)
 
 
 class _Track:
@@ -173,6 +178,8 @@ class _Track:
         "calibration_db",
         "carrier",
         "checkin_gaps",
+        "checkin_level",
+        "checkin_level_ts",
         "checkin_ts",
         "checkin_until",
         "contact_id",
@@ -220,6 +227,8 @@ class _Track:
         self.checkin_ts = -math.inf  # the latest check-in
         self.checkin_until = -math.inf  # treated as heard until then (the next one is due)
         self.checkin_gaps = (_CHECKIN_PERIOD_S, _CHECKIN_PERIOD_S)  # the latest two gaps
+        self.checkin_level = 0.0
+        self.checkin_level_ts = -math.inf
 
 
 class Tracker:
@@ -292,8 +301,16 @@ class Tracker:
         fast = track.filter.fast
         if checkin:
             # A check-in is already the phone's own average of what it heard, and the next is
-            # seconds away: the long average would lag a walk by several check-ins.
-            level = fast
+            # seconds away: the long average would lag a walk by several check-ins. Two in a
+            # row that agree are averaged (a still phone at the edge); one that differs by
+            # more than the noise allows starts afresh (a walk).
+            raw = sighting.rssi - track.power_dbm
+            previous = track.checkin_level
+            if (ts - track.checkin_level_ts <= _CHECKIN_PAIR_S
+                    and abs(raw - previous) < _CHECKIN_AGREE_DB):
+                raw = 0.5 * (raw + previous)
+            track.checkin_level, track.checkin_level_ts = raw, ts
+            level = fast = raw
         elif track.gap_count >= _SETTLED_GAPS:
             level, fast = self._reception_bound(track, level, fast)
         track.level = level
