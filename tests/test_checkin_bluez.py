@@ -218,8 +218,16 @@ async def test_android_doing_both_is_one_contact_and_bluez_restart_reregisters(
             after = await _events(client, 10, lambda got: any(
                 e["type"] == "arrived" and e["contact"]["id"] == "c-iphone" for e in got))
             assert any(e["contact"]["id"] == "c-iphone" for e in after), after
+            # The adapter is unplugged (BlueZ releases the advertisement) and comes back.
+            await env.fake.command("remove_adapter")
+            stats = await env.fake.command("stats")
+            assert not stats["advertisements"]
+            assert not stats["applications"]
+            await env.fake.command("add_adapter")
+            await _registered(env)
             status = _status(tmp_path)
-            assert status["checkin"]["registrations"] >= 2
+            assert status["checkin"]["registrations"] >= 3
+            assert status["checkin"]["released"] >= 1
             client.close()
         finally:
             daemon.stop()

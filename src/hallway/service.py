@@ -215,7 +215,7 @@ class Service:
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
             # Check-ins (GATT) and refused writes by kind; no central is ever named.
-            "checkin": self._peripheral.stats() if self._peripheral is not None else None,
+            **({"checkin": self._peripheral.stats()} if self._peripheral is not None else {}),
         }
 
     def _status_line(self) -> str:
