@@ -324,7 +324,7 @@ class Tracker:
             if track.inside_since is None:
                 track.inside_since = ts
             held = ts - track.inside_since >= config.arrive_confirm_s or (
-                checkin and fast >= self._quick_arrive_level)
+                checkin and (ts > track.inside_since or fast >= self._quick_arrive_level))
             signal = Input.INSIDE_HELD if held else Input.INSIDE
         elif level < self._depart_level or fast < self._quick_depart_level:
             track.inside_since = None
