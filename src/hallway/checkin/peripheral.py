@@ -184,13 +184,13 @@ class BluezPeripheral:
             self._state = PeripheralState.REGISTERED
             self._counts["registrations"] += 1
             self._last_error = None
-            log.info("check-in service registered", adapter=self._adapter_path.rsplit("/", 1)[1],
+            log.info("checkin_registered", adapter=self._adapter_path.rsplit("/", 1)[1],
                      registrations=self._counts["registrations"])
             return True
         self._counts["register_failures"] += 1
         first = self._last_error != error
         self._last_error = error
-        (log.warning if first else log.debug)("check-in registration failed", error=error)
+        (log.warning if first else log.debug)("checkin_register_failed", error=error)
         return False
 
     async def _connect(self) -> None:
