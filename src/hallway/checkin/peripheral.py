@@ -124,7 +124,7 @@ class BluezPeripheral:
         self._tasks: set[asyncio.Task[None]] = set()
         self._counts: dict[str, int] = dict.fromkeys(
             ("writes", "accepted", "registrations", "register_failures", "released",
-             "disconnects", "disconnect_errors",
+             "disconnects", "disconnect_errors", "internal_errors",
              *(str(k) for k in REFUSALS)), 0)
 
     # -- status ---------------------------------------------------------------------------
@@ -179,6 +179,10 @@ class BluezPeripheral:
             error = str(exc)
         except OSError as exc:
             error = f"cannot reach the system bus: {exc.strerror or exc}"
+        except Exception as exc:  # noqa: BLE001 - any D-Bus fault means "retry", never "crash"
+            text = str(exc).strip()
+            error = (f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text
+                     else type(exc).__name__)
         else:
             self._registered_with = self._owner
             self._state = PeripheralState.REGISTERED
@@ -375,6 +379,15 @@ class BluezPeripheral:
         return self._objects().get(path)
 
     def _on_message(self, msg: Message) -> Message | bool | None:
+        try:
+            return self._dispatch(msg)
+        except Exception:  # noqa: BLE001 - a bug guard: a malformed call must not reach the loop
+            self._counts["internal_errors"] += 1
+            if msg.message_type is MessageType.METHOD_CALL:
+                return Message.new_error(msg, "org.bluez.Error.Failed", "internal error")
+            return None
+
+    def _dispatch(self, msg: Message) -> Message | bool | None:
         if msg.message_type is MessageType.SIGNAL:
             self._on_signal(msg)
             return None
