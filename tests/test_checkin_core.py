@@ -102,6 +102,19 @@ def test_guard_gives_a_done_centrals_slot_to_a_newcomer() -> None:
     assert len(guard) == 2
 
 
+def test_guard_remembers_a_budget_across_reconnects() -> None:
+    guard = CentralGuard(max_centrals=4, writes_per_s=1.0, idle_s=10.0)
+    for _ in range(2):
+        assert guard.admit("x", 0.0)[0] is Verdict.ADMIT
+    guard.forget("x", now=0.1)  # disconnected; it connects again at once
+    assert guard.admit("x", 0.2)[0] is Verdict.RATE_LIMITED
+    guard.forget("x", now=0.3)
+    assert guard.admit("x", 1.3)[0] is Verdict.ADMIT  # a second later: one token more
+    guard.forget("x", now=1.4)
+    assert guard.admit("x", 12.0)[0] is Verdict.ADMIT  # long gone: a fresh budget
+    assert guard.admit("x", 12.0)[0] is Verdict.ADMIT
+
+
 def _pipeline(hold_s: float = 65.0) -> Pipeline:
     config = Config.model_validate({"checkin": {"hold_s": hold_s}})
     pipeline = Pipeline(config)

@@ -11,15 +11,19 @@ beyond it is refused (``rate_limited``), and a central that keeps writing into a
 (and forgotten) ``LINGER_S`` after a valid check-in (a phone writes and goes; its slot is free
 for the next) or ``idle_s`` after its first write without one (an attacker who holds a
 connection open loses it). The table is a dict with at most ``max_centrals`` entries, so a
-flood costs no memory.
+flood costs no memory. The budgets of the last ``REMEMBERED`` centrals that left are kept
+for ``idle_s``, so a central cannot refill its budget by reconnecting.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from enum import StrEnum
 
 FLOOD_STRIKES = 20
 """Refused writes in a row (rate) after which the central is disconnected."""
+REMEMBERED = 256
+"""Centrals whose budget is remembered after they leave the table."""
 LINGER_S = 2.0
 """How long a central that checked in may stay connected (its reply must get out first)."""
 
@@ -54,6 +58,7 @@ class CentralGuard:
         self._burst = max(2.0, 2.0 * writes_per_s)
         self._idle_s = idle_s
         self._centrals: dict[str, _Central] = {}
+        self._left: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._centrals)
@@ -69,8 +74,11 @@ class CentralGuard:
                 if not done:
                     return Verdict.TOO_MANY, None
                 evicted = min(done)[1]
-                del self._centrals[evicted]
+                self.forget(evicted, now=now)
             entry = self._centrals[central] = _Central(now, self._burst, now + self._idle_s)
+            left = self._left.pop(central, None)
+            if left is not None and now - left[2] < self._idle_s:
+                entry.tokens, entry.tokens_ts, _ = left
         elapsed = max(0.0, now - entry.tokens_ts)
         entry.tokens = min(self._burst, entry.tokens + elapsed * self._rate)
         entry.tokens_ts = now
@@ -98,9 +106,16 @@ class CentralGuard:
         disconnected."""
         gone = [c for c, e in self._centrals.items() if e.deadline <= now]
         for central in gone:
-            del self._centrals[central]
+            self.forget(central, now=now)
         return gone
 
-    def forget(self, central: str) -> None:
-        """``central`` disconnected (or was disconnected): its slot is free."""
-        self._centrals.pop(central, None)
+    def forget(self, central: str, *, now: float) -> None:
+        """``central`` disconnected (or was disconnected): its slot is free; its budget is
+        remembered a while."""
+        entry = self._centrals.pop(central, None)
+        if entry is None:
+            return
+        self._left[central] = (entry.tokens, entry.tokens_ts, now)
+        self._left.move_to_end(central)
+        while len(self._left) > REMEMBERED:
+            self._left.popitem(last=False)

@@ -293,7 +293,7 @@ class BluezPeripheral:
 
     def _disconnect(self, central: str) -> None:
         """``Device1.Disconnect`` for ``central`` (bounded calls in flight; errors counted)."""
-        self._guard.forget(central)
+        self._guard.forget(central, now=self._mono())
         bus = self._bus
         if (bus is None or central in self._disconnecting
                 or len(self._disconnecting) >= _DISCONNECTS_IN_FLIGHT

@@ -26,8 +26,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", required=True, metavar="KEY",
                         help="the contact's hallway-v1 enrollment key (32 hex digits or base64url)")
     parser.add_argument("--adapter", metavar="hciN", help="Bluetooth adapter (default: BlueZ's)")
-    parser.add_argument("--interval", type=float, default=20.0, metavar="SECONDS",
-                        help="seconds between check-ins, at most 30 (default 20)")
+    parser.add_argument("--interval", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds between check-ins, at most 30 (default 10)")
     parser.add_argument("--count", type=int, metavar="N",
                         help="stop after N check-ins (default: until interrupted)")
     parser.add_argument("--tx-power", type=int, metavar="DBM",
