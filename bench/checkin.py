@@ -156,8 +156,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await fake.command("play", path=str(trace), rate=None, wait=False)
         result["badge_arrival_s_during_flood"] = await wait_arrival(sock_path, "c-badge", 20)
         lags = []
+        rss_series = []
         while not flood.done():
             lags.append(status(sock_path)["loop_lag_ms"])
+            rss_series.append(rss_mib(daemon.pid))
             await asyncio.sleep(0.5)
         tally = (await flood)["tally"]
         cpu1 = cpu_s(daemon.pid)
@@ -175,7 +177,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["flood_disconnects"] = counts["disconnects"] - before["disconnects"]
         result["flood_central_replies"] = tally
         result["loop_lag_ms_max"] = max(lags) if lags else None
+        quarters = [rss_series[min(len(rss_series) - 1, len(rss_series) * q // 4)]
+                    for q in (1, 2, 3)] if rss_series else []
         result["rss_mib"] = {"before": round(rss0, 1), "3s_in": round(rss_mid, 1),
+                             "quarters": [round(v, 1) for v in quarters],
                              "after": round(rss_mib(daemon.pid), 1)}
         result["source_state_after"] = after["source_state"]
     finally:
