@@ -164,12 +164,14 @@ class BluezPeripheral:
 
     async def _ensure_registered(self) -> bool:
         """Connect, export and register as needed; True when registered with BlueZ now."""
+        owner = None
         try:
             async with asyncio.timeout(3 * _CALL_TIMEOUT_S):
                 await self._connect()
-                if self._owner is None:
+                owner = self._owner
+                if owner is None:
                     raise _RegisterError("BlueZ (org.bluez) is not on the system bus")
-                if self._registered_with == self._owner:
+                if self._registered_with == owner:
                     return True
                 self._state = PeripheralState.REGISTERING
                 await self._register()
@@ -184,7 +186,9 @@ class BluezPeripheral:
             error = (f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text
                      else type(exc).__name__)
         else:
-            self._registered_with = self._owner
+            # With the owner asked before: if BlueZ restarted meanwhile, the next pass sees
+            # the new owner and registers again.
+            self._registered_with = owner
             self._state = PeripheralState.REGISTERED
             self._counts["registrations"] += 1
             self._last_error = None
@@ -202,9 +206,9 @@ class BluezPeripheral:
             return
         self._registered_with = None
         bus = MessageBus(bus_type=BusType.SYSTEM)
-        await bus.connect()
-        bus.add_message_handler(self._on_message)
         try:
+            await bus.connect()
+            bus.add_message_handler(self._on_message)
             for rule in (
                 f"type='signal',sender='{_DBUS}',interface='{_DBUS}',member='NameOwnerChanged',"
                 f"arg0='{BLUEZ}'",
