@@ -39,7 +39,15 @@ Scores (times in trace seconds, one sample per second, per contact):
   clearly outside (≥ 1.5 R, or gone from the venue for up to 10 minutes), and false
   departures while clearly inside (the same ±10 s exclusion).
 
+The check-in venue (``--checkin``): the booth where half the phones are iPhones with the app in
+the background, which only check in over GATT (``checkin-booth``). It runs the daemon's own
+pipeline in this process on the merged stream of advertisements and check-ins (a check-in is a
+write to the scanner, not a line of the trace), ticked at every whole second like ``hallway
+replay``, and scores hallway separately on the check-in phones and on the advertising phones;
+the target is check-in phones' accuracy within 5 points of advertising phones'.
+
 Usage: bench/accuracy.py [--scenarios booth,keynote,corridor] [--seed 7] [--workdir DIR]
+       [--checkin] [--checkin-duration SECONDS]
 """
 
 from __future__ import annotations
@@ -605,12 +613,125 @@ def check_targets(outcome: Outcome) -> list[str]:
     return lines
 
 
+# -- the check-in venue ------------------------------------------------------------------------
+
+CHECKIN_VENUE = "checkin-booth"
+CHECKIN_DEVICES = frozenset({"hallway-checkin"})
+ADVERTISING_PHONES = frozenset({"hallway-mfr", "hallway-mfr-bare", "hallway-uuid", "hallway-en",
+                                "irk-phone"})
+
+
+def run_checkin_venue(seed: int, workdir: Path, duration_s: float | None,
+                      period_s: tuple[float, float] = (8.0, 12.0)) -> dict[str, Score]:
+    """Simulate the check-in venue, run the pipeline on advertisements and check-ins, and
+    score hallway on the check-in phones and on the advertising phones."""
+    from hallway.config import parse_config
+    from hallway.events import event_json
+    from hallway.parsing.checkin import Refusal, parse_checkin
+    from hallway.pipeline import Pipeline
+    from hallway.simulator import Simulation
+
+    out = workdir / CHECKIN_VENUE
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[{CHECKIN_VENUE}] simulating (seed {seed}) ...", file=sys.stderr, flush=True)
+    sim = Simulation(CHECKIN_VENUE, seed=seed, start_ts=1_700_000_000.0, duration_s=duration_s)
+    config = parse_config(sim.venue_config())
+    pipeline = Pipeline(config)
+    pipeline.load_contacts(sim.contacts, now=sim.start_ts)
+    checkins = sim.checkins(period_s=period_s)
+    power = config.checkin.measured_power_dbm
+    events = []
+    next_tick = math.floor(sim.start_ts) + 1.0
+    refused = 0
+
+    def tick_until(ts: float) -> None:
+        nonlocal next_tick
+        while ts >= next_tick:
+            events.extend(pipeline.tick(next_tick))
+            next_tick += 1.0
+
+    pending = iter(checkins)
+    upcoming = next(pending, None)
+    print(f"[{CHECKIN_VENUE}] running the pipeline ({len(checkins)} check-ins) ...",
+          file=sys.stderr, flush=True)
+    for adv in sim.advertisements():
+        while upcoming is not None and upcoming[0] <= adv.ts:
+            tick_until(upcoming[0])
+            frame = parse_checkin(upcoming[2])
+            assert not isinstance(frame, Refusal)
+            result = pipeline.checkin(frame, ts=upcoming[0], scanner="hci0", power_dbm=power)
+            if isinstance(result, Refusal):
+                refused += 1
+            else:
+                events.extend(result)
+            upcoming = next(pending, None)
+        tick_until(adv.ts)
+        events.extend(pipeline.feed(adv))
+    tick_until(sim.end_ts)
+    assert refused == 0, f"{refused} simulated check-ins were refused"
+    events_path = out / "events.jsonl"
+    with events_path.open("w", encoding="utf-8") as handle:
+        for seq, event in enumerate(events, start=1):
+            handle.write(json.dumps(event_json(event, seq=seq, scanner="bench",
+                                               contact=pipeline.contact(event.contact_id))) + "\n")
+    truth_rows = sim.truth()
+    truth_path = out / "truth.jsonl"
+    truth_path.write_text("".join(json.dumps(row) + "\n" for row in truth_rows))
+    seconds = len(truth_rows[0]["distance_m"])
+    truths = load_truth(truth_path, sim.start_ts, seconds)
+    timelines = hallway_timelines(events_path, sim.start_ts, seconds)
+    device_of = {row["id"]: row["device"] for row in truth_rows}
+    results = {}
+    for label, kinds in (("check-in phones", CHECKIN_DEVICES),
+                         ("advertising phones", ADVERTISING_PHONES)):
+        subset = {cid: truth for cid, truth in truths.items() if device_of[cid] in kinds}
+        results[label] = score(subset, timelines, seconds=seconds, start=sim.start_ts,
+                               radius=sim.radius_m, config=config)
+    carriers = sum(1 for e in events if e.carrier == "checkin")
+    print(f"\n== {CHECKIN_VENUE} (seed {seed}, check-ins every {period_s[0]:g}-{period_s[1]:g} s):"
+          f" {len(sim.contacts)} contacts "
+          f"({sum(1 for d in device_of.values() if d in CHECKIN_DEVICES)} check in only), "
+          f"{len(checkins)} check-ins, {len(events)} events ({carriers} from check-ins), "
+          f"{sim.duration_s:.0f} s")
+    labels = list(results)
+    print(f"{'hallway on':34}" + "".join(f"{t:>20}" for t in labels))
+    for name, fmt in (("presence accuracy", lambda r: _fmt(r.accuracy, "%")),
+                      ("ghost fraction", lambda r: _fmt(r.ghost, "%")),
+                      ("missed fraction", lambda r: _fmt(r.missed, "%")),
+                      ("false departures / present h",
+                       lambda r: _fmt(r.false_departures_per_hour, "n")),
+                      ("arrival latency p50", lambda r: _fmt(_pct(r.arrivals, 0.5), "s")),
+                      ("departure latency p50", lambda r: _fmt(_pct(r.departures, 0.5), "s")),
+                      ("zone within one band",
+                       lambda r: _fmt(r.zone_within_s / max(1, r.zone_s), "%")),
+                      ("present contact-hours", lambda r: f"{r.present_hours:.1f}")):
+        print(f"{name:34}" + "".join(f"{fmt(results[t]):>20}" for t in labels))
+    gap = results["advertising phones"].accuracy - results["check-in phones"].accuracy
+    ok = gap <= 0.05
+    print(f"  [{'ok' if ok else 'MISS'}] check-in phones' accuracy within 5 points of "
+          f"advertising phones': {100 * gap:+.1f} points behind")
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="booth,keynote,corridor")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: temporary)")
+    parser.add_argument("--checkin", action="store_true",
+                        help="run only the check-in venue (see the module docstring)")
+    parser.add_argument("--checkin-duration", type=float, metavar="SECONDS",
+                        help="length of the check-in venue run (default: the scenario's 3600)")
+    parser.add_argument("--checkin-period", default="8,12", metavar="LOW,HIGH",
+                        help="seconds between a background phone's check-ins, drawn uniformly "
+                        "(default 8,12; the format allows up to 30)")
     args = parser.parse_args(argv)
+    if args.checkin:
+        low, high = (float(v) for v in args.checkin_period.split(","))
+        with tempfile.TemporaryDirectory(prefix="hallway-accuracy-") as temp:
+            workdir = args.workdir or Path(temp)
+            run_checkin_venue(args.seed, workdir, args.checkin_duration, (low, high))
+        return 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hallway-accuracy-") as temp:
         workdir = args.workdir or Path(temp)

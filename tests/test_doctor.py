@@ -28,7 +28,8 @@ from tests.support.fakebluez import FakeBlueZProcess, PrivateBus
 
 needs_dbus = pytest.mark.skipif(shutil.which("dbus-daemon") is None,
                                 reason="dbus-daemon is not installed")
-BLUEZ_CHECKS = ("dbus", "bluez", "adapter", "powered", "permission", "passive_scan")
+BLUEZ_CHECKS = ("dbus", "bluez", "adapter", "powered", "permission", "passive_scan",
+                "advertising")
 CONTACT = ('{"id": "c-0001", "name": "Ada Lovelace", "keys": [{"kind": "ibeacon", '
            '"uuid": "426c7565-4368-6172-6d42-6561636f6e73", "major": 3838, "minor": 4949}]}\n')
 
@@ -221,6 +222,29 @@ async def test_passive_mode_needs_an_advertisement_monitor(
     assert found["passive_scan"].status is Status.FAIL
     assert "no org.bluez.AdvertisementMonitorManager1" in found["passive_scan"].detail
     assert "Experimental = true" in (found["passive_scan"].fix or "")
+
+
+async def test_checkin_needs_advertising(
+        tmp_path: Path, bus: PrivateBus, short_dir: Path) -> None:
+    config = write_config(tmp_path, extra="[checkin]\nenabled = true\n")
+    fake = await start_fake(bus.address, short_dir)
+    try:
+        found = checks(await diagnose(options(config)))
+    finally:
+        await fake.stop()
+    assert found["advertising"].status is Status.OK
+    assert "LEAdvertisingManager1 with 5 free instance(s)" in found["advertising"].detail
+    fake = await start_fake(bus.address, short_dir, advertising=False)
+    try:
+        found = checks(await diagnose(options(config)))
+        unused = checks(await diagnose(options(write_config(tmp_path))))
+    finally:
+        await fake.stop()
+    assert found["advertising"].status is Status.FAIL
+    assert "no org.bluez.LEAdvertisingManager1" in found["advertising"].detail
+    assert "peripheral" in (found["advertising"].fix or "")
+    assert unused["advertising"].status is Status.OK
+    assert "not needed: checkin.enabled = false" in unused["advertising"].detail
 
 
 _DENYING_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"

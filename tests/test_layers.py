@@ -20,6 +20,7 @@ CORE = [
     "hallway.codec",
     "hallway.filters",
     "hallway.session",
+    "hallway.checkin.guard",
 ]
 FORBIDDEN = ["asyncio", "bleak", "aiosqlite", "zeroconf", "structlog", "dbus_fast", "sqlite3"]
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from hallway.config import ProximityConfig
-from hallway.models import DepartReason, EventType, KeyKind, PresenceEvent, Sighting
+from hallway.models import CHECKIN, DepartReason, EventType, KeyKind, PresenceEvent, Sighting
 from hallway.proximity.distance import rssi_at
 from hallway.proximity.tracker import PRESENT_STATES, Tracker
 
@@ -95,6 +95,17 @@ class TrackerMachine(RuleBasedStateMachine):
             if n % 4 == 3:
                 self.record(self.tracker.tick(self.now))
 
+    @rule(contact=CONTACTS, dt=st.floats(0.0, 40.0), noise=st.integers(-8, 8))
+    def check_in(self, contact: str, dt: float, noise: int) -> None:
+        """A GATT check-in: the phone's level of the scanner against the scanner's power."""
+        self.now += dt
+        model = rssi_at(self.distance.get(contact, 5.0), measured_power_dbm=-59,
+                        exponent=self.config.path_loss_exponent)
+        rssi = max(-126, min(20, round(model) + noise))
+        self.record(self.tracker.observe(Sighting(self.now, contact, KeyKind.HALLWAY_V1, rssi,
+                                                  -59, "hci0", CHECKIN)))
+        self.last_heard[contact] = self.now
+
     @rule(dt=st.floats(0.0, 400.0))
     def tick(self, dt: float) -> None:
         self.now += dt
@@ -153,3 +164,35 @@ def test_a_steady_device_never_changes_zone_from_noise_within_the_band(
         events = tracker.observe(Sighting(now, "x", KeyKind.IBEACON, centre + offset, -59, "hci0"))
         zones += [e for e in events if e.type is EventType.ZONE]
     assert zones == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    distance=st.floats(0.3, 8.0),
+    checkins=st.lists(st.tuples(st.floats(1.0, 30.0), st.integers(-3, 3)), min_size=2,
+                      max_size=60),
+)
+def test_a_phone_checking_in_every_30_s_or_sooner_never_departs_between_checkins(
+    distance: float, checkins: list[tuple[float, int]]
+) -> None:
+    """A still phone well inside the radius, checking in at any gaps of up to 30 s (ticked
+    every second): arrives and never departs until it stops."""
+    config = ProximityConfig()
+    tracker = Tracker(config)
+    level = round(rssi_at(distance, measured_power_dbm=-59, exponent=config.path_loss_exponent))
+    now = T0
+    events: list[PresenceEvent] = []
+    for gap, noise in checkins:
+        for second in range(1, int(gap) + 1):
+            events += tracker.tick(now + second)
+        now += gap
+        events += tracker.observe(Sighting(now, "a", KeyKind.HALLWAY_V1, level + noise, -59,
+                                           "hci0", CHECKIN))
+    kinds = [e.type for e in events if e.type is not EventType.ZONE]
+    assert kinds == [EventType.ARRIVED]
+    # Then it stops: gone within the hold (65 s at most), with reason timeout.
+    for second in range(1, 70):
+        events += tracker.tick(now + second)
+    assert events[-1].type is EventType.DEPARTED
+    assert events[-1].reason is DepartReason.TIMEOUT
+    assert events[-1].ts - now <= 65.0

@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "venue",
     "tokens",
     "tls",
+    "checkin",
 )
 
 

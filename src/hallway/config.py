@@ -288,6 +288,24 @@ class VenueConfig(_Section):
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
 
 
+class CheckinConfig(_Section):
+    """``[checkin]``: the scanner also takes GATT check-ins from phones (SPEC §3.1)."""
+
+    enabled: bool = False
+    measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
+    """The scanner's own advertisement at 1 m as a phone hears it; advertised as TxPower."""
+    hold_s: float = Field(default=65.0, ge=5, le=3600)
+    """How long one check-in keeps its contact heard at most (two 30 s periods and slack)."""
+    max_connections: int = Field(default=8, ge=1, le=64)
+    """Centrals allowed to write at once; writes from any others are refused."""
+    writes_per_s: float = Field(default=2.0, gt=0, le=100)
+    """Writes one central may make per second (a burst of ``max(2, 2 * rate)``)."""
+    idle_disconnect_s: float = Field(default=10.0, gt=0, le=600)
+    """A connected central that wrote nothing valid for this long is disconnected."""
+    advertisement_name: str | None = Field(default=None, max_length=20)
+    """A local name to advertise with the service (none by default: less on the air)."""
+
+
 class Config(_Section):
     """The whole configuration."""
 
@@ -300,6 +318,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     mqtt: MqttConfig = MqttConfig()
     venue: VenueConfig = VenueConfig()
+    checkin: CheckinConfig = CheckinConfig()
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data with secrets replaced by ``***``."""

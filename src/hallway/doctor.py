@@ -46,6 +46,8 @@ RFKILL_ROOT = Path("/sys/class/rfkill")
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
 MONITOR_MANAGER_IFACE = "org.bluez.AdvertisementMonitorManager1"
+ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+GATT_MANAGER_IFACE = "org.bluez.GattManager1"
 # A wall clock before this (2025-01-01 UTC) is certainly wrong: hallway did not exist yet.
 CLOCK_FLOOR_TS = 1735689600.0
 CLOCK_CEILING_TS = 4102444800.0  # 2100-01-01
@@ -392,7 +394,8 @@ async def _bluez_checks(config: Config, account: Account, options: DoctorOptions
     names = [("dbus", "D-Bus system bus reachable"), ("bluez", "org.bluez present"),
              ("adapter", f"adapter {adapter} present"), ("powered", f"adapter {adapter} powered"),
              ("permission", "permission to use the adapter"),
-             ("passive_scan", "passive scanning available")]
+             ("passive_scan", "passive scanning available"),
+             ("advertising", "advertising available (check-in)")]
     results: dict[str, Check] = {}
 
     def done(name: str, status: Status, detail: str, fix: str | None = None) -> None:
@@ -463,6 +466,7 @@ async def _bluez_checks(config: Config, account: Account, options: DoctorOptions
                  "power on, check rfkill")
         done(*await _check_permission(bus, adapter_path, account))
         done(*_passive(config, interfaces))
+        done(*_advertising(config, interfaces))
         return finish("")
     except TimeoutError:
         pending = next(n for n, _ in names if n not in results)
@@ -519,6 +523,30 @@ def _passive(config: Config, interfaces: dict[str, dict[str, Any]]
                 fix + '; or set scanner.mode = "active"')
     return ("passive_scan", Status.OK,
             f"not available ({why}); not needed: scanner.mode = active", None)
+
+
+def _advertising(config: Config, interfaces: dict[str, dict[str, Any]]
+                 ) -> tuple[str, Status, str, str | None]:
+    """``[checkin]`` needs LEAdvertisingManager1 with a free instance and GattManager1."""
+    manager = interfaces.get(ADV_MANAGER_IFACE)
+    free = int(_value(manager.get("SupportedInstances", 0)) or 0) if manager else 0
+    if manager is None:
+        why = "no org.bluez.LEAdvertisingManager1 on the adapter"
+    elif GATT_MANAGER_IFACE not in interfaces:
+        why = "no org.bluez.GattManager1 on the adapter"
+    elif free <= 0:
+        why = "LEAdvertisingManager1 has no free advertising instance (SupportedInstances = 0)"
+    else:
+        return ("advertising", Status.OK, f"LEAdvertisingManager1 with {free} free "
+                f"instance(s), GattManager1 (checkin.enabled = "
+                f"{str(config.checkin.enabled).lower()})", None)
+    if not config.checkin.enabled:
+        return ("advertising", Status.OK, f"not available ({why}); not needed: "
+                "checkin.enabled = false", None)
+    return ("advertising", Status.FAIL, f"checkin.enabled = true but {why}",
+            "an adapter with the LE peripheral role (Adapter1.Roles lists \"peripheral\"); "
+            "stop other programs that advertise on it (`bluetoothctl advertise off`), or "
+            "set checkin.enabled = false")
 
 
 def _check_rfkill(adapter: str, root: Path) -> Check:

@@ -57,6 +57,8 @@ def event_json(
         data["room"] = event.room
     if event.type is EventType.MOVED:
         data["previous_room"] = event.previous_room
+    if event.carrier is not None:
+        data["carrier"] = event.carrier
     return data
 
 
@@ -72,4 +74,6 @@ def present_json(info: PresentInfo, contact: Contact | None) -> dict[str, Any]:
     }
     if info.room is not None:
         data["room"] = info.room
+    if info.carrier is not None:
+        data["carrier"] = info.carrier
     return data

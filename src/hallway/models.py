@@ -26,6 +26,11 @@ class KeyKind(StrEnum):
     ADDRESS = "address"
 
 
+CHECKIN = "checkin"
+"""The ``carrier`` of a sighting (and of the events it causes) that came as a GATT check-in
+(SPEC §3.1) rather than an advertisement; advertisements carry ``None``."""
+
+
 class Advertisement(NamedTuple):
     """One received advertisement (SPEC §2 fields; bleak's ``AdvertisementData`` names).
 
@@ -102,6 +107,7 @@ class Sighting:
     rssi: int
     measured_power: int | None
     scanner: str
+    carrier: str | None = None  # CHECKIN for a check-in; None for an advertisement
 
 
 class EventType(StrEnum):
@@ -142,6 +148,7 @@ class PresenceEvent:
     reason: DepartReason | None = None
     room: str | None = None  # venue level only (``hallway venue``)
     previous_room: str | None = None
+    carrier: str | None = None  # CHECKIN when the latest sighting behind it was a check-in
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +162,4 @@ class PresentInfo:
     since: float
     via: KeyKind
     room: str | None = None  # venue level only
+    carrier: str | None = None  # CHECKIN when the latest sighting was a check-in

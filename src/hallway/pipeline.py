@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from hallway.config import Config
 from hallway.identity.resolver import Resolver
 from hallway.models import (
+    CHECKIN,
     Advertisement,
     Contact,
     DepartReason,
@@ -20,6 +21,7 @@ from hallway.models import (
     PresentInfo,
     Sighting,
 )
+from hallway.parsing.checkin import CheckinFrame, Refusal
 from hallway.proximity.tracker import Tracker
 
 _UNKNOWN_RSSI = -127
@@ -37,13 +39,14 @@ class Pipeline:
         # Whether an advertisement's raw fields could be a contact's (``Resolver.screen``): a
         # source may skip a stranger before building its record; ``feed`` would drop it anyway.
         self.screen = self._resolver.screen
-        self.tracker = Tracker(config.proximity)
+        self.tracker = Tracker(config.proximity, checkin_hold_s=config.checkin.hold_s)
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
         self._advertisements = 0
         self._matched = 0
         self._no_rssi = 0
         self._events = 0
+        self._checkins = 0
 
     # -- contacts ------------------------------------------------------------------------------
 
@@ -78,6 +81,19 @@ class Pipeline:
             Sighting(adv.ts, match.contact_id, match.via, adv.rssi, match.measured_power,
                      adv.scanner)
         )
+
+    def checkin(self, frame: CheckinFrame, *, ts: float, scanner: str, power_dbm: int
+                ) -> Refusal | list[PresenceEvent]:
+        """One check-in (SPEC §3.1) at ``ts``, resolved by one lookup in the RPI table: the
+        decisions it caused, or why it is refused. ``power_dbm`` is the scanner's 1 m power.
+        One without ``heard_rssi`` is accepted and counted (``no_rssi``), nothing more."""
+        match = self._resolver.resolve_checkin(frame.rpi, ts)
+        if match is None:
+            return Refusal.UNKNOWN_RPI
+        self._checkins += 1
+        rssi = _UNKNOWN_RSSI if frame.heard_rssi is None else frame.heard_rssi
+        return self.sighted(Sighting(ts, match.contact_id, match.via, rssi,
+                                     power_dbm, scanner, CHECKIN))
 
     def sighted(self, sighting: Sighting) -> list[PresenceEvent]:
         """An advertisement already resolved (to ``sighting``) in; the decisions it caused out."""
@@ -128,6 +144,7 @@ class Pipeline:
             matched=self._matched,
             no_rssi=self._no_rssi,
             events=self._events,
+            checkins=self._checkins,
             contacts=len(self._contacts),
             present=len(self.tracker.present()),
         )

@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hallway import __version__, codec
 from hallway.config import Config
@@ -48,10 +48,14 @@ from hallway.models import (
 )
 from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
+from hallway.parsing.checkin import CheckinFrame, Refusal
 from hallway.pipeline import Pipeline
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
+
+if TYPE_CHECKING:
+    from hallway.checkin.peripheral import BluezPeripheral
 
 log = get_logger(__name__)
 
@@ -115,6 +119,7 @@ class Service:
         self._handoff: Handoff | None = None
         self._generation = -1
         self._loaded_ids: set[str] = set()
+        self._peripheral: BluezPeripheral | None = None  # with [checkin] enabled
 
     # -- the built graph (valid between _build and _close_all) ---------------------------------
 
@@ -216,6 +221,8 @@ class Service:
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
+            # Check-ins (GATT) and refused writes by kind; no central is ever named.
+            **({"checkin": self._peripheral.stats()} if self._peripheral is not None else {}),
         }
 
     def _status_line(self) -> str:
@@ -272,6 +279,21 @@ class Service:
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
         self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
+        if config.checkin.enabled:
+            from hallway.checkin.peripheral import BluezPeripheral  # noqa: PLC0415 - dbus-fast
+
+            self._peripheral = BluezPeripheral(config.checkin, adapter=config.scanner.adapter,
+                                               sink=self._on_checkin)
+
+    def _on_checkin(self, frame: CheckinFrame) -> Refusal | None:
+        """A well-formed check-in from the peripheral: resolved, tracked, published."""
+        config = self.config
+        result = self.pipeline.checkin(frame, ts=self._now(), scanner=config.scanner.adapter,
+                                       power_dbm=config.checkin.measured_power_dbm)
+        if isinstance(result, Refusal):
+            return result
+        self._publish(result)
+        return None
 
     async def _depart_left_over(self) -> None:
         """Close presences an unclean stop left open, so arrive/depart keep alternating."""
@@ -416,6 +438,8 @@ class Service:
                         on_status=self._sample_rates,
                     ), name="watchdog"),
                 ]
+                if self._peripheral is not None:
+                    tasks.append(group.create_task(self._peripheral.run(), name="checkin"))
                 if self._mqtt is not None:
                     # The publisher outlives the other loops: it drains the log after the
                     # shutdown departures are flushed (see _shutdown).

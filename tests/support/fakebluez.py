@@ -13,6 +13,13 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
   per-device merging of manufacturer and service data, and, unless a client's discovery
   filter asks for ``DuplicateData``, a repeat reported only when something changed (RSSI by
   8 dB or more).
+* With ``phone_adapter`` (e.g. ``hci1``) a second adapter stands for a phone's radio: while a
+  client discovers on it, it hears every advertisement registered on the first adapter (at
+  ``phone_rssi``), and a client may ``Connect`` to that device, find the registered GATT
+  application's services and characteristics under it, and ``WriteValue`` to them: the fake
+  hands each write to the application as BlueZ would hand a central's write, with a central
+  device (the phone adapter's address) connected on the first adapter. So a real bleak client
+  (``hallway checkin``) talks to the daemon's real peripheral through it.
 * ``FakeBlueZProcess`` runs ``python tests/support/fakebluez.py`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 
@@ -21,8 +28,12 @@ Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
 SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
 ``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
 (``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
-``stop_jobs``; ``remove_adapter``; ``add_adapter``; ``delay`` (``method``, ``seconds``: carry
-out and answer that method late, like a slow bluetoothd);
+``stop_jobs``; ``central`` (a simulated central connects and writes to a registered GATT
+application: ``address``, ``values`` (hex), ``type`` ``request``|``command``, ``rate``,
+``reconnect``; answers the tally of replies); ``hostile`` (``centrals`` attackers writing
+``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version, unknown
+identifiers; answers the tally); ``remove_adapter``; ``add_adapter``; ``delay``
+(``method``, ``seconds``: carry out and answer that method late, like a slow bluetoothd);
 ``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
 bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady`` and
 ``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
@@ -44,7 +55,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +77,14 @@ _DBUS = "org.freedesktop.DBus"
 _RSSI_THRESHOLD_DB = 8  # bluetoothd reports an RSSI change only past this, unless duplicates
 STAMP_COMPANY = 0xFFFE  # manufacturer data key of the send-time stamp (see FakeBlueZ.play)
 _FLUSH_EVERY = 64  # messages between round trips to the bus (backpressure)
+ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+GATT_MANAGER_IFACE = "org.bluez.GattManager1"
+ADVERTISEMENT_IFACE = "org.bluez.LEAdvertisement1"
+CHARACTERISTIC_IFACE = "org.bluez.GattCharacteristic1"
+CHECKIN_CHARACTERISTIC = "48570001-5c7a-4e0b-9b8e-3f1d2a6c9e01"
+CHECKIN_SERVICE = "48570000-5c7a-4e0b-9b8e-3f1d2a6c9e01"
+GATT_SERVICE_IFACE = "org.bluez.GattService1"
+_ADV_INSTANCES = 5  # advertising sets the fake controller offers
 _KNOWN_FILTERS = {"UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable",
                   "Pattern"}
 
@@ -176,6 +195,7 @@ class _Device:
     manufacturer_data: dict[int, bytes]
     service_data: dict[str, bytes]
     paired: bool = False
+    connected: bool = False  # a central connected to us (see FakeBlueZ.central_write)
 
     def props(self, adapter_path: str) -> dict[str, Variant]:
         alias = self.name if self.name else self.address.replace(":", "-")
@@ -189,7 +209,7 @@ class _Device:
             "Trusted": Variant("b", self.paired),
             "Blocked": Variant("b", False),
             "LegacyPairing": Variant("b", False),
-            "Connected": Variant("b", False),
+            "Connected": Variant("b", self.connected),
             "ServicesResolved": Variant("b", False),
             "RSSI": Variant("n", self.rssi),
             "UUIDs": Variant("as", list(self.uuids)),
@@ -251,8 +271,11 @@ class FakeBlueZ:
     """``org.bluez`` served from this event loop; see the module docstring for what it mimics."""
 
     def __init__(self, *, adapter: str = "hci0", adapter_address: str = "00:1A:7D:DA:71:13",
-                 with_adapter: bool = True, powered: bool = True) -> None:
+                 with_adapter: bool = True, powered: bool = True, advertising: bool = True,
+                 phone_adapter: str | None = None) -> None:
         self.adapter = adapter
+        self._phone = _PhoneAdapter(self, phone_adapter) if phone_adapter else None
+        self._advertising = advertising  # False: a controller without the peripheral role
         self.adapter_path = f"/org/bluez/{adapter}"
         self._adapter_address = adapter_address
         self._has_adapter = with_adapter
@@ -279,7 +302,20 @@ class FakeBlueZ:
             (ADAPTER_IFACE, "StopDiscovery"): self._stop_discovery,
             (ADAPTER_IFACE, "RemoveDevice"): self._remove_device,
             (ADAPTER_IFACE, "GetDiscoveryFilters"): self._get_discovery_filters,
+            (DEVICE_IFACE, "Disconnect"): self._device_disconnect,
+            (ADV_MANAGER_IFACE, "UnregisterAdvertisement"): self._unregister_advertisement,
+            (GATT_MANAGER_IFACE, "UnregisterApplication"): self._unregister_application,
         }
+        # Methods answered after calls of our own to the caller (BlueZ reads the objects).
+        self._async_methods: dict[tuple[str | None, str | None],
+                                  Callable[[Message], Awaitable[Message]]] = {
+            (ADV_MANAGER_IFACE, "RegisterAdvertisement"): self._register_advertisement,
+            (GATT_MANAGER_IFACE, "RegisterApplication"): self._register_application,
+        }
+        self._adverts: dict[tuple[str, str], dict[str, Any]] = {}  # (owner, path) -> props
+        self._apps: dict[tuple[str, str], dict[str, tuple[str, list[str]]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._central_counts: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
     async def connect(self, bus_address: str | None = None) -> None:
@@ -307,6 +343,8 @@ class FakeBlueZ:
         self._owns_name = True
         if self._has_adapter:
             self._send_interfaces_added(self.adapter_path, self._adapter_interfaces())
+        if self._phone is not None:
+            self._send_interfaces_added(self._phone.path, self._phone.adapter_interfaces())
 
     async def close(self) -> None:
         """Leave the bus (the name goes away, as when bluetoothd exits)."""
@@ -337,6 +375,11 @@ class FakeBlueZ:
             "powered": self._powered,
             "frozen": self._frozen,
             "owns_name": self._owns_name,
+            "advertisements": [_jsonable({k: v.value for k, v in props.items()})
+                               for props in self._adverts.values()],
+            "applications": [{"characteristics": {u: f for u, (_p, f) in chars.items()}}
+                             for chars in self._apps.values()],
+            "central": dict(self._central_counts),
         }
 
     def freeze(self) -> None:
@@ -360,6 +403,11 @@ class FakeBlueZ:
             return
         for path in list(self._devices):
             self._drop_device(path)
+        for owner, path in list(self._adverts):  # bluetoothd releases them with the adapter
+            del self._adverts[(owner, path)]
+            self._send(Message(destination=owner, path=path, interface=ADVERTISEMENT_IFACE,
+                               member="Release"))
+        self._apps.clear()
         self._has_adapter = False
         self._sessions.clear()
         self._filters.clear()
@@ -499,7 +547,12 @@ class FakeBlueZ:
         }
 
     def _adapter_interfaces(self) -> dict[str, dict[str, Variant]]:
-        return {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+        interfaces = {ADAPTER_IFACE: self._adapter_props(), PROPS_IFACE: {},
+                      INTROSPECT_IFACE: {}}
+        if self._advertising:
+            interfaces.update({ADV_MANAGER_IFACE: self._adv_manager_props(),
+                               GATT_MANAGER_IFACE: {}})
+        return interfaces
 
     def _drop_device(self, path: str) -> None:
         device = self._devices.pop(path)
@@ -517,11 +570,27 @@ class FakeBlueZ:
                 name, _old, new = msg.body
                 if name.startswith(":") and not new:
                     self._client_gone(name)
+                    self._registrations_gone(name)
+                    if self._phone is not None:
+                        self._phone.client_gone(name)
             elif msg.member == "NameAcquired" and msg.body[0] == BLUEZ:
                 self._name_acquired()
             return None
         if msg.message_type is not MessageType.METHOD_CALL:
             return None
+        phone = self._phone
+        if phone is not None and (msg.path or "").startswith(phone.path) and not self._frozen:
+            answer = phone.handle(msg)
+            if answer is not None:
+                return answer
+        if (msg.interface, msg.member) in self._async_methods and self._advertising:
+            if self._frozen:
+                self._held.append(msg)
+                return True
+            task = asyncio.get_running_loop().create_task(self._answer_later(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
         if (msg.interface, msg.member) not in self._methods:
             return None
         if self._frozen:
@@ -549,7 +618,10 @@ class FakeBlueZ:
 
     def _object(self, path: str | None) -> dict[str, dict[str, Variant]]:
         if self._has_adapter and path == self.adapter_path:
-            return {ADAPTER_IFACE: self._adapter_props()}
+            if not self._advertising:
+                return {ADAPTER_IFACE: self._adapter_props()}
+            return {ADAPTER_IFACE: self._adapter_props(),
+                    ADV_MANAGER_IFACE: self._adv_manager_props()}
         device = self._devices.get(path or "")
         if device is not None:
             return {DEVICE_IFACE: device.props(self.adapter_path)}
@@ -568,6 +640,8 @@ class FakeBlueZ:
             for path, device in self._devices.items():
                 objects[path] = {DEVICE_IFACE: device.props(self.adapter_path), PROPS_IFACE: {},
                                  INTROSPECT_IFACE: {}}
+            if self._phone is not None:
+                objects.update(self._phone.objects())
         return Message.new_method_return(msg, "a{oa{sa{sv}}}", [objects])
 
     def _props_get(self, msg: Message) -> Message:
@@ -643,6 +717,460 @@ class FakeBlueZ:
     def _get_discovery_filters(self, msg: Message) -> Message:
         self._need_adapter(msg)
         return Message.new_method_return(msg, "as", [sorted(_KNOWN_FILTERS)])
+
+
+    # -- the peripheral role: advertisements, GATT applications, simulated centrals ---------
+    def _adv_manager_props(self) -> dict[str, Variant]:
+        return {
+            "ActiveInstances": Variant("y", len(self._adverts)),
+            "SupportedInstances": Variant("y", max(0, _ADV_INSTANCES - len(self._adverts))),
+            "SupportedIncludes": Variant("as", ["tx-power", "appearance", "local-name"]),
+        }
+
+    async def _answer_later(self, msg: Message) -> None:
+        try:
+            reply = await self._async_methods[(msg.interface, msg.member)](msg)
+        except _DBusFault as fault:
+            reply = Message.new_error(msg, fault.name, fault.text)
+        except Exception as exc:
+            reply = Message.new_error(msg, "org.bluez.Error.Failed", str(exc))
+        self._send(reply)
+
+    async def _call_client(self, message: Message) -> Message:
+        assert self._bus is not None
+        async with asyncio.timeout(5.0):
+            reply: Message = await self._bus.call(message)
+        return reply
+
+    async def _register_advertisement(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        owner, path = msg.sender or "", msg.body[0]
+        if (owner, path) in self._adverts:
+            raise _DBusFault("org.bluez.Error.AlreadyExists", "Already Exists")
+        if len(self._adverts) >= _ADV_INSTANCES:
+            raise _DBusFault("org.bluez.Error.NotPermitted", "Maximum advertisements reached")
+        reply = await self._call_client(Message(
+            destination=owner, path=path, interface=PROPS_IFACE, member="GetAll",
+            signature="s", body=[ADVERTISEMENT_IFACE]))
+        if reply.message_type is MessageType.ERROR:
+            raise _DBusFault("org.bluez.Error.Failed", "Failed to parse advertisement")
+        props: dict[str, Variant] = reply.body[0]
+        kind = props.get("Type")
+        if kind is None or kind.value not in ("broadcast", "peripheral"):
+            raise _DBusFault("org.bluez.Error.InvalidArguments", "Invalid arguments")
+        self._adverts[(owner, path)] = props
+        self._counts["advertisements_registered"] = (
+            self._counts.get("advertisements_registered", 0) + 1)
+        return Message.new_method_return(msg)
+
+    def _unregister_advertisement(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        if self._adverts.pop((msg.sender or "", msg.body[0]), None) is None:
+            raise _DBusFault("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        return Message.new_method_return(msg)
+
+    async def _register_application(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        owner, root = msg.sender or "", msg.body[0]
+        if (owner, root) in self._apps:
+            raise _DBusFault("org.bluez.Error.AlreadyExists", "Already Exists")
+        reply = await self._call_client(Message(
+            destination=owner, path=root, interface=OM_IFACE, member="GetManagedObjects"))
+        if reply.message_type is MessageType.ERROR:
+            raise _DBusFault("org.bluez.Error.Failed", "Failed to read the application")
+        chars: dict[str, tuple[str, list[str]]] = {}
+        services = set()
+        for path, interfaces in reply.body[0].items():
+            if "org.bluez.GattService1" in interfaces:
+                services.add(path)
+            props = interfaces.get("org.bluez.GattCharacteristic1")
+            if props is not None:
+                chars[str(props["UUID"].value).lower()] = (path, list(props["Flags"].value))
+        if not services or any(p.rsplit("/", 1)[0] not in services for p, _f in chars.values()):
+            raise _DBusFault("org.bluez.Error.Failed", "Failed to create entry in database")
+        self._apps[(owner, root)] = chars
+        self._counts["applications_registered"] = (
+            self._counts.get("applications_registered", 0) + 1)
+        return Message.new_method_return(msg)
+
+    def _unregister_application(self, msg: Message) -> Message:
+        self._need_adapter(msg)
+        if self._apps.pop((msg.sender or "", msg.body[0]), None) is None:
+            raise _DBusFault("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        return Message.new_method_return(msg)
+
+    def _registrations_gone(self, owner: str) -> None:
+        for key in [k for k in self._adverts if k[0] == owner]:
+            del self._adverts[key]
+        for key in [k for k in self._apps if k[0] == owner]:
+            del self._apps[key]
+
+    def _device_disconnect(self, msg: Message) -> Message:
+        device = self._devices.get(msg.path or "")
+        if device is None:
+            raise _DBusFault("org.freedesktop.DBus.Error.UnknownObject", "no such device")
+        if not device.connected:
+            raise _DBusFault("org.bluez.Error.NotConnected", "Not Connected")
+        self._set_connected(msg.path or "", device, False)
+        self._tally("disconnected_by_peripheral")
+        if self._phone is not None:
+            self._phone.link_lost(device.address)
+        return Message.new_method_return(msg)
+
+    def _set_connected(self, path: str, device: _Device, on: bool) -> None:
+        device.connected = on
+        self._send_props_changed(path, DEVICE_IFACE, {"Connected": Variant("b", on)})
+
+    def _tally(self, key: str, count: int = 1) -> None:
+        self._central_counts[key] = self._central_counts.get(key, 0) + count
+
+    def _connect_central(self, address: str) -> str:
+        """A central at ``address`` connects to us: its device object, Connected."""
+        path = device_path(self.adapter, address)
+        device = self._devices.get(path)
+        if device is None:
+            device = _Device(address=address.upper(), address_type="random", rssi=-60,
+                             tx_power=None, name=None, uuids=[], manufacturer_data={},
+                             service_data={}, connected=True)
+            self._devices[path] = device
+            self._send_interfaces_added(path, {DEVICE_IFACE: device.props(self.adapter_path),
+                                               PROPS_IFACE: {}, INTROSPECT_IFACE: {}})
+        elif not device.connected:
+            self._set_connected(path, device, True)
+        self._tally("connections")
+        return path
+
+    async def central_write(self, address: str, values: Sequence[bytes], *,
+                            uuid: str = CHECKIN_CHARACTERISTIC, write_type: str = "request",
+                            rate: float | None = None, reconnect: bool = False
+                            ) -> dict[str, int]:
+        """A central connects and writes ``values`` to the characteristic ``uuid`` of a
+        registered application, as BlueZ hands a write to that application; returns the
+        replies tallied by error name (``ok`` for success). A central disconnected by the
+        peripheral stops (``not_connected``) unless ``reconnect``."""
+        tally: dict[str, int] = {}
+        target = next(((owner, chars[uuid]) for (owner, _root), chars in self._apps.items()
+                       if uuid in chars), None)
+        if target is None or not self._has_adapter:
+            tally["no_service"] = len(values)
+            self._merge(tally)
+            return tally
+        owner, (char_path, _flags) = target
+        path = self._connect_central(address)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for number, value in enumerate(values):
+            if rate is not None:
+                delay = start + number / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            device = self._devices.get(path)
+            if device is None or not device.connected:
+                if not reconnect:
+                    tally["not_connected"] = tally.get("not_connected", 0) + len(values) - number
+                    break
+                path = self._connect_central(address)
+            options = {"device": Variant("o", path), "mtu": Variant("q", 185),
+                       "link": Variant("s", "LE"), "type": Variant("s", write_type)}
+            try:
+                reply = await self._call_client(Message(
+                    destination=owner, path=char_path, interface=CHARACTERISTIC_IFACE,
+                    member="WriteValue", signature="aya{sv}", body=[value, options]))
+                key = "ok" if reply.message_type is MessageType.METHOD_RETURN else str(
+                    reply.error_name)
+            except (TimeoutError, OSError, RuntimeError):
+                key = "no_reply"
+            tally[key] = tally.get(key, 0) + 1
+        device = self._devices.get(path)
+        if device is not None and device.connected:
+            self._set_connected(path, device, False)
+        self._merge(tally)
+        return tally
+
+    async def forward_write(self, central_address: str, uuid: str, value: bytes,
+                            write_type: str) -> Message | str:
+        """A write from a connected central to the characteristic ``uuid`` of a registered
+        application: the application's reply, or why it could not be delivered."""
+        target = next(((owner, chars[uuid]) for (owner, _root), chars in self._apps.items()
+                       if uuid in chars), None)
+        if target is None:
+            return "org.bluez.Error.Failed"
+        owner, (char_path, _flags) = target
+        path = device_path(self.adapter, central_address)
+        device = self._devices.get(path)
+        if device is None or not device.connected:
+            return "org.bluez.Error.NotConnected"
+        options = {"device": Variant("o", path), "mtu": Variant("q", 185),
+                   "link": Variant("s", "LE"), "type": Variant("s", write_type)}
+        try:
+            return await self._call_client(Message(
+                destination=owner, path=char_path, interface=CHARACTERISTIC_IFACE,
+                member="WriteValue", signature="aya{sv}", body=[value, options]))
+        except (TimeoutError, OSError, RuntimeError):
+            return "org.bluez.Error.Failed"
+
+    def registered_advertisements(self) -> list[dict[str, Any]]:
+        """The properties of every registered advertisement (plain values)."""
+        return [{k: v.value for k, v in props.items()} for props in self._adverts.values()]
+
+    def application_uuids(self) -> dict[str, list[str]]:
+        """Registered GATT services: service UUID -> characteristic UUIDs (one service each)."""
+        return {CHECKIN_SERVICE: [u for chars in self._apps.values() for u in chars]}
+
+    def _merge(self, tally: dict[str, int]) -> None:
+        for key, count in tally.items():
+            self._tally(f"write_{key}", count)
+
+    async def hostile(self, *, centrals: int, rate: float, duration_s: float, seed: int = 1
+                      ) -> dict[str, int]:
+        """``centrals`` attackers writing ``rate`` bad check-ins a second in all (each a third
+        wrong length, wrong version, or a well-formed unknown identifier), reconnecting when
+        disconnected; the replies tallied."""
+        rng = random.Random(seed)
+        per = max(1, int(rate * duration_s / centrals))
+
+        def bad() -> bytes:
+            pick = rng.randrange(3)
+            if pick == 0:
+                return rng.randbytes(rng.choice((0, 1, 20, 22, 64, 200)))
+            if pick == 1:
+                return b"HW" + bytes([rng.choice((0, 1, 3, 255))]) + rng.randbytes(18)
+            return b"HW\x02" + rng.randbytes(16) + bytes([0xC0, 0xC5])
+
+        jobs = [self.central_write(_random_address(rng), [bad() for _ in range(per)],
+                                   rate=rate / centrals, reconnect=True,
+                                   write_type=rng.choice(("request", "command")))
+                for _ in range(centrals)]
+        total: dict[str, int] = {}
+        for tally in await asyncio.gather(*jobs):
+            for key, count in tally.items():
+                total[key] = total.get(key, 0) + count
+        return total
+
+# BlueZ as a GATT server: the ATT error for an application's D-Bus error (src/gatt-database.c).
+_SERVER_ATT_CODES = {
+    "org.bluez.Error.Failed": 0x80, "org.bluez.Error.InProgress": 0xFE,
+    "org.bluez.Error.NotPermitted": 0x03, "org.bluez.Error.InvalidValueLength": 0x0D,
+    "org.bluez.Error.InvalidOffset": 0x07, "org.bluez.Error.NotAuthorized": 0x08,
+    "org.bluez.Error.NotSupported": 0x06,
+}
+# BlueZ as a GATT client: the D-Bus error a write's caller gets for an ATT error code.
+_CLIENT_ATT_ERRORS = {
+    0x03: ("org.bluez.Error.NotPermitted", "Write not permitted"),
+    0x06: ("org.bluez.Error.NotSupported", "Not Supported"),
+    0x07: ("org.bluez.Error.InvalidArguments", "Invalid offset"),
+    0x08: ("org.bluez.Error.NotAuthorized", "Not Authorized"),
+    0x0D: ("org.bluez.Error.InvalidArguments", "Invalid Length"),
+}
+
+
+class _PhoneAdapter:
+    """A second adapter standing for a phone's radio (see the module docstring)."""
+
+    def __init__(self, fake: FakeBlueZ, name: str) -> None:
+        self.fake = fake
+        self.name = name
+        self.path = f"/org/bluez/{name}"
+        self.address = "6A:" + ":".join(f"{b:02X}" for b in name.encode()[-5:].rjust(5, b"\0"))
+        self.rssi = -60
+        self._sessions: set[str] = set()
+        self._devices: dict[str, dict[str, Variant]] = {}  # heard peripherals' Device1 props
+        self._gatt: dict[str, dict[str, dict[str, Variant]]] = {}  # path -> interfaces
+        self._hearing: asyncio.Task[None] | None = None
+
+    def adapter_interfaces(self) -> dict[str, dict[str, Variant]]:
+        props = {
+            "Address": Variant("s", self.address), "AddressType": Variant("s", "random"),
+            "Name": Variant("s", "phone"), "Alias": Variant("s", "phone"),
+            "Powered": Variant("b", True), "Discovering": Variant("b", bool(self._sessions)),
+            "Roles": Variant("as", ["central"]), "UUIDs": Variant("as", []),
+        }
+        return {ADAPTER_IFACE: props, PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+
+    def objects(self) -> dict[str, dict[str, dict[str, Variant]]]:
+        out: dict[str, dict[str, dict[str, Variant]]] = {self.path: self.adapter_interfaces()}
+        for path, props in self._devices.items():
+            out[path] = {DEVICE_IFACE: props, PROPS_IFACE: {}, INTROSPECT_IFACE: {}}
+        out.update(self._gatt)
+        return out
+
+    def client_gone(self, sender: str) -> None:
+        self._sessions.discard(sender)
+
+    def link_lost(self, central_address: str) -> None:
+        """The peripheral disconnected the phone: every link of ours is down."""
+        if central_address.upper() == self.address:
+            for path in list(self._devices):
+                self._disconnect(path)
+
+    def handle(self, msg: Message) -> Message | bool | None:
+        """Answer a call on the phone adapter or below it (None: not ours after all)."""
+        path, iface, member = msg.path or "", msg.interface, msg.member
+        try:
+            if iface == PROPS_IFACE and member in ("Get", "GetAll"):
+                interfaces = self.objects().get(path)
+                if interfaces is None:
+                    raise _DBusFault("org.freedesktop.DBus.Error.UnknownObject", "no object")
+                values = interfaces.get(msg.body[0], {})
+                if member == "GetAll":
+                    return Message.new_method_return(msg, "a{sv}", [values])
+                if msg.body[1] not in values:
+                    raise _DBusFault("org.freedesktop.DBus.Error.InvalidArgs", "no property")
+                return Message.new_method_return(msg, "v", [values[msg.body[1]]])
+            if iface == ADAPTER_IFACE and path == self.path:
+                return self._adapter_call(msg)
+            if iface == DEVICE_IFACE and path in self._devices:
+                return self._device_call(msg)
+            if iface == CHARACTERISTIC_IFACE and path in self._gatt and member == "WriteValue":
+                task = asyncio.get_running_loop().create_task(self._write(msg))
+                self.fake._tasks.add(task)
+                task.add_done_callback(self.fake._tasks.discard)
+                return True
+            if iface == CHARACTERISTIC_IFACE and path in self._gatt:
+                raise _DBusFault("org.bluez.Error.NotPermitted", "Read not permitted")
+        except _DBusFault as fault:
+            return Message.new_error(msg, fault.name, fault.text)
+        return None
+
+    def _adapter_call(self, msg: Message) -> Message:
+        member, sender = msg.member, msg.sender or ""
+        if member in ("SetDiscoveryFilter", "RemoveDevice"):
+            return Message.new_method_return(msg)
+        if member == "GetDiscoveryFilters":
+            return Message.new_method_return(msg, "as", [sorted(_KNOWN_FILTERS)])
+        if member == "StartDiscovery":
+            if sender in self._sessions:
+                raise _DBusFault("org.bluez.Error.InProgress", "Operation already in progress")
+            self._sessions.add(sender)
+            self.fake._send_props_changed(self.path, ADAPTER_IFACE,
+                                          {"Discovering": Variant("b", True)})
+            if self._hearing is None or self._hearing.done():
+                self._hearing = asyncio.get_running_loop().create_task(self._hear())
+            return Message.new_method_return(msg)
+        if member == "StopDiscovery":
+            if sender not in self._sessions:
+                raise _DBusFault("org.bluez.Error.Failed", "No discovery started")
+            self._sessions.discard(sender)
+            if not self._sessions:
+                self.fake._send_props_changed(self.path, ADAPTER_IFACE,
+                                              {"Discovering": Variant("b", False)})
+            return Message.new_method_return(msg)
+        raise _DBusFault("org.bluez.Error.NotSupported", "Not Supported")
+
+    async def _hear(self) -> None:
+        """While someone discovers here, hear the first adapter's advertisements (5 a second)."""
+        fake = self.fake
+        while self._sessions and fake._bus is not None:
+            address = fake._adapter_address
+            path = device_path(self.name, address)
+            for advert in fake.registered_advertisements()[:1]:
+                if advert.get("Type") != "peripheral" or not fake._has_adapter:
+                    continue
+                if path not in self._devices:
+                    props = {
+                        "Address": Variant("s", address), "AddressType": Variant("s", "public"),
+                        "Alias": Variant("s", advert.get("LocalName") or address.replace(
+                            ":", "-")),
+                        "Adapter": Variant("o", self.path), "Paired": Variant("b", False),
+                        "Bonded": Variant("b", False), "Trusted": Variant("b", False),
+                        "Blocked": Variant("b", False), "LegacyPairing": Variant("b", False),
+                        "Connected": Variant("b", False),
+                        "ServicesResolved": Variant("b", False),
+                        "RSSI": Variant("n", self.rssi),
+                        "UUIDs": Variant("as", list(advert.get("ServiceUUIDs", []))),
+                    }
+                    if "TxPower" in advert:
+                        props["TxPower"] = Variant("n", advert["TxPower"])
+                    self._devices[path] = props
+                    fake._send_interfaces_added(path, {DEVICE_IFACE: props, PROPS_IFACE: {},
+                                                       INTROSPECT_IFACE: {}})
+                else:
+                    self._devices[path]["RSSI"] = Variant("n", self.rssi)
+                    fake._send_props_changed(path, DEVICE_IFACE,
+                                             {"RSSI": Variant("n", self.rssi)})
+            await asyncio.sleep(0.2)
+
+    def _device_call(self, msg: Message) -> Message:
+        path, member = msg.path or "", msg.member
+        props = self._devices[path]
+        fake = self.fake
+        if member == "Connect":
+            if props["Connected"].value:
+                raise _DBusFault("org.bluez.Error.AlreadyConnected", "Already Connected")
+            uuids = fake.application_uuids()
+            if not fake.registered_advertisements() or not any(uuids.values()):
+                raise _DBusFault("org.bluez.Error.Failed", "le-connection-abort-by-local")
+            fake._connect_central(self.address)
+            props["Connected"] = Variant("b", True)
+            fake._send_props_changed(path, DEVICE_IFACE, {"Connected": Variant("b", True)})
+            handle = 0x000A
+            for service_uuid, chars in uuids.items():
+                service_path = f"{path}/service{handle:04x}"
+                service = {GATT_SERVICE_IFACE: {
+                    "UUID": Variant("s", service_uuid), "Primary": Variant("b", True),
+                    "Device": Variant("o", path), "Includes": Variant("ao", []),
+                    "Handle": Variant("q", handle)}, PROPS_IFACE: {}}
+                self._gatt[service_path] = service
+                fake._send_interfaces_added(service_path, service)
+                for char_uuid in chars:
+                    handle += 1
+                    char_path = f"{service_path}/char{handle:04x}"
+                    char = {CHARACTERISTIC_IFACE: {
+                        "UUID": Variant("s", char_uuid), "Service": Variant("o", service_path),
+                        "Flags": Variant("as", ["write", "write-without-response"]),
+                        "MTU": Variant("q", 185), "Handle": Variant("q", handle),
+                        "Value": Variant("ay", b"")}, PROPS_IFACE: {}}
+                    self._gatt[char_path] = char
+                    fake._send_interfaces_added(char_path, char)
+                handle += 2
+            props["ServicesResolved"] = Variant("b", True)
+            fake._send_props_changed(path, DEVICE_IFACE,
+                                     {"ServicesResolved": Variant("b", True)})
+            fake._tally("phone_connects")
+            return Message.new_method_return(msg)
+        if member == "Disconnect":
+            self._disconnect(path)
+            return Message.new_method_return(msg)
+        raise _DBusFault("org.bluez.Error.NotSupported", "Not Supported")
+
+    def _disconnect(self, path: str) -> None:
+        props = self._devices.get(path)
+        if props is None or not props["Connected"].value:
+            return
+        fake = self.fake
+        for gatt_path in sorted((p for p in self._gatt if p.startswith(path + "/")),
+                                reverse=True):
+            interfaces = self._gatt.pop(gatt_path)
+            fake._send(Message.new_signal(gatt_path, OM_IFACE, "InterfacesRemoved", "oas",
+                                          [gatt_path, list(interfaces)]))
+        props["Connected"] = Variant("b", False)
+        props["ServicesResolved"] = Variant("b", False)
+        fake._send_props_changed(path, DEVICE_IFACE, {"ServicesResolved": Variant("b", False),
+                                                      "Connected": Variant("b", False)})
+        central = fake._devices.get(device_path(fake.adapter, self.address))
+        if central is not None and central.connected:
+            fake._set_connected(device_path(fake.adapter, self.address), central, False)
+
+    async def _write(self, msg: Message) -> None:
+        char = self._gatt[msg.path or ""][CHARACTERISTIC_IFACE]
+        options: dict[str, Variant] = msg.body[1]
+        kind = options.get("type")
+        reply = await self.fake.forward_write(
+            self.address, str(char["UUID"].value), bytes(msg.body[0]),
+            "request" if kind is None else str(kind.value))
+        if isinstance(reply, str):
+            self.fake._send(Message.new_error(msg, reply, "write failed"))
+        elif reply.message_type is MessageType.ERROR:
+            # Over the air this is an ATT error: the peripheral's BlueZ makes the code from the
+            # application's D-Bus error, the phone's BlueZ makes a D-Bus error from the code.
+            code = _SERVER_ATT_CODES.get(str(reply.error_name), 0x0E)
+            name, text = _CLIENT_ATT_ERRORS.get(
+                code, ("org.bluez.Error.Failed", f"Operation failed with ATT error: 0x{code:02x}"))
+            self.fake._send(Message.new_error(msg, name, text))
+            self.fake._tally(f"phone_write_att_0x{code:02x}")
+        else:
+            self.fake._send(Message.new_method_return(msg))
+            self.fake._tally("phone_write_ok")
 
 
 def _check(reply: Message) -> None:
@@ -753,10 +1281,23 @@ class _Controller:
             self.jobs.add(task)
             task.add_done_callback(self._job_done)
             return {"ok": True}
+        if cmd in ("central", "hostile"):
+            writes = self._central_job(cmd, request)
+            if request.get("wait", True):
+                return {"ok": True, "tally": await writes}
+            background = asyncio.create_task(writes, name=f"fakebluez-{cmd}")
+            self.jobs.add(background)
+            background.add_done_callback(self._job_done)
+            return {"ok": True}
         if cmd == "stop_jobs":
             for task in list(self.jobs):
                 task.cancel()
             await asyncio.gather(*self.jobs, return_exceptions=True)
+            return {"ok": True}
+        if cmd == "phone_rssi":
+            if fake._phone is None:
+                return {"ok": False, "error": "no phone adapter (start with --phone-adapter)"}
+            fake._phone.rssi = int(request["rssi"])
             return {"ok": True}
         simple: dict[str, Callable[[], None]] = {
             "remove_adapter": fake.remove_adapter, "add_adapter": fake.add_adapter,
@@ -770,6 +1311,17 @@ class _Controller:
         action()
         await fake.flush()
         return {"ok": True}
+
+    async def _central_job(self, cmd: str, request: dict[str, Any]) -> dict[str, int]:
+        if cmd == "central":
+            return await self.fake.central_write(
+                str(request["address"]), [bytes.fromhex(v) for v in request["values"]],
+                uuid=str(request.get("uuid", CHECKIN_CHARACTERISTIC)),
+                write_type=str(request.get("type", "request")), rate=request.get("rate"),
+                reconnect=bool(request.get("reconnect")))
+        return await self.fake.hostile(
+            centrals=int(request.get("centrals", 10)), rate=float(request.get("rate", 100)),
+            duration_s=float(request.get("duration_s", 1.0)), seed=int(request.get("seed", 1)))
 
     def _job_done(self, task: asyncio.Task[Any]) -> None:
         self.jobs.discard(task)
@@ -839,7 +1391,8 @@ def _take(stream: Iterator[Advertisement], count: int) -> Iterator[Advertisement
 
 async def _serve(args: argparse.Namespace) -> int:
     fake = FakeBlueZ(adapter=args.adapter, with_adapter=not args.no_adapter,
-                     powered=not args.powered_off)
+                     powered=not args.powered_off, advertising=not args.no_advertising,
+                     phone_adapter=args.phone_adapter)
     await fake.connect(args.bus)
     controller = _Controller(fake)
     control = Path(args.control)
@@ -872,6 +1425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapter", default="hci0")
     parser.add_argument("--no-adapter", action="store_true", help="start without an adapter")
     parser.add_argument("--powered-off", action="store_true")
+    parser.add_argument("--phone-adapter", metavar="hciN",
+                        help="a second adapter standing for a phone (hears our advertisements)")
+    parser.add_argument("--no-advertising", action="store_true",
+                        help="an adapter without LEAdvertisingManager1 and GattManager1")
     args = parser.parse_args(argv)
     if not args.bus:
         parser.error("--bus or DBUS_SYSTEM_BUS_ADDRESS is required")
@@ -882,7 +1439,8 @@ class FakeBlueZProcess:
     """``python tests/support/fakebluez.py`` as a child process, driven over its socket."""
 
     def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
-                 with_adapter: bool = True, powered: bool = True) -> None:
+                 with_adapter: bool = True, powered: bool = True, advertising: bool = True,
+                 phone_adapter: str | None = None) -> None:
         self.bus_address = bus_address
         self.control_path = Path(control_path)
         self._argv = [sys.executable, str(Path(__file__).resolve()), "--bus", bus_address,
@@ -891,6 +1449,10 @@ class FakeBlueZProcess:
             self._argv.append("--no-adapter")
         if not powered:
             self._argv.append("--powered-off")
+        if not advertising:
+            self._argv.append("--no-advertising")
+        if phone_adapter:
+            self._argv += ["--phone-adapter", phone_adapter]
         self._proc: asyncio.subprocess.Process | None = None
 
     @property

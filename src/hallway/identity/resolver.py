@@ -222,6 +222,16 @@ class Resolver:
             self._malformed += 1
         return match
 
+    def resolve_checkin(self, rpi: bytes, ts: float) -> Match | None:
+        """Whose check-in RPI (SPEC §3.1) ``rpi`` is at ``ts``: one table lookup, no key tried,
+        whatever the bytes; None for an unknown RPI or an inactive contact. Never raises."""
+        if len(rpi) != 16 or not math.isfinite(ts):
+            return None
+        slot = self._tokens.lookup(rpi, interval_number(ts))
+        if slot is None:
+            return None
+        return self._hit(self._tokens.contact_of(slot), KeyKind.HALLWAY_V1, None, ts)
+
     def screen(
         self,
         address: str,

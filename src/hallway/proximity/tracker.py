@@ -37,6 +37,21 @@ The presence machine is the table ``TRANSITIONS`` of (state, input) -> (state, a
 inputs come from ``observe`` (a sighting: where the level is) and ``_classify_silence`` (a
 tick: how long and how it has been quiet). Zones run beside it: a zone changes only when the
 distance is past an edge by ``zone_hysteresis_db`` for ``zone_confirm_s``.
+
+Check-ins (SPEC §3.1: a phone that cannot advertise writes its identifier over GATT at least
+every 30 s, with the level at which it hears the scanner) are sightings with ``carrier``
+``checkin``. Their level is the phone's ``heard_rssi`` against the scanner's own 1 m power
+(the sighting's ``measured_power``), the same path seen from the other end. A check-in is a
+deliberate report, seldom more than one per 10 s, so two in a row inside the arrive radius
+arrive (one alone when it is clearly inside: past it by ``quick_margin_db``) and two in a row
+beyond the depart radius depart (one alone when far beyond); it teaches nothing about the
+advertising interval or reception share. Its level is its own (the long average
+would lag a walk by several check-ins), averaged with the previous check-in's when the two
+agree within ``_CHECKIN_AGREE_DB``. Each check-in promises the next: until
+``checkin_hold_s`` (or twice the phone's own latest check-in gap plus 5 s, if shorter) after
+it, the contact is treated as heard, so a check-in-only phone never goes quiet between
+check-ins; once that has passed with nothing heard since, it departs (``timeout``). A contact
+seen both ways is one track, and its silences are judged as usual while it advertises.
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ from statistics import NormalDist
 
 from hallway.config import ProximityConfig
 from hallway.models import (
+    CHECKIN,
     DepartReason,
     EventType,
     KeyKind,
@@ -148,6 +164,10 @@ _STRONG_ABOVE_FLOOR_DB = 15.0  # where nothing but collisions loses packets
 _RECEPTION_EVIDENCE = 0.7  # below this share of its base rate, reception says "at the floor"
 _INV_CDF = NormalDist().inv_cdf
 _SETTLED_GAPS = 3  # gaps before the interval (and so the reception share) means anything
+_CHECKIN_PERIOD_S = 30.0  # SPEC §3.1: a phone checks in at least this often while it hears us
+_CHECKIN_SLACK_S = 5.0
+_CHECKIN_PAIR_S = 60.0  # two check-ins further apart are not averaged
+_CHECKIN_AGREE_DB = 8.0  # two check-ins within this agree (about twice their noise)
 
 
 class _Track:
@@ -156,6 +176,12 @@ class _Track:
     __slots__ = (
         "arrived_ts",
         "calibration_db",
+        "carrier",
+        "checkin_gaps",
+        "checkin_level",
+        "checkin_level_ts",
+        "checkin_ts",
+        "checkin_until",
         "contact_id",
         "filter",
         "gap_count",
@@ -197,13 +223,21 @@ class _Track:
         self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
         self.reception = 1.0  # share of its expected packets heard lately (learned interval)
         self.slots = 0  # expected packets counted into ``reception``
+        self.carrier: str | None = None  # of the latest sighting
+        self.checkin_ts = -math.inf  # the latest check-in
+        self.checkin_until = -math.inf  # treated as heard until then (the next one is due)
+        self.checkin_gaps = (_CHECKIN_PERIOD_S, _CHECKIN_PERIOD_S)  # the latest two gaps
+        self.checkin_level = 0.0
+        self.checkin_level_ts = -math.inf
 
 
 class Tracker:
     """Presence of contacts from their sightings; pure: every method takes the time."""
 
-    def __init__(self, config: ProximityConfig) -> None:
+    def __init__(self, config: ProximityConfig, *, checkin_hold_s: float = 65.0) -> None:
+        """``checkin_hold_s``: the longest a check-in keeps its contact heard (see above)."""
         self._config = config
+        self._checkin_hold_s = checkin_hold_s
         n = config.path_loss_exponent
         self._ten_n = 10.0 * n
         radius_level = -self._ten_n * math.log10(config.presence_radius_m)
@@ -242,11 +276,15 @@ class Tracker:
             track = self._tracks[cid] = _Track(cid, self._new_filter(), config.initial_interval_s)
         ts = sighting.ts
         gap = ts - track.last_ts
-        if gap > _MIN_GAP_S and track.last_ts > -math.inf:
+        checkin = sighting.carrier == CHECKIN
+        expected = checkin and ts <= track.checkin_until  # a check-in that was due
+        if checkin:
+            self._note_checkin(track, ts)
+        elif gap > _MIN_GAP_S and track.last_ts > -math.inf:
             self._learn_gap(track, gap)
             self._count_reception(track, gap)
         quiet_after = config.quiet_after_intervals * track.interval_s
-        if gap > quiet_after and gap > config.quiet_min_s:
+        if gap > quiet_after and gap > config.quiet_min_s and not expected:
             # A silence breaks any run towards arriving or departing.
             track.inside_since = track.outside_since = None
         if calibration_db != track.calibration_db:
@@ -261,10 +299,23 @@ class Tracker:
             track.power_dbm = power + calibration_db
         level = track.filter.update(ts, sighting.rssi - track.power_dbm)
         fast = track.filter.fast
-        if track.gap_count >= _SETTLED_GAPS:
+        if checkin:
+            # A check-in is already the phone's own average of what it heard, and the next is
+            # seconds away: the long average would lag a walk by several check-ins. Two in a
+            # row that agree are averaged (a still phone at the edge); one that differs by
+            # more than the noise allows starts afresh (a walk).
+            raw = sighting.rssi - track.power_dbm
+            previous = track.checkin_level
+            if (ts - track.checkin_level_ts <= _CHECKIN_PAIR_S
+                    and abs(raw - previous) < _CHECKIN_AGREE_DB):
+                raw = 0.5 * (raw + previous)
+            track.checkin_level, track.checkin_level_ts = raw, ts
+            level = fast = raw
+        elif track.gap_count >= _SETTLED_GAPS:
             level, fast = self._reception_bound(track, level, fast)
         track.level = level
         track.via = sighting.via
+        track.carrier = sighting.carrier
         track.last_ts = max(track.last_ts, ts)
         track.recent.append(ts)
 
@@ -272,13 +323,16 @@ class Tracker:
             track.outside_since = None
             if track.inside_since is None:
                 track.inside_since = ts
-            held = ts - track.inside_since >= config.arrive_confirm_s
+            held = ts - track.inside_since >= config.arrive_confirm_s or (
+                checkin and (ts > track.inside_since or fast >= self._quick_arrive_level))
             signal = Input.INSIDE_HELD if held else Input.INSIDE
         elif level < self._depart_level or fast < self._quick_depart_level:
             track.inside_since = None
             if track.outside_since is None:
                 track.outside_since = ts
             held = ts - track.outside_since >= config.depart_confirm_s
+            if checkin and (ts > track.outside_since or fast < self._quick_depart_level):
+                held = True  # a second check-in beyond the radius, or one far beyond
             signal = Input.OUTSIDE_HELD if held else Input.OUTSIDE
         else:
             track.inside_since = track.outside_since = None
@@ -346,6 +400,7 @@ class Tracker:
                         rssi=track.level + track.power_dbm,
                         since=track.arrived_ts,
                         via=track.via,
+                        carrier=track.carrier,
                     )
                 )
         return result
@@ -429,6 +484,15 @@ class Tracker:
             ordered = sorted(gaps)
             track.interval_s = min(ordered[len(ordered) // 10], _MAX_INTERVAL_S)
 
+    def _note_checkin(self, track: _Track, ts: float) -> None:
+        """A check-in at ``ts``: learn the phone's check-in gap; hold it heard until the next
+        one is overdue."""
+        if ts <= track.checkin_until and ts - track.checkin_ts > _MIN_GAP_S:
+            track.checkin_gaps = (track.checkin_gaps[1], ts - track.checkin_ts)
+        track.checkin_ts = max(track.checkin_ts, ts)
+        hold = min(self._checkin_hold_s, 2.0 * max(track.checkin_gaps) + _CHECKIN_SLACK_S)
+        track.checkin_until = max(track.checkin_until, ts + hold)
+
     def _quiet_after(self, track: _Track) -> float:
         config = self._config
         return max(config.quiet_min_s, config.quiet_after_intervals * track.interval_s)
@@ -453,6 +517,14 @@ class Tracker:
         return heard >= _HEALTHY_FRACTION * expected
 
     def _classify_silence(self, track: _Track, now: float) -> Input | None:
+        if now < track.checkin_until:
+            return None  # the phone checked in and its next check-in is not overdue yet
+        if track.checkin_ts >= track.last_ts:
+            # Its latest sighting was a check-in and the next is overdue: nothing else is
+            # coming (it advertises nothing we hear), so it has gone.
+            if track.state is State.CANDIDATE or track.state is State.LEAVING:
+                return Input.QUIET
+            return Input.EXPIRED
         config = self._config
         silence = now - track.last_ts
         quiet_after = self._quiet_after(track)
@@ -488,6 +560,7 @@ class Tracker:
                     distance_m=distance,
                     rssi=track.level + track.power_dbm,
                     via=track.via,
+                    carrier=track.carrier,
                 )
             ]
         if action is Action.DEPART_OUT_OF_RANGE:
@@ -507,6 +580,7 @@ class Tracker:
                 via=track.via,
                 dwell_s=max(0.0, now - track.arrived_ts),
                 reason=why,
+                carrier=track.carrier,
             )
         ]
 
@@ -533,5 +607,6 @@ class Tracker:
                     rssi=track.level + track.power_dbm,
                     via=track.via,
                     previous_zone=previous.value,
+                    carrier=track.carrier,
                 )
             )

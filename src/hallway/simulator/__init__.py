@@ -14,11 +14,14 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from hallway.identity.crypto import rpi_for_interval
 from hallway.models import Advertisement, Contact
+from hallway.parsing.checkin import encode_checkin
 from hallway.simulator.devices import (
     CONTACT_MIX,
     STRANGER_MIX,
     Device,
+    DeviceKind,
     Transmitter,
     choose,
     make_contact,
@@ -59,7 +62,7 @@ def _contact_devices(spec: Scenario, seed: int) -> list[Device]:
     devices = []
     for index in range(spec.contacts):
         rng = random.Random(f"{seed}:{spec.name}:contact:{index}")
-        kind = choose(rng, CONTACT_MIX)
+        kind = choose(rng, spec.contact_mix or CONTACT_MIX)
         devices.append(make_device(rng, kind, f"{seed}:{spec.name}:dev:{index}"))
     return devices
 
@@ -163,6 +166,47 @@ def _merge(
         yield adv
 
 
+SCANNER_POWER_DBM = -59.0  # the scanner's advertisement at 1 m, as a typical phone hears it
+SCANNER_ADV_INTERVAL_S = 0.2
+CHECKIN_PERIOD_S = (8.0, 12.0)  # a background app checks in about every 10 s while it hears us
+CHECKIN_RETRY_S = 5.0  # ... and looks again this soon when it did not hear us
+CHECKIN_LISTEN = 5  # scanner advertisements it listens to before writing (median of them)
+CHECKIN_CONNECT_FAILS = 0.05  # connections that fail (the next period tries again)
+
+
+def _checkins(spec: Scenario, device: Device, path: Path, rng: random.Random,
+              period_s: tuple[float, float]) -> Iterator[tuple[float, bytes]]:
+    """The check-ins a background phone makes during one visit: ``(ts, the 21 bytes)``.
+
+    The phone hears the scanner's advertisements over the same radio as the scanner hears
+    phones (its antenna's offset counts both ways), listens to a few and writes their median.
+    """
+    radio = spec.radio
+    shadow = Shadowing(radio, rng)
+    rpik = device.keys()[0]
+    power = SCANNER_POWER_DBM + device.offset_db
+    t = path.start + rng.uniform(0.0, period_s[1])
+    while t <= path.end:
+        heard = []
+        for k in range(CHECKIN_LISTEN):
+            at = t + k * SCANNER_ADV_INTERVAL_S
+            rssi = received(rng, power_1m_dbm=power, distance_m=path.distance(at),
+                            exponent=radio.path_loss_exponent,
+                            disturbance_db=shadow.sample(at), packet_loss=radio.packet_loss)
+            if rssi is not None:
+                heard.append(rssi)
+        if not heard:
+            t += CHECKIN_RETRY_S
+            continue
+        t += CHECKIN_LISTEN * SCANNER_ADV_INTERVAL_S
+        if rng.random() >= CHECKIN_CONNECT_FAILS and t <= path.end:
+            level = sorted(heard)[len(heard) // 2]
+            rpi = rpi_for_interval(rpik, int(t // 600))
+            yield t, encode_checkin(rpi, heard_rssi=max(-128, min(126, level)),
+                                    tx_power=device.nominal_power_dbm)
+        t += rng.uniform(*period_s)
+
+
 LIVE_WARMUP_S = 300.0
 
 
@@ -206,6 +250,25 @@ class Simulation:
     def advertisements(self) -> Iterator[Advertisement]:
         """The trace: every advertisement heard before the end, in time order."""
         return _merge(self.spec, self.seed, self.visits, self._devices, self.end_ts)
+
+    def checkins(self, *, period_s: tuple[float, float] = CHECKIN_PERIOD_S
+                 ) -> list[tuple[float, int, bytes]]:
+        """The GATT check-ins of the background phones (``HALLWAY_CHECKIN``) before the end:
+        ``(ts, contact index, the 21 bytes written)``, in time order; each phone checks in
+        every ``period_s`` (a uniform draw) while it hears the scanner. Not in the trace: a
+        check-in is a write to the scanner, not an advertisement."""
+        out: list[tuple[float, int, bytes]] = []
+        for number, visit in enumerate(self.visits):
+            if visit.who is None:
+                continue
+            device = self._devices[visit.who]
+            if device.kind is not DeviceKind.HALLWAY_CHECKIN:
+                continue
+            rng = random.Random(f"{self.seed}:{self.spec.name}:checkin:{number}")
+            out.extend((ts, visit.who, data) for ts, data in _checkins(
+                self.spec, device, visit.path, rng, period_s) if ts < self.end_ts)
+        out.sort(key=lambda item: item[0])
+        return out
 
     def truth(self) -> list[dict[str, Any]]:
         """Per contact: presence intervals within the radius and the distance once a second."""

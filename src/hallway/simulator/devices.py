@@ -40,6 +40,7 @@ class DeviceKind(Enum):
     HALLWAY_MFR_BARE = "hallway-mfr-bare"  # the same without the power byte
     HALLWAY_UUID = "hallway-uuid"  # iOS app in the foreground: the RPI as a service UUID
     HALLWAY_EN = "hallway-en"  # the EN frame with encrypted metadata carrying the power
+    HALLWAY_CHECKIN = "hallway-checkin"  # iOS app in the background: checks in over GATT only
     IRK_PHONE = "irk-phone"  # a phone known by its IRK: rotating resolvable address
     IBEACON = "ibeacon"
     EDDYSTONE = "eddystone"
@@ -58,6 +59,7 @@ PHONES = frozenset(
         DeviceKind.HALLWAY_MFR_BARE,
         DeviceKind.HALLWAY_UUID,
         DeviceKind.HALLWAY_EN,
+        DeviceKind.HALLWAY_CHECKIN,
         DeviceKind.IRK_PHONE,
         DeviceKind.STRANGER_IPHONE,
         DeviceKind.STRANGER_ANDROID,
@@ -71,6 +73,7 @@ KIND_OF: Mapping[DeviceKind, KeyKind] = {
     DeviceKind.HALLWAY_MFR_BARE: KeyKind.HALLWAY_V1,
     DeviceKind.HALLWAY_UUID: KeyKind.HALLWAY_V1,
     DeviceKind.HALLWAY_EN: KeyKind.HALLWAY_V1,
+    DeviceKind.HALLWAY_CHECKIN: KeyKind.HALLWAY_V1,
     DeviceKind.IRK_PHONE: KeyKind.IRK,
     DeviceKind.IBEACON: KeyKind.IBEACON,
     DeviceKind.EDDYSTONE: KeyKind.EDDYSTONE_UID,
@@ -86,6 +89,15 @@ CONTACT_MIX: tuple[tuple[DeviceKind, float], ...] = (
     (DeviceKind.IBEACON, 0.10),
     (DeviceKind.EDDYSTONE, 0.08),
     (DeviceKind.ADDRESS_BADGE, 0.07),
+)
+
+# A venue where half the phones are iPhones with the app in the background (check-ins only).
+CHECKIN_MIX: tuple[tuple[DeviceKind, float], ...] = (
+    (DeviceKind.HALLWAY_CHECKIN, 0.50),
+    (DeviceKind.HALLWAY_MFR, 0.20),
+    (DeviceKind.HALLWAY_UUID, 0.10),
+    (DeviceKind.HALLWAY_EN, 0.05),
+    (DeviceKind.IRK_PHONE, 0.15),
 )
 
 STRANGER_MIX: tuple[tuple[DeviceKind, float], ...] = (
@@ -186,7 +198,7 @@ def make_device(rng: random.Random, kind: DeviceKind, seed: str) -> Device:
                     offset_db=offset)
     if kind in (DeviceKind.HALLWAY_MFR, DeviceKind.HALLWAY_MFR_BARE, DeviceKind.HALLWAY_UUID,
                 DeviceKind.HALLWAY_EN, DeviceKind.STRANGER_HALLWAY, DeviceKind.IRK_PHONE,
-                DeviceKind.STRANGER_IPHONE):
+                DeviceKind.STRANGER_IPHONE, DeviceKind.HALLWAY_CHECKIN):
         device.secret = rng.randbytes(16)
     if kind in (DeviceKind.IRK_PHONE, DeviceKind.STRANGER_IPHONE, DeviceKind.STRANGER_ANDROID):
         device.rotation_phase_s = rng.uniform(0, RPA_ROTATION_S)
@@ -270,6 +282,12 @@ class Transmitter:
             prand = bytearray(rng.randbytes(3))
             prand[0] = (prand[0] & 0x3F) | 0x40
             address = make_rpa(device.secret, bytes(prand))
+            nearby = bytes([0x10, 0x05, rng.randrange(256)]) + rng.randbytes(4)
+            return address, "random", {APPLE_COMPANY_ID: nearby}, {}, ()
+        if kind is DeviceKind.HALLWAY_CHECKIN:
+            # What a background iPhone puts on the air is Apple's, from a non-resolvable
+            # address: nothing hallway can read (its check-ins come over GATT, see _checkins).
+            address = _random_address(rng, 0b00)
             nearby = bytes([0x10, 0x05, rng.randrange(256)]) + rng.randbytes(4)
             return address, "random", {APPLE_COMPANY_ID: nearby}, {}, ()
         if kind is DeviceKind.STRANGER_ANDROID:

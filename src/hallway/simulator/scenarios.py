@@ -27,6 +27,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from hallway.simulator.devices import CHECKIN_MIX, DeviceKind
 from hallway.simulator.world import Path, PathBuilder, Radio
 
 
@@ -51,6 +52,7 @@ class Scenario:
     gap_range_s: tuple[float, float]
     pace: str  # how busy it is, for people watching it live
     plan: Callable[[random.Random, float, int], Iterator[Visit]]
+    contact_mix: tuple[tuple[DeviceKind, float], ...] | None = None  # None: CONTACT_MIX
 
 
 class _Busy:
@@ -329,5 +331,18 @@ SCENARIOS: dict[str, Scenario] = {
         gap_range_s=(10.0, 40.0),
         pace="a contact walks in about every 8 s and stays 1-3 minutes at two or three spots",
         plan=_meetup_plan,
+    ),
+    "checkin-booth": Scenario(
+        name="checkin-booth",
+        description="the expo booth where half the phones are iPhones with the app in the "
+                    "background: they only check in over GATT",
+        duration_s=3600.0,
+        radio=Radio(path_loss_exponent=2.0, shadowing_db=6.0, packet_loss=0.15),
+        contacts=60,
+        gap_every_s=600.0,
+        gap_range_s=(20.0, 90.0),
+        plan=_booth_plan,
+        pace="a contact stops by about every 75 s; half the phones only check in (every ~10 s)",
+        contact_mix=CHECKIN_MIX,
     ),
 }
