@@ -263,6 +263,18 @@ class VenueConfig(_Section):
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
 
 
+class WebConfig(_Section):
+    """The web pages (kiosk, dashboard, enrollment) on their own HTTP(S) port."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=7448, ge=0, le=65535)
+    session_s: float = Field(default=7 * 86400.0, gt=0, le=366 * 86400.0)
+    chart_hours: float = Field(default=3.0, gt=0, le=48)
+    title: str = Field(default="Who is here", min_length=1, max_length=80)
+    max_streams: int = Field(default=64, ge=1, le=10_000)
+
+
 class Config(_Section):
     """The whole configuration."""
 
@@ -275,6 +287,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     mqtt: MqttConfig = MqttConfig()
     venue: VenueConfig = VenueConfig()
+    web: WebConfig = WebConfig()
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data with secrets replaced by ``***``."""

@@ -32,7 +32,7 @@ from typing import Any
 from hallway import __version__
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
-from hallway.errors import HallwayError
+from hallway.errors import ConfigError, HallwayError, Problem
 from hallway.events import present_json
 from hallway.hub import Hub
 from hallway.lifecycle import bounded, close_edges, stop_front
@@ -52,6 +52,8 @@ from hallway.server import EventServer, load_tokens
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
+from hallway.web.access import StaticTokens, load_session_key
+from hallway.web.app import WebServer
 
 log = get_logger(__name__)
 
@@ -110,6 +112,7 @@ class Service:
         self._loop_lag_s = 0.0
         self._clock_offset_s = 0.0
         self.tcp_port: int | None = None
+        self.web_port: int | None = None
         self.tokens: list[str] = []
         self.announced_name: str | None = None
         # Built in run():
@@ -117,6 +120,7 @@ class Service:
         self._pipeline: Pipeline | None = None
         self._hub: Hub | None = None
         self._server: EventServer | None = None
+        self._web: WebServer | None = None
         self._announcer: ZeroconfAnnouncer | None = None
         self._mqtt: MqttPublisher | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
@@ -209,6 +213,7 @@ class Service:
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
+            **({"web": self._web.stats()} if self._web is not None else {}),
         }
 
     def _status_line(self) -> str:
@@ -277,6 +282,8 @@ class Service:
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
+        if config.web.enabled:
+            await self._start_web()
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
         self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
@@ -288,6 +295,27 @@ class Service:
                 auth="token" if self.tokens else "none",
                 host=config.server.tcp_host,
             )
+
+    async def _start_web(self) -> None:
+        """The pages on their own port, over this hub and store (``[web]``)."""
+        web = self.config.web
+        if not self.tokens:
+            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
+                                       'auth (server.auth = "token")')])
+        self._web = WebServer(
+            host=web.host, port=web.port, hub=self.hub, log_store=self.store,
+            authority=StaticTokens(self.tokens),
+            session_key=load_session_key(self._state_dir), session_s=web.session_s,
+            lookup=self._contact, status=self.status, clock=self._now, title=web.title,
+            chart_hours=web.chart_hours, max_streams=web.max_streams, store=self.store,
+            on_contacts_changed=self.request_reload,
+        )
+        try:
+            await self._web.start()
+        except OSError as exc:
+            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
+                                       f"{web.port}: {exc.strerror or exc}")]) from None
+        self.web_port = self._web.port
 
     async def _depart_left_over(self) -> None:
         """Close presences an unclean stop left open, so arrive/depart keep alternating."""
@@ -325,6 +353,8 @@ class Service:
                 # revoke deleted its rows (the departure itself carries only the id).
                 await self.hub.forget_contact(contact_id)
                 await self.store.redact_contact_events(contact_id)
+        if self._web is not None:
+            self._web.contacts_changed()
         log.info("contacts_loaded", contacts=len(contacts), generation=generation,
                  removed=len(removed), departed=len(events))
 
@@ -514,6 +544,8 @@ class Service:
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         log.info("stopping")
         self._notifier.send(stopping=1, status="stopping")
+        if self._web is not None:
+            await bounded(self._web.close(), "close_web")
         await stop_front(announcer=self._announcer, server=self._server, tasks=tasks)
         self._announcer = None
         self._publish(self.pipeline.shutdown(self._now()))
@@ -525,6 +557,8 @@ class Service:
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
 
     async def _close_all(self) -> None:
+        if self._web is not None:
+            await bounded(self._web.close(), "close_web")
         if self._mqtt_task is not None and not self._mqtt_task.done():
             self._mqtt_task.cancel()
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
