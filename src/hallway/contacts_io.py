@@ -6,9 +6,11 @@ by two contacts are bad lines. Reasons never quote key material.
 
 CSV header (first line; ``id`` and ``name`` required, the rest optional, any order)::
 
-    id,name,org,title,tags,handles,granted_at,expires_at,hallway_v1,irk,ibeacon,eddystone_uid,address
+    id,name,org,title,tags,handles,granted_at,expires_at,hallway_v1,irk,ibeacon,eddystone_uid,address,
+    display,knows,emails,phones
 
-``tags`` and every key column hold ``;``-separated values; ``handles`` is
+``tags``, ``knows``, ``emails``, ``phones`` and every key column hold ``;``-separated values;
+``display`` is ``true``/``false`` (also ``yes``/``no``, ``1``/``0``; empty is false); ``handles`` is
 ``service=handle;...``; ``ibeacon`` is ``uuid/major/minor``; ``eddystone_uid`` is
 ``namespace/instance``; times are ISO 8601 (``2026-11-23T00:00:00Z``).
 """
@@ -30,11 +32,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hallway.errors import ImportRejected, KeyFormatError, Problem
 from hallway.keys import key_from_json, key_to_json
 from hallway.models import Contact, ContactKey
+from hallway.network import normalise
 
 CSV_COLUMNS = (
     "id", "name", "org", "title", "tags", "handles", "granted_at", "expires_at",
     "hallway_v1", "irk", "ibeacon", "eddystone_uid", "address",
+    "display", "knows", "emails", "phones",
 )
+
+
+class _Match(BaseModel):
+    """Emails and phone numbers a network import may match this person by (stored hashed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    emails: list[str] = Field(default_factory=list, max_length=32)
+    phones: list[str] = Field(default_factory=list, max_length=32)
 
 
 class _Consent(BaseModel):
@@ -54,6 +66,27 @@ class _ContactLine(BaseModel):
     consent: _Consent | None = None
     calibration_db: float = Field(default=0.0, ge=-30, le=30)
     keys: list[dict[str, Any]] = Field(default_factory=list)
+    display: bool = False
+    knows: list[str] = Field(default_factory=list)
+    match: _Match | None = None
+
+
+def _match_ids(match: _Match) -> tuple[str, ...]:
+    """Canonical identifiers of a ``match`` object; ValueError naming the bad entry (never
+    quoting it: it is personal data)."""
+    ids: list[str] = []
+    for index, value in enumerate(match.emails):
+        ident = normalise.email(value)
+        if ident is None:
+            raise ValueError(f"match.emails[{index}]: not an email address")
+        ids.append(ident)
+    for index, value in enumerate(match.phones):
+        ident = normalise.phone(value)
+        if ident is None:
+            raise ValueError(f"match.phones[{index}]: not an international phone number "
+                             "(write it with + and the country code)")
+        ids.append(ident)
+    return tuple(dict.fromkeys(ids))
 
 
 def _timestamp(value: datetime | None) -> float | None:
@@ -97,6 +130,9 @@ def contact_from_obj(obj: Any) -> Contact:
             raise ValueError(f"keys[{index}]: {exc}") from None
     if len(set(keys)) != len(keys):
         raise ValueError("the same key is listed twice")
+    for index, known in enumerate(line.knows):
+        if not 1 <= len(known) <= 64:
+            raise ValueError(f"knows[{index}]: a contact id is 1-64 characters")
     consent = line.consent or _Consent()
     return Contact(
         id=line.id,
@@ -109,11 +145,17 @@ def contact_from_obj(obj: Any) -> Contact:
         expires_at=_timestamp(consent.expires_at),
         calibration_db=line.calibration_db,
         keys=tuple(keys),
+        display=line.display,
+        knows=frozenset(line.knows) - {line.id},
+        match=None if line.match is None else _match_ids(line.match),
     )
 
 
 def _split(cell: str | None) -> list[str]:
     return [part.strip() for part in (cell or "").split(";") if part.strip()]
+
+
+_FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False, "": False}
 
 
 def _csv_contact(row: dict[str, str | None]) -> Contact:
@@ -129,6 +171,14 @@ def _csv_contact(row: dict[str, str | None]) -> Contact:
             raise ValueError("handles must be service=handle pairs separated by ';'")
         handles[service.strip()] = handle.strip()
     obj["handles"] = handles
+    if row.get("display"):
+        flag = (row["display"] or "").strip().lower()
+        if flag not in _FLAGS:
+            raise ValueError("display must be true or false")
+        obj["display"] = _FLAGS[flag]
+    obj["knows"] = _split(row.get("knows"))
+    if row.get("emails") or row.get("phones"):
+        obj["match"] = {"emails": _split(row.get("emails")), "phones": _split(row.get("phones"))}
     consent = {k: row[k] for k in ("granted_at", "expires_at") if row.get(k)}
     if consent:
         obj["consent"] = consent
@@ -251,6 +301,10 @@ def contact_to_obj(contact: Contact) -> dict[str, Any]:
         obj["consent"] = consent
     if contact.calibration_db:
         obj["calibration_db"] = contact.calibration_db
+    if contact.display:
+        obj["display"] = True
+    if contact.knows:
+        obj["knows"] = sorted(contact.knows)
     obj["keys"] = [key_to_json(key) for key in contact.keys]
     return obj
 

@@ -6,6 +6,7 @@
     │   └── ImportRejected   an import file had bad lines; nothing was stored
     ├── ContactNotFound      no contact with that id
     ├── KeyFormatError       a key's text is not a valid key of its kind (never echoes the key)
+    ├── NetworkFileError     a network export cannot be read (never quotes its content)
     ├── SourceError          an advertisement source failed (radio, trace file, simulator)
     ├── BrokerError          the MQTT broker cannot be reached, refused us, or dropped us
     └── ProtocolError        a socket peer sent something the protocol does not allow
@@ -61,6 +62,11 @@ class ContactNotFound(HallwayError):
 
 class KeyFormatError(HallwayError, ValueError):
     """A key's text is not a valid key of its kind. The message never contains the key."""
+
+
+class NetworkFileError(HallwayError, ValueError):
+    """A network export (LinkedIn, X, vCard, CSV) cannot be read. The message names the
+    place and the reason, never the file's content."""
 
 
 class SourceError(HallwayError):

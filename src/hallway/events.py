@@ -8,7 +8,7 @@ from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
 
 
 def contact_public(contact: Contact | None, contact_id: str) -> dict[str, Any]:
-    """The contact fields an event carries: never keys, consent or calibration."""
+    """The contact fields an event carries: never keys, consent, calibration or match hashes."""
     if contact is None:
         return {"id": contact_id}
     data: dict[str, Any] = {"id": contact.id, "name": contact.name}
@@ -20,6 +20,12 @@ def contact_public(contact: Contact | None, contact_id: str) -> dict[str, Any]:
         data["handles"] = dict(contact.handles)
     if contact.tags:
         data["tags"] = list(contact.tags)
+    # SPEC §1 display/knows, left out at their defaults like the fields above; a subscriber's
+    # scope may remove them (the scope decides, not this function).
+    if contact.display:
+        data["display"] = True
+    if contact.knows:
+        data["knows"] = sorted(contact.knows)
     return data
 
 

@@ -29,7 +29,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hallway.errors import StoreError
@@ -88,26 +88,49 @@ class _Present:
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """Which contacts a subscriber wants: ``None`` means any; both given means both must match.
+    """Which contacts a subscriber wants: ``None`` means any; all given must all match.
 
-    An event whose contact carries no tags (a revoked contact's id-only departure) passes the
-    tag filter, so a tag-filtered subscriber never keeps a ghost.
+    ``knows_of`` keeps the people that contact knows (its ``knows`` as ``lookup`` has it now,
+    so a network import or a revocation takes effect at once); an unknown or revoked
+    ``knows_of`` contact knows nobody. An event whose contact carries no tags (a revoked
+    contact's id-only departure) passes the tag and ``knows_of`` filters, so a filtered
+    subscriber never keeps a ghost.
     """
 
     contacts: frozenset[str] | None = None
     tags: frozenset[str] | None = None
+    knows_of: str | None = None
+    lookup: Callable[[str], Contact | None] | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, contacts: Iterable[str] | None, tags: Iterable[str] | None) -> Filter:
-        """The filter of a request's ``contacts`` and ``tags`` lists (None: not given)."""
+    def of(
+        cls,
+        contacts: Iterable[str] | None,
+        tags: Iterable[str] | None,
+        *,
+        knows_of: str | None = None,
+        lookup: Callable[[str], Contact | None] | None = None,
+    ) -> Filter:
+        """The filter of a request's ``contacts``, ``tags`` and ``knows_of`` (None: not given)."""
         return cls(None if contacts is None else frozenset(contacts),
-                   None if tags is None else frozenset(tags))
+                   None if tags is None else frozenset(tags), knows_of, lookup)
+
+    @property
+    def everything(self) -> bool:
+        """True when this filter lets every event through."""
+        return self.contacts is None and self.tags is None and self.knows_of is None
 
     def matches(self, contact_id: str, tags: frozenset[str] | None) -> bool:
         """True if an event about ``contact_id`` with ``tags`` passes this filter."""
         if self.contacts is not None and contact_id not in self.contacts:
             return False
-        if self.tags is None or tags is None:
+        if tags is None:
+            return True
+        if self.knows_of is not None:
+            knower = self.lookup(self.knows_of) if self.lookup is not None else None
+            if knower is None or contact_id not in knower.knows:
+                return False
+        if self.tags is None:
             return True
         return not self.tags.isdisjoint(tags)
 
@@ -148,7 +171,7 @@ class Subscription:
         self._ready = asyncio.Event()
         self._on_lagged = on_lagged
         self._sink: Callable[[bytes], bool] | None = None
-        self._all = filter_.contacts is None and filter_.tags is None
+        self._all = filter_.everything
 
     def attach(self, sink: Callable[[bytes], bool]) -> None:
         """Hand later lines straight to ``sink`` while nothing is queued (no task wake-up).
@@ -546,6 +569,7 @@ class Hub:
         *,
         contacts: Sequence[str] | None = None,
         tags: Sequence[str] | None = None,
+        knows_of: str | None = None,
         since_seq: int | None = None,
         queue_size: int = 1024,
         on_lagged: Callable[[], None] | None = None,
@@ -557,7 +581,7 @@ class Hub:
         """
         if not self._started or self._closed:
             raise RuntimeError("hub is not running")
-        filter_ = Filter.of(contacts, tags)
+        filter_ = Filter.of(contacts, tags, knows_of=knows_of, lookup=self._lookup)
         seq = self._delivered_seq
         resync = since_seq is not None and (since_seq < self._horizon or since_seq > seq)
         sub = Subscription(

@@ -70,6 +70,11 @@ class Contact:
     revoked_at: float | None = None
     keys: tuple[ContactKey, ...] = ()
     calibration_db: float = 0.0
+    display: bool = False  # agreed to be shown by name on public screens (SPEC §1)
+    knows: frozenset[str] = frozenset()  # ids of enrolled people this person knows (SPEC §1)
+    # Import only: canonical ``email:``/``phone:`` identifiers for network matching, stored
+    # as salted hashes and never read back; None leaves the stored ones as they are.
+    match: tuple[str, ...] | None = None
 
     def active(self, now: float) -> bool:
         """True while the contact may be resolved: not revoked and consent not expired."""

@@ -392,6 +392,16 @@ def _since_seq(data: dict[str, Any]) -> int | None:
     return value
 
 
+def _knows_of(data: dict[str, Any]) -> str | None:
+    """The ``knows_of`` contact id of a subscribe (events about the people it knows)."""
+    value = data.get("knows_of")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise ProtocolError("bad_request", '"knows_of" must be a contact id (1-64 characters)')
+    return value
+
+
 class EventServer:
     """TCP and Unix-socket listeners speaking SPEC §6 on top of a Hub."""
 
@@ -729,10 +739,11 @@ class EventServer:
             contacts = _string_list(message, "contacts")
             tags = _string_list(message, "tags")
             since_seq = _since_seq(message)
+            knows_of = _knows_of(message)
         except ProtocolError as exc:
             raise _Reject(exc.code, str(exc)) from None
         conn.subscription = self._hub.subscribe(
-            contacts=contacts, tags=tags, since_seq=since_seq,
+            contacts=contacts, tags=tags, knows_of=knows_of, since_seq=since_seq,
             queue_size=self._config.queue_size, on_lagged=lambda: self._lagged(conn),
         )
         self._n.subscribed += 1

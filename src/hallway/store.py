@@ -27,6 +27,8 @@ import aiosqlite
 
 from hallway.errors import ContactNotFound, ImportRejected, Problem, StoreError
 from hallway.models import Contact, ContactKey, KeyKind
+from hallway.store_network import MIGRATION as NETWORK_MIGRATION
+from hallway.store_network import NetworkTables
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: contacts, keys, consent, revocations, event log, meta
@@ -82,6 +84,8 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE meta SET value = NEW.seq WHERE key = 'last_seq' AND value < NEW.seq;
     END;
     """,
+    # 4: contacts' display and knows, match hashes and their salt (hallway.store_network)
+    NETWORK_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ROWS_PER_INSERT = 1000
@@ -106,7 +110,7 @@ def _connect_error(path: str, exc: BaseException) -> StoreError:
     return StoreError(f"{path}: {reason}")
 
 
-class SqliteStore:
+class SqliteStore(NetworkTables):
     """Async access to one hallway database file. Use ``await SqliteStore.open(path)``."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
@@ -301,10 +305,11 @@ class SqliteStore:
         db = self._db
         await db.executemany("DELETE FROM keys WHERE contact_id = ?", [(c.id,) for c in contacts])
         await db.executemany(
-            "INSERT INTO contacts (id, name, org, title, handles, tags, calibration_db) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, "
+            "INSERT INTO contacts (id, name, org, title, handles, tags, calibration_db, display) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, "
             "org = excluded.org, title = excluded.title, handles = excluded.handles, "
-            "tags = excluded.tags, calibration_db = excluded.calibration_db",
+            "tags = excluded.tags, calibration_db = excluded.calibration_db, "
+            "display = excluded.display",
             [
                 (
                     c.id,
@@ -314,6 +319,7 @@ class SqliteStore:
                     json.dumps(dict(c.handles), ensure_ascii=False, sort_keys=True),
                     json.dumps(list(c.tags), ensure_ascii=False),
                     c.calibration_db,
+                    int(c.display),
                 )
                 for c in contacts
             ],
@@ -328,6 +334,7 @@ class SqliteStore:
             "INSERT INTO keys (contact_id, kind, value) VALUES (?, ?, ?)",
             [(c.id, key.kind.value, key.value) for c in contacts for key in c.keys],
         )
+        await self._write_network_rows(contacts)
 
     async def _key_owners(self) -> dict[tuple[str, str], str]:
         async with self._db.execute("SELECT kind, value, contact_id FROM keys") as cursor:
@@ -440,6 +447,7 @@ class SqliteStore:
                 raise ContactNotFound(contact_id)
             await self._db.execute("DELETE FROM events WHERE contact_id = ?", (contact_id,))
             await self._db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+            await self._forget_known(contact_id)
             await self._db.execute(
                 "INSERT OR REPLACE INTO revocations (contact_id, revoked_at) VALUES (?, ?)",
                 (contact_id, now),
@@ -485,21 +493,23 @@ class SqliteStore:
         ) as cursor:
             async for contact_id, kind, value in cursor:
                 keys.setdefault(contact_id, []).append(ContactKey(KeyKind(kind), value))
+        knows = await self._knows_map()
         contacts = []
         async with self._db.execute(
             "SELECT c.id, c.name, c.org, c.title, c.handles, c.tags, c.calibration_db, "
-            "s.granted_at, s.expires_at FROM contacts c LEFT JOIN consent s "
+            "s.granted_at, s.expires_at, c.display FROM contacts c LEFT JOIN consent s "
             "ON s.contact_id = c.id ORDER BY c.id"
         ) as cursor:
             async for row in cursor:
-                contacts.append(_contact_from_row(tuple(row), tuple(keys.get(row[0], ()))))
+                contacts.append(_contact_from_row(tuple(row), tuple(keys.get(row[0], ())),
+                                                  knows.get(row[0], frozenset())))
         return contacts
 
     async def get_contact(self, contact_id: str) -> Contact:
         """One contact with its keys, or ContactNotFound."""
         async with self._db.execute(
             "SELECT c.id, c.name, c.org, c.title, c.handles, c.tags, c.calibration_db, "
-            "s.granted_at, s.expires_at FROM contacts c LEFT JOIN consent s "
+            "s.granted_at, s.expires_at, c.display FROM contacts c LEFT JOIN consent s "
             "ON s.contact_id = c.id WHERE c.id = ?",
             (contact_id,),
         ) as cursor:
@@ -510,7 +520,8 @@ class SqliteStore:
             "SELECT kind, value FROM keys WHERE contact_id = ? ORDER BY id", (contact_id,)
         ) as cursor:
             keys = tuple([ContactKey(KeyKind(kind), value) async for kind, value in cursor])
-        return _contact_from_row(tuple(row), keys)
+        knows = (await self._knows_map(contact_id)).get(contact_id, frozenset())
+        return _contact_from_row(tuple(row), keys, knows)
 
     async def count_contacts(self) -> int:
         """How many contacts are stored."""
@@ -649,8 +660,10 @@ def _insert_events_sql(count: int) -> str:
     return _EVENT_COLUMNS + ", ".join(["(?, ?, ?, ?, ?)"] * count)
 
 
-def _contact_from_row(row: tuple[Any, ...], keys: tuple[ContactKey, ...]) -> Contact:
-    contact_id, name, org, title, handles, tags, calibration, granted, expires = row
+def _contact_from_row(
+    row: tuple[Any, ...], keys: tuple[ContactKey, ...], knows: frozenset[str]
+) -> Contact:
+    contact_id, name, org, title, handles, tags, calibration, granted, expires, display = row
     return Contact(
         id=contact_id,
         name=name,
@@ -662,4 +675,6 @@ def _contact_from_row(row: tuple[Any, ...], keys: tuple[ContactKey, ...]) -> Con
         granted_at=granted,
         expires_at=expires,
         keys=keys,
+        display=bool(display),
+        knows=knows,
     )

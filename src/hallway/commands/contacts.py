@@ -1,4 +1,4 @@
-"""``hallway contacts``: import, export, list, show, add, enroll, revoke."""
+"""``hallway contacts``: import, export, list, show, add, enroll, revoke, network."""
 
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--handle", action="append", default=[], metavar="SERVICE=HANDLE")
     p.add_argument("--tag", action="append", default=[])
     p.add_argument("--expires", metavar="ISO8601", help="consent expiry, e.g. 2026-11-23T00:00:00Z")
+    p.add_argument("--display", action="store_true",
+                   help="the person agreed to be shown by name on public screens")
+    p.add_argument("--knows", metavar="ID,...", default="",
+                   help="ids of enrolled people this person knows")
+    p.add_argument("--email", action="append", default=[],
+                   help="an address network imports may match them by (stored only as a "
+                   "salted hash)")
+    p.add_argument("--phone", action="append", default=[],
+                   help="a number (+ and country code) network imports may match them by "
+                   "(stored only as a salted hash)")
     p.set_defaults(func=run_add)
 
     p = actions.add_parser("enroll", help="print the enrollment URI and QR code",
@@ -68,6 +78,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                            parents=[common])
     p.add_argument("id")
     p.set_defaults(func=run_revoke)
+
+    from hallway.commands import network
+
+    network.register(actions, common)
 
 
 async def _open(args: argparse.Namespace, *, create: bool = True) -> SqliteStore:
@@ -224,12 +238,17 @@ def run_add(args: argparse.Namespace) -> int:
     contact_id = args.contact_id or derive_id(args.name)
     if not contact_id:
         raise HallwayError("cannot derive an id from that name; pass --id")
+    knows = frozenset(part.strip() for part in args.knows.split(",") if part.strip())
+    if any(len(known) > 64 for known in knows):
+        raise HallwayError("--knows: a contact id is 1-64 characters")
     now = time.time()
     contact = Contact(
         id=contact_id, name=args.name, org=args.org, title=args.title, handles=handles,
         tags=tuple(args.tag), granted_at=float(int(now)),
         expires_at=_parse_time(args.expires) if args.expires else None,
         keys=(ContactKey(KeyKind.HALLWAY_V1, secrets.token_bytes(16).hex()),),
+        display=args.display, knows=knows - {contact_id},
+        match=_match_ids(args.email, args.phone) if args.email or args.phone else None,
     )
 
     async def work() -> None:
@@ -242,6 +261,24 @@ def run_add(args: argparse.Namespace) -> int:
     print(f"added {contact_id}; show the enrollment code with: hallway contacts enroll "
           f"{contact_id}", file=sys.stderr)
     return 0
+
+
+def _match_ids(emails: list[str], phones: list[str]) -> tuple[str, ...]:
+    from hallway.network import normalise
+
+    ids = []
+    for number, value in enumerate(emails, start=1):
+        ident = normalise.email(value)
+        if ident is None:
+            raise HallwayError(f"--email (#{number}): not an email address")
+        ids.append(ident)
+    for number, value in enumerate(phones, start=1):
+        ident = normalise.phone(value)
+        if ident is None:
+            raise HallwayError(f"--phone (#{number}): not an international number "
+                               "(write it with + and the country code)")
+        ids.append(ident)
+    return tuple(ids)
 
 
 def run_enroll(args: argparse.Namespace) -> int:

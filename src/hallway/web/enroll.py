@@ -108,7 +108,7 @@ def contact_summary(contact: Contact) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": contact.id, "name": contact.name, "org": contact.org, "tags": list(contact.tags),
         "keys": sorted({key.kind.value for key in contact.keys}),
-        "display": bool(getattr(contact, "display", False)),
-        "knows": sorted(getattr(contact, "knows", ()) or ()),
+        "display": contact.display,
+        "knows": sorted(contact.knows),
     }
     return data

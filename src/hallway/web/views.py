@@ -31,12 +31,12 @@ def group_of(zone: str | None) -> str:
 
 def shown(contact: Contact | None) -> bool:
     """True if the contact agreed to be shown by name on public screens."""
-    return contact is not None and bool(getattr(contact, "display", False))
+    return contact is not None and contact.display
 
 
 def knows_of(contact: Contact) -> frozenset[str]:
     """The ids ``contact`` knows."""
-    return frozenset(getattr(contact, "knows", ()) or ())
+    return contact.knows
 
 
 def person(contact: Contact, *, zone: str, since: float) -> dict[str, Any]:
