@@ -31,14 +31,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from hallway.contacts_io import enroll_uri
-from hallway.errors import ContactNotFound, StoreError
+from hallway.errors import ContactNotFound, NetworkFileError, StoreError
 from hallway.hub import Hub, Subscription
 from hallway.logs import get_logger
 from hallway.models import Contact, ContactKey, KeyKind
+from hallway.network_import import import_network
 from hallway.store import SqliteStore
 from hallway.web.access import (
     COOKIE_NAME,
@@ -76,7 +78,9 @@ RECHECK_S = 1.0
 STATUS_EVERY_S = 2.0
 PING_EVERY_S = 15.0
 MAX_TIMELINE_EVENTS = 200_000
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+"""A network export uploaded from the enrollment page (read in memory, then discarded)."""
 
 
 def sse(data: Mapping[str, Any], *, event_id: int | None = None) -> bytes:
@@ -170,7 +174,7 @@ class WebServer:
 
     def app(self) -> web.Application:
         """The aiohttp application (routes and headers), also for in-process tests."""
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._headers])
+        app = web.Application(client_max_size=MAX_UPLOAD_BYTES, middlewares=[self._headers])
         page = self._page
         app.router.add_get("/", self._index)
         for name in PAGES:
@@ -185,6 +189,7 @@ class WebServer:
         app.router.add_post("/api/contacts", self._add_contact)
         app.router.add_post("/api/contacts/{id}/phone-key", self._phone_key)
         app.router.add_post("/api/contacts/{id}/revoke", self._revoke)
+        app.router.add_post("/api/contacts/{id}/network", self._network)
         return app
 
     async def start(self) -> None:
@@ -268,6 +273,8 @@ class WebServer:
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         self._require_header(request)
+        if (request.content_length or 0) > MAX_JSON_BYTES:
+            raise _Denied(_error(413, "the body is too large"))
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
@@ -333,11 +340,16 @@ class WebServer:
         return response
 
     def _session_body(self, access: Access) -> dict[str, Any]:
-        return {"access": access.summary(), "title": self._title, "role": self._role,
+        return {"signed_in": True, "access": access.summary(), "title": self._title,
+                "role": self._role,
                 "enroll_available": self._store is not None}
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self._session_body(self._access(request)))
+        try:
+            access = self._access(request)
+        except _Denied:
+            return web.json_response({"signed_in": False})
+        return web.json_response(self._session_body(access))
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -601,3 +613,32 @@ class WebServer:
         self._changed()
         log.info("web_contact_revoked", contact=contact.id)
         return web.json_response({"revoked": contact.id})
+
+    async def _network(self, request: web.Request) -> web.StreamResponse:
+        """A person's network export, matched in memory: only the matches are stored, the file
+        is discarded and nothing about it but the counts is logged or answered."""
+        store, contact = await self._in_scope(request)
+        fmt = request.query.get("format") or None
+        if fmt is not None and fmt not in ("linkedin", "x", "vcard", "csv"):
+            return _error(400, "format: one of linkedin, x, vcard, csv")
+        try:
+            data = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"the file is larger than {MAX_UPLOAD_BYTES // (1 << 20)} MiB")
+        filename = request.headers.get("X-Filename")
+        try:
+            outcome = await import_network(
+                store, contact.id, data, fmt=fmt,
+                filename=None if filename is None else unquote(filename)[:256],
+                mutual_only=request.query.get("mutual_only") == "1",
+            )
+        except NetworkFileError as exc:
+            return _error(400, f"the file cannot be read: {exc}; nothing was stored")
+        except ContactNotFound:
+            return _error(404, "no such contact")
+        finally:
+            del data
+        self._changed()
+        counts = outcome.result.counts()
+        log.info("web_network_imported", contact=contact.id, **counts)
+        return web.json_response({**counts, "knows": outcome.knows_total})

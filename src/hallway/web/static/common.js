@@ -35,8 +35,10 @@ const H = (() => {
   }
 
   async function session() {
-    const response = await fetch("/api/session", {credentials: "same-origin"});
-    return response.ok ? response.json() : null;
+    const response = await fetch("/api/session", {credentials: "same-origin"}).catch(() => null);
+    if (!response || !response.ok) return undefined;  // unreachable: not the same as signed out
+    const body = await response.json();
+    return body.signed_in ? body : null;
   }
 
   // A token handed over in the fragment (#token=...) never reaches the server in a URL: it is
@@ -45,17 +47,24 @@ const H = (() => {
     const match = location.hash.match(/(?:^#|&)token=([^&]+)/);
     if (match) {
       history.replaceState(null, "", location.pathname + location.search);
-      const response = await post("/api/login", {token: decodeURIComponent(match[1])});
+      const response = await post("/api/login", {token: decodeURIComponent(match[1])})
+        .catch(() => null);
+      if (!response) return undefined;
       if (response.ok) return response.json();
+      const body = await response.json().catch(() => ({}));
+      signInProblem = body.error || "sign-in failed";
     }
     return session();
   }
+
+  let signInProblem = "";
 
   function showSignIn(root, page, onSignedIn) {
     root.replaceChildren();
     const input = el("input", {type: "password", id: "token", autocomplete: "off",
                                placeholder: "access token", "aria-label": "access token"});
-    const message = el("p", {class: "signin-message", role: "status"});
+    const message = el("p", {class: "signin-message", role: "status", text: signInProblem});
+    signInProblem = "";
     const form = el("form", {class: "signin", id: "signin-form"},
       el("h1", {text: "hallway"}),
       el("p", {text: `Sign in with an organiser's token to open the ${page}.`}),
@@ -92,9 +101,8 @@ const H = (() => {
         handlers.state("reconnecting");
         if (source.readyState !== EventSource.CLOSED) return;  // the browser retries itself
         setTimeout(async () => {
-          const response = await fetch("/api/session", {credentials: "same-origin"})
-            .catch(() => null);
-          if (response && (response.status === 401 || response.status === 403)) {
+          const current = await session();
+          if (current === null || (current && !current.access.pages.includes(page))) {
             stopped = true;
             handlers.signedOut();
             return;
@@ -109,16 +117,20 @@ const H = (() => {
 
   // Every page keeps the seqs it applied (window.hallwayApplied) so a reconnect can be checked
   // to neither lose nor repeat an event.
+  // (and when: window.hallwayTimes[seq], wall-clock seconds, for the latency figures).
   function tracker() {
     const applied = [];
+    const times = {};
     window.hallwayApplied = applied;
+    window.hallwayTimes = times;
     let last = null;
     return {
-      fresh(seq) { return last === null || seq > last; },
       apply(seq) {
         if (last !== null && seq <= last) return false;
         last = seq;
         applied.push(seq);
+        times[seq] = Date.now() / 1000;
+        if (applied.length > 20000) delete times[applied[0]];
         if (applied.length > 20000) applied.splice(0, applied.length - 20000);
         return true;
       },
@@ -129,7 +141,7 @@ const H = (() => {
 
   function clock(ts) {
     const d = new Date(ts * 1000);
-    return d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    return d.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"});
   }
 
   function hue(text) {
@@ -166,6 +178,16 @@ const H = (() => {
     return false;
   }
 
-  return {el, svg, post, gate, session, signIn, showSignIn, stream, tracker, clock, hue, initials,
+  // Start a page: signed in -> start; signed out -> the sign-in form; server unreachable ->
+  // try again shortly (a kiosk switched on before the daemon).
+  function boot(start, signedOut) {
+    signIn().then((current) => {
+      if (current) start(current);
+      else if (current === null) signedOut();
+      else setTimeout(() => boot(start, signedOut), 2000);
+    });
+  }
+
+  return {el, svg, post, gate, boot, session, signIn, showSignIn, stream, tracker, clock, hue, initials,
           setState};
 })();

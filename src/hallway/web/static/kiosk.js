@@ -57,7 +57,7 @@
     if (item.type === "arrived") text = item.name ? `${item.name} arrived` : "someone arrived";
     else if (item.type === "departed") text = item.name ? `${item.name} left` : "someone left";
     else return;
-    feedItems.push({ts: item.ts, type: item.type, text});
+    feedItems.push({ts: item.ts, type: item.type, text, id: item.name ? item.id : null});
     if (feedItems.length > 200) feedItems = feedItems.slice(-FEED_LINES);
   }
 
@@ -113,7 +113,7 @@
       people.clear();
       for (const p of m.people) people.set(p.id, p);
       hidden = m.hidden;
-      if (seqs.last === null || m.seq > seqs.last) seqs.reset(m.seq);
+      if (m.resync || seqs.last === null || m.seq > seqs.last) seqs.reset(m.seq);
       render();
       return;
     }
@@ -121,13 +121,21 @@
     if (m.hidden) hidden = m.hidden;
     if (m.type === "arrived" || m.type === "zone") {
       people.set(m.person.id, m.person);
-      if (m.type === "arrived") feed({ts: m.ts, type: "arrived", name: m.person.name});
+      if (m.type === "arrived") feed({ts: m.ts, type: "arrived", id: m.person.id, name: m.person.name});
       if (m.greet) greet(m.greet);
     } else if (m.type === "departed" || m.type === "hide") {
       const p = people.get(m.id);
       people.delete(m.id);
       dismissGreeting(m.id);
-      if (m.type === "departed") feed({ts: m.ts, type: "departed", name: p ? p.name : m.name});
+      if (m.type === "hide" || m.reason === "revoked") {
+        // No longer to be shown, or revoked: forget every line that names them.
+        feedItems = feedItems.filter((item) => item.id !== m.id);
+        const box = document.getElementById("greet");
+        if (p && box.textContent.includes(p.name)) box.hidden = true;
+        if (m.reason === "revoked") feed({ts: m.ts, type: "departed"});
+      } else {
+        feed({ts: m.ts, type: "departed", id: m.id, name: p ? p.name : m.name});
+      }
     } else if (m.type === "hidden") {
       if (m.change === "arrived" || m.change === "departed") feed({ts: m.ts, type: m.change});
     }
@@ -151,7 +159,5 @@
     H.stream("kiosk", {message: onMessage, state: H.setState, signedOut});
   }
 
-  H.signIn().then((session) => {
-    if (session) start(session); else signedOut();
-  });
+  H.boot(start, signedOut);
 })();
