@@ -111,11 +111,11 @@ class KioskView:
         if kind == "departed":
             gone = self._shown.pop(contact_id, None)
             if gone is not None:
-                message = {**base, "type": "departed", "id": contact_id,
+                gone_message = {**base, "type": "departed", "id": contact_id,
                            "reason": event.get("reason")}
                 if event.get("reason") != "revoked":  # revoked: the page forgets the name
-                    message["name"] = gone["name"]
-                return message
+                    gone_message["name"] = gone["name"]
+                return gone_message
             self._hidden.pop(contact_id, None)
             return {**base, "type": "hidden", "change": "departed",
                     "hidden": self.hidden_counts()}
