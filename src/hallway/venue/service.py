@@ -29,7 +29,7 @@ import aiomqtt
 from hallway import __version__
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
-from hallway.errors import BrokerError, HallwayError
+from hallway.errors import BrokerError, ConfigError, HallwayError, Problem
 from hallway.hub import Hub
 from hallway.lifecycle import bounded, close_edges, stop_front
 from hallway.logs import get_logger
@@ -51,6 +51,8 @@ from hallway.server import EventServer, load_tokens
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
+from hallway.web.access import StaticTokens, load_session_key
+from hallway.web.app import WebServer
 
 log = get_logger(__name__)
 
@@ -95,6 +97,8 @@ class VenueService:
             0,
         )
         self.tcp_port: int | None = None
+        self.web_port: int | None = None
+        self._web: WebServer | None = None
         self.tokens: list[str] = []
         self.announced_name: str | None = None
         self._store: SqliteStore | None = None
@@ -167,12 +171,36 @@ class VenueService:
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
+        if config.web.enabled:
+            await self._start_web()
         if config.mdns.enabled and self.tcp_port is not None:
             self._announcer = ZeroconfAnnouncer(
                 config.mdns, scanner=config.scanner.name, port=self.tcp_port,
                 auth="token" if self.tokens else "none", role="venue",
                 host=config.server.tcp_host,
             )
+
+    async def _start_web(self) -> None:
+        """The kiosk and dashboard over the venue's hub (no enrollment: no contact store)."""
+        web = self.config.web
+        if not self.tokens:
+            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
+                                       'auth (server.auth = "token")')])
+        hub = self._running_hub()
+        assert self._store is not None
+        self._web = WebServer(
+            host=web.host, port=web.port, hub=hub, log_store=self._store,
+            authority=StaticTokens(self.tokens),
+            session_key=load_session_key(self._state_dir), session_s=web.session_s,
+            lookup=self._contacts.get, status=self.status, clock=self.now, title=web.title,
+            chart_hours=web.chart_hours, max_streams=web.max_streams, role="venue",
+        )
+        try:
+            await self._web.start()
+        except OSError as exc:
+            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
+                                       f"{web.port}: {exc.strerror or exc}")]) from None
+        self.web_port = self._web.port
 
     def now(self) -> float:
         """The venue's clock: ``clock`` plus the lead of the most advanced scanner's clock.
@@ -388,6 +416,8 @@ class VenueService:
                         publisher: asyncio.Task[None]) -> None:
         log.info("venue_stopping")
         self._notifier.send(stopping=1, status="stopping")
+        if self._web is not None:
+            await bounded(self._web.close(), "close_web")
         await stop_front(announcer=self._announcer, server=self._server, tasks=tasks)
         self._announcer = None
         self._publish(self.arbiter.shutdown(self.now()))
@@ -399,6 +429,8 @@ class VenueService:
         await asyncio.gather(publisher, return_exceptions=True)
 
     async def _close_all(self) -> None:
+        if self._web is not None:
+            await bounded(self._web.close(), "close_web")
         await close_edges(announcer=self._announcer, server=self._server, hub=self._hub,
                           store=self._store)
         self._notifier.close()
