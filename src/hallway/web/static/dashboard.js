@@ -34,8 +34,8 @@
     const y = (v) => T + (Ht - T - B) * (1 - v / top);
     const root = H.svg("svg", {viewBox: `0 0 ${W} ${Ht}`, role: "img",
                                  "aria-label": "people present over time, by zone"});
-    for (let k = 0; k <= 4; k++) {
-      const v = top * k / 4;
+    const tick = top <= 5 ? 1 : top / 5;
+    for (let v = 0; v <= top + 1e-9; v += tick) {
       root.append(H.svg("line", {class: "gridline", x1: L, x2: W - R, y1: y(v), y2: y(v)}),
                   H.svg("text", {class: "axis", x: L - 6, y: y(v) + 4, "text-anchor": "end", text: String(Math.round(v))}));
     }
@@ -51,6 +51,7 @@
     }
     const step = Math.max(1, Math.round(n / 6));
     for (let i = 0; i < n; i += step) {
+      if (x(i) > W - R - 30) continue;  // no label cut off at the right edge
       root.append(H.svg("text", {class: "axis", x: x(i), y: Ht - 6, "text-anchor": "middle",
                                  text: hhmm(series.start + i * series.bucket_s)}));
     }

@@ -78,15 +78,17 @@
       revoke.addEventListener("click", () => { if (confirm(`Revoke ${c.name}? Their keys and events are deleted at once.`)) action(c.id, "revoke"); });
       const key = H.el("button", {class: "button secondary small", type: "button", text: "New phone key"});
       key.addEventListener("click", () => action(c.id, "phone-key"));
-      const file = H.el("input", {type: "file", class: "hide-narrow", "aria-label": `network file of ${c.name}`,
+      const file = H.el("input", {type: "file", class: "file", "aria-label": `network file of ${c.name}`,
                                   accept: ".csv,.vcf,.zip,.js,.txt"});
       file.addEventListener("change", () => upload(c.id, file.files[0]).finally(() => { file.value = ""; }));
+      const pick = H.el("label", {class: "button secondary small hide-narrow", title: "LinkedIn or X export, vCard, CSV"},
+                        "Import network…", file);
       return H.el("tr", {"data-id": c.id},
         H.el("td", {text: c.id}), H.el("td", {text: c.name}),
         H.el("td", {class: "hide-narrow", text: c.org || ""}),
         H.el("td", {class: "hide-narrow", text: c.keys.join(", ") || "–"}),
         H.el("td", {class: "hide-narrow", text: c.display ? "yes" : "no"}),
-        H.el("td", {}, H.el("span", {class: "muted", text: `knows ${c.knows.length} `}), file),
+        H.el("td", {}, H.el("span", {class: "muted", text: `knows ${c.knows.length} `}), pick),
         H.el("td", {}, key, " ", revoke));
     }));
   }

@@ -4,6 +4,8 @@
 
 (() => {
   const FEED_LINES = 12;
+  const ROOM_MAX = 20;
+  const CLOSE_MAX = 7;
   const GREET_S = 12;
   const people = new Map();       // id -> person {id, name, org, title, tags, zone, since}
   let hidden = {close: 0, room: 0};
@@ -33,8 +35,9 @@
       const mine = [...people.values()].filter((p) => group(p.zone) === g)
         .sort((a, b) => (g === "close" && (a.zone === "immediate") !== (b.zone === "immediate"))
           ? (a.zone === "immediate" ? -1 : 1) : a.name.localeCompare(b.name));
-      list.replaceChildren(...mine.map(card));
-      const n = hidden[g] || 0;
+      const fits = g === "room" ? ROOM_MAX : CLOSE_MAX;  // a screen read from 3 m never scrolls
+      list.replaceChildren(...mine.slice(0, fits).map(card));
+      const n = (hidden[g] || 0) + Math.max(0, mine.length - fits);
       const others = document.getElementById(`others-${g}`);
       others.textContent = n === 0 ? "" :
         (mine.length ? `+ ${n} more ${n === 1 ? "person" : "people"}` :
