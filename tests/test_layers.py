@@ -16,6 +16,7 @@ CORE = [
     "hallway.identity",
     "hallway.proximity",
     "hallway.pipeline",
+    "hallway.web.views",
 ]
 FORBIDDEN = ["asyncio", "bleak", "aiosqlite", "zeroconf", "structlog", "dbus_fast", "sqlite3"]
 

@@ -79,9 +79,10 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> float:
 def test_pages_load_clean_and_kiosk_shows_arrivals_within_a_second(
     tmp_path: Path, browser: Browser
 ) -> None:
-    count = 50
+    count = 60
+    near = {0, 2, 4}  # shown people standing at the booth: greeted
     # Arrivals start once the pages are open (the daemon and the pages take a few seconds).
-    venue = make_venue(tmp_path, count, every_s=0.35, lead_s=10.0)
+    venue = make_venue(tmp_path, count, every_s=0.3, lead_s=12.0, near=near)
     venue.start()
     recorder = Recorder(venue.port)
     recorder.start()
@@ -98,28 +99,34 @@ def test_pages_load_clean_and_kiosk_shows_arrivals_within_a_second(
         assert cookies[0]["httpOnly"]
         assert cookies[0]["sameSite"] == "Strict"
         assert TOKEN not in cookies[0]["value"]
-        # 50 arrivals: when each reached the kiosk against when a socket subscriber got it.
+        # Arrivals: when each reached the kiosk against when a socket subscriber got it.
         _wait(lambda: len(recorder.arrivals()) >= count, 60, f"{count} arrivals")
         time.sleep(1.5)
         arrived = recorder.arrivals()
         times = kiosk.page.evaluate("window.hallwayTimes")
-        assert all(str(seq) in times for seq in arrived), "an arrival came before the page"
-        latencies = [float(times[str(seq)]) - at for seq, at in arrived.items()]
-        assert len(latencies) == count
+        live = {seq: at for seq, at in arrived.items() if str(seq) in times}
+        latencies = [float(times[str(seq)]) - at for seq, at in live.items()]
+        assert len(latencies) >= 50, f"only {len(latencies)} arrivals after the page opened"
         p95 = statistics.quantiles(latencies, n=20)[-1]
-        print(f"\nkiosk arrival latency over {count} events: p50 "
+        print(f"\nkiosk arrival latency over {len(latencies)} events: p50 "
               f"{statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max "
               f"{max(latencies) * 1000:.0f} ms")
         assert p95 < 1.0, latencies
-        # Shown people are on the kiosk by name; the others only counted, never in the DOM.
+        # Shown people are on the kiosk by name (as many as fit the screen, the rest counted);
+        # the others only counted, never in the DOM.
         shown = _shown_names(kiosk.page)
-        expected = {f"Person{i:03d} Surname{i:03d}" for i in range(0, count, 2)}
-        assert shown == expected
+        assert shown <= {f"Person{i:03d} Surname{i:03d}" for i in range(0, count, 2)}
+        assert len(shown) >= 20
+        assert {f"Person{i:03d} Surname{i:03d}" for i in near} <= shown
         html = kiosk.html()
         for i in range(1, count, 2):
             assert f"Person{i:03d}" not in html
             assert f"p-{i:03d}" not in html
         assert kiosk.page.text_content("#count") == str(count)
+        # The ones at the booth were greeted with whom they know here (each knows the next
+        # two; of those only the shown one may be named).
+        greet = kiosk.page.text_content("#greet") or ""
+        assert greet.startswith("Hello, Person00"), greet
         # The dashboard lists everyone (an organiser's token), the chart is drawn.
         dashboard = pages["dashboard"]
         _wait(lambda: dashboard.page.locator("#present tr").count() == count, 5,
