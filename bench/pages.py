@@ -108,6 +108,14 @@ def main() -> int:
                         page.goto(f"{base}/{page_name}#token={TOKEN}")
                         page.wait_for_selector("#live[data-state=live]", timeout=20_000)
                         time.sleep(2.0)
+                        if page_name == "enroll" and suffix == "desktop":
+                            # Show the page as it is used: someone just added, code shown once.
+                            page.fill("#f-name", "Ada Example")
+                            page.fill("#f-org", "Analytical Engines")
+                            page.fill("#f-tags", "speaker, privacy")
+                            page.check("#f-display")
+                            page.click("#add")
+                            page.wait_for_selector("#qr", timeout=10_000)
                         path = args.shots / f"page-{page_name}-{suffix}.png"
                         page.screenshot(path=str(path))
                         print(f"wrote {path}")

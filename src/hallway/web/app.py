@@ -73,6 +73,8 @@ STREAM_QUEUE = 1024
 """Events buffered per stream; a browser further behind is cut off and resumes by seq."""
 MAX_HISTORY = 5000
 """Missed events sent in a snapshot; further behind, the page is told to start afresh."""
+RECENT_EVENTS = 60
+"""Events a page's first stream shows in its feed (the ones before it opened)."""
 RECHECK_S = 1.0
 """How often an open stream asks whether its session is still valid."""
 STATUS_EVERY_S = 2.0
@@ -393,10 +395,16 @@ class WebServer:
         return response
 
     async def _history(self, sub: Subscription) -> tuple[list[dict[str, Any]], bool]:
-        """The events in (since_seq, snapshot seq]; True when they are not all available."""
+        """The events in (since_seq, snapshot seq] (a page's first stream: the last few, for
+        its feed); True when they are not all available."""
         try:
-            if sub.resync or not sub.needs_replay or sub.since_seq is None:
-                return [], sub.resync
+            if sub.resync:
+                return [], True
+            if sub.since_seq is None:
+                page = await self._hub.replay(sub, after=max(0, sub.seq - RECENT_EVENTS))
+                return ([] if page is None else [json.loads(line) for line in page[1]]), False
+            if not sub.needs_replay:
+                return [], False
             cursor = sub.since_seq
             events: list[dict[str, Any]] = []
             while cursor < sub.seq:

@@ -26,7 +26,7 @@
   function drawPresent() {
     const box = $("chart-present");
     if (!series) { box.replaceChildren(H.el("p", {class: "muted", text: "loading…"})); return; }
-    const W = 800, Ht = 260, L = 36, R = 8, T = 10, B = 26;
+    const W = 800, Ht = 260, L = 36, R = 8, T = 16, B = 26;
     const n = series.zones.far.length;
     const totals = [...Array(n).keys()].map((i) => ZONES.reduce((s, z) => s + (series.zones[z] || [])[i] || 0, 0));
     const top = nice(Math.max(1, ...totals));
@@ -93,8 +93,15 @@
       if (i % 10 === 0) root.append(H.svg("text", {class: "axis", x: L + i * bw, y: Ht - 6, text: hhmm(t)}));
     }
     box.replaceChildren(root);
-    $("t-arrivals").textContent = String(arr[count - 1] || 0);
-    $("t-departures").textContent = String(dep[count - 1] || 0);
+  }
+
+  // Arrivals and departures in the last minute, live (the chart's buckets come every 30 s).
+  const recent = [];
+  function flowTiles() {
+    const now = Date.now();
+    while (recent.length && now - recent[0][0] > 60000) recent.shift();
+    $("t-arrivals").textContent = String(recent.filter((r) => r[1] === "arrived").length);
+    $("t-departures").textContent = String(recent.filter((r) => r[1] === "departed").length);
   }
 
   async function loadTimeline() {
@@ -193,7 +200,17 @@
     if (m.type === "snapshot") {
       role = m.role || role;
       if (m.resync) feed = [];
-      for (const ev of m.history || []) if (seqs.apply(ev.seq) && ev.type !== "zone") feed.push(ev);
+      const history = m.history || [];
+      const newest = history.length ? history[history.length - 1].ts : 0;
+      for (const ev of history) {
+        if (!seqs.apply(ev.seq)) continue;
+        if (ev.type !== "zone") feed.push(ev);
+        if ((ev.type === "arrived" || ev.type === "departed") && newest - ev.ts < 60) {
+          recent.push([Date.now() - (newest - ev.ts) * 1000, ev.type]);
+        }
+      }
+      recent.sort((a, b) => a[0] - b[0]);
+      flowTiles();
       present.clear();
       for (const e of m.present) present.set(e.contact.id, e);
       if (m.resync || seqs.last === null || m.seq > seqs.last) seqs.reset(m.seq);
@@ -203,6 +220,7 @@
     }
     if (m.seq === undefined || !seqs.apply(m.seq)) return;
     apply(m);
+    if (m.type === "arrived" || m.type === "departed") { recent.push([Date.now(), m.type]); flowTiles(); }
     renderNow();
   }
 
@@ -225,6 +243,7 @@
     drawPresent();
     H.stream("dashboard", {message: onMessage, state: H.setState, signedOut});
     timer = setInterval(loadTimeline, 30000);
+    setInterval(flowTiles, 1000);
   }
 
   H.boot(start, signedOut);
