@@ -375,3 +375,41 @@ def test_problems_are_named() -> None:
         "scanning, but nothing is heard: is the adapter in range of anyone?"]
     venue = problems({"role": "venue", "broker_connected": False, "scanners_offline": ["b"]})
     assert len(venue) == 2
+
+
+async def test_venue_role_has_no_enrollment(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "venue.db")
+    hub = Hub(store, scanner="venue", contact_lookup=lambda _id: None, retention_s=3600,
+              retention_count=1000, batch_window_s=0.0)
+    await hub.start()
+    server = WebServer(
+        host="127.0.0.1", port=0, hub=hub, log_store=store, authority=StaticTokens([TOKEN]),
+        session_key=b"k" * 32, session_s=3600, lookup=lambda _id: None,
+        status=lambda: {"role": "venue", "broker_connected": False, "scanners_offline": ["b"]},
+        clock=time.time, title="Venue", chart_hours=1, role="venue",
+    )
+    await server.start()  # a real listener on a free port
+    assert server.port
+    client: TestClient[Any, Any] = TestClient(TestServer(server.app()))
+    await client.start_server()
+    try:
+        await _login(client, TOKEN)
+        session = await (await client.get("/api/session")).json()
+        assert session["role"] == "venue"
+        assert session["enroll_available"] is False
+        assert (await client.get("/api/contacts")).status == 404
+        assert (await client.get("/api/stream/enroll")).status == 404
+        response = await client.get("/api/stream/dashboard")
+        status: dict[str, Any] = {}
+        async with asyncio_timeout(5):
+            while status.get("type") != "status":
+                line = await response.content.readline()
+                if line.startswith(b"data: "):
+                    status = json.loads(line[6:])
+        response.close()
+        assert status["problems"][0].startswith("the MQTT broker cannot be reached")
+    finally:
+        await client.close()
+        await server.close()
+        await hub.close()
+        await store.close()
