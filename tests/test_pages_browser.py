@@ -300,3 +300,39 @@ def test_revoked_person_leaves_every_open_page_within_two_seconds(
         for watched in pages.values():
             watched.close()
         venue.stop()
+
+
+def test_demo_prints_the_kiosk_first_and_the_page_shows_people(
+    tmp_path: Path, browser: Browser
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.pages_env import env
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "hallway", "demo", "--port", "0", "--web-port", "0", "--quiet",
+         "--duration", "90", "--unix", str(tmp_path / "demo.sock")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env())
+    watched = Watched(browser)
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline().strip()
+        assert first.startswith("kiosk: http://127.0.0.1:"), first
+        url = first.removeprefix("kiosk: ")
+        assert "/kiosk#token=" in url  # the token rides in the fragment, never sent
+        watched.page.goto(url)
+        watched.page.wait_for_selector(".person", timeout=30_000)
+        assert "token" not in watched.page.url
+        assert watched.errors == []
+    finally:
+        watched.close()
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.wait(20)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
+        if demo.stdout is not None:
+            demo.stdout.close()

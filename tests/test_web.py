@@ -37,7 +37,7 @@ def _contacts() -> list[Contact]:
         Contact(id="c-ada", name="Ada Lovelace", org="Engines", tags=("speaker",),
                 display=True, knows=frozenset({"c-grace"})),
         Contact(id="c-grace", name="Grace Hopper", org="Navy", tags=("speaker",),
-                display=True),
+                display=True, handles={"linkedin": "grace-hopper"}),
         Contact(id="c-hidden", name="Hidden Person", org="Engines", tags=("speaker",),
                 display=False),
         Contact(id="c-staff", name="Staff Member", tags=("staff",), display=True),
@@ -413,3 +413,32 @@ async def test_venue_role_has_no_enrollment(tmp_path: Path) -> None:
         await server.close()
         await hub.close()
         await store.close()
+
+
+async def test_network_upload_is_matched_in_memory_and_only_matches_kept(
+    rig: tuple[Rig, TestClient[Any, Any]],
+) -> None:
+    r, client = rig
+    logged = io.StringIO()
+    configure_logging(LoggingConfig(level="debug", format="json"), stream=logged)
+    await _login(client, TOKEN)
+    export = (b"url,email\n"
+              b"https://www.linkedin.com/in/grace-hopper,\n"
+              b"https://www.linkedin.com/in/nobody-enrolled-here,stranger@example.org\n")
+    response = await client.post("/api/contacts/c-staff/network?format=csv", data=export,
+                                 headers={**HEADERS, "X-Filename": "connections.csv"})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["read"] == 2
+    assert body["matched"] == 1
+    assert body["knows"] == 1
+    assert (await r.store.get_contact("c-staff")).knows == frozenset({"c-grace"})
+    for secret in ("nobody-enrolled-here", "stranger@example.org", "connections.csv"):
+        assert secret not in logged.getvalue()
+        assert secret not in await response.text()
+    unreadable = await client.post("/api/contacts/c-staff/network?format=x",
+                                   data=b"\x00\x01 not an archive", headers=HEADERS)
+    assert unreadable.status == 400
+    assert "nothing was stored" in (await unreadable.json())["error"]
+    assert (await client.post("/api/contacts/c-nobody/network", data=export,
+                              headers=HEADERS)).status == 404
