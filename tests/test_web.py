@@ -442,3 +442,24 @@ async def test_network_upload_is_matched_in_memory_and_only_matches_kept(
     assert "nothing was stored" in (await unreadable.json())["error"]
     assert (await client.post("/api/contacts/c-nobody/network", data=export,
                               headers=HEADERS)).status == 404
+
+
+def test_venue_keeps_display_and_knows_from_the_scanners_events() -> None:
+    from hallway.config import VenueConfig
+    from hallway.mqtt import public_event
+    from hallway.venue.arbiter import Arbiter
+
+    event = public_event({"type": "arrived", "seq": 1, "ts": 10.0, "zone": "near",
+                          "contact": {"id": "c-ada", "name": "Ada", "display": True,
+                                      "knows": ["c-grace"], "keys": "never carried"}})
+    assert event is not None
+    assert "keys" not in event["contact"]
+    arbiter = Arbiter(VenueConfig(), path_loss_exponent=2.0)
+    arbiter.seen("kiosk-a", event["contact"], ts=10.0, distance_m=2.0, now=10.0, zone="near",
+                 rssi=-60.0, via="address")
+    contact = arbiter.contact("c-ada")
+    assert contact is not None
+    assert contact.display is True
+    assert contact.knows == frozenset({"c-grace"})
+    assert KioskView(arbiter.contact).feed_item(
+        {"seq": 1, "ts": 10.0, "type": "arrived", "contact": {"id": "c-ada"}})["name"] == "Ada"
