@@ -210,6 +210,8 @@ async def test_kiosk_stream_never_carries_a_hidden_person(
     assert b"c-hidden" not in raw
     snapshot = messages[0]
     assert [p["id"] for p in snapshot["people"]] == ["c-grace"]
+    # Grace shares her LinkedIn handle: the kiosk can show its QR code to connect.
+    assert snapshot["people"][0]["connect"].startswith("data:image/svg+xml")
     assert snapshot["hidden"] == {"close": 1, "room": 0}
     ada = messages[1]
     assert ada["type"] == "arrived"
@@ -463,3 +465,14 @@ def test_venue_keeps_display_and_knows_from_the_scanners_events() -> None:
     assert contact.knows == frozenset({"c-grace"})
     assert KioskView(arbiter.contact).feed_item(
         {"seq": 1, "ts": 10.0, "type": "arrived", "contact": {"id": "c-ada"}})["name"] == "Ada"
+
+
+def test_profile_links_from_shared_handles() -> None:
+    from hallway.web.views import profile_links
+
+    assert profile_links({"linkedin": "ada-lovelace", "twitter": "@ada",
+                          "mastodon": "https://example.social/@ada", "email": "a/b"}) == [
+        {"service": "linkedin", "url": "https://www.linkedin.com/in/ada-lovelace"},
+        {"service": "twitter", "url": "https://x.com/ada"},
+        {"service": "mastodon", "url": "https://example.social/@ada"},
+    ]

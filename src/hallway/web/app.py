@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
 import ssl
@@ -90,6 +91,22 @@ def sse(data: Mapping[str, Any], *, event_id: int | None = None) -> bytes:
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}data: {text}\n\n".encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _link_qr(url: str) -> str:
+    """A profile link's QR code (SVG data URI), so someone at the kiosk can connect."""
+    return qr_data_uri(url)
+
+
+def _with_qr(message: dict[str, Any]) -> dict[str, Any]:
+    """Kiosk people with a profile link carry its QR code (``connect``)."""
+    people = message.get("people") or ([message["person"]] if "person" in message else [])
+    for entry in people:
+        links = entry.get("links")
+        if links and "connect" not in entry:
+            entry["connect"] = _link_qr(links[0]["url"])
+    return message
 
 
 def _since(request: web.Request) -> int | None:
@@ -435,7 +452,7 @@ class WebServer:
         kiosk = KioskView(self._lookup) if page == "kiosk" else None
         if kiosk is not None:
             kiosk.reset(sub.present)
-            first = kiosk.snapshot(seq=sub.seq, history=history, resync=resync)
+            first = _with_qr(kiosk.snapshot(seq=sub.seq, history=history, resync=resync))
             first["title"] = self._title
         else:
             first = {"type": "snapshot", "seq": sub.seq, "present": sub.present,
@@ -453,7 +470,7 @@ class WebServer:
             out = []
             for line in lines:
                 event = json.loads(line)
-                message = kiosk.apply(event) if kiosk is not None else event
+                message = _with_qr(kiosk.apply(event)) if kiosk is not None else event
                 out.append(sse(message, event_id=int(event["seq"])))
             now = time.monotonic()
             if now - checked >= RECHECK_S:

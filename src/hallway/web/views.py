@@ -39,10 +39,30 @@ def knows_of(contact: Contact) -> frozenset[str]:
     return contact.knows
 
 
+PROFILE_URLS = {"linkedin": "https://www.linkedin.com/in/{}", "twitter": "https://x.com/{}",
+                "x": "https://x.com/{}"}
+
+
+def profile_links(handles: Mapping[str, str]) -> list[dict[str, str]]:
+    """The handles a person shares as profile links (LinkedIn, X; any https URL as given)."""
+    links = []
+    for service, raw in handles.items():
+        handle = raw.strip().lstrip("@")
+        if handle.startswith("https://"):
+            links.append({"service": service, "url": handle})
+        elif service.lower() in PROFILE_URLS and handle and "/" not in handle:
+            links.append({"service": service,
+                          "url": PROFILE_URLS[service.lower()].format(handle)})
+    return links
+
+
 def person(contact: Contact, *, zone: str, since: float) -> dict[str, Any]:
     """A shown person as the kiosk draws them."""
     data: dict[str, Any] = {"id": contact.id, "name": contact.name, "zone": zone,
                             "since": round(since, 3)}
+    links = profile_links(contact.handles)
+    if links:
+        data["links"] = links
     if contact.org:
         data["org"] = contact.org
     if contact.title:

@@ -129,7 +129,7 @@
     entries.sort((a, b) => ZONES.indexOf(a.zone) - ZONES.indexOf(b.zone) ||
       String(a.contact.name || a.contact.id).localeCompare(String(b.contact.name || b.contact.id)));
     $("present").replaceChildren(...entries.slice(0, 200).map((e) => H.el("tr", {"data-id": e.contact.id},
-      H.el("td", {text: e.contact.name || e.contact.id}),
+      H.el("td", {}, e.contact.name || e.contact.id, ...profileLinks(e.contact.handles)),
       H.el("td", {class: "hide-narrow", text: e.contact.org || ""}),
       H.el("td", {}, H.el("span", {class: `zone-dot c-${e.zone}`}), e.room ? `${e.zone} · ${e.room}` : e.zone),
       H.el("td", {class: "num hide-narrow", text: e.distance_m === undefined ? "" : `${Number(e.distance_m).toFixed(1)} m`}),
@@ -144,6 +144,16 @@
       return H.el("li", {class: ev.reason === "revoked" ? "revoked" : ""},
         H.el("time", {text: H.clock(ev.ts)}), H.el("span", {text: text}));
     }));
+  }
+
+  // The handles a person shares, as links to their profiles.
+  function profileLinks(handles) {
+    const urls = {linkedin: "https://www.linkedin.com/in/", twitter: "https://x.com/", x: "https://x.com/"};
+    return Object.entries(handles || {}).flatMap(([service, handle]) => {
+      const h = String(handle).replace(/^@/, "");
+      const url = h.startsWith("https://") ? h : (urls[service] && !h.includes("/") ? urls[service] + h : null);
+      return url ? [" ", H.el("a", {href: url, rel: "noopener noreferrer", target: "_blank", class: "muted", text: service})] : [];
+    });
   }
 
   function pill(text, level) { return H.el("span", {class: `pill ${level}`, text}); }

@@ -21,12 +21,16 @@
     avatar.style.setProperty("--hue", H.hue(p.id));
     const sub = [p.title, p.org].filter(Boolean).join(" · ");
     const tags = (p.tags || []).slice(0, 4).map((t) => H.el("span", {class: "tag", text: t}));
+    // Close by, someone can scan the person's profile link to connect.
+    const qr = p.connect && group(p.zone) === "close"
+      ? H.el("img", {class: "connect", src: p.connect, alt: `${p.links[0].service} profile`}) : null;
     return H.el("li", {class: `person zone-${p.zone}`, "data-id": p.id},
       avatar,
       H.el("span", {class: "who"},
         H.el("span", {class: "name", text: p.name}),
         sub ? H.el("span", {class: "org", text: sub}) : null,
-        tags.length ? H.el("span", {class: "tags"}, ...tags) : null));
+        tags.length ? H.el("span", {class: "tags"}, ...tags) : null),
+      qr);
   }
 
   function render() {
