@@ -21,6 +21,7 @@ CORE = [
     "hallway.filters",
     "hallway.session",
     "hallway.checkin.guard",
+    "hallway.web.views",
 ]
 FORBIDDEN = ["asyncio", "bleak", "aiosqlite", "zeroconf", "structlog", "dbus_fast", "sqlite3"]
 

@@ -306,6 +306,18 @@ class CheckinConfig(_Section):
     """A local name to advertise with the service (none by default: less on the air)."""
 
 
+class WebConfig(_Section):
+    """The web pages (kiosk, dashboard, enrollment) on their own HTTP(S) port."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=7448, ge=0, le=65535)
+    session_s: float = Field(default=7 * 86400.0, gt=0, le=366 * 86400.0)
+    chart_hours: float = Field(default=3.0, gt=0, le=48)
+    title: str = Field(default="Who is here", min_length=1, max_length=80)
+    max_streams: int = Field(default=64, ge=1, le=10_000)
+
+
 class Config(_Section):
     """The whole configuration."""
 
@@ -319,6 +331,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     venue: VenueConfig = VenueConfig()
     checkin: CheckinConfig = CheckinConfig()
+    web: WebConfig = WebConfig()
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data with secrets replaced by ``***``."""

@@ -17,12 +17,15 @@ CSV header (first line; ``id`` and ``name`` required, the rest optional, any ord
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -309,6 +312,21 @@ def contact_to_obj(contact: Contact) -> dict[str, Any]:
 def contact_to_line(contact: Contact) -> str:
     """One JSON line (no newline) of the export."""
     return json.dumps(contact_to_obj(contact), ensure_ascii=False, separators=(", ", ": "))
+
+
+_ID_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def derive_id(name: str) -> str:
+    """A contact id made from a name (lower case, runs of other characters as '-'); may be
+    empty."""
+    return _ID_CHARS.sub("-", name.lower()).strip("-")[:64]
+
+
+def enroll_uri(contact_id: str, key_hex: str) -> str:
+    """The SPEC §3 enrollment URI for a contact's hallway-v1 key."""
+    k = base64.urlsafe_b64encode(bytes.fromhex(key_hex)).rstrip(b"=").decode()
+    return f"hallway://enroll?v=1&id={quote(contact_id, safe='')}&k={k}"
 
 
 def export_lines(contacts: Sequence[Contact]) -> list[str]:

@@ -66,6 +66,9 @@ def configure_logging(config: LoggingConfig, *, stream: Any = None) -> None:
     for name in ("bleak", "dbus_fast"):
         logging.getLogger(name).setLevel(max(level, logging.INFO))
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    # aiohttp (the web pages): no request lines at any level; request paths carry no secrets,
+    # but nothing about who opened which page is kept either.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
 def get_logger(name: str) -> Any:

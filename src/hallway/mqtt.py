@@ -58,7 +58,9 @@ POLL_S = 0.5
 BACKOFF_START_S = 0.5
 GOODBYE_TIMEOUT_S = 2.0
 
-CONTACT_FIELDS = ("id", "name", "org", "title", "handles", "tags")
+CONTACT_FIELDS = ("id", "name", "org", "title", "handles", "tags", "display", "knows")
+"""The contact fields carried to the venue (``display``/``knows``: its kiosk shows only people
+who agreed, and greets them with whom they know)."""
 EVENT_FIELDS = (
     "type", "seq", "ts", "scanner", "contact", "zone", "distance_m", "rssi", "via",
     "previous_zone", "dwell_s", "reason", "room", "previous_room",

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from hallway import __version__, codec
 from hallway.config import Config
 from hallway.edges import Edges, raise_fatal
-from hallway.errors import HallwayError
+from hallway.errors import ConfigError, HallwayError, Problem
 from hallway.events import present_json
 from hallway.hub import Hub
 from hallway.lifecycle import bounded
@@ -53,6 +53,8 @@ from hallway.pipeline import Pipeline
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
+from hallway.web.access import StaticTokens, load_session_key
+from hallway.web.app import WebServer
 
 if TYPE_CHECKING:
     from hallway.checkin.peripheral import BluezPeripheral
@@ -111,8 +113,10 @@ class Service:
         self._rates = _Rates()
         self._clock_offset_s = 0.0
         self._clock_known = False
+        self.web_port: int | None = None
         # Built in run():
         self._pipeline: Pipeline | None = None
+        self._web: WebServer | None = None
         self._mqtt: MqttPublisher | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
         self._source: AdvertisementSource | None = None
@@ -223,6 +227,7 @@ class Service:
             "source_stats": source.stats() if source is not None else {},
             # Check-ins (GATT) and refused writes by kind; no central is ever named.
             **({"checkin": self._peripheral.stats()} if self._peripheral is not None else {}),
+            **({"web": self._web.stats()} if self._web is not None else {}),
         }
 
     def _status_line(self) -> str:
@@ -276,6 +281,8 @@ class Service:
             )
         await edges.start_server(status_provider=self.status, present_provider=self._present_json,
                                  clock=self._now)
+        if config.web.enabled:
+            await self._start_web()
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
         self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
@@ -294,6 +301,27 @@ class Service:
             return result
         self._publish(result)
         return None
+
+    async def _start_web(self) -> None:
+        """The pages on their own port, over this hub and store (``[web]``)."""
+        web = self.config.web
+        if not self.tokens:
+            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
+                                       'auth (server.auth = "token")')])
+        self._web = WebServer(
+            host=web.host, port=web.port, hub=self.hub, log_store=self.store,
+            authority=StaticTokens(self.tokens),
+            session_key=load_session_key(self._state_dir), session_s=web.session_s,
+            lookup=self._contact, status=self.status, clock=self._now, title=web.title,
+            chart_hours=web.chart_hours, max_streams=web.max_streams, store=self.store,
+            on_contacts_changed=self.request_reload,
+        )
+        try:
+            await self._web.start()
+        except OSError as exc:
+            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
+                                       f"{web.port}: {exc.strerror or exc}")]) from None
+        self.web_port = self._web.port
 
     async def _depart_left_over(self) -> None:
         """Close presences an unclean stop left open, so arrive/depart keep alternating."""
@@ -331,6 +359,8 @@ class Service:
                 # revoke deleted its rows (the departure itself carries only the id).
                 await self.hub.forget_contact(contact_id)
                 await self.store.redact_contact_events(contact_id)
+        if self._web is not None:
+            self._web.contacts_changed()
         log.info("contacts_loaded", contacts=len(contacts), generation=generation,
                  removed=len(removed), departed=len(events))
 
@@ -479,6 +509,8 @@ class Service:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         log.info("stopping")
+        if self._web is not None:
+            await bounded(self._web.close(), "close_web")
         await self._edges.stop_front(tasks)
         self._publish(self.pipeline.shutdown(self._now()))
         await bounded(self.hub.close(), "flush_events")
@@ -489,6 +521,8 @@ class Service:
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
 
     async def _close_all(self) -> None:
+        if self._web is not None:
+            await bounded(self._web.close(), "close_web")
         if self._mqtt_task is not None and not self._mqtt_task.done():
             self._mqtt_task.cancel()
             await asyncio.gather(self._mqtt_task, return_exceptions=True)

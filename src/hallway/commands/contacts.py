@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import re
 import secrets
 import sys
 import time
@@ -18,9 +16,6 @@ from hallway.errors import HallwayError, ImportRejected, StoreError
 
 if TYPE_CHECKING:
     from hallway.store import SqliteStore
-
-_ID_CHARS = re.compile(r"[^a-z0-9]+")
-
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the ``contacts`` command tree."""
@@ -240,6 +235,7 @@ def _parse_time(text: str) -> float:
 
 def run_add(args: argparse.Namespace) -> int:
     """Add a contact with a freshly generated hallway-v1 key; prints its id."""
+    from hallway.contacts_io import derive_id
     from hallway.models import Contact, ContactKey, KeyKind
 
     handles = {}
@@ -248,7 +244,7 @@ def run_add(args: argparse.Namespace) -> int:
         if not sep or not service:
             raise HallwayError(f"--handle must be SERVICE=HANDLE, got {pair!r}")
         handles[service] = handle
-    contact_id = args.contact_id or _ID_CHARS.sub("-", args.name.lower()).strip("-")[:64]
+    contact_id = args.contact_id or derive_id(args.name)
     if not contact_id:
         raise HallwayError("cannot derive an id from that name; pass --id")
     knows = frozenset(part.strip() for part in args.knows.split(",") if part.strip())
@@ -294,18 +290,11 @@ def _match_ids(emails: list[str], phones: list[str]) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def enroll_uri(contact_id: str, key_hex: str) -> str:
-    """The SPEC §3 enrollment URI for a contact's hallway-v1 key."""
-    from urllib.parse import quote
-
-    k = base64.urlsafe_b64encode(bytes.fromhex(key_hex)).rstrip(b"=").decode()
-    return f"hallway://enroll?v=1&id={quote(contact_id, safe='')}&k={k}"
-
-
 def run_enroll(args: argparse.Namespace) -> int:
     """Print (and optionally save) the enrollment URI and its QR code."""
     import segno
 
+    from hallway.contacts_io import enroll_uri
     from hallway.models import ContactKey, KeyKind
 
     async def work() -> str:

@@ -28,6 +28,7 @@ from hallway.commands._common import config_from_args
 
 DEFAULT_PORT = 7447
 DEFAULT_SCENARIO = "meetup"
+DEFAULT_WEB_PORT = 7448
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -37,6 +38,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, help=f"TCP port (default {DEFAULT_PORT}, or a free "
                         "one if that is taken)")
+    parser.add_argument("--web-port", type=int, help=f"port of the web pages (default "
+                        f"{DEFAULT_WEB_PORT}, or a free one if that is taken)")
     parser.add_argument("--token", help="subscriber token (default: a generated one)")
     parser.add_argument("--unix", metavar="PATH", help="Unix socket path (default: in a "
                         "temporary folder)")
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         ScannerConfig,
         ServerConfig,
         StorageConfig,
+        WebConfig,
     )
     from hallway.logs import configure_logging
     from hallway.service import Service, install_signal_handlers
@@ -90,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     port = args.port
     if port is None:
         port = DEFAULT_PORT if _port_free(args.interface, DEFAULT_PORT) else 0
+    web_port = args.web_port
+    if web_port is None:
+        web_port = DEFAULT_WEB_PORT if _port_free(args.interface, DEFAULT_WEB_PORT) else 0
     workdir = Path(tempfile.mkdtemp(prefix="hallway-demo-"))
     unix_path = args.unix or str(workdir / "hallway.sock")
     config = base.model_copy(update={
@@ -100,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
                                unix_socket_mode="0600", tokens=(token,), tls=args.tls),
         "mdns": MdnsConfig(instance_name=f"hallway demo {args.scenario}",
                            interfaces=(args.interface,)),
+        "web": WebConfig(enabled=True, host=args.interface, port=web_port,
+                         title=f"Who is here · {args.scenario}"),
     })
 
     async def main() -> int:
@@ -115,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         watcher: list[asyncio.Task[None]] = []
 
         async def ready(service: Service) -> None:
+            # First line: the kiosk page. The token is in the fragment, which the browser
+            # keeps to itself; the page trades it for a session cookie.
+            print(f"kiosk: http://{args.interface}:{service.web_port}/kiosk#token={token}",
+                  flush=True)
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "
                   f"{unix_path}", file=sys.stderr)

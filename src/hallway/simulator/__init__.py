@@ -12,6 +12,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from hallway.identity.crypto import rpi_for_interval
@@ -79,7 +80,23 @@ def scenario_contacts(
     for index, device in enumerate(_contact_devices(spec, seed)):
         rng = random.Random(f"{seed}:{spec.name}:person:{index}")
         contacts.append(make_contact(rng, index, device, granted_at=granted, expires_at=expires))
-    return contacts
+    return _with_network(contacts, random.Random(f"{seed}:{spec.name}:network"))
+
+
+DISPLAY_SHARE = 0.85
+"""Of the simulated people, the share who agreed to be shown on public screens."""
+
+
+def _with_network(contacts: list[Contact], rng: random.Random) -> list[Contact]:
+    """Most people may be shown (``display``), and each knows a few of the others (``knows``),
+    drawn from their own random stream so the devices' streams stay as they were."""
+    ids = [contact.id for contact in contacts]
+    result = []
+    for contact in contacts:
+        others = [i for i in ids if i != contact.id]
+        knows = frozenset(rng.sample(others, min(len(others), rng.randint(1, 4))))
+        result.append(replace(contact, display=rng.random() < DISPLAY_SHARE, knows=knows))
+    return result
 
 
 def _gaps(spec: Scenario, rng: random.Random, path: Path) -> list[tuple[float, float]]:

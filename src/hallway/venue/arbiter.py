@@ -217,6 +217,7 @@ class Arbiter:
         data = person.contact
         handles = data.get("handles")
         tags = data.get("tags")
+        knows = data.get("knows")
         return Contact(
             id=contact_id,
             name=str(data.get("name") or contact_id),
@@ -225,6 +226,8 @@ class Arbiter:
             handles={str(k): str(v) for k, v in handles.items()}
             if isinstance(handles, Mapping) else {},
             tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+            display=data.get("display") is True,
+            knows=frozenset(str(k) for k in knows) if isinstance(knows, list) else frozenset(),
         )
 
     @property
