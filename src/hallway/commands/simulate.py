@@ -24,7 +24,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "simulate", parents=[common],
         help="write a simulated venue: contacts, advertisement trace and ground truth",
     )
-    parser.add_argument("--scenario", required=True, help="booth, keynote or corridor")
+    parser.add_argument("--scenario", required=True,
+                        help="a simulated venue (booth, keynote, corridor, ...; see --help)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--duration", type=float, metavar="S",
@@ -32,7 +33,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=float, metavar="TS", default=DEFAULT_START_TS,
                         help="Unix time of the first second (default 2026-11-21 09:00 UTC)")
     parser.add_argument("--radius", type=float, metavar="M",
-                        help="presence radius of the truth (default: proximity.presence_radius_m)")
+                        help="presence radius of the truth (default: the scenario's own, else "
+                             "proximity.presence_radius_m)")
     parser.set_defaults(func=run)
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     """Simulate and write the files; prints what was written."""
     from hallway.commands._common import config_from_args
     from hallway.contacts_io import contact_to_line
-    from hallway.simulator import Simulation, scenario_names
+    from hallway.simulator import Simulation, scenario, scenario_names
 
     if args.scenario not in scenario_names():
         print(f"hallway: unknown scenario {args.scenario!r}; choose from "
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print("hallway: --duration must be from 1 s to 7 days", file=sys.stderr)
         return 2
     config = config_from_args(args)
-    radius = args.radius if args.radius is not None else config.proximity.presence_radius_m
+    radius = args.radius
+    if radius is None and scenario(args.scenario).radius_m is None:
+        radius = config.proximity.presence_radius_m
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from hallway.simulator.devices import (
     make_device,
 )
 from hallway.simulator.scenarios import SCENARIOS, Scenario, Visit
-from hallway.simulator.world import Path, Shadowing, received
+from hallway.simulator.world import Air, Fading, Path, Shadowing, received, survives
 
 __all__ = [
     "Simulation",
@@ -33,6 +33,7 @@ __all__ = [
     "scenario",
     "scenario_contacts",
     "scenario_names",
+    "seed_fraction",
 ]
 
 CONSENT_BEFORE_S = 86400.0
@@ -60,7 +61,7 @@ def _contact_devices(spec: Scenario, seed: int) -> list[Device]:
     for index in range(spec.contacts):
         rng = random.Random(f"{seed}:{spec.name}:contact:{index}")
         kind = choose(rng, CONTACT_MIX)
-        devices.append(make_device(rng, kind, f"{seed}:{spec.name}:dev:{index}"))
+        devices.append(make_device(rng, kind, f"{seed}:{spec.name}:dev:{index}", spec.phones))
     return devices
 
 
@@ -92,9 +93,12 @@ def _gaps(spec: Scenario, rng: random.Random, path: Path) -> list[tuple[float, f
 
 
 def _emit(
-    spec: Scenario, device: Device, path: Path, rng: random.Random
+    spec: Scenario, device: Device, path: Path, rng: random.Random, air: Air | None = None
 ) -> Iterator[Advertisement]:
     """The advertisements heard from one device during one visit, in time order."""
+    if not spec.receiver.ideal:
+        yield from _emit_real(spec, device, path, rng, air or Air())
+        return
     radio = spec.radio
     transmitter = Transmitter(device)
     shadow = Shadowing(radio, rng)
@@ -126,10 +130,60 @@ def _emit(
         t += interval + uniform(0.0, ADV_DELAY_MAX_S)
 
 
+def _emit_real(
+    spec: Scenario, device: Device, path: Path, rng: random.Random, air: Air
+) -> Iterator[Advertisement]:
+    """``_emit`` through a real receiver (``Receiver``): listening windows, Wi-Fi bursts,
+    collisions with capture, the receiver's gain offset and multipath fading."""
+    radio = spec.radio
+    receiver = spec.receiver
+    phase = receiver.scan_period_s * (seed_fraction(spec.name))
+    transmitter = Transmitter(device)
+    shadow = Shadowing(radio, rng)
+    fading = Fading(receiver.rician_k, rng) if receiver.fading else None
+    gaps = _gaps(spec, rng, path) if device.is_phone else []
+    gap_index = 0
+    interval = device.interval_s
+    power = device.true_power_dbm + receiver.rx_offset_db
+    exponent = radio.path_loss_exponent
+    loss = radio.packet_loss
+    uniform = rng.uniform
+    t = path.start + uniform(0.0, interval)
+    end = path.end
+    while t <= end:
+        while gap_index < len(gaps) and gaps[gap_index][1] <= t:
+            gap_index += 1
+        if gap_index < len(gaps) and gaps[gap_index][0] <= t:
+            t = gaps[gap_index][1]
+            continue
+        disturbance = shadow.sample(t)
+        if fading is not None:
+            x, y = path.position(t)
+            disturbance += fading.sample(t, x, y)
+        if receiver.listening(t, phase):
+            rssi = received(
+                rng,
+                power_1m_dbm=power,
+                distance_m=path.distance(t),
+                exponent=exponent,
+                disturbance_db=disturbance,
+                packet_loss=loss,
+            )
+            if rssi is not None and survives(rng, rssi, receiver, air):
+                yield transmitter.advertisement(t, rssi)
+        t += interval + uniform(0.0, ADV_DELAY_MAX_S)
+
+
+def seed_fraction(text: str) -> float:
+    """A fixed fraction in [0, 1) from a name (the phase of a scenario's scan windows)."""
+    return (sum(text.encode()) * 0.618034) % 1.0
+
+
 def _merge(
     spec: Scenario, seed: int, visits: Iterable[Visit], devices: list[Device], until: float | None
 ) -> Iterator[Advertisement]:
     """All visits' advertisements merged in time order (until ``until`` if given)."""
+    air = Air()  # how many devices are on the air: the crowd that packets collide with
     heap: list[tuple[float, int, Advertisement, Iterator[Advertisement]]] = []
     counter = itertools.count()
     pending = iter(enumerate(visits))
@@ -141,10 +195,10 @@ def _merge(
             rng = random.Random(f"{seed}:{spec.name}:visit:{number}")
             if visit.who is None:
                 kind = choose(rng, STRANGER_MIX)
-                device = make_device(rng, kind, f"{seed}:{spec.name}:s{number}")
+                device = make_device(rng, kind, f"{seed}:{spec.name}:s{number}", spec.phones)
             else:
                 device = devices[visit.who]
-            stream = _emit(spec, device, visit.path, rng)
+            stream = _emit(spec, device, visit.path, rng, air)
             first = next(stream, None)
             if first is not None:
                 heapq.heappush(heap, (first.ts, next(counter), first, stream))
@@ -152,6 +206,7 @@ def _merge(
             head = heap[0][0] if heap else float("inf")
         if not heap:
             return
+        air.transmitting = len(heap)
         ts, _, adv, stream = heap[0]
         if until is not None and ts >= until:
             return
@@ -189,13 +244,16 @@ class Simulation:
         seed: int,
         start_ts: float,
         duration_s: float | None = None,
-        radius_m: float = 12.0,
+        radius_m: float | None = None,
     ) -> None:
+        """``radius_m``: the presence radius of the truth (None: the scenario's own, else 12)."""
         self.spec = scenario(name)
         self.seed = seed
         self.start_ts = start_ts
         self.duration_s = self.spec.duration_s if duration_s is None else duration_s
         self.end_ts = start_ts + self.duration_s
+        if radius_m is None:
+            radius_m = self.spec.radius_m if self.spec.radius_m is not None else 12.0
         self.radius_m = radius_m
         self.contacts = scenario_contacts(name, seed=seed, start_ts=start_ts)
         self._devices = _contact_devices(self.spec, seed)
@@ -229,8 +287,11 @@ class Simulation:
                 {
                     "id": contact.id,
                     "device": self._devices[index].kind.value,
-                    # What a venue measuring this device at 1 m would set as its calibration_db.
-                    "offset_db": round(self._devices[index].offset_db, 2),
+                    # What a venue measuring this device at 1 m would set as its calibration_db
+                    # (the receiver's own gain error included: the venue measures through it).
+                    "offset_db": round(
+                        self._devices[index].offset_db + self.spec.receiver.rx_offset_db, 2
+                    ),
                     "radius_m": self.radius_m,
                     "start_ts": self.start_ts,
                     "present": intervals,
@@ -271,9 +332,16 @@ class Simulation:
 
     def venue_config(self) -> str:
         """A config snippet with the venue's path-loss exponent, as a site survey finds it."""
+        zones = ""
+        if self.spec.zones_m is not None and self.radius_m == self.spec.radius_m:
+            immediate, near = self.spec.zones_m
+            zones = f"immediate_m = {immediate}\nnear_m = {near}\n"
+        elif self.radius_m <= 4.0:
+            zones = f"immediate_m = {self.radius_m / 5:g}\nnear_m = {self.radius_m / 2:g}\n"
         return (
             "# The simulated venue's radio, as a site survey would measure it.\n"
             "[proximity]\n"
             f"presence_radius_m = {self.radius_m}\n"
             f"path_loss_exponent = {self.spec.radio.path_loss_exponent}\n"
+            f"{zones}"
         )
