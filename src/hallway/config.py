@@ -93,6 +93,8 @@ class ProximityConfig(_Section):
     presence_hysteresis_db: float = Field(default=1.0, ge=0, le=20)
     arrive_confirm_s: float = Field(default=2.0, ge=0, le=600)
     depart_confirm_s: float = Field(default=2.0, ge=0, le=600)
+    arrive_confirm_sightings: int = Field(default=2, ge=1, le=100)
+    depart_confirm_sightings: int = Field(default=3, ge=1, le=100)
     zone_hysteresis_db: float = Field(default=3.0, ge=0, le=20)
     zone_confirm_s: float = Field(default=2.0, ge=0, le=600)
     initial_interval_s: float = Field(default=1.0, gt=0, le=60)

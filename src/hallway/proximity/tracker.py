@@ -57,6 +57,7 @@ from hallway.models import (
 )
 from hallway.proximity.distance import db_factor
 from hallway.proximity.filter import LevelFilter
+from hallway.proximity.receiver import ReceiverMonitor
 from hallway.proximity.zones import Zone, ZoneMap
 
 
@@ -148,6 +149,10 @@ _STRONG_ABOVE_FLOOR_DB = 15.0  # where nothing but collisions loses packets
 _RECEPTION_EVIDENCE = 0.7  # below this share of its base rate, reception says "at the floor"
 _INV_CDF = NormalDist().inv_cdf
 _SETTLED_GAPS = 3  # gaps before the interval (and so the reception share) means anything
+_LISTENING_MIN = 0.8  # a receiver listening less than this share of the time is lossy
+_BASE_MIN = 0.5  # a base reception below this: the receiver loses too much to read shares
+_BASE_MIN_UPDATES = 200  # strong sightings before the base reception is trusted
+_QUIET_GAPS = 4.0  # on a lossy receiver, silent after this many typical gaps
 
 
 class _Track:
@@ -160,16 +165,19 @@ class _Track:
         "filter",
         "gap_count",
         "gaps",
+        "inside_count",
         "inside_since",
         "interval_s",
         "last_ts",
         "level",
+        "outside_count",
         "outside_since",
         "power_dbm",
         "recent",
         "reception",
         "slots",
         "state",
+        "typical_gap_s",
         "via",
         "zone",
         "zone_pending",
@@ -194,6 +202,9 @@ class _Track:
         self.gaps: list[float] = []
         self.gap_count = 0
         self.interval_s = interval_s
+        self.typical_gap_s = interval_s  # the median gap between its sightings, learned
+        self.inside_count = 0  # sightings in the current run inside the arrive radius
+        self.outside_count = 0  # ... beyond the depart radius
         self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
         self.reception = 1.0  # share of its expected packets heard lately (learned interval)
         self.slots = 0  # expected packets counted into ``reception``
@@ -227,10 +238,19 @@ class Tracker:
         self._floor_dbm = config.reception_floor_dbm
         self._shadowing_db = config.shadowing_db
         self._base_reception = 0.85  # share of packets heard from strong devices, learned
+        self._base_updates = 0  # strong sightings behind it
+        self._receiver = ReceiverMonitor()  # the receiver's listening pattern, from everyone
+        self._stream_reported = False  # a caller reports every advertisement (``heard``)
         self._tracks: dict[str, _Track] = {}
         self._active: set[str] = set()  # contacts not ABSENT: the ones tick must look at
 
     # -- inputs --------------------------------------------------------------------------------
+
+    def heard(self, ts: float) -> None:
+        """Any advertisement heard at ``ts``, a stranger's too: only its time is kept, in the
+        receiver's counters (``ReceiverMonitor``)."""
+        self._stream_reported = True
+        self._receiver.heard(ts)
 
     def observe(self, sighting: Sighting, *, calibration_db: float = 0.0) -> list[PresenceEvent]:
         """Take one sighting; return the events it causes (at most an arrival or a departure,
@@ -245,10 +265,10 @@ class Tracker:
         if gap > _MIN_GAP_S and track.last_ts > -math.inf:
             self._learn_gap(track, gap)
             self._count_reception(track, gap)
-        quiet_after = config.quiet_after_intervals * track.interval_s
-        if gap > quiet_after and gap > config.quiet_min_s:
+        if gap > self._quiet_after(track) and gap > config.quiet_min_s:
             # A silence breaks any run towards arriving or departing.
             track.inside_since = track.outside_since = None
+            track.inside_count = track.outside_count = 0
         if calibration_db != track.calibration_db:
             # Recalibrated: what was learned stays, in the new reference (levels are RSSI minus
             # the calibrated power), so a corrected phone reads right at once.
@@ -268,20 +288,35 @@ class Tracker:
         track.last_ts = max(track.last_ts, ts)
         track.recent.append(ts)
 
+        # Confirmation takes both time and sightings: time alone would hand the decision to
+        # one sighting wherever packets are rare (a receiver listening in windows).
         if level >= self._arrive_level or fast >= self._quick_arrive_level:
             track.outside_since = None
+            track.outside_count = 0
             if track.inside_since is None:
                 track.inside_since = ts
-            held = ts - track.inside_since >= config.arrive_confirm_s
+                track.inside_count = 0
+            track.inside_count += 1
+            held = (
+                ts - track.inside_since >= config.arrive_confirm_s
+                and track.inside_count >= config.arrive_confirm_sightings
+            )
             signal = Input.INSIDE_HELD if held else Input.INSIDE
         elif level < self._depart_level or fast < self._quick_depart_level:
             track.inside_since = None
+            track.inside_count = 0
             if track.outside_since is None:
                 track.outside_since = ts
-            held = ts - track.outside_since >= config.depart_confirm_s
+                track.outside_count = 0
+            track.outside_count += 1
+            held = (
+                ts - track.outside_since >= config.depart_confirm_s
+                and track.outside_count >= config.depart_confirm_sightings
+            )
             signal = Input.OUTSIDE_HELD if held else Input.OUTSIDE
         else:
             track.inside_since = track.outside_since = None
+            track.inside_count = track.outside_count = 0
             signal = Input.BAND
 
         before = track.state
@@ -327,6 +362,7 @@ class Tracker:
             track = self._tracks[cid]
             events.extend(self._step(track, Input.REMOVE, now, reason=DepartReason.SHUTDOWN))
             track.inside_since = track.outside_since = None
+            track.inside_count = track.outside_count = 0
         self._active.clear()
         return events
 
@@ -365,6 +401,14 @@ class Tracker:
         track = self._tracks.get(contact_id)
         return None if track is None else track.last_ts
 
+    def receiver_status(self) -> dict[str, float | bool | str]:
+        """What the tracker knows of the receiver, for ``hallway status`` (counters only)."""
+        out: dict[str, float | bool | str] = dict(self._receiver.status())
+        out["base_reception"] = round(self._base_reception, 3)
+        out["reception_rule"] = "on" if self._reception_rule_on() else "off"
+        out["lossy"] = self._lossy()
+        return out
+
     @property
     def longest_silence_s(self) -> float:
         """No contact stays present longer than this after its last sighting."""
@@ -392,12 +436,34 @@ class Tracker:
         floor = self._floor_dbm
         if level + track.power_dbm > floor + _STRONG_ABOVE_FLOOR_DB:
             self._base_reception += _BASE_WEIGHT * (track.reception - self._base_reception)
+            self._base_updates += 1
+            return level, fast
+        if not self._reception_rule_on():
             return level, fast
         share = track.reception / self._base_reception
         if share >= _RECEPTION_EVIDENCE:
             return level, fast
         ceiling = floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
         return min(level, ceiling), min(fast, ceiling)
+
+    def _lossy(self) -> bool:
+        """True when the receiver loses packets for reasons other than distance, or when it
+        cannot be told: the stream is reported (``heard``) but the receiver listens in windows
+        (``ReceiverMonitor.duty``), or too little of it was heard yet."""
+        if not self._stream_reported:
+            return False  # the caller reports no stream: the configured radio is assumed
+        receiver = self._receiver
+        return not receiver.confident or receiver.duty < _LISTENING_MIN
+
+    def _reception_rule_on(self) -> bool:
+        """Whether the reception share may say "at the floor": only on a receiver that listens
+        all the time and hears strong devices well (their share is the base it is read
+        against, learned from enough of them)."""
+        if self._lossy():
+            return False
+        if self._stream_reported and self._base_updates < _BASE_MIN_UPDATES:
+            return False
+        return self._base_reception >= _BASE_MIN
 
     def _count_reception(self, track: _Track, gap: float) -> None:
         """The packets missed in ``gap`` and the one heard, into the reception share (a
@@ -428,10 +494,22 @@ class Tracker:
             # pauses make a few very long ones; the decile sees through both.
             ordered = sorted(gaps)
             track.interval_s = min(ordered[len(ordered) // 10], _MAX_INTERVAL_S)
+            track.typical_gap_s = min(ordered[len(ordered) // 2], _MAX_INTERVAL_S)
 
     def _quiet_after(self, track: _Track) -> float:
+        """How long a silence must last to mean anything: a few of its learned intervals; on
+        a lossy receiver also a few of its typical gaps between sightings (before they are
+        learned: of the receiver's gaps between listening windows), since there a silence of
+        a few intervals is what the receiver does, not what the device does."""
         config = self._config
-        return max(config.quiet_min_s, config.quiet_after_intervals * track.interval_s)
+        quiet = max(config.quiet_min_s, config.quiet_after_intervals * track.interval_s)
+        if self._lossy():
+            if track.gap_count >= _SETTLED_GAPS:
+                typical = track.typical_gap_s
+            else:
+                typical = max(track.interval_s, self._receiver.dead_gap_s)
+            quiet = max(quiet, _QUIET_GAPS * typical)
+        return quiet
 
     def _holds(self, track: _Track) -> bool:
         """True when the contact went quiet steady and near: a paused phone, not a walk-out."""
@@ -447,9 +525,15 @@ class Tracker:
             return False
         # Reception before the silence: a phone that paused was heard well until then; one
         # that faded out at the edge of reach was losing most of its packets already.
-        since = track.last_ts - _HEALTH_WINDOW_S
+        window = _HEALTH_WINDOW_S
+        if self._lossy():
+            # Judged against what this receiver lets through: its typical gaps.
+            window = max(window, 4.0 * track.typical_gap_s)
+            expected = window / max(track.typical_gap_s, track.interval_s)
+        else:
+            expected = window / track.interval_s
+        since = track.last_ts - window
         heard = sum(1 for ts in track.recent if ts > since)
-        expected = _HEALTH_WINDOW_S / track.interval_s
         return heard >= _HEALTHY_FRACTION * expected
 
     def _classify_silence(self, track: _Track, now: float) -> Input | None:

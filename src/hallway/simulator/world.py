@@ -134,7 +134,7 @@ class Fading:
         self._x = self._y = 0.0
 
     def sample(self, t: float, x: float, y: float) -> float:
-        """The fading (dB, mean power 0 dB) of a packet sent at ``t`` from ``(x, y)``."""
+        """The fading (dB, mean 0 dB) of a packet sent at ``t`` from ``(x, y)``."""
         rng = self._rng
         if self._t is not None:
             moved = math.hypot(x - self._x, y - self._y)
@@ -145,10 +145,27 @@ class Fading:
             ]
         self._t, self._x, self._y = t, x, y
         h = self._state[rng.randrange(CHANNELS)]
-        k = self._k
-        amplitude = math.sqrt(k / (k + 1.0)) + math.sqrt(1.0 / (k + 1.0)) * h
-        power = max(abs(amplitude) ** 2, 1e-4)
-        return 10.0 * math.log10(power)
+        return _fading_db(self._k, h) - _fading_mean_db(self._k)
+
+
+def _fading_db(k: float, h: complex) -> float:
+    amplitude = math.sqrt(k / (k + 1.0)) + math.sqrt(1.0 / (k + 1.0)) * h
+    return 10.0 * math.log10(max(abs(amplitude) ** 2, 1e-4))
+
+
+_FADING_MEANS: dict[float, float] = {}
+
+
+def _fading_mean_db(k: float) -> float:
+    """The mean of the fading in dB (about -2 dB at K = 1): taken off, so a device's 1 m power
+    is its mean RSSI at 1 m, as a calibration by averaging readings measures it."""
+    mean = _FADING_MEANS.get(k)
+    if mean is None:
+        rng = random.Random(f"fading:{k}")
+        draws = [_fading_db(k, complex(rng.gauss(0, 1), rng.gauss(0, 1)) / math.sqrt(2))
+                 for _ in range(20000)]
+        mean = _FADING_MEANS[k] = sum(draws) / len(draws)
+    return mean
 
 
 @dataclass(slots=True)
