@@ -75,6 +75,14 @@ class IdentityConfig(_Section):
 _KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
 
 
+class ReferenceConfig(_Section):
+    """A reference beacon at a known distance from the scanner (``[[proximity.reference]]``):
+    the contact whose sightings it makes (a badge imported as a contact)."""
+
+    contact: str = Field(min_length=1, max_length=200)
+    distance_m: float = Field(gt=0, le=100)
+
+
 class ProximityConfig(_Section):
     """Distance, zones and presence (see ``hallway.proximity.tracker`` for how they interact)."""
 
@@ -107,6 +115,19 @@ class ProximityConfig(_Section):
     pausing_kinds: tuple[str, ...] = ("hallway-v1", "irk")
     reception_floor_dbm: float = Field(default=-97.0, ge=-130, le=0)
     shadowing_db: float = Field(default=6.0, gt=0, le=30)
+    reference: tuple[ReferenceConfig, ...] = ()
+
+    @field_validator("reference")
+    @classmethod
+    def _distinct_references(
+        cls, value: tuple[ReferenceConfig, ...]
+    ) -> tuple[ReferenceConfig, ...]:
+        seen = set()
+        for ref in value:
+            if ref.contact in seen:
+                raise ValueError(f"reference contact {ref.contact!r} is listed twice")
+            seen.add(ref.contact)
+        return value
 
     @field_validator("pausing_kinds")
     @classmethod

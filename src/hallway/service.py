@@ -209,6 +209,18 @@ class Service:
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
+            # What the tracker knows of its receiver, and the venue's fitted path loss.
+            "proximity": self._proximity_status(),
+        }
+
+    def _proximity_status(self) -> dict[str, Any]:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return {}
+        tracker = pipeline.tracker
+        return {
+            "receiver": tracker.receiver_status(),
+            "calibration": tracker.calibration_status(self._now()),
         }
 
     def _status_line(self) -> str:

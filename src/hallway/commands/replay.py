@@ -66,6 +66,7 @@ class ReplaySummary:
     first_ts: float | None = None
     last_ts: float | None = None
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    radio: str = ""  # what the tracker learned of the receiver and the venue's path loss
 
     @property
     def rate(self) -> float:
@@ -86,7 +87,8 @@ async def _load_contacts(path: str) -> list[Contact]:
 class _Batch(NamedTuple):
     """A stretch of the trace, parsed and resolved by the reader."""
 
-    items: list[tuple[Any, ...]]  # (ts,): the clock passed a second; else a sighting's fields
+    items: list[tuple[Any, ...]]  # (ts,): the first; (ts, receiver counters): the clock passed
+    # a second; else a sighting's fields
     advertisements: int  # valid advertisements so far
     bytes_read: int
     malformed: int  # malformed lines in this stretch
@@ -117,9 +119,12 @@ def _read(lines: Iterable[bytes], contacts: list[Contact], config: Config,
           longest: float) -> Iterator[_Batch]:
     """Parse and resolve the trace: the reader's half of a replay (no tracker state)."""
     from hallway.identity.resolver import Resolver
+    from hallway.proximity.receiver import ReceiverMonitor
     from hallway.trace import TraceLineError, TraceParser
 
     resolver = Resolver(config.identity)
+    receiver = ReceiverMonitor()  # every advertisement's time, strangers' too: counters only
+    heard = receiver.heard
     resolve = resolver.resolve
     maintain = resolver.maintain
     parse = TraceParser().parse
@@ -149,17 +154,16 @@ def _read(lines: Iterable[bytes], contacts: list[Contact], config: Config,
             items.append((ts,))
         count += 1
         last_ts = max(last_ts, ts)
-        clock = ts >= next_tick
-        if clock:
+        heard(ts)
+        if ts >= next_tick:
             for t in _tick_times(next_tick, ts, longest):
                 maintain(t)
             next_tick = float(math.floor(ts)) + 1.0
+            items.append((ts, receiver.snapshot()))
         match = resolve(adv)
         if match is not None:
             items.append((ts, match.contact_id, kind_index[match.via], adv.rssi,
                           match.measured_power, adv.scanner))
-        elif clock:
-            items.append((ts,))
         if count >= flush_at:
             flush_at = count + _BATCH_ADVERTISEMENTS
             yield _Batch(items, count, bytes_read, malformed, bad_lines, last_ts)
@@ -249,6 +253,7 @@ def replay(
             write(dumps(obj) + "\n")
 
     sighted = pipeline.sighted
+    receiver_state = pipeline.tracker.heard_elsewhere
     tick = pipeline.tick
     kinds = _KINDS
     longest = pipeline.tracker.longest_silence_s + 2.0
@@ -273,7 +278,9 @@ def replay(
                 next_tick = float(math.floor(ts)) + 1.0
             if realtime:
                 _pace(ts - trace_zero, wall_zero)
-            if len(item) == 1:
+            if len(item) <= 2:
+                if len(item) == 2:
+                    receiver_state(item[1])
                 continue
             events = sighted(Sighting(ts, item[1], kinds[item[2]], item[3], item[4], item[5]))
             if events:
@@ -295,6 +302,18 @@ def replay(
         summary.last_ts = last_ts
     summary.events = seq
     summary.wall_time_s = time.perf_counter() - started
+    tracker = pipeline.tracker
+    receiver = tracker.receiver_status()
+    summary.radio = (
+        f"listening {receiver['listening_share']}, lossy {receiver['lossy']}, reception rule "
+        f"{receiver['reception_rule']}"
+    )
+    if last_ts is not None:
+        fit = tracker.calibration_status(last_ts)
+        summary.radio += (
+            f"; calibration {fit['state']}: exponent {fit['path_loss_exponent']}, receive "
+            f"offset {fit['receive_offset_db']} dB, confidence {fit['confidence']}"
+        )
     return summary
 
 
@@ -362,4 +381,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"events: {summary.events}", file=report)
     print(f"wall_time_s: {summary.wall_time_s:.3f}", file=report)
     print(f"advertisements_per_s: {summary.rate:.0f}", file=report)
+    print(f"radio: {summary.radio}", file=report)
     return 0

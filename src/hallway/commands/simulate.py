@@ -35,6 +35,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--radius", type=float, metavar="M",
                         help="presence radius of the truth (default: the scenario's own, else "
                              "proximity.presence_radius_m)")
+    parser.add_argument("--references", metavar="M,M", default="",
+                        help="reference beacons at these distances (m), written to venue.toml "
+                             "as [[proximity.reference]]")
+    parser.add_argument("--true-exponent", type=float, metavar="N",
+                        help="the venue's real path-loss exponent (venue.toml keeps the "
+                             "scenario's: a venue configured wrong)")
     parser.set_defaults(func=run)
 
 
@@ -71,8 +77,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    try:
+        references = [float(v) for v in args.references.split(",") if v.strip()]
+    except ValueError:
+        print(f"hallway: --references must be distances in metres, e.g. 1.5,8 "
+              f"(got {args.references!r})", file=sys.stderr)
+        return 2
+    if any(not 0.1 <= d <= 100 for d in references):
+        print("hallway: --references: distances must be from 0.1 to 100 m", file=sys.stderr)
+        return 2
+    if args.true_exponent is not None and not 1.0 <= args.true_exponent <= 6.0:
+        print("hallway: --true-exponent must be from 1 to 6", file=sys.stderr)
+        return 2
     sim = Simulation(args.scenario, seed=args.seed, start_ts=args.start,
-                     duration_s=args.duration, radius_m=radius)
+                     duration_s=args.duration, radius_m=radius, references=references,
+                     true_exponent=args.true_exponent)
     with (out / "contacts.jsonl").open("w", encoding="utf-8") as handle:
         for contact in sim.contacts:
             handle.write(contact_to_line(contact) + "\n")
@@ -102,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"contacts: {len(sim.contacts)}  ({out / 'contacts.jsonl'})")
     print(f"advertisements: {count}  ({out / 'trace.jsonl'})")
     print(f"presence_intervals: {intervals}  ({out / 'truth.jsonl'})")
-    print(f"venue: path_loss_exponent {sim.spec.radio.path_loss_exponent}  ({out / 'venue.toml'})")
+    print(f"venue: path_loss_exponent {sim.configured_exponent} (true "
+          f"{sim.spec.radio.path_loss_exponent}), radius {sim.radius_m} m  ({out / 'venue.toml'})")
     print(f"wall_time_s: {time.perf_counter() - started:.2f}")
     return 0

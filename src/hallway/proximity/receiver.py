@@ -73,6 +73,20 @@ class ReceiverMonitor:
             self._dead_len *= keep
             self._dead_gaps *= keep
 
+    def snapshot(self) -> tuple[float, ...]:
+        """The counters, to carry to another monitor (a replay's reader process)."""
+        return (
+            -1.0 if self._last is None else self._last, self._log_gap, self._dead, self._total,
+            self._dead_len, self._dead_gaps, float(self._events), self._span,
+        )
+
+    def load(self, snapshot: tuple[float, ...]) -> None:
+        """Take over the counters of ``snapshot``."""
+        last, self._log_gap, self._dead, self._total, self._dead_len, self._dead_gaps, events, \
+            self._span = snapshot
+        self._last = None if last < 0 else last
+        self._events = int(events)
+
     @property
     def confident(self) -> bool:
         """Enough of the stream was heard for ``duty`` to mean something."""

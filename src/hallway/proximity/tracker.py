@@ -55,6 +55,7 @@ from hallway.models import (
     PresentInfo,
     Sighting,
 )
+from hallway.proximity.calibration import Calibrator, Reference
 from hallway.proximity.distance import db_factor
 from hallway.proximity.filter import LevelFilter
 from hallway.proximity.receiver import ReceiverMonitor
@@ -152,6 +153,7 @@ _SETTLED_GAPS = 3  # gaps before the interval (and so the reception share) means
 _LISTENING_MIN = 0.8  # a receiver listening less than this share of the time is lossy
 _BASE_MIN = 0.5  # a base reception below this: the receiver loses too much to read shares
 _BASE_MIN_UPDATES = 200  # strong sightings before the base reception is trusted
+_FIT_EVERY_S = 10.0  # refit from the reference beacons this often
 _QUIET_GAPS = 4.0  # on a lossy receiver, silent after this many typical gaps
 
 
@@ -215,20 +217,12 @@ class Tracker:
 
     def __init__(self, config: ProximityConfig) -> None:
         self._config = config
-        n = config.path_loss_exponent
-        self._ten_n = 10.0 * n
-        radius_level = -self._ten_n * math.log10(config.presence_radius_m)
-        self._arrive_level = radius_level + config.presence_hysteresis_db
-        self._depart_level = radius_level - config.presence_hysteresis_db
-        self._quick_arrive_level = self._arrive_level + config.quick_margin_db
-        self._quick_depart_level = self._depart_level - config.quick_margin_db
-        hold_radius = config.hold_radius_m or config.presence_radius_m
-        self._hold_level = -self._ten_n * math.log10(hold_radius)
-        self._zones = ZoneMap(
-            immediate_m=config.immediate_m,
-            near_m=config.near_m,
-            hysteresis_factor=db_factor(config.zone_hysteresis_db, exponent=n),
+        self._set_radio(config.path_loss_exponent, 0.0)
+        self._calibrator = Calibrator(
+            [Reference(r.contact, r.distance_m) for r in config.reference],
+            exponent=config.path_loss_exponent,
         )
+        self._next_fit = -math.inf
         default_power = config.default_measured_power_dbm
         self._kind_power = {
             kind: float(config.measured_power_dbm.get(kind.value, default_power))
@@ -252,11 +246,23 @@ class Tracker:
         self._stream_reported = True
         self._receiver.heard(ts)
 
+    def heard_elsewhere(self, snapshot: tuple[float, ...]) -> None:
+        """The receiver's counters kept by someone else (``ReceiverMonitor.snapshot``: a
+        replay's reader process sees every advertisement, the tracker only the contacts')."""
+        self._stream_reported = True
+        self._receiver.load(snapshot)
+
     def observe(self, sighting: Sighting, *, calibration_db: float = 0.0) -> list[PresenceEvent]:
         """Take one sighting; return the events it causes (at most an arrival or a departure,
         and a zone change)."""
         config = self._config
         cid = sighting.contact_id
+        if self._calibrator.is_reference(cid):
+            # A reference beacon: the venue's instrument, not an attendee.
+            power = sighting.measured_power
+            base = self._kind_power[sighting.via] if power is None else power
+            self._calibrator.observe(cid, sighting.ts, sighting.rssi - base - calibration_db)
+            return []
         track = self._tracks.get(cid)
         if track is None:
             track = self._tracks[cid] = _Track(cid, self._new_filter(), config.initial_interval_s)
@@ -335,6 +341,8 @@ class Tracker:
         """Apply silences up to ``now``: quiet, fade-outs and hold timeouts. Call about 1/s."""
         events: list[PresenceEvent] = []
         done: list[str] = []
+        if now >= self._next_fit:
+            self._recalibrate(now)
         for cid in self._active:
             track = self._tracks[cid]
             signal = self._classify_silence(track, now)
@@ -409,12 +417,46 @@ class Tracker:
         out["lossy"] = self._lossy()
         return out
 
+    def calibration_status(self, now: float) -> dict[str, object]:
+        """The venue's fitted path loss and the reference beacons' states (``Calibrator``)."""
+        return self._calibrator.status(now)
+
     @property
     def longest_silence_s(self) -> float:
         """No contact stays present longer than this after its last sighting."""
         return self._config.quiet_hold_s
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _set_radio(self, exponent: float, offset_db: float) -> None:
+        """The levels that stand for the radii, for this path-loss exponent and receiver
+        offset (``level = offset - 10·n·log10(d)``)."""
+        config = self._config
+        self._exponent = exponent
+        self._offset_db = offset_db
+        self._ten_n = 10.0 * exponent
+        radius_level = offset_db - self._ten_n * math.log10(config.presence_radius_m)
+        self._arrive_level = radius_level + config.presence_hysteresis_db
+        self._depart_level = radius_level - config.presence_hysteresis_db
+        self._quick_arrive_level = self._arrive_level + config.quick_margin_db
+        self._quick_depart_level = self._depart_level - config.quick_margin_db
+        hold_radius = config.hold_radius_m or config.presence_radius_m
+        self._hold_level = offset_db - self._ten_n * math.log10(hold_radius)
+        self._zones = ZoneMap(
+            immediate_m=config.immediate_m,
+            near_m=config.near_m,
+            hysteresis_factor=db_factor(config.zone_hysteresis_db, exponent=exponent),
+        )
+
+    def _recalibrate(self, now: float) -> None:
+        """Refit from the reference beacons (every ``_FIT_EVERY_S``) and move the radii."""
+        self._next_fit = now + _FIT_EVERY_S
+        fit = self._calibrator.update(now)
+        if (
+            abs(fit.exponent - self._exponent) > 0.005
+            or abs(fit.offset_db - self._offset_db) > 0.05
+        ):
+            self._set_radio(fit.exponent, fit.offset_db)
 
     def _new_filter(self) -> LevelFilter:
         config = self._config
@@ -427,7 +469,7 @@ class Tracker:
         )
 
     def _distance(self, level: float) -> float:
-        return float(10.0 ** (-level / self._ten_n))
+        return float(10.0 ** ((self._offset_db - level) / self._ten_n))
 
     def _reception_bound(self, track: _Track, level: float, fast: float) -> tuple[float, float]:
         """The levels, capped where the share of packets heard says the signal is at the

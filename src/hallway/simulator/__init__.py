@@ -8,10 +8,12 @@ presence radius, and the true distance once a second). Everything is determinist
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
+import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from hallway.models import Advertisement, Contact
@@ -19,13 +21,23 @@ from hallway.simulator.devices import (
     CONTACT_MIX,
     STRANGER_MIX,
     Device,
+    DeviceKind,
+    PhoneSpread,
     Transmitter,
     choose,
     make_contact,
     make_device,
 )
 from hallway.simulator.scenarios import SCENARIOS, Scenario, Visit
-from hallway.simulator.world import Air, Fading, Path, Shadowing, received, survives
+from hallway.simulator.world import (
+    Air,
+    Fading,
+    Path,
+    PathBuilder,
+    Shadowing,
+    received,
+    survives,
+)
 
 __all__ = [
     "Simulation",
@@ -245,9 +257,21 @@ class Simulation:
         start_ts: float,
         duration_s: float | None = None,
         radius_m: float | None = None,
+        references: Sequence[float] = (),
+        true_exponent: float | None = None,
     ) -> None:
-        """``radius_m``: the presence radius of the truth (None: the scenario's own, else 12)."""
+        """``radius_m``: the presence radius of the truth (None: the scenario's own, else 12).
+        ``references``: distances (m) of reference beacons standing by the scanner all the
+        time (contacts ``ref-1``...; in ``venue_config`` as ``[[proximity.reference]]``).
+        ``true_exponent``: the venue's real path-loss exponent, where it differs from the one
+        its config says (``venue_config`` keeps the scenario's)."""
         self.spec = scenario(name)
+        self.configured_exponent = self.spec.radio.path_loss_exponent
+        if true_exponent is not None:
+            self.spec = dataclasses.replace(
+                self.spec,
+                radio=dataclasses.replace(self.spec.radio, path_loss_exponent=true_exponent),
+            )
         self.seed = seed
         self.start_ts = start_ts
         self.duration_s = self.spec.duration_s if duration_s is None else duration_s
@@ -260,6 +284,28 @@ class Simulation:
         plan = self.spec.plan(random.Random(f"{seed}:{self.spec.name}:plan"), start_ts,
                               self.spec.contacts)
         self.visits = list(itertools.takewhile(lambda v: v.path.start < self.end_ts, plan))
+        self.references = tuple(references)
+        if self.references:
+            self._add_references(seed, start_ts)
+
+    def _add_references(self, seed: int, start_ts: float) -> None:
+        """iBeacon badges at the reference distances, around the scanner, all the run."""
+        standing: list[Visit] = []
+        for number, distance in enumerate(self.references):
+            rng = random.Random(f"{seed}:{self.spec.name}:reference:{number}")
+            device = make_device(rng, DeviceKind.IBEACON, f"{seed}:ref:{number}", PhoneSpread())
+            device.interval_s = 0.5
+            index = len(self._devices)
+            self._devices.append(device)
+            contact = make_contact(rng, index, device, granted_at=self.contacts[0].granted_at,
+                                   expires_at=self.contacts[0].expires_at)
+            self.contacts.append(dataclasses.replace(contact, id=f"ref-{number + 1}",
+                                                     name=f"Reference beacon {number + 1}"))
+            angle = 2.0 * math.pi * number / max(len(self.references), 1) + 0.4
+            x, y = distance * math.cos(angle), distance * math.sin(angle)
+            path = PathBuilder(start_ts - 1.0, x, y, speed_mps=1.0)
+            standing.append(Visit(index, path.stand(self.duration_s + 10.0).build()))
+        self.visits = standing + self.visits
 
     def advertisements(self) -> Iterator[Advertisement]:
         """The trace: every advertisement heard before the end, in time order."""
@@ -273,7 +319,7 @@ class Simulation:
                 by_contact.setdefault(visit.who, []).append(visit.path)
         seconds = int(self.duration_s)
         out = []
-        for index, contact in enumerate(self.contacts):
+        for index, contact in enumerate(self.contacts[: self.spec.contacts]):
             paths = sorted(by_contact.get(index, []), key=lambda p: p.start)
             distances: list[float | None] = [None] * seconds
             intervals: list[list[float]] = []
@@ -338,10 +384,15 @@ class Simulation:
             zones = f"immediate_m = {immediate}\nnear_m = {near}\n"
         elif self.radius_m <= 4.0:
             zones = f"immediate_m = {self.radius_m / 5:g}\nnear_m = {self.radius_m / 2:g}\n"
+        references = "".join(
+            f"\n[[proximity.reference]]\ncontact = \"ref-{number + 1}\"\n"
+            f"distance_m = {distance}\n"
+            for number, distance in enumerate(self.references)
+        )
         return (
             "# The simulated venue's radio, as a site survey would measure it.\n"
             "[proximity]\n"
             f"presence_radius_m = {self.radius_m}\n"
-            f"path_loss_exponent = {self.spec.radio.path_loss_exponent}\n"
-            f"{zones}"
+            f"path_loss_exponent = {self.configured_exponent}\n"
+            f"{zones}{references}"
         )
