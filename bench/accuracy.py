@@ -501,15 +501,26 @@ class Outcome:
     replay_rate: str
     advertisements: str
     contacts: int
+    radio: str = ""
 
 
-def run_scenario(name: str, seed: int, workdir: Path, *, duration: float | None = None
-                 ) -> Outcome:
-    """Simulate, replay and score one scenario."""
-    out = workdir / name
-    print(f"[{name}] simulating (seed {seed}) ...", file=sys.stderr, flush=True)
+def run_scenario(name: str, seed: int, workdir: Path, *, duration: float | None = None,
+                 simulate: Sequence[str] = (), exponent: float | None = None,
+                 label: str | None = None) -> Outcome:
+    """Simulate, replay and score one scenario (``simulate``: more simulate options;
+    ``exponent``: the path-loss exponent venue.toml says, instead of the scenario's)."""
+    label = label or name
+    out = workdir / label
+    print(f"[{label}] simulating (seed {seed}) ...", file=sys.stderr, flush=True)
     extra = () if duration is None else ("--duration", str(duration))
-    _hallway("simulate", "--scenario", name, "--seed", str(seed), "--out", str(out), *extra)
+    _hallway("simulate", "--scenario", name, "--seed", str(seed), "--out", str(out), *extra,
+             *simulate)
+    if exponent is not None:
+        venue = out / "venue.toml"
+        lines = venue.read_text(encoding="utf-8").splitlines()
+        venue.write_text("\n".join(
+            f"path_loss_exponent = {exponent}" if line.startswith("path_loss_exponent") else line
+            for line in lines) + "\n", encoding="utf-8")
     db = out / "hallway.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -551,8 +562,9 @@ def run_scenario(name: str, seed: int, workdir: Path, *, duration: float | None 
                        config=config)
         for tracker in TRACKERS
     }
-    return Outcome(name, scores, _summary_value(summary, "advertisements_per_s"),
-                   _summary_value(summary, "advertisements"), len(contacts))
+    return Outcome(label, scores, _summary_value(summary, "advertisements_per_s"),
+                   _summary_value(summary, "advertisements"), len(contacts),
+                   _summary_value(summary, "radio"))
 
 
 def _fmt(value: float, kind: str) -> str:
@@ -619,6 +631,45 @@ def print_summary(outcomes: list[Outcome]) -> None:
               + f"{_pct(ours.departures, 0.5):5.0f}s")
 
 
+CALIBRATION_EXPONENTS = (1.6, 2.0, 2.4, 3.0)
+CALIBRATION_REFERENCES = "1.5,8"
+
+
+def calibration_study(name: str, seed: int, workdir: Path, duration: float | None) -> None:
+    """A venue whose true exponent is 1.6-3.0, configured with the scenario's own: with two
+    reference beacons, against being configured with the true exponent, and with neither."""
+    configured = _configured_exponent(name)
+    print(f"\nSelf-calibration ({name}, configured exponent {configured}, references at "
+          f"{CALIBRATION_REFERENCES} m): hallway's balanced accuracy / missed clearly inside / "
+          "ghost clearly outside / false departures per clearly-inside hour")
+    print(f"{'true n':>7}  {'configured true n':>34}  {'two references':>34}  "
+          f"{'neither':>34}   fitted")
+    for true_n in CALIBRATION_EXPONENTS:
+        cells = []
+        radio = ""
+        for variant, simulate, exponent in (
+            ("true", ("--true-exponent", str(true_n)), true_n),
+            ("refs", ("--true-exponent", str(true_n), "--references", CALIBRATION_REFERENCES),
+             None),
+            ("none", ("--true-exponent", str(true_n)), None),
+        ):
+            outcome = run_scenario(name, seed, workdir, duration=duration, simulate=simulate,
+                                   exponent=exponent, label=f"{name}-n{true_n}-{variant}")
+            ours = outcome.scores["hallway"]
+            cells.append(f"{100 * ours.balanced:5.1f} % / {100 * ours.clear_missed:4.1f} % / "
+                         f"{100 * ours.clear_ghost:4.1f} % / "
+                         f"{ours.clear_false_departures_per_hour:5.2f}")
+            if variant == "refs":
+                radio = outcome.radio.split("; ", 1)[-1]
+        print(f"{true_n:7.1f}  " + "  ".join(f"{c:>34}" for c in cells) + f"   {radio}")
+
+
+def _configured_exponent(name: str) -> float:
+    from hallway.simulator import scenario
+
+    return scenario(name).radio.path_loss_exponent
+
+
 def check_targets(outcome: Outcome) -> list[str]:
     """The issue's targets against the references in the same run: one line each."""
     s = outcome.scores
@@ -674,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--duration", type=float,
                         help="seconds of venue time per scenario (default: each one's own)")
+    parser.add_argument("--calibration", metavar="SCENARIO", default="booth",
+                        help="the scenario of the self-calibration study (default booth; "
+                             "'none' to skip it)")
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: temporary)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -690,6 +744,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in check_targets(outcome):
             print(line)
     print_summary(outcomes)
+    if args.calibration != "none":
+        with tempfile.TemporaryDirectory(prefix="hallway-accuracy-") as temp:
+            calibration_study(args.calibration, args.seed, args.workdir or Path(temp),
+                              args.duration)
     print(f"\n(bench wall time {time.perf_counter() - started:.0f} s)")
     return 0
 

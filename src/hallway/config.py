@@ -98,7 +98,7 @@ class ProximityConfig(_Section):
     motion_evidence_db_s: float = Field(default=25.0, gt=0, le=1000)
     quick_margin_db: float = Field(default=6.0, ge=0, le=60)
     outlier_clip_db: float = Field(default=6.0, gt=0, le=60)
-    presence_hysteresis_db: float = Field(default=1.0, ge=0, le=20)
+    presence_hysteresis_db: float = Field(default=0.5, ge=0, le=20)
     arrive_confirm_s: float = Field(default=2.0, ge=0, le=600)
     depart_confirm_s: float = Field(default=2.0, ge=0, le=600)
     arrive_confirm_sightings: int = Field(default=2, ge=1, le=100)

@@ -7,14 +7,19 @@ turned into a level relative to the device's 1 m power (the frame's measured pow
 carries one, else a per-kind default, plus the contact's calibration) and smoothed on two time
 scales (``filter.LevelFilter``): a long average while the device keeps still, which is what
 tells a seated person at 11 m from one at 13 m, and a short one that takes over as soon as a
-move is evident. Distance follows from the log-distance model with the venue's exponent.
+move is evident. Beside them the track keeps the median of its levels over the last 15 s.
+Distance follows from the log-distance model ``level = offset - 10·n·log10(d)`` with the
+venue's exponent ``n`` and the receiver's offset (0, or fitted from reference beacons:
+``calibration.Calibrator``).
 
-Presence compares the smoothed level with two radii a little apart: the arrive radius inside
-the presence radius and the depart radius outside it (``presence_hysteresis_db``). A contact
-arrives after its level stayed inside the arrive radius for ``arrive_confirm_s``, and departs
-``out_of_range`` after it stayed beyond the depart radius for ``depart_confirm_s``; in between
-nothing changes, so a person standing at the edge does not flap. The short average alone
-decides when it is far past either radius (``quick_margin_db``): someone walking in or out.
+Presence compares the levels with two radii a little apart: the arrive radius inside the
+presence radius and the depart radius outside it (``presence_hysteresis_db``). A contact is
+inside when the long average, the recent median, or the short average far past the radius
+(``quick_margin_db``: someone walking in) says so; outside only when the long or the short
+average says so *and* the recent median agrees. It arrives after it stayed inside for
+``arrive_confirm_s`` and ``arrive_confirm_sightings`` sightings, and departs ``out_of_range``
+after it stayed outside for ``depart_confirm_s`` and ``depart_confirm_sightings``; in between
+nothing changes, so a person standing at the edge does not flap.
 
 Silence is judged against the contact's own learned advertising interval (the lowest decile
 of its recent gaps, carried across address rotations because the track is the contact's).
@@ -37,6 +42,42 @@ The presence machine is the table ``TRANSITIONS`` of (state, input) -> (state, a
 inputs come from ``observe`` (a sighting: where the level is) and ``_classify_silence`` (a
 tick: how long and how it has been quiet). Zones run beside it: a zone changes only when the
 distance is past an edge by ``zone_hysteresis_db`` for ``zone_confirm_s``.
+
+What each rule assumes about the radio, and what happens when it does not hold
+-----------------------------------------------------------------------------
+The receiver's own pattern is learned from every advertisement heard, strangers' included
+(``heard``; ``receiver.ReceiverMonitor`` keeps counters of arrival times only): the share of
+time it listens and the length of its gaps between listening windows. A receiver that listens
+less than ``_LISTENING_MIN`` of the time, or that too little was heard from to tell, is
+*lossy*; ``status`` says which (``proximity.receiver``).
+
+- Level -> distance assumes the log-distance model with the configured (or fitted) exponent
+  and a 1 m power that is right for the device. A phone in a pocket, a low transmit power or
+  a receiver with its own gain error read further than they are: all the tracker can do alone
+  is to use the power the frame carries (the app's calibrated value for its model) ahead of
+  the per-kind default; a contact's ``calibration_db`` (``hallway calibrate``) and reference
+  beacons (receiver offset and exponent) correct the rest. Without them, such devices are
+  missed near the radius; the tracker does not guess.
+- The reception-share floor rule assumes that lost packets mean distance: a receiver that
+  listens all the time, whose base share (from strong devices) is known. It is on only when
+  the receiver is not lossy, the base share was learned from ``_BASE_MIN_UPDATES`` strong
+  sightings and is at least ``_BASE_MIN``. Otherwise it is off (``reception_rule``) and a
+  rarely heard device is judged by its levels alone; far devices may then read a little near.
+- Confirmation assumes some sightings arrive within the confirmation time. It needs both the
+  time and a count of sightings, so a receiver that hears one packet in twenty neither
+  confirms on one sighting nor never confirms: it confirms as soon as the sightings are there.
+- Silence rules assume the learned interval says when the next packet is due. On a lossy
+  receiver a silence counts only after ``_QUIET_GAPS`` of the contact's typical gaps between
+  sightings (before they are learned: of the receiver's gaps between windows), and the "heard
+  well until then" test of a pause is judged against those gaps, not the interval. Where even
+  that fails (a device heard once a minute), silences resolve by the longer fade timeout.
+- The filters assume samples are independent around a slowly moving level. Multipath fading
+  makes single samples swing 20 dB: no single sample past the first ones moves the short
+  average by more than half its distance, residuals are clipped, and the recent median and
+  the long average both must agree before anyone departs on levels.
+- Reference beacons assume they stay where the config says. One that goes silent, moves, or
+  disagrees with the others is left out and named in ``status``; with none left the defaults
+  apply, so calibration never does worse than not having references.
 """
 
 from __future__ import annotations
@@ -153,6 +194,8 @@ _SETTLED_GAPS = 3  # gaps before the interval (and so the reception share) means
 _LISTENING_MIN = 0.8  # a receiver listening less than this share of the time is lossy
 _BASE_MIN = 0.5  # a base reception below this: the receiver loses too much to read shares
 _BASE_MIN_UPDATES = 200  # strong sightings before the base reception is trusted
+_MEDIAN_WINDOW_S = 15.0  # the recent median an arrival may also go by
+_MEDIAN_MAX = 64  # levels kept for it
 _FIT_EVERY_S = 10.0  # refit from the reference beacons this often
 _QUIET_GAPS = 4.0  # on a lossy receiver, silent after this many typical gaps
 
@@ -172,10 +215,12 @@ class _Track:
         "interval_s",
         "last_ts",
         "level",
+        "median",
         "outside_count",
         "outside_since",
         "power_dbm",
         "recent",
+        "recent_levels",
         "reception",
         "slots",
         "state",
@@ -191,6 +236,7 @@ class _Track:
         self.state = State.ABSENT
         self.filter = rssi_filter
         self.level = 0.0  # smoothed RSSI relative to the 1 m power (dB, negative)
+        self.median = -math.inf  # the median level of the last seconds (``_recent_median``)
         self.power_dbm = 0.0  # the 1 m power (with calibration) of the latest sighting
         self.calibration_db = 0.0
         self.via = KeyKind.ADDRESS
@@ -208,6 +254,7 @@ class _Track:
         self.inside_count = 0  # sightings in the current run inside the arrive radius
         self.outside_count = 0  # ... beyond the depart radius
         self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
+        self.recent_levels: deque[tuple[float, float]] = deque(maxlen=_MEDIAN_MAX)
         self.reception = 1.0  # share of its expected packets heard lately (learned interval)
         self.slots = 0  # expected packets counted into ``reception``
 
@@ -285,10 +332,15 @@ class Tracker:
             track.power_dbm = self._kind_power[sighting.via] + calibration_db
         else:
             track.power_dbm = power + calibration_db
-        level = track.filter.update(ts, sighting.rssi - track.power_dbm)
+        value = sighting.rssi - track.power_dbm
+        level = track.filter.update(ts, value)
         fast = track.filter.fast
+        recent_levels = track.recent_levels
+        recent_levels.append((ts, value))
+        ceiling = math.inf
         if track.gap_count >= _SETTLED_GAPS:
-            level, fast = self._reception_bound(track, level, fast)
+            ceiling = self._reception_ceiling(track, level)
+            level, fast = min(level, ceiling), min(fast, ceiling)
         track.level = level
         track.via = sighting.via
         track.last_ts = max(track.last_ts, ts)
@@ -296,7 +348,14 @@ class Tracker:
 
         # Confirmation takes both time and sightings: time alone would hand the decision to
         # one sighting wherever packets are rare (a receiver listening in windows).
-        if level >= self._arrive_level or fast >= self._quick_arrive_level:
+        # Two levels make a median once the reception share may cap them; three before.
+        least = 2 if track.gap_count >= _SETTLED_GAPS else 3
+        median = track.median = min(self._recent_median(recent_levels, ts, least), ceiling)
+        if (
+            level >= self._arrive_level
+            or fast >= self._quick_arrive_level
+            or median >= self._arrive_level
+        ):
             track.outside_since = None
             track.outside_count = 0
             if track.inside_since is None:
@@ -308,7 +367,9 @@ class Tracker:
                 and track.inside_count >= config.arrive_confirm_sightings
             )
             signal = Input.INSIDE_HELD if held else Input.INSIDE
-        elif level < self._depart_level or fast < self._quick_depart_level:
+        elif (level < self._depart_level or fast < self._quick_depart_level) and (
+            median < self._depart_level
+        ):
             track.inside_since = None
             track.inside_count = 0
             if track.outside_since is None:
@@ -471,22 +532,33 @@ class Tracker:
     def _distance(self, level: float) -> float:
         return float(10.0 ** ((self._offset_db - level) / self._ten_n))
 
-    def _reception_bound(self, track: _Track, level: float, fast: float) -> tuple[float, float]:
-        """The levels, capped where the share of packets heard says the signal is at the
-        receiver's floor (only the strongest packets get through there, so the heard ones
-        read high); strong devices teach the venue's base share (collisions)."""
+    def _reception_ceiling(self, track: _Track, level: float) -> float:
+        """The highest level the share of packets heard allows where it says the signal is at
+        the receiver's floor (only the strongest packets get through there, so the heard ones
+        read high); inf where it says nothing. Strong devices teach the venue's base share
+        (collisions)."""
         floor = self._floor_dbm
         if level + track.power_dbm > floor + _STRONG_ABOVE_FLOOR_DB:
             self._base_reception += _BASE_WEIGHT * (track.reception - self._base_reception)
             self._base_updates += 1
-            return level, fast
+            return math.inf
         if not self._reception_rule_on():
-            return level, fast
+            return math.inf
         share = track.reception / self._base_reception
         if share >= _RECEPTION_EVIDENCE:
-            return level, fast
-        ceiling = floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
-        return min(level, ceiling), min(fast, ceiling)
+            return math.inf
+        return floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
+
+    @staticmethod
+    def _recent_median(levels: deque[tuple[float, float]], ts: float, least: int) -> float:
+        """The median of the levels of the last ``_MEDIAN_WINDOW_S`` (at least ``least`` of
+        them; -inf otherwise): what the long average has not caught up with yet after a walk-in."""
+        since = ts - _MEDIAN_WINDOW_S
+        values = [v for t, v in levels if t > since]
+        if len(values) < least:
+            return -math.inf
+        values.sort()
+        return values[len(values) // 2]
 
     def _lossy(self) -> bool:
         """True when the receiver loses packets for reasons other than distance, or when it
