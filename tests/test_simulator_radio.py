@@ -3,9 +3,13 @@ capture, fading, the wide spread of phones' powers, and the small-radius venues.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
+from pathlib import Path
 
+from hallway.cli import main
+from hallway.config import load_config
 from hallway.simulator import Simulation, scenario, seed_fraction
 from hallway.simulator.devices import DeviceKind, PhoneSpread, make_device
 from hallway.simulator.world import Air, Fading, Receiver, survives
@@ -93,3 +97,18 @@ def test_small_radius_venue_writes_its_zones_and_truth() -> None:
             inside = any(a <= START + k <= b for a, b in row["present"])
             if distance is not None and inside:
                 assert distance <= 2.5 + 0.2
+
+
+def test_simulate_writes_references_and_a_venue_configured_wrong(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    assert main(["simulate", "--scenario", "booth", "--out", str(out), "--duration", "120",
+                 "--references", "1.5,8", "--true-exponent", "2.8"]) == 0
+    config = load_config(out / "venue.toml")
+    assert config.proximity.path_loss_exponent == 2.0  # what the venue thinks
+    assert [(r.contact, r.distance_m) for r in config.proximity.reference] == [
+        ("ref-1", 1.5), ("ref-2", 8.0)]
+    ids = [json.loads(line)["id"] for line in (out / "contacts.jsonl").read_text().splitlines()]
+    assert ids[-2:] == ["ref-1", "ref-2"]
+    truth = [json.loads(line)["id"] for line in (out / "truth.jsonl").read_text().splitlines()]
+    assert "ref-1" not in truth
+    assert main(["simulate", "--scenario", "booth", "--out", str(out), "--references", "x"]) == 2
