@@ -280,8 +280,10 @@ class VenueConfig(_Section):
     """The venue service (``hallway venue``): which room each contact is in, across scanners."""
 
     rooms: dict[str, str] = Field(default_factory=dict)
-    switch_margin_db: float = Field(default=4.0, ge=0, le=40)
-    switch_confirm_s: float = Field(default=6.0, ge=0, le=600)
+    switch_margin_db: float = Field(default=1.0, ge=0, le=40)
+    switch_confirm_s: float = Field(default=1.0, ge=0, le=600)
+    return_margin_db: float = Field(default=4.0, ge=0, le=40)
+    return_window_s: float = Field(default=60.0, ge=0, le=3600)
     depart_grace_s: float = Field(default=15.0, ge=0, le=600)
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
 
