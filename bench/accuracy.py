@@ -537,7 +537,7 @@ def run_scenario(name: str, seed: int, workdir: Path, *, duration: float | None 
     asyncio.run(_store(calibrated_db, [
         dataclasses.replace(c, calibration_db=offsets.get(c.id, 0.0)) for c in contacts
     ]))
-    print(f"[{name}] replaying ...", file=sys.stderr, flush=True)
+    print(f"[{label}] replaying ...", file=sys.stderr, flush=True)
     summary = _hallway("replay", str(out / "trace.jsonl"), "--db", str(db), "--config",
                        str(out / "venue.toml"), "--out", str(out / "events.jsonl"))
     _hallway("replay", str(out / "trace.jsonl"), "--db", str(calibrated_db), "--config",
@@ -547,7 +547,7 @@ def run_scenario(name: str, seed: int, workdir: Path, *, duration: float | None 
     start = float(first["start_ts"])
     seconds = len(first["distance_m"])
     radius = float(first["radius_m"])
-    print(f"[{name}] scoring ...", file=sys.stderr, flush=True)
+    print(f"[{label}] scoring ...", file=sys.stderr, flush=True)
     truths = load_truth(out / "truth.jsonl", start, seconds)
     sightings = resolve_trace(out / "trace.jsonl", contacts, config)
     timelines = {
