@@ -291,7 +291,8 @@ class Service:
         self.tcp_port = self._server.tcp_port
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
-        self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
+        self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen,
+                                heard=self.pipeline.tracker.heard)
         if config.mdns.enabled and self.tcp_port is not None:
             self._announcer = ZeroconfAnnouncer(
                 config.mdns,
