@@ -25,7 +25,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="write a simulated venue: contacts, advertisement trace and ground truth",
     )
     parser.add_argument("--scenario", required=True,
-                        help="a simulated venue (booth, keynote, corridor, ...; see --help)")
+                        help="a simulated venue: booth, keynote, corridor, or the harder "
+                             "pocket-desk, lossy-booth, crowd-keynote, pi-corridor")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--duration", type=float, metavar="S",
