@@ -50,6 +50,11 @@ def test_no_references_keep_the_defaults() -> None:
     fit = cal.update(T0)
     assert (fit.exponent, fit.offset_db, fit.confidence) == (2.2, 0.0, 0.0)
     assert cal.status(T0)["state"] == "no references"
+    unheard = Calibrator([Reference("a", 1.0)], exponent=2.0)
+    unheard.update(T0 + 900)
+    assert unheard.fit.exponent == 2.0
+    states = [r["state"] for r in unheard.status(T0 + 900)["references"]]  # type: ignore[union-attr]
+    assert states[0].startswith("never heard")
 
 
 def test_one_reference_fits_the_offset_only() -> None:

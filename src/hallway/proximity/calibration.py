@@ -252,7 +252,9 @@ class Calibrator:
         refs = []
         usable = {r.contact_id for r, _, _ in self._usable(now)}
         for cid, ref in self._refs.items():
-            if now - ref.last_ts > SILENT_S:
+            if ref.last_ts == -math.inf:
+                state = "never heard (is the contact imported and its badge on?)"
+            elif now - ref.last_ts > SILENT_S:
                 state = "silent"
             elif ref.moved_ts is not None:
                 state = "moved: left out until it reads as before"
