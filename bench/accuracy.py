@@ -39,6 +39,13 @@ Scores (times in trace seconds, one sample per second, per contact):
   clearly outside (≥ 1.5 R, or gone from the venue for up to 10 minutes), and false
   departures while clearly inside (the same ±10 s exclusion).
 
+- balanced accuracy: the mean of the share of truly present seconds reported present and of
+  truly absent seconds reported absent (same exclusion), i.e. 1 - (ghost + missed) / 2.
+
+The scenarios are the original three and the harder ones (``hallway.simulator.scenarios``:
+listening windows, Wi-Fi losses, collisions with capture, fading, the wide spread of real
+phones' powers, 2.5-3 m radii).
+
 The check-in venue (``--checkin``): the booth where half the phones are iPhones with the app in
 the background, which only check in over GATT (``checkin-booth``). It runs the daemon's own
 pipeline in this process on the merged stream of advertisements and check-ins (a check-in is a
@@ -46,8 +53,8 @@ write to the scanner, not a line of the trace), ticked at every whole second lik
 replay``, and scores hallway separately on the check-in phones and on the advertising phones;
 the target is check-in phones' accuracy within 5 points of advertising phones'.
 
-Usage: bench/accuracy.py [--scenarios booth,keynote,corridor] [--seed 7] [--workdir DIR]
-       [--checkin] [--checkin-duration SECONDS]
+Usage: bench/accuracy.py [--scenarios booth,keynote,...] [--seed 7] [--duration S]
+                         [--workdir DIR] [--checkin] [--checkin-duration SECONDS]
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ ZONES = ("immediate", "near", "far")
 TRACKERS = ("hallway", "fixed-120", "median-30", "hallway+cal", "oracle-10")
 ORACLE_WINDOW_S = 10.0
 ORACLE_HOLD_S = 30.0
+DEFAULT_SCENARIOS = ("booth", "keynote", "corridor", "pocket-desk", "lossy-booth",
+                     "crowd-keynote", "pi-corridor")
 
 
 # -- per-second timelines ---------------------------------------------------------------------
@@ -340,6 +349,25 @@ class Score:
         return self.ghost_s / self.absent_s if self.absent_s else 0.0
 
     @property
+    def balanced(self) -> float:
+        """Mean of the share of present time reported present and of absent time reported
+        absent (the same exclusion as accuracy)."""
+        return 1.0 - (self.ghost + self.missed) / 2.0
+
+    @property
+    def clear_missed(self) -> float:
+        return self.clear_in_missed_s / self.clear_in_s if self.clear_in_s else 0.0
+
+    @property
+    def clear_ghost(self) -> float:
+        return self.clear_out_ghost_s / self.clear_out_s if self.clear_out_s else 0.0
+
+    @property
+    def clear_false_departures_per_hour(self) -> float:
+        hours = self.clear_in_s / 3600
+        return self.clear_false_departures / hours if hours else 0.0
+
+    @property
     def missed(self) -> float:
         return self.missed_s / self.true_s if self.true_s else 0.0
 
@@ -480,13 +508,26 @@ class Outcome:
     replay_rate: str
     advertisements: str
     contacts: int
+    radio: str = ""
 
 
-def run_scenario(name: str, seed: int, workdir: Path) -> Outcome:
-    """Simulate, replay and score one scenario."""
-    out = workdir / name
-    print(f"[{name}] simulating (seed {seed}) ...", file=sys.stderr, flush=True)
-    _hallway("simulate", "--scenario", name, "--seed", str(seed), "--out", str(out))
+def run_scenario(name: str, seed: int, workdir: Path, *, duration: float | None = None,
+                 simulate: Sequence[str] = (), exponent: float | None = None,
+                 label: str | None = None) -> Outcome:
+    """Simulate, replay and score one scenario (``simulate``: more simulate options;
+    ``exponent``: the path-loss exponent venue.toml says, instead of the scenario's)."""
+    label = label or name
+    out = workdir / label
+    print(f"[{label}] simulating (seed {seed}) ...", file=sys.stderr, flush=True)
+    extra = () if duration is None else ("--duration", str(duration))
+    _hallway("simulate", "--scenario", name, "--seed", str(seed), "--out", str(out), *extra,
+             *simulate)
+    if exponent is not None:
+        venue = out / "venue.toml"
+        lines = venue.read_text(encoding="utf-8").splitlines()
+        venue.write_text("\n".join(
+            f"path_loss_exponent = {exponent}" if line.startswith("path_loss_exponent") else line
+            for line in lines) + "\n", encoding="utf-8")
     db = out / "hallway.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -503,7 +544,7 @@ def run_scenario(name: str, seed: int, workdir: Path) -> Outcome:
     asyncio.run(_store(calibrated_db, [
         dataclasses.replace(c, calibration_db=offsets.get(c.id, 0.0)) for c in contacts
     ]))
-    print(f"[{name}] replaying ...", file=sys.stderr, flush=True)
+    print(f"[{label}] replaying ...", file=sys.stderr, flush=True)
     summary = _hallway("replay", str(out / "trace.jsonl"), "--db", str(db), "--config",
                        str(out / "venue.toml"), "--out", str(out / "events.jsonl"))
     _hallway("replay", str(out / "trace.jsonl"), "--db", str(calibrated_db), "--config",
@@ -513,7 +554,7 @@ def run_scenario(name: str, seed: int, workdir: Path) -> Outcome:
     start = float(first["start_ts"])
     seconds = len(first["distance_m"])
     radius = float(first["radius_m"])
-    print(f"[{name}] scoring ...", file=sys.stderr, flush=True)
+    print(f"[{label}] scoring ...", file=sys.stderr, flush=True)
     truths = load_truth(out / "truth.jsonl", start, seconds)
     sightings = resolve_trace(out / "trace.jsonl", contacts, config)
     timelines = {
@@ -528,8 +569,9 @@ def run_scenario(name: str, seed: int, workdir: Path) -> Outcome:
                        config=config)
         for tracker in TRACKERS
     }
-    return Outcome(name, scores, _summary_value(summary, "advertisements_per_s"),
-                   _summary_value(summary, "advertisements"), len(contacts))
+    return Outcome(label, scores, _summary_value(summary, "advertisements_per_s"),
+                   _summary_value(summary, "advertisements"), len(contacts),
+                   _summary_value(summary, "radio"))
 
 
 def _fmt(value: float, kind: str) -> str:
@@ -547,6 +589,7 @@ def print_table(outcome: Outcome) -> None:
     s = outcome.scores
     rows: list[tuple[str, list[str]]] = [
         ("presence accuracy", [_fmt(s[t].accuracy, "%") for t in TRACKERS]),
+        ("balanced accuracy", [_fmt(s[t].balanced, "%") for t in TRACKERS]),
         ("ghost fraction", [_fmt(s[t].ghost, "%") for t in TRACKERS]),
         ("missed fraction", [_fmt(s[t].missed, "%") for t in TRACKERS]),
         ("false departures / present h", [_fmt(s[t].false_departures_per_hour, "n")
@@ -567,6 +610,8 @@ def print_table(outcome: Outcome) -> None:
                                     for t in TRACKERS]),
         ("false departures, clearly inside", [str(s[t].clear_false_departures)
                                               for t in TRACKERS]),
+        ("  per clearly-inside hour", [_fmt(s[t].clear_false_departures_per_hour, "n")
+                                       for t in TRACKERS]),
     ]
     hours = s["hallway"].present_hours
     print(f"\n== {outcome.scenario}: {outcome.contacts} contacts, {outcome.advertisements} "
@@ -575,6 +620,61 @@ def print_table(outcome: Outcome) -> None:
     print(f"{'':34}" + "".join(f"{t:>14}" for t in TRACKERS))
     for label, cells in rows:
         print(f"{label:34}" + "".join(f"{c:>14}" for c in cells))
+
+
+def print_summary(outcomes: list[Outcome]) -> None:
+    """One line per scenario: balanced accuracy of every tracker and the clear-truth figures."""
+    print("\nSummary (balanced accuracy; hallway's missed clearly inside, ghost clearly outside, "
+          "false departures per clearly-inside hour, departure p50):")
+    print(f"{'':16}" + "".join(f"{t:>13}" for t in TRACKERS)
+          + f"{'missed':>9}{'ghost':>8}{'fd/h':>7}{'dep':>6}")
+    for outcome in outcomes:
+        s = outcome.scores
+        ours = s["hallway"]
+        print(f"{outcome.scenario:16}" + "".join(f"{_fmt(s[t].balanced, '%'):>13}"
+                                                 for t in TRACKERS)
+              + f"{100 * ours.clear_missed:8.1f}%{100 * ours.clear_ghost:7.1f}%"
+              + f"{ours.clear_false_departures_per_hour:7.2f}"
+              + f"{_pct(ours.departures, 0.5):5.0f}s")
+
+
+CALIBRATION_EXPONENTS = (1.6, 2.0, 2.4, 3.0)
+CALIBRATION_REFERENCES = "1.5,8"
+
+
+def calibration_study(name: str, seed: int, workdir: Path, duration: float | None) -> None:
+    """A venue whose true exponent is 1.6-3.0, configured with the scenario's own: with two
+    reference beacons, against being configured with the true exponent, and with neither."""
+    configured = _configured_exponent(name)
+    print(f"\nSelf-calibration ({name}, configured exponent {configured}, references at "
+          f"{CALIBRATION_REFERENCES} m): hallway's balanced accuracy / missed clearly inside / "
+          "ghost clearly outside / false departures per clearly-inside hour")
+    print(f"{'true n':>7}  {'configured true n':>34}  {'two references':>34}  "
+          f"{'neither':>34}   fitted")
+    for true_n in CALIBRATION_EXPONENTS:
+        cells = []
+        radio = ""
+        for variant, simulate, exponent in (
+            ("true", ("--true-exponent", str(true_n)), true_n),
+            ("refs", ("--true-exponent", str(true_n), "--references", CALIBRATION_REFERENCES),
+             None),
+            ("none", ("--true-exponent", str(true_n)), None),
+        ):
+            outcome = run_scenario(name, seed, workdir, duration=duration, simulate=simulate,
+                                   exponent=exponent, label=f"{name}-n{true_n}-{variant}")
+            ours = outcome.scores["hallway"]
+            cells.append(f"{100 * ours.balanced:5.1f} % / {100 * ours.clear_missed:4.1f} % / "
+                         f"{100 * ours.clear_ghost:4.1f} % / "
+                         f"{ours.clear_false_departures_per_hour:5.2f}")
+            if variant == "refs":
+                radio = outcome.radio.split("; ", 1)[-1]
+        print(f"{true_n:7.1f}  " + "  ".join(f"{c:>34}" for c in cells) + f"   {radio}")
+
+
+def _configured_exponent(name: str) -> float:
+    from hallway.simulator import scenario
+
+    return scenario(name).radio.path_loss_exponent
 
 
 def check_targets(outcome: Outcome) -> list[str]:
@@ -586,6 +686,19 @@ def check_targets(outcome: Outcome) -> list[str]:
     def check(label: str, ok: bool, detail: str) -> None:
         lines.append(f"  [{'ok' if ok else 'MISS'}] {label}: {detail}")
 
+    check("balanced accuracy >= median-30 + 0.10", ours.balanced >= med.balanced + 0.10,
+          f"{100 * ours.balanced:.1f} % vs {100 * med.balanced:.1f} % "
+          f"(fixed-120 {100 * fix.balanced:.1f} %)")
+    check("missed <= 10 % of clearly-inside time", ours.clear_missed <= 0.10,
+          f"{100 * ours.clear_missed:.1f} %")
+    check("ghost <= 3 % of clearly-outside time", ours.clear_ghost <= 0.03,
+          f"{100 * ours.clear_ghost:.1f} %")
+    check("false departures <= 2 per clearly-present hour",
+          ours.clear_false_departures_per_hour <= 2.0,
+          f"{ours.clear_false_departures_per_hour:.2f}")
+    p50 = _pct(ours.departures, 0.5)
+    check("departure latency p50 <= 15 s", p50 <= 15.0, f"{p50:.0f} s")
+    lines.append("  (the earlier targets, against the references:)")
     err, med_err = 1 - ours.accuracy, 1 - med.accuracy
     check("presence error <= 1/2 median-30", err <= med_err / 2,
           f"{100 * err:.2f} % vs {100 * med_err:.2f} % (limit {50 * med_err:.2f} %)")
@@ -715,8 +828,13 @@ def run_checkin_venue(seed: int, workdir: Path, duration_s: float | None,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="booth,keynote,corridor")
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS))
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--duration", type=float,
+                        help="seconds of venue time per scenario (default: each one's own)")
+    parser.add_argument("--calibration", metavar="SCENARIO", default="booth",
+                        help="the scenario of the self-calibration study (default booth; "
+                             "'none' to skip it)")
     parser.add_argument("--workdir", type=Path, help="keep the files here (default: temporary)")
     parser.add_argument("--checkin", action="store_true",
                         help="run only the check-in venue (see the module docstring)")
@@ -736,7 +854,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hallway-accuracy-") as temp:
         workdir = args.workdir or Path(temp)
         workdir.mkdir(parents=True, exist_ok=True)
-        outcomes = [run_scenario(name, args.seed, workdir) for name in args.scenarios.split(",")]
+        outcomes = [run_scenario(name, args.seed, workdir, duration=args.duration)
+                    for name in args.scenarios.split(",")]
     for outcome in outcomes:
         print_table(outcome)
     print("\nTargets (hallway against the references in this run):")
@@ -744,6 +863,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f" {outcome.scenario}:")
         for line in check_targets(outcome):
             print(line)
+    print_summary(outcomes)
+    if args.calibration != "none":
+        with tempfile.TemporaryDirectory(prefix="hallway-accuracy-") as temp:
+            calibration_study(args.calibration, args.seed, args.workdir or Path(temp),
+                              args.duration)
     print(f"\n(bench wall time {time.perf_counter() - started:.0f} s)")
     return 0
 

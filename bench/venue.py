@@ -227,6 +227,8 @@ def main() -> int:
                         help="scanners' presence radius (m): they must hear the next room too")
     parser.add_argument("--margin", type=float, help="venue.switch_margin_db (default: config)")
     parser.add_argument("--confirm", type=float, help="venue.switch_confirm_s (default: config)")
+    parser.add_argument("--return-margin", type=float,
+                        help="venue.return_margin_db (default: config)")
     parser.add_argument("--offline", action="store_true")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
@@ -237,6 +239,8 @@ def main() -> int:
         tuning["switch_margin_db"] = args.margin
     if args.confirm is not None:
         tuning["switch_confirm_s"] = args.confirm
+    if args.return_margin is not None:
+        tuning["return_margin_db"] = args.return_margin
     start_ts = 1795251600.0 if args.offline else time.time() + LEAD_S
     sim = VenueSimulation(seed=args.seed, start_ts=start_ts, duration_s=args.duration,
                           contacts=args.contacts,

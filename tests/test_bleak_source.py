@@ -92,7 +92,8 @@ async def test_every_field_arrives_through_bleak(monkeypatch: pytest.MonkeyPatch
 async def test_a_screen_skips_strangers_before_their_record(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With the resolver's screen on the hand-off only contacts' advertisements are queued;
-    strangers' are counted (and their BlueZ devices still tracked for pruning)."""
+    strangers' are counted (and their BlueZ devices still tracked for pruning), and their
+    times alone go to the hand-off's ``heard`` (the receiver's listening pattern)."""
     resolver = Resolver(IdentityConfig())
     resolver.set_contacts([Contact(id="c-1", name="Badge", keys=(
         ContactKey(KeyKind.ADDRESS, "C4:7C:8D:6A:12:34"),))], now=time.time())
@@ -104,7 +105,9 @@ async def test_a_screen_skips_strangers_before_their_record(
     ]
     async with bluez_env(monkeypatch) as env:
         source = BleakSource(fast_config())
-        handoff = Handoff(100, screen=resolver.screen)
+        times: list[float] = []
+        handoff = Handoff(100, screen=resolver.screen, heard=times.append)
+        before = time.time()
         async with running(source, handoff):
             await scanning(source)
             await env.fake.command("adv", ads=[*strangers, json.loads(SPEC_LINE), *OTHERS])
@@ -115,6 +118,8 @@ async def test_a_screen_skips_strangers_before_their_record(
                                                   "C4:7C:8D:6A:12:34"]
         assert stats["heard"] == 6
         assert stats["tracked_devices"] == 6
+        assert len(times) == 3
+        assert all(before <= t <= time.time() for t in times)
         assert handoff.stats()["total"] == 3
 
 

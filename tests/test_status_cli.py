@@ -84,6 +84,11 @@ def test_status_over_tcp_as_json(daemon: tuple[Path, int]) -> None:
     for key in ("uptime_s", "advertisements_per_s", "matched_per_s", "malformed", "dropped",
                 "present", "subscribers", "last_error"):
         assert key in reply
+    # What the tracker knows of its receiver and the venue's calibration (no references here).
+    proximity = reply["proximity"]
+    assert set(proximity["receiver"]) >= {"listening_share", "lossy", "reception_rule"}
+    assert proximity["calibration"]["state"] == "no references"
+    assert proximity["calibration"]["path_loss_exponent"] == 2.0
     env = {**os.environ, "HALLWAY_TOKEN": token}
     again = hallway("status", "--connect", f"127.0.0.1:{port}", "--json", env=env)
     assert json.loads(again.stdout)["uptime_s"] >= reply["uptime_s"]

@@ -17,7 +17,8 @@ ADA = {"id": "c-1", "name": "Ada", "tags": ["speaker"]}
 CONFIG = VenueConfig(rooms={"kiosk-a": "Hall A", "kiosk-b": "Hall B", "kiosk-b2": "Hall B",
                             "kiosk-c": "Foyer"},
                      switch_margin_db=4.0, switch_confirm_s=8.0, depart_grace_s=15.0,
-                     offline_grace_s=30.0)
+                     offline_grace_s=30.0, return_margin_db=0.0)
+# (the return margin is off here, so these tests see the plain rule; it has its own test)
 
 
 def arbiter(**changes: float) -> Arbiter:
@@ -59,6 +60,24 @@ def test_a_challenger_must_be_clearly_and_persistently_better() -> None:
     assert moved[0].previous_room == "Hall A"
     assert moved[0].type is EventType.MOVED
     assert arb.tick(200) == []
+
+
+def test_going_back_to_the_room_just_left_needs_the_return_margin() -> None:
+    arb = arbiter(switch_margin_db=1.0, switch_confirm_s=1.0, return_margin_db=4.0)
+    arb.seen("kiosk-a", ADA, ts=0, distance_m=3.0, now=0)
+    arb.seen("kiosk-b", ADA, ts=1, distance_m=2.0, now=1)  # 3.5 dB ahead: a quick first move
+    assert kinds(arb.tick(2.0)) == [("moved", "Hall B")]
+    # Back in the doorway, Hall A 2.5 dB ahead: over the margin, not over the return margin.
+    arb.seen("kiosk-a", ADA, ts=10, distance_m=1.5, now=10)
+    assert arb.tick(30) == []
+    assert arb.room_of("c-1") == "Hall B"
+    # Clearly back in Hall A (12 dB ahead): it goes back.
+    arb.seen("kiosk-a", ADA, ts=31, distance_m=0.5, now=31)
+    assert kinds(arb.tick(33)) == [("moved", "Hall A")]
+    # After the window a small lead is enough again.
+    arb.seen("kiosk-a", ADA, ts=200, distance_m=3.0, now=200)
+    arb.seen("kiosk-b", ADA, ts=200, distance_m=2.4, now=200)  # 1.9 dB ahead
+    assert kinds(arb.tick(203)) == [("moved", "Hall B")]
 
 
 def test_just_over_the_margin_needs_the_whole_confirmation_time() -> None:

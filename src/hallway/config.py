@@ -75,6 +75,14 @@ class IdentityConfig(_Section):
 _KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
 
 
+class ReferenceConfig(_Section):
+    """A reference beacon at a known distance from the scanner (``[[proximity.reference]]``):
+    the contact whose sightings it makes (a badge imported as a contact)."""
+
+    contact: str = Field(min_length=1, max_length=200)
+    distance_m: float = Field(gt=0, le=100)
+
+
 class ProximityConfig(_Section):
     """Distance, zones and presence (see ``hallway.proximity.tracker`` for how they interact)."""
 
@@ -90,9 +98,11 @@ class ProximityConfig(_Section):
     motion_evidence_db_s: float = Field(default=25.0, gt=0, le=1000)
     quick_margin_db: float = Field(default=6.0, ge=0, le=60)
     outlier_clip_db: float = Field(default=6.0, gt=0, le=60)
-    presence_hysteresis_db: float = Field(default=1.0, ge=0, le=20)
+    presence_hysteresis_db: float = Field(default=0.5, ge=0, le=20)
     arrive_confirm_s: float = Field(default=2.0, ge=0, le=600)
     depart_confirm_s: float = Field(default=2.0, ge=0, le=600)
+    arrive_confirm_sightings: int = Field(default=2, ge=1, le=100)
+    depart_confirm_sightings: int = Field(default=3, ge=1, le=100)
     zone_hysteresis_db: float = Field(default=3.0, ge=0, le=20)
     zone_confirm_s: float = Field(default=2.0, ge=0, le=600)
     initial_interval_s: float = Field(default=1.0, gt=0, le=60)
@@ -105,6 +115,19 @@ class ProximityConfig(_Section):
     pausing_kinds: tuple[str, ...] = ("hallway-v1", "irk")
     reception_floor_dbm: float = Field(default=-97.0, ge=-130, le=0)
     shadowing_db: float = Field(default=6.0, gt=0, le=30)
+    reference: tuple[ReferenceConfig, ...] = ()
+
+    @field_validator("reference")
+    @classmethod
+    def _distinct_references(
+        cls, value: tuple[ReferenceConfig, ...]
+    ) -> tuple[ReferenceConfig, ...]:
+        seen = set()
+        for ref in value:
+            if ref.contact in seen:
+                raise ValueError(f"reference contact {ref.contact!r} is listed twice")
+            seen.add(ref.contact)
+        return value
 
     @field_validator("pausing_kinds")
     @classmethod
@@ -282,8 +305,10 @@ class VenueConfig(_Section):
     """The venue service (``hallway venue``): which room each contact is in, across scanners."""
 
     rooms: dict[str, str] = Field(default_factory=dict)
-    switch_margin_db: float = Field(default=4.0, ge=0, le=40)
-    switch_confirm_s: float = Field(default=6.0, ge=0, le=600)
+    switch_margin_db: float = Field(default=1.0, ge=0, le=40)
+    switch_confirm_s: float = Field(default=1.0, ge=0, le=600)
+    return_margin_db: float = Field(default=4.0, ge=0, le=40)
+    return_window_s: float = Field(default=60.0, ge=0, le=3600)
     depart_grace_s: float = Field(default=15.0, ge=0, le=600)
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
 

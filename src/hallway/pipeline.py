@@ -74,6 +74,7 @@ class Pipeline:
     def feed(self, adv: Advertisement) -> list[PresenceEvent]:
         """One advertisement in; the tracker's decisions it caused out (usually none)."""
         self._advertisements += 1
+        self.tracker.heard(adv.ts)
         match = self._resolver.resolve(adv)
         if match is None:
             return []

@@ -31,6 +31,7 @@ from hallway.events import event_json
 from hallway.identity.resolver import Resolver
 from hallway.models import Contact, KeyKind, PresenceEvent, Sighting
 from hallway.pipeline import Pipeline
+from hallway.proximity.receiver import ReceiverMonitor
 from hallway.trace import TraceLineError, TraceParser
 
 MAX_REPORTED_BAD_LINES = 10
@@ -49,6 +50,7 @@ class ReplaySummary:
     first_ts: float | None = None
     last_ts: float | None = None
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
+    radio: str = ""  # what the tracker learned of the receiver and the venue's path loss
 
     @property
     def rate(self) -> float:
@@ -62,10 +64,12 @@ _BATCH_ADVERTISEMENTS = 4096
 
 
 class ClockMark(NamedTuple):
-    """The trace's clock reached ``ts`` (its first advertisement, or a new whole second) and
-    no sighting came with it: the tracker is ticked up to it."""
+    """The trace's clock reached ``ts`` (its first advertisement, or a new whole second): the
+    tracker is ticked up to it. ``receiver``: at a new second, the receiver's counters as the
+    reader has them from every advertisement, strangers' too (``ReceiverMonitor.snapshot``)."""
 
     ts: float
+    receiver: tuple[float, ...] | None = None
 
 
 class Seen(NamedTuple):
@@ -110,6 +114,8 @@ def _read(lines: Iterable[bytes], contacts: list[Contact], config: Config,
           longest: float) -> Iterator[Batch]:
     """Parse and resolve the trace: the reader's half of a replay (no tracker state)."""
     resolver = Resolver(config.identity)
+    receiver = ReceiverMonitor()  # every advertisement's time, strangers' too: counters only
+    heard = receiver.heard
     resolve = resolver.resolve
     maintain = resolver.maintain
     parse = TraceParser().parse
@@ -139,17 +145,16 @@ def _read(lines: Iterable[bytes], contacts: list[Contact], config: Config,
             items.append(ClockMark(ts))
         count += 1
         last_ts = max(last_ts, ts)
-        clock = ts >= next_tick
-        if clock:
+        heard(ts)
+        if ts >= next_tick:
             for t in _tick_times(next_tick, ts, longest):
                 maintain(t)
             next_tick = float(math.floor(ts)) + 1.0
+            items.append(ClockMark(ts, receiver.snapshot()))
         match = resolve(adv)
         if match is not None:
             items.append(Seen(ts, match.contact_id, kind_index[match.via], adv.rssi,
                               match.measured_power, adv.scanner))
-        elif clock:
-            items.append(ClockMark(ts))
         if count >= flush_at:
             flush_at = count + _BATCH_ADVERTISEMENTS
             yield Batch(items, count, bytes_read, malformed, bad_lines, last_ts)
@@ -236,6 +241,7 @@ def replay(
             write(dumps(obj) + "\n")
 
     sighted = pipeline.sighted
+    receiver_state = pipeline.tracker.heard_elsewhere
     tick = pipeline.tick
     kinds = _KINDS
     longest = pipeline.tracker.longest_silence_s + 2.0
@@ -261,6 +267,9 @@ def replay(
             if realtime:
                 _pace(ts - trace_zero, wall_zero)
             if type(item) is ClockMark:
+                counters = cast(ClockMark, item).receiver
+                if counters is not None:
+                    receiver_state(counters)
                 continue
             seen = cast(Seen, item)
             events = sighted(Sighting(ts, seen.contact_id, kinds[seen.kind], seen.rssi,
@@ -284,4 +293,16 @@ def replay(
         summary.last_ts = last_ts
     summary.events = seq
     summary.wall_time_s = time.perf_counter() - started
+    tracker = pipeline.tracker
+    receiver = tracker.receiver_status()
+    summary.radio = (
+        f"listening {receiver['listening_share']}, lossy {receiver['lossy']}, reception rule "
+        f"{receiver['reception_rule']}"
+    )
+    if last_ts is not None:
+        fit = tracker.calibration_status(last_ts)
+        summary.radio += (
+            f"; calibration {fit['state']}: exponent {fit['path_loss_exponent']}, receive "
+            f"offset {fit['receive_offset_db']} dB, confidence {fit['confidence']}"
+        )
     return summary

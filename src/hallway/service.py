@@ -228,6 +228,18 @@ class Service:
             # Check-ins (GATT) and refused writes by kind; no central is ever named.
             **({"checkin": self._peripheral.stats()} if self._peripheral is not None else {}),
             **({"web": self._web.stats()} if self._web is not None else {}),
+            # What the tracker knows of its receiver, and the venue's fitted path loss.
+            "proximity": self._proximity_status(),
+        }
+
+    def _proximity_status(self) -> dict[str, Any]:
+        pipeline = self._pipeline
+        if pipeline is None:
+            return {}
+        tracker = pipeline.tracker
+        return {
+            "receiver": tracker.receiver_status(),
+            "calibration": tracker.calibration_status(self._now()),
         }
 
     def _status_line(self) -> str:
@@ -285,7 +297,8 @@ class Service:
             await self._start_web()
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
-        self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
+        self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen,
+                                heard=self.pipeline.tracker.heard)
         if config.checkin.enabled:
             from hallway.checkin.peripheral import BluezPeripheral  # noqa: PLC0415 - dbus-fast
 

@@ -30,7 +30,7 @@ from tests.support.mosquitto import (
 
 VENUE = "rig"
 VENUE_USER = "venue"
-NEAREST_WINS = {"switch_margin_db": 0.0, "switch_confirm_s": 0.0}
+NEAREST_WINS = {"switch_margin_db": 0.0, "switch_confirm_s": 0.0, "return_margin_db": 0.0}
 
 
 def _toml_value(value: Any) -> str:

@@ -114,4 +114,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"events: {summary.events}", file=report)
     print(f"wall_time_s: {summary.wall_time_s:.3f}", file=report)
     print(f"advertisements_per_s: {summary.rate:.0f}", file=report)
+    print(f"radio: {summary.radio}", file=report)
     return 0

@@ -24,7 +24,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "simulate", parents=[common],
         help="write a simulated venue: contacts, advertisement trace and ground truth",
     )
-    parser.add_argument("--scenario", required=True, help="booth, keynote or corridor")
+    parser.add_argument("--scenario", required=True,
+                        help="a simulated venue: booth, keynote, corridor, or the harder "
+                             "pocket-desk, lossy-booth, crowd-keynote, pi-corridor")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--duration", type=float, metavar="S",
@@ -32,7 +34,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=float, metavar="TS", default=DEFAULT_START_TS,
                         help="Unix time of the first second (default 2026-11-21 09:00 UTC)")
     parser.add_argument("--radius", type=float, metavar="M",
-                        help="presence radius of the truth (default: proximity.presence_radius_m)")
+                        help="presence radius of the truth (default: the scenario's own, else "
+                             "proximity.presence_radius_m)")
+    parser.add_argument("--references", metavar="M,M", default="",
+                        help="reference beacons at these distances (m), written to venue.toml "
+                             "as [[proximity.reference]]")
+    parser.add_argument("--true-exponent", type=float, metavar="N",
+                        help="the venue's real path-loss exponent (venue.toml keeps the "
+                             "scenario's: a venue configured wrong)")
     parser.set_defaults(func=run)
 
 
@@ -53,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     """Simulate and write the files; prints what was written."""
     from hallway.commands._common import config_from_args
     from hallway.contacts_io import contact_to_line
-    from hallway.simulator import Simulation, scenario_names
+    from hallway.simulator import Simulation, scenario, scenario_names
 
     if args.scenario not in scenario_names():
         print(f"hallway: unknown scenario {args.scenario!r}; choose from "
@@ -63,12 +72,27 @@ def run(args: argparse.Namespace) -> int:
         print("hallway: --duration must be from 1 s to 7 days", file=sys.stderr)
         return 2
     config = config_from_args(args)
-    radius = args.radius if args.radius is not None else config.proximity.presence_radius_m
+    radius = args.radius
+    if radius is None and scenario(args.scenario).radius_m is None:
+        radius = config.proximity.presence_radius_m
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    try:
+        references = [float(v) for v in args.references.split(",") if v.strip()]
+    except ValueError:
+        print(f"hallway: --references must be distances in metres, e.g. 1.5,8 "
+              f"(got {args.references!r})", file=sys.stderr)
+        return 2
+    if any(not 0.1 <= d <= 100 for d in references):
+        print("hallway: --references: distances must be from 0.1 to 100 m", file=sys.stderr)
+        return 2
+    if args.true_exponent is not None and not 1.0 <= args.true_exponent <= 6.0:
+        print("hallway: --true-exponent must be from 1 to 6", file=sys.stderr)
+        return 2
     sim = Simulation(args.scenario, seed=args.seed, start_ts=args.start,
-                     duration_s=args.duration, radius_m=radius)
+                     duration_s=args.duration, radius_m=radius, references=references,
+                     true_exponent=args.true_exponent)
     with (out / "contacts.jsonl").open("w", encoding="utf-8") as handle:
         for contact in sim.contacts:
             handle.write(contact_to_line(contact) + "\n")
@@ -98,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"contacts: {len(sim.contacts)}  ({out / 'contacts.jsonl'})")
     print(f"advertisements: {count}  ({out / 'trace.jsonl'})")
     print(f"presence_intervals: {intervals}  ({out / 'truth.jsonl'})")
-    print(f"venue: path_loss_exponent {sim.spec.radio.path_loss_exponent}  ({out / 'venue.toml'})")
+    print(f"venue: path_loss_exponent {sim.configured_exponent} (true "
+          f"{sim.spec.radio.path_loss_exponent}), radius {sim.radius_m} m  ({out / 'venue.toml'})")
     print(f"wall_time_s: {time.perf_counter() - started:.2f}")
     return 0

@@ -8,7 +8,8 @@ answers: "has this person just walked off?" wants a short memory, "is this seate
 So the filter keeps two exponential averages of the same samples: ``fast`` (seconds) and
 ``level`` (up to a minute or more). Both weigh samples by time, not by count, so a phone sending
 ten advertisements a second and one sending one get the same lag, and both start (and restart)
-as plain running means (weights 1/n) so they settle quickly. Each residual is clipped to a few
+as plain running means (weights 1/n) so they settle quickly; past that no one sample weighs
+more than half, however long after the previous one it came. Each residual is clipped to a few
 times the running mean absolute residual, which bounds what one deep drop can do.
 
 Between them sits a CUSUM change detector: while ``fast`` keeps away from ``level`` by more
@@ -27,6 +28,7 @@ import math
 
 _INITIAL_SCALE_DB = 4.0
 _SCALE_WEIGHT = 0.05
+_MAX_WEIGHT = 0.5
 _RESTART_COUNT = 2  # after a detected move, `level` restarts as if it had seen this many samples
 
 
@@ -114,6 +116,9 @@ class LevelFilter:
         limit = max(limit, self._clip_min_db)
 
         weight = 1.0 - math.exp(-dt / self._tau_fast)
+        # No single sample past the first ones weighs more than half: where samples are rare
+        # (a receiver listening in windows) time alone would let each one set the estimate.
+        weight = min(weight, _MAX_WEIGHT)
         weight = max(weight, 1.0 / (fast_count + 1))
         residual = value - self.fast
         if residual > limit:

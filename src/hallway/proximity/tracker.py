@@ -7,14 +7,19 @@ turned into a level relative to the device's 1 m power (the frame's measured pow
 carries one, else a per-kind default, plus the contact's calibration) and smoothed on two time
 scales (``filter.LevelFilter``): a long average while the device keeps still, which is what
 tells a seated person at 11 m from one at 13 m, and a short one that takes over as soon as a
-move is evident. Distance follows from the log-distance model with the venue's exponent.
+move is evident. Beside them the track keeps the median of its levels over the last 15 s.
+Distance follows from the log-distance model ``level = offset - 10·n·log10(d)`` with the
+venue's exponent ``n`` and the receiver's offset (0, or fitted from reference beacons:
+``calibration.Calibrator``).
 
-Presence compares the smoothed level with two radii a little apart: the arrive radius inside
-the presence radius and the depart radius outside it (``presence_hysteresis_db``). A contact
-arrives after its level stayed inside the arrive radius for ``arrive_confirm_s``, and departs
-``out_of_range`` after it stayed beyond the depart radius for ``depart_confirm_s``; in between
-nothing changes, so a person standing at the edge does not flap. The short average alone
-decides when it is far past either radius (``quick_margin_db``): someone walking in or out.
+Presence compares the levels with two radii a little apart: the arrive radius inside the
+presence radius and the depart radius outside it (``presence_hysteresis_db``). A contact is
+inside when the long average, the recent median, or the short average far past the radius
+(``quick_margin_db``: someone walking in) says so; outside only when the long or the short
+average says so *and* the recent median agrees. It arrives after it stayed inside for
+``arrive_confirm_s`` and ``arrive_confirm_sightings`` sightings, and departs ``out_of_range``
+after it stayed outside for ``depart_confirm_s`` and ``depart_confirm_sightings``; in between
+nothing changes, so a person standing at the edge does not flap.
 
 Silence is judged against the contact's own learned advertising interval (the lowest decile
 of its recent gaps, carried across address rotations because the track is the contact's).
@@ -52,6 +57,42 @@ agree within ``_CHECKIN_AGREE_DB``. Each check-in promises the next: until
 it, the contact is treated as heard, so a check-in-only phone never goes quiet between
 check-ins; once that has passed with nothing heard since, it departs (``timeout``). A contact
 seen both ways is one track, and its silences are judged as usual while it advertises.
+
+What each rule assumes about the radio, and what happens when it does not hold
+-----------------------------------------------------------------------------
+The receiver's own pattern is learned from every advertisement heard, strangers' included
+(``heard``; ``receiver.ReceiverMonitor`` keeps counters of arrival times only): the share of
+time it listens and the length of its gaps between listening windows. A receiver that listens
+less than ``_LISTENING_MIN`` of the time, or that too little was heard from to tell, is
+*lossy*; ``status`` says which (``proximity.receiver``).
+
+- Level -> distance assumes the log-distance model with the configured (or fitted) exponent
+  and a 1 m power that is right for the device. A phone in a pocket, a low transmit power or
+  a receiver with its own gain error read further than they are: all the tracker can do alone
+  is to use the power the frame carries (the app's calibrated value for its model) ahead of
+  the per-kind default; a contact's ``calibration_db`` (``hallway calibrate``) and reference
+  beacons (receiver offset and exponent) correct the rest. Without them, such devices are
+  missed near the radius; the tracker does not guess.
+- The reception-share floor rule assumes that lost packets mean distance: a receiver that
+  listens all the time, whose base share (from strong devices) is known. It is on only when
+  the receiver is not lossy, the base share was learned from ``_BASE_MIN_UPDATES`` strong
+  sightings and is at least ``_BASE_MIN``. Otherwise it is off (``reception_rule``) and a
+  rarely heard device is judged by its levels alone; far devices may then read a little near.
+- Confirmation assumes some sightings arrive within the confirmation time. It needs both the
+  time and a count of sightings, so a receiver that hears one packet in twenty neither
+  confirms on one sighting nor never confirms: it confirms as soon as the sightings are there.
+- Silence rules assume the learned interval says when the next packet is due. On a lossy
+  receiver a silence counts only after ``_QUIET_GAPS`` of the contact's typical gaps between
+  sightings (before they are learned: of the receiver's gaps between windows), and the "heard
+  well until then" test of a pause is judged against those gaps, not the interval. Where even
+  that fails (a device heard once a minute), silences resolve by the longer fade timeout.
+- The filters assume samples are independent around a slowly moving level. Multipath fading
+  makes single samples swing 20 dB: no single sample past the first ones moves the short
+  average by more than half its distance, residuals are clipped, and the recent median and
+  the long average both must agree before anyone departs on levels.
+- Reference beacons assume they stay where the config says. One that goes silent, moves, or
+  disagrees with the others is left out and named in ``status``; with none left the defaults
+  apply, so calibration never does worse than not having references.
 """
 
 from __future__ import annotations
@@ -71,8 +112,10 @@ from hallway.models import (
     PresentInfo,
     Sighting,
 )
+from hallway.proximity.calibration import Calibrator, Reference
 from hallway.proximity.distance import db_factor
 from hallway.proximity.filter import LevelFilter
+from hallway.proximity.receiver import ReceiverMonitor
 from hallway.proximity.zones import Zone, ZoneMap
 
 
@@ -168,6 +211,13 @@ _CHECKIN_PERIOD_S = 30.0  # SPEC §3.1: a phone checks in at least this often wh
 _CHECKIN_SLACK_S = 5.0
 _CHECKIN_PAIR_S = 60.0  # two check-ins further apart are not averaged
 _CHECKIN_AGREE_DB = 8.0  # two check-ins within this agree (about twice their noise)
+_LISTENING_MIN = 0.8  # a receiver listening less than this share of the time is lossy
+_BASE_MIN = 0.5  # a base reception below this: the receiver loses too much to read shares
+_BASE_MIN_UPDATES = 200  # strong sightings before the base reception is trusted
+_MEDIAN_WINDOW_S = 15.0  # the recent median an arrival may also go by
+_MEDIAN_MAX = 64  # levels kept for it
+_FIT_EVERY_S = 10.0  # refit from the reference beacons this often
+_QUIET_GAPS = 4.0  # on a lossy receiver, silent after this many typical gaps
 
 
 class _Track:
@@ -186,16 +236,21 @@ class _Track:
         "filter",
         "gap_count",
         "gaps",
+        "inside_count",
         "inside_since",
         "interval_s",
         "last_ts",
         "level",
+        "median",
+        "outside_count",
         "outside_since",
         "power_dbm",
         "recent",
+        "recent_levels",
         "reception",
         "slots",
         "state",
+        "typical_gap_s",
         "via",
         "zone",
         "zone_pending",
@@ -207,6 +262,7 @@ class _Track:
         self.state = State.ABSENT
         self.filter = rssi_filter
         self.level = 0.0  # smoothed RSSI relative to the 1 m power (dB, negative)
+        self.median = -math.inf  # the median level of the last seconds (``_recent_median``)
         self.power_dbm = 0.0  # the 1 m power (with calibration) of the latest sighting
         self.calibration_db = 0.0
         self.via = KeyKind.ADDRESS
@@ -220,7 +276,11 @@ class _Track:
         self.gaps: list[float] = []
         self.gap_count = 0
         self.interval_s = interval_s
+        self.typical_gap_s = interval_s  # the median gap between its sightings, learned
+        self.inside_count = 0  # sightings in the current run inside the arrive radius
+        self.outside_count = 0  # ... beyond the depart radius
         self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
+        self.recent_levels: deque[tuple[float, float]] = deque(maxlen=_MEDIAN_MAX)
         self.reception = 1.0  # share of its expected packets heard lately (learned interval)
         self.slots = 0  # expected packets counted into ``reception``
         self.carrier: str | None = None  # of the latest sighting
@@ -238,20 +298,12 @@ class Tracker:
         """``checkin_hold_s``: the longest a check-in keeps its contact heard (see above)."""
         self._config = config
         self._checkin_hold_s = checkin_hold_s
-        n = config.path_loss_exponent
-        self._ten_n = 10.0 * n
-        radius_level = -self._ten_n * math.log10(config.presence_radius_m)
-        self._arrive_level = radius_level + config.presence_hysteresis_db
-        self._depart_level = radius_level - config.presence_hysteresis_db
-        self._quick_arrive_level = self._arrive_level + config.quick_margin_db
-        self._quick_depart_level = self._depart_level - config.quick_margin_db
-        hold_radius = config.hold_radius_m or config.presence_radius_m
-        self._hold_level = -self._ten_n * math.log10(hold_radius)
-        self._zones = ZoneMap(
-            immediate_m=config.immediate_m,
-            near_m=config.near_m,
-            hysteresis_factor=db_factor(config.zone_hysteresis_db, exponent=n),
+        self._set_radio(config.path_loss_exponent, 0.0)
+        self._calibrator = Calibrator(
+            [Reference(r.contact, r.distance_m) for r in config.reference],
+            exponent=config.path_loss_exponent,
         )
+        self._next_fit = -math.inf
         default_power = config.default_measured_power_dbm
         self._kind_power = {
             kind: float(config.measured_power_dbm.get(kind.value, default_power))
@@ -261,16 +313,37 @@ class Tracker:
         self._floor_dbm = config.reception_floor_dbm
         self._shadowing_db = config.shadowing_db
         self._base_reception = 0.85  # share of packets heard from strong devices, learned
+        self._base_updates = 0  # strong sightings behind it
+        self._receiver = ReceiverMonitor()  # the receiver's listening pattern, from everyone
+        self._stream_reported = False  # a caller reports every advertisement (``heard``)
         self._tracks: dict[str, _Track] = {}
         self._active: set[str] = set()  # contacts not ABSENT: the ones tick must look at
 
     # -- inputs --------------------------------------------------------------------------------
+
+    def heard(self, ts: float) -> None:
+        """Any advertisement heard at ``ts``, a stranger's too: only its time is kept, in the
+        receiver's counters (``ReceiverMonitor``)."""
+        self._stream_reported = True
+        self._receiver.heard(ts)
+
+    def heard_elsewhere(self, snapshot: tuple[float, ...]) -> None:
+        """The receiver's counters kept by someone else (``ReceiverMonitor.snapshot``: a
+        replay's reader process sees every advertisement, the tracker only the contacts')."""
+        self._stream_reported = True
+        self._receiver.load(snapshot)
 
     def observe(self, sighting: Sighting, *, calibration_db: float = 0.0) -> list[PresenceEvent]:
         """Take one sighting; return the events it causes (at most an arrival or a departure,
         and a zone change)."""
         config = self._config
         cid = sighting.contact_id
+        if self._calibrator.is_reference(cid):
+            # A reference beacon: the venue's instrument, not an attendee.
+            power = sighting.measured_power
+            base = self._kind_power[sighting.via] if power is None else power
+            self._calibrator.observe(cid, sighting.ts, sighting.rssi - base - calibration_db)
+            return []
         track = self._tracks.get(cid)
         if track is None:
             track = self._tracks[cid] = _Track(cid, self._new_filter(), config.initial_interval_s)
@@ -283,10 +356,10 @@ class Tracker:
         elif gap > _MIN_GAP_S and track.last_ts > -math.inf:
             self._learn_gap(track, gap)
             self._count_reception(track, gap)
-        quiet_after = config.quiet_after_intervals * track.interval_s
-        if gap > quiet_after and gap > config.quiet_min_s and not expected:
+        if gap > self._quiet_after(track) and gap > config.quiet_min_s and not expected:
             # A silence breaks any run towards arriving or departing.
             track.inside_since = track.outside_since = None
+            track.inside_count = track.outside_count = 0
         if calibration_db != track.calibration_db:
             # Recalibrated: what was learned stays, in the new reference (levels are RSSI minus
             # the calibrated power), so a corrected phone reads right at once.
@@ -297,45 +370,75 @@ class Tracker:
             track.power_dbm = self._kind_power[sighting.via] + calibration_db
         else:
             track.power_dbm = power + calibration_db
-        level = track.filter.update(ts, sighting.rssi - track.power_dbm)
+        value = sighting.rssi - track.power_dbm
+        level = track.filter.update(ts, value)
         fast = track.filter.fast
+        recent_levels = track.recent_levels
+        ceiling = math.inf
         if checkin:
             # A check-in is already the phone's own average of what it heard, and the next is
             # seconds away: the long average would lag a walk by several check-ins. Two in a
             # row that agree are averaged (a still phone at the edge); one that differs by
             # more than the noise allows starts afresh (a walk).
-            raw = sighting.rssi - track.power_dbm
+            raw = value
             previous = track.checkin_level
             if (ts - track.checkin_level_ts <= _CHECKIN_PAIR_S
                     and abs(raw - previous) < _CHECKIN_AGREE_DB):
                 raw = 0.5 * (raw + previous)
             track.checkin_level, track.checkin_level_ts = raw, ts
             level = fast = raw
-        elif track.gap_count >= _SETTLED_GAPS:
-            level, fast = self._reception_bound(track, level, fast)
+        else:
+            recent_levels.append((ts, value))
+            if track.gap_count >= _SETTLED_GAPS:
+                ceiling = self._reception_ceiling(track, level)
+                level, fast = min(level, ceiling), min(fast, ceiling)
         track.level = level
         track.via = sighting.via
         track.carrier = sighting.carrier
         track.last_ts = max(track.last_ts, ts)
         track.recent.append(ts)
 
-        if level >= self._arrive_level or fast >= self._quick_arrive_level:
+        # Confirmation takes both time and sightings: time alone would hand the decision to
+        # one sighting wherever packets are rare (a receiver listening in windows).
+        # Two levels make a median once the reception share may cap them; three before.
+        least = 2 if track.gap_count >= _SETTLED_GAPS else 3
+        median = track.median = (
+            level if checkin else min(self._recent_median(recent_levels, ts, least), ceiling))
+        if (
+            level >= self._arrive_level
+            or fast >= self._quick_arrive_level
+            or median >= self._arrive_level
+        ):
             track.outside_since = None
+            track.outside_count = 0
             if track.inside_since is None:
                 track.inside_since = ts
-            held = ts - track.inside_since >= config.arrive_confirm_s or (
-                checkin and (ts > track.inside_since or fast >= self._quick_arrive_level))
+                track.inside_count = 0
+            track.inside_count += 1
+            held = (
+                ts - track.inside_since >= config.arrive_confirm_s
+                and track.inside_count >= config.arrive_confirm_sightings
+            ) or (checkin and (ts > track.inside_since or fast >= self._quick_arrive_level))
             signal = Input.INSIDE_HELD if held else Input.INSIDE
-        elif level < self._depart_level or fast < self._quick_depart_level:
+        elif (level < self._depart_level or fast < self._quick_depart_level) and (
+            median < self._depart_level
+        ):
             track.inside_since = None
+            track.inside_count = 0
             if track.outside_since is None:
                 track.outside_since = ts
-            held = ts - track.outside_since >= config.depart_confirm_s
+                track.outside_count = 0
+            track.outside_count += 1
+            held = (
+                ts - track.outside_since >= config.depart_confirm_s
+                and track.outside_count >= config.depart_confirm_sightings
+            )
             if checkin and (ts > track.outside_since or fast < self._quick_depart_level):
                 held = True  # a second check-in beyond the radius, or one far beyond
             signal = Input.OUTSIDE_HELD if held else Input.OUTSIDE
         else:
             track.inside_since = track.outside_since = None
+            track.inside_count = track.outside_count = 0
             signal = Input.BAND
 
         before = track.state
@@ -354,6 +457,8 @@ class Tracker:
         """Apply silences up to ``now``: quiet, fade-outs and hold timeouts. Call about 1/s."""
         events: list[PresenceEvent] = []
         done: list[str] = []
+        if now >= self._next_fit:
+            self._recalibrate(now)
         for cid in self._active:
             track = self._tracks[cid]
             signal = self._classify_silence(track, now)
@@ -381,6 +486,7 @@ class Tracker:
             track = self._tracks[cid]
             events.extend(self._step(track, Input.REMOVE, now, reason=DepartReason.SHUTDOWN))
             track.inside_since = track.outside_since = None
+            track.inside_count = track.outside_count = 0
         self._active.clear()
         return events
 
@@ -420,12 +526,54 @@ class Tracker:
         track = self._tracks.get(contact_id)
         return None if track is None else track.last_ts
 
+    def receiver_status(self) -> dict[str, float | bool | str]:
+        """What the tracker knows of the receiver, for ``hallway status`` (counters only)."""
+        out: dict[str, float | bool | str] = dict(self._receiver.status())
+        out["base_reception"] = round(self._base_reception, 3)
+        out["reception_rule"] = "on" if self._reception_rule_on() else "off"
+        out["lossy"] = self._lossy()
+        return out
+
+    def calibration_status(self, now: float) -> dict[str, object]:
+        """The venue's fitted path loss and the reference beacons' states (``Calibrator``)."""
+        return self._calibrator.status(now)
+
     @property
     def longest_silence_s(self) -> float:
         """No contact stays present longer than this after its last sighting."""
         return self._config.quiet_hold_s
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _set_radio(self, exponent: float, offset_db: float) -> None:
+        """The levels that stand for the radii, for this path-loss exponent and receiver
+        offset (``level = offset - 10·n·log10(d)``)."""
+        config = self._config
+        self._exponent = exponent
+        self._offset_db = offset_db
+        self._ten_n = 10.0 * exponent
+        radius_level = offset_db - self._ten_n * math.log10(config.presence_radius_m)
+        self._arrive_level = radius_level + config.presence_hysteresis_db
+        self._depart_level = radius_level - config.presence_hysteresis_db
+        self._quick_arrive_level = self._arrive_level + config.quick_margin_db
+        self._quick_depart_level = self._depart_level - config.quick_margin_db
+        hold_radius = config.hold_radius_m or config.presence_radius_m
+        self._hold_level = offset_db - self._ten_n * math.log10(hold_radius)
+        self._zones = ZoneMap(
+            immediate_m=config.immediate_m,
+            near_m=config.near_m,
+            hysteresis_factor=db_factor(config.zone_hysteresis_db, exponent=exponent),
+        )
+
+    def _recalibrate(self, now: float) -> None:
+        """Refit from the reference beacons (every ``_FIT_EVERY_S``) and move the radii."""
+        self._next_fit = now + _FIT_EVERY_S
+        fit = self._calibrator.update(now)
+        if (
+            abs(fit.exponent - self._exponent) > 0.005
+            or abs(fit.offset_db - self._offset_db) > 0.05
+        ):
+            self._set_radio(fit.exponent, fit.offset_db)
 
     def _new_filter(self) -> LevelFilter:
         config = self._config
@@ -438,21 +586,54 @@ class Tracker:
         )
 
     def _distance(self, level: float) -> float:
-        return float(10.0 ** (-level / self._ten_n))
+        return float(10.0 ** ((self._offset_db - level) / self._ten_n))
 
-    def _reception_bound(self, track: _Track, level: float, fast: float) -> tuple[float, float]:
-        """The levels, capped where the share of packets heard says the signal is at the
-        receiver's floor (only the strongest packets get through there, so the heard ones
-        read high); strong devices teach the venue's base share (collisions)."""
+    def _reception_ceiling(self, track: _Track, level: float) -> float:
+        """The highest level the share of packets heard allows where it says the signal is at
+        the receiver's floor (only the strongest packets get through there, so the heard ones
+        read high); inf where it says nothing. Strong devices teach the venue's base share
+        (collisions)."""
         floor = self._floor_dbm
         if level + track.power_dbm > floor + _STRONG_ABOVE_FLOOR_DB:
             self._base_reception += _BASE_WEIGHT * (track.reception - self._base_reception)
-            return level, fast
+            self._base_updates += 1
+            return math.inf
+        if not self._reception_rule_on():
+            return math.inf
         share = track.reception / self._base_reception
         if share >= _RECEPTION_EVIDENCE:
-            return level, fast
-        ceiling = floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
-        return min(level, ceiling), min(fast, ceiling)
+            return math.inf
+        return floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
+
+    @staticmethod
+    def _recent_median(levels: deque[tuple[float, float]], ts: float, least: int) -> float:
+        """The median of the levels of the last ``_MEDIAN_WINDOW_S`` (at least ``least`` of
+        them; -inf otherwise): what the long average has not caught up with yet after a walk-in."""
+        since = ts - _MEDIAN_WINDOW_S
+        values = [v for t, v in levels if t > since]
+        if len(values) < least:
+            return -math.inf
+        values.sort()
+        return values[len(values) // 2]
+
+    def _lossy(self) -> bool:
+        """True when the receiver loses packets for reasons other than distance, or when it
+        cannot be told: the stream is reported (``heard``) but the receiver listens in windows
+        (``ReceiverMonitor.duty``), or too little of it was heard yet."""
+        if not self._stream_reported:
+            return False  # the caller reports no stream: the configured radio is assumed
+        receiver = self._receiver
+        return not receiver.confident or receiver.duty < _LISTENING_MIN
+
+    def _reception_rule_on(self) -> bool:
+        """Whether the reception share may say "at the floor": only on a receiver that listens
+        all the time and hears strong devices well (their share is the base it is read
+        against, learned from enough of them)."""
+        if self._lossy():
+            return False
+        if self._stream_reported and self._base_updates < _BASE_MIN_UPDATES:
+            return False
+        return self._base_reception >= _BASE_MIN
 
     def _count_reception(self, track: _Track, gap: float) -> None:
         """The packets missed in ``gap`` and the one heard, into the reception share (a
@@ -483,6 +664,7 @@ class Tracker:
             # pauses make a few very long ones; the decile sees through both.
             ordered = sorted(gaps)
             track.interval_s = min(ordered[len(ordered) // 10], _MAX_INTERVAL_S)
+            track.typical_gap_s = min(ordered[len(ordered) // 2], _MAX_INTERVAL_S)
 
     def _note_checkin(self, track: _Track, ts: float) -> None:
         """A check-in at ``ts``: learn the phone's check-in gap; hold it heard until the next
@@ -494,8 +676,19 @@ class Tracker:
         track.checkin_until = max(track.checkin_until, ts + hold)
 
     def _quiet_after(self, track: _Track) -> float:
+        """How long a silence must last to mean anything: a few of its learned intervals; on
+        a lossy receiver also a few of its typical gaps between sightings (before they are
+        learned: of the receiver's gaps between listening windows), since there a silence of
+        a few intervals is what the receiver does, not what the device does."""
         config = self._config
-        return max(config.quiet_min_s, config.quiet_after_intervals * track.interval_s)
+        quiet = max(config.quiet_min_s, config.quiet_after_intervals * track.interval_s)
+        if self._lossy():
+            if track.gap_count >= _SETTLED_GAPS:
+                typical = track.typical_gap_s
+            else:
+                typical = max(track.interval_s, self._receiver.dead_gap_s)
+            quiet = max(quiet, _QUIET_GAPS * typical)
+        return quiet
 
     def _holds(self, track: _Track) -> bool:
         """True when the contact went quiet steady and near: a paused phone, not a walk-out."""
@@ -511,9 +704,15 @@ class Tracker:
             return False
         # Reception before the silence: a phone that paused was heard well until then; one
         # that faded out at the edge of reach was losing most of its packets already.
-        since = track.last_ts - _HEALTH_WINDOW_S
+        window = _HEALTH_WINDOW_S
+        if self._lossy():
+            # Judged against what this receiver lets through: its typical gaps.
+            window = max(window, 4.0 * track.typical_gap_s)
+            expected = window / max(track.typical_gap_s, track.interval_s)
+        else:
+            expected = window / track.interval_s
+        since = track.last_ts - window
         heard = sum(1 for ts in track.recent if ts > since)
-        expected = _HEALTH_WINDOW_S / track.interval_s
         return heard >= _HEALTHY_FRACTION * expected
 
     def _classify_silence(self, track: _Track, now: float) -> Input | None:

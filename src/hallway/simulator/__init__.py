@@ -8,10 +8,12 @@ presence radius, and the true distance once a second). Everything is determinist
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
+import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,13 +25,22 @@ from hallway.simulator.devices import (
     STRANGER_MIX,
     Device,
     DeviceKind,
+    PhoneSpread,
     Transmitter,
     choose,
     make_contact,
     make_device,
 )
 from hallway.simulator.scenarios import SCENARIOS, Scenario, Visit
-from hallway.simulator.world import Path, Shadowing, received
+from hallway.simulator.world import (
+    Air,
+    Fading,
+    Path,
+    PathBuilder,
+    Shadowing,
+    received,
+    survives,
+)
 
 __all__ = [
     "Simulation",
@@ -37,6 +48,7 @@ __all__ = [
     "scenario",
     "scenario_contacts",
     "scenario_names",
+    "seed_fraction",
 ]
 
 CONSENT_BEFORE_S = 86400.0
@@ -64,7 +76,7 @@ def _contact_devices(spec: Scenario, seed: int) -> list[Device]:
     for index in range(spec.contacts):
         rng = random.Random(f"{seed}:{spec.name}:contact:{index}")
         kind = choose(rng, spec.contact_mix or CONTACT_MIX)
-        devices.append(make_device(rng, kind, f"{seed}:{spec.name}:dev:{index}"))
+        devices.append(make_device(rng, kind, f"{seed}:{spec.name}:dev:{index}", spec.phones))
     return devices
 
 
@@ -112,9 +124,12 @@ def _gaps(spec: Scenario, rng: random.Random, path: Path) -> list[tuple[float, f
 
 
 def _emit(
-    spec: Scenario, device: Device, path: Path, rng: random.Random
+    spec: Scenario, device: Device, path: Path, rng: random.Random, air: Air | None = None
 ) -> Iterator[Advertisement]:
     """The advertisements heard from one device during one visit, in time order."""
+    if not spec.receiver.ideal:
+        yield from _emit_real(spec, device, path, rng, air or Air())
+        return
     radio = spec.radio
     transmitter = Transmitter(device)
     shadow = Shadowing(radio, rng)
@@ -146,10 +161,60 @@ def _emit(
         t += interval + uniform(0.0, ADV_DELAY_MAX_S)
 
 
+def _emit_real(
+    spec: Scenario, device: Device, path: Path, rng: random.Random, air: Air
+) -> Iterator[Advertisement]:
+    """``_emit`` through a real receiver (``Receiver``): listening windows, Wi-Fi bursts,
+    collisions with capture, the receiver's gain offset and multipath fading."""
+    radio = spec.radio
+    receiver = spec.receiver
+    phase = receiver.scan_period_s * (seed_fraction(spec.name))
+    transmitter = Transmitter(device)
+    shadow = Shadowing(radio, rng)
+    fading = Fading(receiver.rician_k, rng) if receiver.fading else None
+    gaps = _gaps(spec, rng, path) if device.is_phone else []
+    gap_index = 0
+    interval = device.interval_s
+    power = device.true_power_dbm + receiver.rx_offset_db
+    exponent = radio.path_loss_exponent
+    loss = radio.packet_loss
+    uniform = rng.uniform
+    t = path.start + uniform(0.0, interval)
+    end = path.end
+    while t <= end:
+        while gap_index < len(gaps) and gaps[gap_index][1] <= t:
+            gap_index += 1
+        if gap_index < len(gaps) and gaps[gap_index][0] <= t:
+            t = gaps[gap_index][1]
+            continue
+        disturbance = shadow.sample(t)
+        if fading is not None:
+            x, y = path.position(t)
+            disturbance += fading.sample(t, x, y)
+        if receiver.listening(t, phase):
+            rssi = received(
+                rng,
+                power_1m_dbm=power,
+                distance_m=path.distance(t),
+                exponent=exponent,
+                disturbance_db=disturbance,
+                packet_loss=loss,
+            )
+            if rssi is not None and survives(rng, rssi, receiver, air):
+                yield transmitter.advertisement(t, rssi)
+        t += interval + uniform(0.0, ADV_DELAY_MAX_S)
+
+
+def seed_fraction(text: str) -> float:
+    """A fixed fraction in [0, 1) from a name (the phase of a scenario's scan windows)."""
+    return (sum(text.encode()) * 0.618034) % 1.0
+
+
 def _merge(
     spec: Scenario, seed: int, visits: Iterable[Visit], devices: list[Device], until: float | None
 ) -> Iterator[Advertisement]:
     """All visits' advertisements merged in time order (until ``until`` if given)."""
+    air = Air()  # how many devices are on the air: the crowd that packets collide with
     heap: list[tuple[float, int, Advertisement, Iterator[Advertisement]]] = []
     counter = itertools.count()
     pending = iter(enumerate(visits))
@@ -161,10 +226,10 @@ def _merge(
             rng = random.Random(f"{seed}:{spec.name}:visit:{number}")
             if visit.who is None:
                 kind = choose(rng, STRANGER_MIX)
-                device = make_device(rng, kind, f"{seed}:{spec.name}:s{number}")
+                device = make_device(rng, kind, f"{seed}:{spec.name}:s{number}", spec.phones)
             else:
                 device = devices[visit.who]
-            stream = _emit(spec, device, visit.path, rng)
+            stream = _emit(spec, device, visit.path, rng, air)
             first = next(stream, None)
             if first is not None:
                 heapq.heappush(heap, (first.ts, next(counter), first, stream))
@@ -172,6 +237,7 @@ def _merge(
             head = heap[0][0] if heap else float("inf")
         if not heap:
             return
+        air.transmitting = len(heap)
         ts, _, adv, stream = heap[0]
         if until is not None and ts >= until:
             return
@@ -250,19 +316,56 @@ class Simulation:
         seed: int,
         start_ts: float,
         duration_s: float | None = None,
-        radius_m: float = 12.0,
+        radius_m: float | None = None,
+        references: Sequence[float] = (),
+        true_exponent: float | None = None,
     ) -> None:
+        """``radius_m``: the presence radius of the truth (None: the scenario's own, else 12).
+        ``references``: distances (m) of reference beacons standing by the scanner all the
+        time (contacts ``ref-1``...; in ``venue_config`` as ``[[proximity.reference]]``).
+        ``true_exponent``: the venue's real path-loss exponent, where it differs from the one
+        its config says (``venue_config`` keeps the scenario's)."""
         self.spec = scenario(name)
+        self.configured_exponent = self.spec.radio.path_loss_exponent
+        if true_exponent is not None:
+            self.spec = dataclasses.replace(
+                self.spec,
+                radio=dataclasses.replace(self.spec.radio, path_loss_exponent=true_exponent),
+            )
         self.seed = seed
         self.start_ts = start_ts
         self.duration_s = self.spec.duration_s if duration_s is None else duration_s
         self.end_ts = start_ts + self.duration_s
+        if radius_m is None:
+            radius_m = self.spec.radius_m if self.spec.radius_m is not None else 12.0
         self.radius_m = radius_m
         self.contacts = scenario_contacts(name, seed=seed, start_ts=start_ts)
         self._devices = _contact_devices(self.spec, seed)
         plan = self.spec.plan(random.Random(f"{seed}:{self.spec.name}:plan"), start_ts,
                               self.spec.contacts)
         self.visits = list(itertools.takewhile(lambda v: v.path.start < self.end_ts, plan))
+        self.references = tuple(references)
+        if self.references:
+            self._add_references(seed, start_ts)
+
+    def _add_references(self, seed: int, start_ts: float) -> None:
+        """iBeacon badges at the reference distances, around the scanner, all the run."""
+        standing: list[Visit] = []
+        for number, distance in enumerate(self.references):
+            rng = random.Random(f"{seed}:{self.spec.name}:reference:{number}")
+            device = make_device(rng, DeviceKind.IBEACON, f"{seed}:ref:{number}", PhoneSpread())
+            device.interval_s = 0.5
+            index = len(self._devices)
+            self._devices.append(device)
+            contact = make_contact(rng, index, device, granted_at=self.contacts[0].granted_at,
+                                   expires_at=self.contacts[0].expires_at)
+            self.contacts.append(dataclasses.replace(contact, id=f"ref-{number + 1}",
+                                                     name=f"Reference beacon {number + 1}"))
+            angle = 2.0 * math.pi * number / max(len(self.references), 1) + 0.4
+            x, y = distance * math.cos(angle), distance * math.sin(angle)
+            path = PathBuilder(start_ts - 1.0, x, y, speed_mps=1.0)
+            standing.append(Visit(index, path.stand(self.duration_s + 10.0).build()))
+        self.visits = standing + self.visits
 
     def advertisements(self) -> Iterator[Advertisement]:
         """The trace: every advertisement heard before the end, in time order."""
@@ -295,7 +398,7 @@ class Simulation:
                 by_contact.setdefault(visit.who, []).append(visit.path)
         seconds = int(self.duration_s)
         out = []
-        for index, contact in enumerate(self.contacts):
+        for index, contact in enumerate(self.contacts[: self.spec.contacts]):
             paths = sorted(by_contact.get(index, []), key=lambda p: p.start)
             distances: list[float | None] = [None] * seconds
             intervals: list[list[float]] = []
@@ -309,8 +412,11 @@ class Simulation:
                 {
                     "id": contact.id,
                     "device": self._devices[index].kind.value,
-                    # What a venue measuring this device at 1 m would set as its calibration_db.
-                    "offset_db": round(self._devices[index].offset_db, 2),
+                    # What a venue measuring this device at 1 m would set as its calibration_db
+                    # (the receiver's own gain error included: the venue measures through it).
+                    "offset_db": round(
+                        self._devices[index].offset_db + self.spec.receiver.rx_offset_db, 2
+                    ),
                     "radius_m": self.radius_m,
                     "start_ts": self.start_ts,
                     "present": intervals,
@@ -351,9 +457,21 @@ class Simulation:
 
     def venue_config(self) -> str:
         """A config snippet with the venue's path-loss exponent, as a site survey finds it."""
+        zones = ""
+        if self.spec.zones_m is not None and self.radius_m == self.spec.radius_m:
+            immediate, near = self.spec.zones_m
+            zones = f"immediate_m = {immediate}\nnear_m = {near}\n"
+        elif self.radius_m <= 4.0:
+            zones = f"immediate_m = {self.radius_m / 5:g}\nnear_m = {self.radius_m / 2:g}\n"
+        references = "".join(
+            f"\n[[proximity.reference]]\ncontact = \"ref-{number + 1}\"\n"
+            f"distance_m = {distance}\n"
+            for number, distance in enumerate(self.references)
+        )
         return (
             "# The simulated venue's radio, as a site survey would measure it.\n"
             "[proximity]\n"
             f"presence_radius_m = {self.radius_m}\n"
-            f"path_loss_exponent = {self.spec.radio.path_loss_exponent}\n"
+            f"path_loss_exponent = {self.configured_exponent}\n"
+            f"{zones}{references}"
         )

@@ -11,6 +11,7 @@ beacons and laptops.
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections.abc import Mapping
@@ -188,10 +189,54 @@ class Device:
         return self._rpik, self._aemk
 
 
-def make_device(rng: random.Random, kind: DeviceKind, seed: str) -> Device:
-    """A new device of ``kind`` with its secrets and radio traits drawn from ``rng``."""
-    intervals = [i for i, _ in INTERVALS]
-    interval = rng.choices(intervals, [w for _, w in INTERVALS])[0]
+# Transmit-power calibration of phone models (dB, relative to a typical model): quantiles of
+# the spread measured across 313 models for Exposure Notification (middle half -31..-21,
+# 5th-95th percentile -36..-8 around a median of -26), with heavier tails beyond.
+MODEL_SPREAD_DB: tuple[tuple[float, float], ...] = (
+    (0.0, -22.0), (0.01, -16.0), (0.05, -10.0), (0.25, -5.0), (0.5, 0.0), (0.75, 5.0),
+    (0.95, 18.0), (0.99, 24.0), (1.0, 30.0),
+)
+# Phones advertising at 1-4 Hz (Android's low-power and balanced modes, iOS in the background).
+PHONE_INTERVALS: tuple[tuple[float, float], ...] = ((0.25, 0.3), (0.5, 0.2), (1.0, 0.5))
+CARRIES_POWER = frozenset({
+    DeviceKind.HALLWAY_MFR, DeviceKind.HALLWAY_EN, DeviceKind.IBEACON, DeviceKind.EDDYSTONE,
+    DeviceKind.STRANGER_IBEACON,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneSpread:
+    """How far real phones are from their kind's default 1 m power, and how they advertise.
+
+    A phone's true 1 m power is the default plus its model's offset (``MODEL_SPREAD_DB``),
+    minus what the pocket or body takes (``pocket_db`` uniformly), plus a per-unit error
+    (σ ``unit_sigma_db``). A frame that carries a power carries the model's calibrated value
+    (the app looks its model up in a calibration table), so its error is the pocket and the
+    unit; a frame without one is off by the whole spread. Badges are off by the unit error.
+    """
+
+    pocket_db: tuple[float, float] = (0.0, 12.0)
+    unit_sigma_db: float = 2.0
+    intervals: tuple[tuple[float, float], ...] = PHONE_INTERVALS
+
+    def model_offset(self, rng: random.Random) -> float:
+        """One model's offset (dB), drawn from the measured quantiles."""
+        u = rng.random()
+        table = MODEL_SPREAD_DB
+        for (p0, v0), (p1, v1) in itertools.pairwise(table):
+            if u <= p1:
+                return v0 + (v1 - v0) * (u - p0) / (p1 - p0)
+        return table[-1][1]
+
+
+def make_device(
+    rng: random.Random, kind: DeviceKind, seed: str, spread: PhoneSpread | None = None
+) -> Device:
+    """A new device of ``kind`` with its secrets and radio traits drawn from ``rng``
+    (``spread``: real phones' wide spread of powers and 1-4 Hz intervals; None: ±3 dB)."""
+    table = INTERVALS if spread is None or kind not in PHONES else spread.intervals
+    intervals = [i for i, _ in table]
+    interval = rng.choices(intervals, [w for _, w in table])[0]
     nominal = -59
     offset = rng.uniform(-3.0, 3.0)
     device = Device(kind=kind, seed=seed, interval_s=interval, nominal_power_dbm=nominal,
@@ -218,7 +263,25 @@ def make_device(rng: random.Random, kind: DeviceKind, seed: str) -> Device:
         if kind is DeviceKind.ADDRESS_BADGE:
             # A fixed-address badge says nothing about its power; its true one varies more.
             device.offset_db = rng.uniform(-4.0, 4.0)
+    if spread is not None:
+        _spread_power(rng, device, spread)
     return device
+
+
+def _spread_power(rng: random.Random, device: Device, spread: PhoneSpread) -> None:
+    """Re-draw a device's power from a wide spread (see ``PhoneSpread``)."""
+    unit = rng.gauss(0.0, spread.unit_sigma_db)
+    if not device.is_phone:
+        device.offset_db = unit
+        return
+    model = spread.model_offset(rng)
+    pocket = rng.uniform(*spread.pocket_db)
+    if device.kind in CARRIES_POWER:
+        # The app writes its model's calibrated power; the pocket and the unit stay unknown.
+        device.nominal_power_dbm = max(-100, min(0, round(-59 + model)))
+        device.offset_db = -59 + model - device.nominal_power_dbm - pocket + unit
+    else:
+        device.offset_db = model - pocket + unit
 
 
 class Transmitter:

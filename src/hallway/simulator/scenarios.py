@@ -18,6 +18,18 @@ fresh devices.
   walks in about every 8 s, stands at two or three spots (at the table, in a group a few
   metres off, by the wall) for 20-70 s each and leaves. Busy enough that ``hallway demo``,
   whose default venue it is, shows arrivals, zone changes and departures every minute.
+
+Harder than the world (``Receiver``, ``PhoneSpread``): the same people through real radios.
+
+- ``pocket-desk``: a meeting room with the scanner on the table and a 2.5 m radius; phones in
+  pockets at the wide spread of real models' powers, advertising at 1-4 Hz; the receiver
+  listens 15 % of the time (short windows) and loses more to Wi-Fi; multipath fading.
+- ``lossy-booth``: the booth with a 3 m radius, a receiver listening 10 % of the time,
+  collisions with capture, fading and the wide spread.
+- ``crowd-keynote``: the keynote hall (R 12 m) with the crowd's collisions, 30 % listening,
+  Wi-Fi losses, fading, a receiver 6 dB deaf and the wide spread.
+- ``pi-corridor``: the corridor (R 12 m) through an always-listening Raspberry Pi that loses
+  35 % of the packets to Wi-Fi bursts, with fading and the wide spread.
 """
 
 from __future__ import annotations
@@ -27,8 +39,8 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from hallway.simulator.devices import CHECKIN_MIX, DeviceKind
-from hallway.simulator.world import Path, PathBuilder, Radio
+from hallway.simulator.devices import CHECKIN_MIX, DeviceKind, PhoneSpread
+from hallway.simulator.world import IDEAL_RECEIVER, Path, PathBuilder, Radio, Receiver
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,11 @@ class Scenario:
     pace: str  # how busy it is, for people watching it live
     plan: Callable[[random.Random, float, int], Iterator[Visit]]
     contact_mix: tuple[tuple[DeviceKind, float], ...] | None = None  # None: CONTACT_MIX
+    # What the harder scenarios add (the defaults keep the original ones as they were):
+    receiver: Receiver = IDEAL_RECEIVER  # listening windows, Wi-Fi, collisions, fading
+    phones: PhoneSpread | None = None  # real phones' spread of powers and 1-4 Hz intervals
+    radius_m: float | None = None  # the presence radius the venue is run with (None: config's)
+    zones_m: tuple[float, float] | None = None  # immediate_m and near_m to go with radius_m
 
 
 class _Busy:
@@ -287,6 +304,57 @@ def _meetup_plan(rng: random.Random, start: float, contacts: int) -> Iterator[Vi
             yield Visit(None, path.build())
 
 
+# -- desk ------------------------------------------------------------------------------------
+
+_DESK_SEATS_NEAR = ((0.8, 0.6), (-0.9, 0.7), (1.2, -0.9), (-1.3, -1.0), (0.2, 1.6), (1.9, 0.4))
+_DESK_SEATS_FAR = (
+    (3.5, 1.0), (-3.8, 1.2), (4.5, -2.0), (-4.2, -2.6), (2.8, 3.6), (-3.0, 4.0), (6.0, 2.0),
+    (-6.5, 1.5), (5.5, -4.5), (-5.0, -5.0), (7.5, 0.5), (0.5, 6.5),
+)
+_DESK_DOOR = ((8.0, 7.0), (8.0, 25.0))
+
+
+def _desk_plan(rng: random.Random, start: float, contacts: int) -> Iterator[Visit]:
+    """A small meeting room: the scanner on the table, six seats around it (inside a 2-3 m
+    radius), desks further off, a door, and coffee breaks; passers-by in the hall outside."""
+    busy = _Busy(contacts)
+    seats = [*_DESK_SEATS_NEAR, *_DESK_SEATS_FAR]
+    taken: dict[int, float] = {}
+    for _ in range(4):  # laptops and a printer that stay all day
+        x, y = rng.uniform(-7.0, 7.0), rng.uniform(-6.0, 7.0)
+        yield Visit(None, PathBuilder(start, x, y, speed_mps=1.0).stand(10 * 86400.0).build())
+    person_rate, passer_rate = 1 / 60, 1 / 20
+    total = person_rate + passer_rate
+    t = start
+    while True:
+        t += rng.expovariate(total)
+        (door_x, door_y), (out_x, out_y) = _DESK_DOOR
+        if rng.random() < passer_rate / total:  # along the hall outside, 8-12 m off
+            y = rng.uniform(9.0, 12.0)
+            path = PathBuilder(t, -30.0, y, speed_mps=_speed(rng)).walk(30.0, y)
+            yield Visit(None if rng.random() < 0.8 else busy.pick(rng, t), path.build())
+            continue
+        who = busy.pick(rng, t)
+        free = [k for k in range(len(seats)) if taken.get(k, -math.inf) < t]
+        if who is None or not free:
+            continue
+        seat = rng.choice(free)
+        x, y = seats[seat]
+        path = PathBuilder(t, out_x, out_y, speed_mps=_speed(rng) * 0.9)
+        path.walk(door_x, door_y).walk(x, y)
+        stay = rng.uniform(8 * 60.0, 50 * 60.0)
+        until = path.t + stay
+        while path.t < until:
+            path.stand(min(rng.uniform(5 * 60.0, 20 * 60.0), max(until - path.t, 1.0)))
+            if path.t < until and rng.random() < 0.25:  # to the whiteboard or a colleague
+                bx, by = rng.uniform(-6.0, 6.0), rng.uniform(-5.0, 6.0)
+                path.walk(bx, by).stand(rng.uniform(30.0, 240.0)).walk(x, y)
+        path.walk(door_x, door_y).walk(out_x, out_y)
+        taken[seat] = path.t
+        busy.hold(who, path.t)
+        yield Visit(who, path.build())
+
+
 SCENARIOS: dict[str, Scenario] = {
     "booth": Scenario(
         name="booth",
@@ -344,5 +412,66 @@ SCENARIOS: dict[str, Scenario] = {
         plan=_booth_plan,
         pace="a contact stops by about every 75 s; half the phones only check in (every ~10 s)",
         contact_mix=CHECKIN_MIX,
+    ),
+    # Harder than the world: real receivers (listening windows, Wi-Fi, collisions, fading),
+    # the wide spread of real phones' powers (pockets, low transmit power), small radii.
+    "pocket-desk": Scenario(
+        name="pocket-desk",
+        description="a meeting room, R 2.5 m: phones in pockets, a receiver listening 15 %",
+        duration_s=3600.0,
+        radio=Radio(path_loss_exponent=2.2, shadowing_db=8.0, packet_loss=0.1),
+        contacts=30,
+        gap_every_s=300.0,
+        gap_range_s=(20.0, 120.0),
+        pace="someone comes in about every minute and sits for a while; passers-by outside",
+        plan=_desk_plan,
+        receiver=Receiver(duty_cycle=0.15, scan_period_s=2.56, wifi_loss=0.1, fading=True,
+                          rx_offset_db=-4.0),
+        phones=PhoneSpread(),
+        radius_m=2.5,
+        zones_m=(0.5, 1.2),
+    ),
+    "lossy-booth": Scenario(
+        name="lossy-booth",
+        description="the booth, R 3 m: a receiver listening 10 %, collisions, fading",
+        duration_s=3600.0,
+        radio=Radio(path_loss_exponent=2.0, shadowing_db=8.0, packet_loss=0.1),
+        contacts=60,
+        gap_every_s=600.0,
+        gap_range_s=(20.0, 90.0),
+        pace="a contact stops by about every 75 s for 1-8 minutes, another passes about every 50 s",
+        plan=_booth_plan,
+        receiver=Receiver(duty_cycle=0.1, scan_period_s=1.28, collisions=True, fading=True,
+                          rx_offset_db=-2.0),
+        phones=PhoneSpread(),
+        radius_m=3.0,
+        zones_m=(0.6, 1.5),
+    ),
+    "crowd-keynote": Scenario(
+        name="crowd-keynote",
+        description="the keynote hall, R 12 m: 30 % listening, Wi-Fi, a crowd's collisions",
+        duration_s=3000.0,
+        radio=Radio(path_loss_exponent=2.3, shadowing_db=8.0, packet_loss=0.05),
+        contacts=150,
+        gap_every_s=180.0,
+        gap_range_s=(20.0, 90.0),
+        pace="every 50 minutes 360 people (40 % contacts) come in over 12 minutes and sit",
+        plan=_keynote_plan,
+        receiver=Receiver(duty_cycle=0.3, scan_period_s=1.28, wifi_loss=0.15, collisions=True,
+                          fading=True, rx_offset_db=-6.0),
+        phones=PhoneSpread(),
+    ),
+    "pi-corridor": Scenario(
+        name="pi-corridor",
+        description="the corridor, R 12 m: a Raspberry Pi losing 35 % to Wi-Fi, fading",
+        duration_s=3600.0,
+        radio=Radio(path_loss_exponent=1.8, shadowing_db=8.0, packet_loss=0.1),
+        contacts=80,
+        gap_every_s=600.0,
+        gap_range_s=(20.0, 90.0),
+        pace="a contact passes about every 25 s (half a minute in range), a few stop to chat",
+        plan=_corridor_plan,
+        receiver=Receiver(wifi_loss=0.35, fading=True, rx_offset_db=-3.0),
+        phones=PhoneSpread(),
     ),
 }

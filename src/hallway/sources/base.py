@@ -47,10 +47,14 @@ class Handoff:
     function from a loop callback as advertisements arrive (no task wake-up per batch).
     """
 
-    def __init__(self, maxsize: int, *, screen: Screen | None = None) -> None:
+    def __init__(self, maxsize: int, *, screen: Screen | None = None,
+                 heard: Callable[[float], None] | None = None) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.screen = screen  # None: every advertisement is queued
+        # The time of an advertisement the screen ruled out (the receiver's listening pattern
+        # is learned from everyone's arrival times; nothing else about a stranger goes on).
+        self.heard = heard
         self._items: deque[Advertisement] = deque()
         self._maxsize = maxsize
         self._idle = False  # a consumer waits: the next put must call _wake

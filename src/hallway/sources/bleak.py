@@ -270,6 +270,7 @@ class BleakSource:
         self._put: Callable[[Advertisement], None] = _not_running
         self._screen: Screen | None = None
         self._screened = 0  # advertisements the screen ruled out (strangers'): counted only
+        self._on_screened: Callable[[float], None] | None = None  # ... and their times, if wanted
         self._running = False
         self._progress = monotonic()
         self._last_heard = monotonic()
@@ -330,6 +331,7 @@ class BleakSource:
         self._running = True
         self._put = handoff.put_nowait
         self._screen = handoff.screen
+        self._on_screened = handoff.heard
         try:
             if sys.platform != "linux":
                 self._last_error = "the bleak source needs Linux and BlueZ"
@@ -548,6 +550,9 @@ class BleakSource:
                 address, address_type, manufacturer_data, service_data, uuids
             ):
                 self._screened += 1
+                heard = self._on_screened
+                if heard is not None:
+                    heard(self._wall())
                 return
             adv = Advertisement(  # positional, in field order: keywords cost twice as much
                 self._wall(),

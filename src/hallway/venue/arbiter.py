@@ -17,8 +17,10 @@ A contact is in at most one room:
   seconds, so a challenger just over the margin needs the whole confirmation time and one that
   is three times as far ahead (someone who walked into the next room) a third of it. A
   challenger that falls back under the margin, or is overtaken by another, starts again from
-  nothing. So someone in a doorway, where two scanners read about the same, stays where they
-  were;
+  nothing. Going back to the room the contact left less than ``return_window_s`` ago needs
+  ``return_margin_db`` more: a quick A -> B -> A without having been in B is the flap to
+  avoid, while a first move stays quick. So someone in a doorway, where two scanners read
+  about the same, stays where they were;
 * in room R, and no scanner of R holds a reading any more while another room does: the best
   other room takes over after ``switch_confirm_s`` (unweighted), unless R picks it up again
   meanwhile (a phone that paused is often dropped by one scanner before the others);
@@ -75,6 +77,8 @@ class _Person:
     progress_s: float = 0.0  # weighted seconds the challenger has been clearly better
     empty_since: float | None = None
     last_reason: DepartReason | None = None
+    left_room: str | None = None  # the room it last moved out of ...
+    left_at: float = -math.inf  # ... and when
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,13 +285,21 @@ class Arbiter:
             top = max(scores, key=lambda room: (scores[room].level_db, room))
             return self._challenge(cid, person, top, scores[top].reading, weight=1.0, now=now)
         current = scores[person.room]
+        recent = now - person.left_at < config.return_window_s
+
+        def margin(room: str) -> float:
+            # Going back to the room just left needs more: that is what a flap looks like.
+            extra = config.return_margin_db if recent and room == person.left_room else 0.0
+            return config.switch_margin_db + extra
+
         rivals = {room: score for room, score in scores.items()
                   if room != person.room
-                  and score.level_db - current.level_db > config.switch_margin_db}
+                  and score.level_db - current.level_db > margin(room)}
         if rivals:
             top = max(rivals, key=lambda room: (rivals[room].level_db, room))
             advantage = rivals[top].level_db - current.level_db
-            weight = advantage / config.switch_margin_db if config.switch_margin_db > 0 else 1.0
+            needed = margin(top)
+            weight = advantage / needed if needed > 0 else 1.0
             events = self._challenge(cid, person, top, rivals[top].reading, weight=weight,
                                      now=now)
             if events:
@@ -326,6 +338,7 @@ class Arbiter:
     def _move(self, cid: str, person: _Person, room: str, reading: Reading, now: float
               ) -> list[PresenceEvent]:
         previous = person.room
+        person.left_room, person.left_at = previous, now
         person.room, person.last = room, reading
         person.zone = reading.zone or person.zone or "far"
         person.challenger = None
