@@ -34,7 +34,7 @@ import struct
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,6 @@ from hallway.session import (
     Action,
     Close,
     Gate,
-    HandshakeGate,
     Rules,
     Scope,
     Send,
@@ -83,6 +82,8 @@ DRAIN_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 3.0
 HANDSHAKES_AT_ONCE = 8
 """TLS handshakes the server runs at the same time (each is a few ms of CPU on the loop)."""
+HANDSHAKES_PER_ADDRESS = 3
+"""... of which one address may run at most this many; its others wait their turn."""
 HANDSHAKE_SLOT_S = 2.0
 """A TLS handshake must finish within this long of its ClientHello."""
 TOKEN_FILE_NAME = "token"  # noqa: S105 - a file name, not a secret
@@ -348,8 +349,8 @@ class EventServer:
                             lookup=hub.contact)
         per_token = config.max_connections_per_token or max(1, config.max_connections * 3 // 4)
         self._gate = Gate(max_connections_per_token=per_token)
-        self._handshakes = HandshakeGate()
         self._handshake_slots = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        self._peer_slots = _PeerSlots(HANDSHAKES_PER_ADDRESS)
         # Compared as SHA-256 digests: equal lengths, so the time taken tells nothing either.
         self._config_tokens = [
             (token_digest(t), Scope(f"{UNSCOPED}-{n}")) for n, t in enumerate(tokens, start=1)
@@ -523,7 +524,6 @@ class EventServer:
             "refused_peer": self._gate.refused_peer,
             "rate_limited": n.rate_limited,
             "tls_failed": n.tls_failed,
-            "tls_refused": self._handshakes.refused,
             "pings": n.pings,
         }
 
@@ -554,9 +554,6 @@ class EventServer:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
-        if self._tls is not None and not self._handshakes.start(host, time.monotonic()):
-            writer.transport.abort()  # refused before any TLS work: nothing to say in clear
-            return
         await self._serve(reader, writer, listener="tcp", peer=host, loopback=loopback,
                           tls=self._tls)
 
@@ -614,10 +611,7 @@ class EventServer:
         self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
         try:
             if tls is not None:
-                handshaken = admitted and await self._start_tls(conn, tls)
-                self._handshakes.finish(peer)
-                tls = None  # counted once, also if cancelled below
-                admitted = handshaken
+                admitted = admitted and await self._start_tls(conn, tls)
             if admitted:
                 await self._guarded(conn)
             elif len(self._conns) > 2 * self._config.max_connections:
@@ -628,8 +622,6 @@ class EventServer:
             # cancelled handler as an error: the cancellation ends here.
             conn.abort()
         finally:
-            if tls is not None:
-                self._handshakes.finish(peer)
             session.end()
             self._conns.pop(ident, None)
 
@@ -640,18 +632,17 @@ class EventServer:
         deadline = conn.opened + self._config.auth_timeout_s
         conn.in_handshake = True
         try:
-            # Nothing is spent on a client until its ClientHello is there; then a few
-            # handshakes run at a time, so their CPU interleaves with event delivery instead
-            # of queueing ahead of it, each for at most HANDSHAKE_SLOT_S (a stalled handshake
-            # cannot hold its slot), and one address holds at most HANDSHAKES_IN_FLIGHT.
+            # Nothing is spent on a client until its ClientHello is there. Then one address
+            # runs at most HANDSHAKES_PER_ADDRESS handshakes (its others wait, costing
+            # nothing), and the server at most HANDSHAKES_AT_ONCE, so their CPU interleaves
+            # with event delivery instead of queueing ahead of it and one address's flood
+            # cannot take every turn; each must finish within HANDSHAKE_SLOT_S.
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                 await _readable(conn.writer.transport)
-                await self._handshake_slots.acquire()
-            try:
-                limit = min(HANDSHAKE_SLOT_S, deadline - time.monotonic())
-                await conn.writer.start_tls(context, ssl_handshake_timeout=max(limit, 0.1))
-            finally:
-                self._handshake_slots.release()
+                async with self._peer_slots.slot(conn.peer), self._handshake_slots:
+                    limit = min(HANDSHAKE_SLOT_S, deadline - time.monotonic())
+                    await conn.writer.start_tls(context,
+                                                ssl_handshake_timeout=max(limit, 0.1))
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             self._n.tls_failed += 1
             log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
@@ -869,6 +860,30 @@ class EventServer:
         with contextlib.suppress(ConnectionError, OSError):
             await asyncio.shield(closed)
         sub.close()
+
+
+class _PeerSlots:
+    """A few turns per address (a semaphore each, kept only while someone uses it)."""
+
+    def __init__(self, per_peer: int) -> None:
+        self._per_peer = per_peer
+        self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, peer: str) -> AsyncIterator[None]:
+        """Hold one of ``peer``'s turns (waiting for it, first come first served)."""
+        entry = self._slots.get(peer)
+        if entry is None:
+            entry = self._slots[peer] = (asyncio.Semaphore(self._per_peer), [0])
+        semaphore, users = entry
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._slots[peer]
 
 
 async def _readable(transport: asyncio.BaseTransport) -> None:

@@ -283,51 +283,6 @@ class Gate:
         return bucket.take(now, burst=self._request_burst, refill_per_s=self._request_refill)
 
 
-HANDSHAKE_BURST = 20
-"""TLS handshakes an address may start at once ..."""
-HANDSHAKE_REFILL_PER_S = 10.0
-"""... and how fast that budget refills."""
-HANDSHAKES_IN_FLIGHT = 3
-"""TLS handshakes one address may have in progress at the same time."""
-
-
-class HandshakeGate:
-    """How many TLS handshakes each address may start (a budget) and run at once. A TLS
-    handshake costs the server real CPU before anything is authenticated, so one address's
-    flood is refused before it starts rather than paid for; other addresses are untouched."""
-
-    def __init__(self) -> None:
-        self._budget: OrderedDict[str, _Bucket] = OrderedDict()
-        self._in_flight: dict[str, int] = {}
-        self.refused = 0
-
-    def start(self, peer: str, now: float) -> bool:
-        """May ``peer`` start a handshake now? If so it is counted until ``finish``."""
-        if self._in_flight.get(peer, 0) >= HANDSHAKES_IN_FLIGHT:
-            self.refused += 1
-            return False
-        bucket = self._budget.get(peer)
-        if bucket is None:
-            bucket = self._budget[peer] = _Bucket(HANDSHAKE_BURST, now)
-            while len(self._budget) > MAX_PEERS_TRACKED:
-                self._budget.popitem(last=False)
-        else:
-            self._budget.move_to_end(peer)
-        if bucket.take(now, burst=HANDSHAKE_BURST, refill_per_s=HANDSHAKE_REFILL_PER_S) > 0:
-            self.refused += 1
-            return False
-        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
-        return True
-
-    def finish(self, peer: str) -> None:
-        """A handshake ``start`` allowed ended (done or failed)."""
-        count = self._in_flight.get(peer, 0) - 1
-        if count > 0:
-            self._in_flight[peer] = count
-        else:
-            self._in_flight.pop(peer, None)
-
-
 # -- actions ----------------------------------------------------------------------------------
 
 
