@@ -267,7 +267,7 @@ def replay(
             if realtime:
                 _pace(ts - trace_zero, wall_zero)
             if type(item) is ClockMark:
-                counters = cast(ClockMark, item).receiver
+                counters = item.receiver
                 if counters is not None:
                     receiver_state(counters)
                 continue
