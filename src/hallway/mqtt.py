@@ -495,7 +495,9 @@ class MqttPublisher:
         """The retained presence message an event implies; updates ``held`` and ``sent``."""
         cid = str(event["contact"]["id"])
         topic = self._topics.present(cid)
-        if event["type"] == "departed":
+        if event["type"] in ("departed", "revoked"):
+            # A tombstone clears the retained presence whether or not it was held (a crash
+            # may have left one behind that the store no longer knows about).
             sent.pop(cid, None)
             held.discard(cid)
             self._n["presence_clears"] += 1

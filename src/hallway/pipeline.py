@@ -16,6 +16,7 @@ from hallway.models import (
     Advertisement,
     Contact,
     DepartReason,
+    EventType,
     PresenceEvent,
     PresentInfo,
     Sighting,
@@ -40,6 +41,7 @@ class Pipeline:
         self.tracker = Tracker(config.proximity)
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
+        self._forgotten: list[str] = []
         self._advertisements = 0
         self._matched = 0
         self._no_rssi = 0
@@ -48,18 +50,58 @@ class Pipeline:
     # -- contacts ------------------------------------------------------------------------------
 
     def load_contacts(self, contacts: Sequence[Contact], *, now: float) -> list[PresenceEvent]:
-        """Replace the contact list; a present contact no longer in it (or inactive) departs
-        with reason ``revoked``."""
+        """Replace the contact list; a loaded contact no longer in it (or inactive) is removed
+        as by ``remove_contact`` (a present one departs with reason ``revoked``; a tombstone)."""
         active = {c.id: c for c in contacts if c.active(now)}
         events: list[PresenceEvent] = []
         for contact_id in sorted(self._contacts.keys() - active.keys()):
-            events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
+            events.extend(self._forget(contact_id, now))
         if self._resolving:
             self._resolver.set_contacts(active.values(), now=now)
         self._contacts = active
         self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
         heapq.heapify(self._expiries)
         self._events += len(events)
+        return events
+
+    def upsert_contact(self, contact: Contact, *, now: float) -> list[PresenceEvent]:
+        """Add or change one contact (work proportional to its keys). One that is revoked or
+        whose consent has ended is removed instead (see ``remove_contact``)."""
+        if not contact.active(now):
+            revoked = contact.revoked_at is not None
+            return self.remove_contact(contact.id, now=now, tombstone=revoked)
+        if self._resolving:
+            self._resolver.upsert_contact(contact, now=now)
+        self._contacts[contact.id] = contact
+        if contact.expires_at is not None:
+            heapq.heappush(self._expiries, (contact.expires_at, contact.id))
+        return []
+
+    def remove_contact(
+        self, contact_id: str, *, now: float, tombstone: bool = False
+    ) -> list[PresenceEvent]:
+        """Revoke one contact: nothing of it resolves after return; if present it departs with
+        reason ``revoked``; a ``revoked`` tombstone follows when it was loaded (or when
+        ``tombstone``: a revocation this pipeline had not seen the contact of)."""
+        if contact_id not in self._contacts and not tombstone:
+            return []
+        events = self._forget(contact_id, now)
+        self._events += len(events)
+        return events
+
+    def take_forgotten(self) -> list[str]:
+        """Ids removed (revoked or expired) since the last call: their logged events and
+        queued copies are the caller's to forget."""
+        forgotten, self._forgotten = self._forgotten, []
+        return forgotten
+
+    def _forget(self, contact_id: str, now: float) -> list[PresenceEvent]:
+        self._contacts.pop(contact_id, None)
+        if self._resolving:
+            self._resolver.remove_contact(contact_id)
+        self._forgotten.append(contact_id)
+        events = self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED)
+        events.append(PresenceEvent(EventType.REVOKED, now, contact_id))
         return events
 
     def contact(self, contact_id: str) -> Contact | None:
@@ -102,9 +144,7 @@ class Pipeline:
             contact = self._contacts.get(contact_id)
             if contact is None or contact.expires_at != expires_at:
                 continue
-            del self._contacts[contact_id]
-            self._resolver.remove_contact(contact_id)
-            events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
+            events.extend(self._forget(contact_id, now))
         self._resolver.maintain(now)
         events.extend(self.tracker.tick(now))
         self._events += len(events)

@@ -48,6 +48,14 @@ from hallway.models import (
 from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
+from hallway.registry.changes import (
+    applied_change,
+    changes_after,
+    forget_events,
+    latest_change,
+    revoked_after,
+    save_applied_change,
+)
 from hallway.server import EventServer, load_tokens
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
@@ -123,7 +131,8 @@ class Service:
         self._source: AdvertisementSource | None = None
         self._handoff: Handoff | None = None
         self._generation = -1
-        self._loaded_ids: set[str] = set()
+        self._applied: int | None = None  # the last contact change applied (None: none yet)
+        self._owed_tombstones: list[str] = []
 
     # -- the built graph (valid between _build and _close_all) ---------------------------------
 
@@ -257,6 +266,13 @@ class Service:
         )
         await self.hub.start()
         await self._depart_left_over()
+        # Revoked while we were down: say so (their events are already gone from the log).
+        owed, self._owed_tombstones = self._owed_tombstones, []
+        for contact_id in owed:
+            self._publish(self.pipeline.remove_contact(contact_id, now=self._now(),
+                                                       tombstone=True))
+        await self._forget_removed()
+        await save_applied_change(self.store, self._applied or 0)
         if config.mqtt.enabled:
             self._mqtt = MqttPublisher(
                 config.mqtt,
@@ -310,23 +326,52 @@ class Service:
             self._publish(events)
 
     async def _reload(self, *, force: bool = False) -> None:
+        """Apply contact changes: all contacts at start, then only what the change log says
+        changed (``hallway.registry.changes``), a page at a time."""
         generation = await self.store.generation()
         if generation == self._generation and not force:
             return
-        contacts = await self.store.list_contacts()
-        ids = {c.id for c in contacts}
-        removed = self._loaded_ids - ids
-        events = self.pipeline.load_contacts(contacts, now=self._now())
-        self._generation, self._loaded_ids = generation, ids
-        if self._hub is not None:
+        if self._applied is None:
+            await self._load_all(generation)
+            return
+        applied, changes = self._applied, 0
+        while page := await changes_after(self.store, applied):
+            now = self._now()
+            events: list[PresenceEvent] = []
+            for change in page:
+                if change.contact is not None:
+                    events.extend(self.pipeline.upsert_contact(change.contact, now=now))
+                else:
+                    events.extend(self.pipeline.remove_contact(
+                        change.contact_id, now=now, tombstone=change.revoked))
             self._publish(events)
-            for contact_id in removed:
-                # Revoked: strip it from queued events and from anything logged since the
-                # revoke deleted its rows (the departure itself carries only the id).
-                await self.hub.forget_contact(contact_id)
-                await self.store.redact_contact_events(contact_id)
+            await self._forget_removed()
+            applied, changes = page[-1].change_id, changes + len(page)
+            await asyncio.sleep(0)  # one page per loop turn: the pump keeps running
+        self._generation, self._applied = generation, applied
+        if changes:
+            await save_applied_change(self.store, applied)
+            log.info("contacts_changed", changes=changes, generation=generation,
+                     contacts=self.pipeline.stats()["contacts"])
+
+    async def _load_all(self, generation: int) -> None:
+        """Cold start: every contact; tombstones for revocations made while we were down."""
+        store = self.store
+        latest = await latest_change(store)
+        missed = await revoked_after(store, await applied_change(store))
+        contacts = await store.list_contacts()
+        now = self._now()
+        self.pipeline.load_contacts(contacts, now=now)
+        self._generation, self._applied = generation, latest
+        self._owed_tombstones = missed
         log.info("contacts_loaded", contacts=len(contacts), generation=generation,
-                 removed=len(removed), departed=len(events))
+                 revoked_while_down=len(missed))
+
+    async def _forget_removed(self) -> None:
+        """Revoked or expired contacts: out of the hub's queues and the event log."""
+        for contact_id in self.pipeline.take_forgotten():
+            await self.hub.forget_contact(contact_id)
+            await forget_events(self.store, contact_id)
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -355,6 +400,7 @@ class Service:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             self._publish(self.pipeline.tick(self._now()))
+            await self._forget_removed()  # consent that expired this tick
 
     async def _reloader(self) -> None:
         interval = self.config.storage.reload_interval_s

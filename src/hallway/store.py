@@ -82,6 +82,56 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE meta SET value = NEW.seq WHERE key = 'last_seq' AND value < NEW.seq;
     END;
     """,
+    # registry (#15; number 6 in the agreed order): the contact change log. Every write to a
+    # contact, its consent, its keys or its revocation moves the contact's one row to the end
+    # (a fresh id), so "what changed since change N" is one indexed read, whatever wrote it.
+    # The daemon applies the changes after the id it saved in meta.contacts_applied_change.
+    # (Code: hallway.registry.changes.)
+    """
+    CREATE TABLE contact_changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        contact_id TEXT NOT NULL UNIQUE
+    );
+    INSERT INTO contact_changes (contact_id) SELECT id FROM contacts;
+    INSERT INTO contact_changes (contact_id) SELECT contact_id FROM revocations;
+    INSERT INTO meta VALUES ('contacts_applied_change', 0);
+    CREATE TRIGGER contact_changes_contacts_insert AFTER INSERT ON contacts BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.id);
+    END;
+    CREATE TRIGGER contact_changes_contacts_update AFTER UPDATE ON contacts BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.id);
+    END;
+    CREATE TRIGGER contact_changes_contacts_delete AFTER DELETE ON contacts BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.id);
+    END;
+    CREATE TRIGGER contact_changes_consent_insert AFTER INSERT ON consent BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_consent_update AFTER UPDATE ON consent BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_keys_insert AFTER INSERT ON keys BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_keys_delete AFTER DELETE ON keys BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_revocations_insert AFTER INSERT ON revocations BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_revocations_delete AFTER DELETE ON revocations BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.contact_id);
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 _ROWS_PER_INSERT = 1000
@@ -237,6 +287,21 @@ class SqliteStore:
         task = asyncio.ensure_future(self._write_serialised(work))
         task.add_done_callback(_consume_outcome)
         return await asyncio.shield(task)
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The open connection, for modules that keep their own tables (``hallway.registry``):
+        read with it; write only inside ``transaction``."""
+        return self._db
+
+    async def transaction(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (a coroutine factory) in one write transaction, taking turns with
+        every other writer (see ``_write``)."""
+        return await self._write(work)
+
+    async def scrub(self) -> None:
+        """Empty the WAL of old page copies (after deleting a contact's data); best effort."""
+        await self._scrub()
 
     async def _write_statement(self, sql: str, params: Sequence[Any]) -> int:
         """Run one statement as its own transaction (SQLite makes a statement atomic) in a
@@ -559,7 +624,7 @@ class SqliteStore:
             "WHERE a.contact_id = e.contact_id AND a.type = 'arrived') "
             "FROM events e JOIN (SELECT contact_id, max(seq) AS seq FROM events "
             "WHERE contact_id IS NOT NULL GROUP BY contact_id) newest ON e.seq = newest.seq "
-            "WHERE e.type != 'departed' ORDER BY e.seq"
+            "WHERE e.type NOT IN ('departed', 'revoked') ORDER BY e.seq"
         ) as cursor:
             return [(str(c), str(p), None if t is None else float(t)) async for c, p, t in cursor]
 

@@ -1,0 +1,142 @@
+"""The contact change log and what a revocation leaves behind, on a ``SqliteStore``.
+
+The log is one table, ``contact_changes`` (migration in ``hallway.store``): one row per contact
+id ever written, moved to a fresh, higher id by triggers on every write to the contact, its
+consent, its keys or its revocation. So whoever applied every change up to id ``N`` (the
+daemon keeps ``N`` in ``meta.contacts_applied_change``) learns what to re-read with one indexed
+query, whatever process wrote it (the CLI, an import, the venue registry), and the work is
+proportional to the change, not to the number of contacts.
+
+``forget_events`` is the other half of a revocation: the contact's logged events are deleted,
+except its departure (reason ``revoked``) and its ``revoked`` tombstone, which are reduced to
+the id, so a resume with ``since_seq`` hears that it left and nothing else about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hallway.models import Contact, ContactKey, KeyKind
+from hallway.store import SqliteStore, _contact_from_row
+
+PAGE = 256
+"""Changed contacts read and applied in one step (a few ms of work on the event loop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One contact to re-read: its current state, or None (revoked, or gone)."""
+
+    change_id: int
+    contact_id: str
+    contact: Contact | None
+    revoked: bool
+
+
+async def latest_change(store: SqliteStore) -> int:
+    """The highest change id so far (0 when nothing was ever written)."""
+    async with store.connection.execute("SELECT coalesce(max(id), 0) FROM contact_changes") as c:
+        row = await c.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def applied_change(store: SqliteStore) -> int:
+    """The change id the daemon last applied (saved with ``save_applied_change``)."""
+    async with store.connection.execute(
+        "SELECT value FROM meta WHERE key = 'contacts_applied_change'"
+    ) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def save_applied_change(store: SqliteStore, change_id: int) -> None:
+    """Remember that every change up to ``change_id`` is applied."""
+
+    async def work() -> None:
+        await store.connection.execute(
+            "UPDATE meta SET value = ? WHERE key = 'contacts_applied_change'", (change_id,)
+        )
+
+    await store.transaction(work)
+
+
+async def changes_after(store: SqliteStore, after: int, *, limit: int = PAGE) -> list[Change]:
+    """The next ``limit`` changed contacts after change ``after``, in change order."""
+    db = store.connection
+    async with db.execute(
+        "SELECT id, contact_id FROM contact_changes WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    ) as cursor:
+        rows = [(int(i), str(c)) async for i, c in cursor]
+    if not rows:
+        return []
+    ids = [contact_id for _, contact_id in rows]
+    contacts = await contacts_by_id(store, ids)
+    marks = ",".join("?" * len(ids))
+    async with db.execute(
+        f"SELECT contact_id FROM revocations WHERE contact_id IN ({marks})", ids  # noqa: S608
+    ) as cursor:
+        revoked = {str(row[0]) async for row in cursor}
+    return [Change(change_id, cid, contacts.get(cid), cid in revoked) for change_id, cid in rows]
+
+
+async def revoked_after(store: SqliteStore, after: int) -> list[str]:
+    """Ids revoked by changes after ``after`` (tombstones a daemon that was down still owes)."""
+    async with store.connection.execute(
+        "SELECT c.contact_id FROM contact_changes c JOIN revocations r "
+        "ON r.contact_id = c.contact_id WHERE c.id > ? ORDER BY c.id",
+        (after,),
+    ) as cursor:
+        return [str(row[0]) async for row in cursor]
+
+
+async def contacts_by_id(store: SqliteStore, ids: Sequence[str]) -> dict[str, Contact]:
+    """The stored contacts among ``ids`` (at most a page of them), with their keys."""
+    if not ids:
+        return {}
+    db = store.connection
+    marks = ",".join("?" * len(ids))
+    keys: dict[str, list[ContactKey]] = {}
+    async with db.execute(
+        f"SELECT contact_id, kind, value FROM keys WHERE contact_id IN ({marks}) "  # noqa: S608
+        "ORDER BY contact_id, id",
+        list(ids),
+    ) as cursor:
+        async for contact_id, kind, value in cursor:
+            keys.setdefault(contact_id, []).append(ContactKey(KeyKind(kind), value))
+    found: dict[str, Contact] = {}
+    async with db.execute(
+        "SELECT c.id, c.name, c.org, c.title, c.handles, c.tags, c.calibration_db, "  # noqa: S608
+        "s.granted_at, s.expires_at FROM contacts c LEFT JOIN consent s "
+        f"ON s.contact_id = c.id WHERE c.id IN ({marks})",
+        list(ids),
+    ) as cursor:
+        async for row in cursor:
+            found[row[0]] = _contact_from_row(tuple(row), tuple(keys.get(row[0], ())))
+    return found
+
+
+async def forget_events(store: SqliteStore, contact_id: str) -> int:
+    """Delete a revoked (or expired) contact's logged events but its departure for that
+    reason and its tombstone, which keep only the id; empty the WAL. The rows changed."""
+
+    async def work() -> int:
+        db = store.connection
+        deleted = await db.execute(
+            "DELETE FROM events WHERE contact_id = ? AND NOT (type = 'revoked' OR "
+            "(type = 'departed' AND json_extract(payload, '$.reason') = 'revoked'))",
+            (contact_id,),
+        )
+        redacted = await db.execute(
+            "UPDATE events SET payload = json_set(payload, '$.contact', "
+            "json_object('id', contact_id)) WHERE contact_id = ? AND "
+            "json_extract(payload, '$.contact') != json_object('id', contact_id)",
+            (contact_id,),
+        )
+        return int(deleted.rowcount) + int(redacted.rowcount)
+
+    changed: int = await store.transaction(work)
+    if changed:
+        await store.scrub()
+    return changed
