@@ -77,6 +77,24 @@ class Pipeline:
             heapq.heappush(self._expiries, (contact.expires_at, contact.id))
         return []
 
+    def upsert_contacts(self, contacts: Sequence[Contact], *, now: float) -> list[PresenceEvent]:
+        """``upsert_contact`` for a page of contacts (a cold start reads them a page at a time)."""
+        events: list[PresenceEvent] = []
+        active: list[Contact] = []
+        for contact in contacts:
+            if contact.active(now):
+                active.append(contact)
+            else:
+                revoked = contact.revoked_at is not None
+                events.extend(self.remove_contact(contact.id, now=now, tombstone=revoked))
+        if self._resolving:
+            self._resolver.upsert_many(active, now=now)
+        for contact in active:
+            self._contacts[contact.id] = contact
+            if contact.expires_at is not None:
+                heapq.heappush(self._expiries, (contact.expires_at, contact.id))
+        return events
+
     def remove_contact(
         self, contact_id: str, *, now: float, tombstone: bool = False
     ) -> list[PresenceEvent]:

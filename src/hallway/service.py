@@ -51,6 +51,7 @@ from hallway.pipeline import Pipeline
 from hallway.registry.changes import (
     applied_change,
     changes_after,
+    contacts_page,
     forget_events,
     latest_change,
     revoked_after,
@@ -132,7 +133,8 @@ class Service:
         self._handoff: Handoff | None = None
         self._generation = -1
         self._applied: int | None = None  # the last contact change applied (None: none yet)
-        self._owed_tombstones: list[str] = []
+        self._load_from = (0, 0)  # (generation, latest change) when the first load began
+        self._contacts_loaded_s: float | None = None
 
     # -- the built graph (valid between _build and _close_all) ---------------------------------
 
@@ -209,6 +211,11 @@ class Service:
             "matched_per_s": round(self._rates.rates.get("matched", 0.0), 2),
             **counters,
             "present": int(hub_stats.get("present", 0)),
+            "contacts": int(self._pipeline.stats()["contacts"]) if self._pipeline else 0,
+            # False until the first load of every contact is done (the daemon serves meanwhile).
+            "contacts_loaded": self._applied is not None,
+            "contacts_load_s": None if self._contacts_loaded_s is None
+            else round(self._contacts_loaded_s, 3),
             "subscribers": int(server_stats.get("subscribers", 0)),
             "connections": int(server_stats.get("connections", 0)),
             "last_seq": int(hub_stats.get("last_seq", 0)),
@@ -252,7 +259,6 @@ class Service:
         self._store = await SqliteStore.open(config.storage.database)
         await self._store.checkpoint_in_background()
         self._pipeline = Pipeline(config)
-        await self._reload(force=True)
         self._hub = Hub(
             self._store,
             scanner=config.scanner.name,
@@ -266,13 +272,7 @@ class Service:
         )
         await self.hub.start()
         await self._depart_left_over()
-        # Revoked while we were down: say so (their events are already gone from the log).
-        owed, self._owed_tombstones = self._owed_tombstones, []
-        for contact_id in owed:
-            self._publish(self.pipeline.remove_contact(contact_id, now=self._now(),
-                                                       tombstone=True))
-        await self._forget_removed()
-        await save_applied_change(self.store, self._applied or 0)
+        await self._owe_tombstones()
         if config.mqtt.enabled:
             self._mqtt = MqttPublisher(
                 config.mqtt,
@@ -326,13 +326,12 @@ class Service:
             self._publish(events)
 
     async def _reload(self, *, force: bool = False) -> None:
-        """Apply contact changes: all contacts at start, then only what the change log says
-        changed (``hallway.registry.changes``), a page at a time."""
+        """Apply what the change log says changed since the last look, a page at a time
+        (work proportional to the changes; ``hallway.registry.changes``)."""
+        if self._applied is None:
+            return  # the first load is still running
         generation = await self.store.generation()
         if generation == self._generation and not force:
-            return
-        if self._applied is None:
-            await self._load_all(generation)
             return
         applied, changes = self._applied, 0
         while page := await changes_after(self.store, applied):
@@ -354,18 +353,36 @@ class Service:
             log.info("contacts_changed", changes=changes, generation=generation,
                      contacts=self.pipeline.stats()["contacts"])
 
-    async def _load_all(self, generation: int) -> None:
-        """Cold start: every contact; tombstones for revocations made while we were down."""
+    async def _owe_tombstones(self) -> None:
+        """Revocations made while we were down: tombstones now (their events are gone)."""
         store = self.store
-        latest = await latest_change(store)
-        missed = await revoked_after(store, await applied_change(store))
-        contacts = await store.list_contacts()
-        now = self._now()
-        self.pipeline.load_contacts(contacts, now=now)
+        self._load_from = (await store.generation(), await latest_change(store))
+        owed = await revoked_after(store, await applied_change(store))
+        for contact_id in owed:
+            self._publish(self.pipeline.remove_contact(contact_id, now=self._now(),
+                                                       tombstone=True))
+        await self._forget_removed()
+        if owed:
+            log.info("revoked_while_down", contacts=len(owed))
+
+    async def _load_all(self) -> None:
+        """The first load, while already serving: every contact, a page per loop turn, so
+        no step holds the loop for long; then changes made meanwhile, from the change log."""
+        started = time.monotonic()
+        generation, latest = self._load_from
+        store, pipeline = self.store, self.pipeline
+        after, count = "", 0
+        while page := await contacts_page(store, after):
+            self._publish(pipeline.upsert_contacts(page, now=self._now()))
+            after, count = page[-1].id, count + len(page)
+            await asyncio.sleep(0)
+        await self._forget_removed()
         self._generation, self._applied = generation, latest
-        self._owed_tombstones = missed
-        log.info("contacts_loaded", contacts=len(contacts), generation=generation,
-                 revoked_while_down=len(missed))
+        await save_applied_change(store, latest)
+        self._contacts_loaded_s = time.monotonic() - started
+        log.info("contacts_loaded", contacts=count, generation=generation,
+                 seconds=round(self._contacts_loaded_s, 3))
+        await self._reload(force=True)
 
     async def _forget_removed(self) -> None:
         """Revoked or expired contacts: out of the hub's queues and the event log."""
@@ -404,6 +421,12 @@ class Service:
 
     async def _reloader(self) -> None:
         interval = self.config.storage.reload_interval_s
+        while self._applied is None:
+            try:
+                await self._load_all()
+            except HallwayError as exc:
+                self._note_error("contacts_load_failed", exc)
+                await asyncio.sleep(interval)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload_requested.wait(), timeout=interval)

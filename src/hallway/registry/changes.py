@@ -91,6 +91,16 @@ async def revoked_after(store: SqliteStore, after: int) -> list[str]:
         return [str(row[0]) async for row in cursor]
 
 
+async def contacts_page(store: SqliteStore, after_id: str, *, limit: int = PAGE) -> list[Contact]:
+    """The next ``limit`` stored contacts by id after ``after_id`` ("" for the first page)."""
+    async with store.connection.execute(
+        "SELECT id FROM contacts WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+    ) as cursor:
+        ids = [str(row[0]) async for row in cursor]
+    found = await contacts_by_id(store, ids)
+    return [found[cid] for cid in ids if cid in found]
+
+
 async def contacts_by_id(store: SqliteStore, ids: Sequence[str]) -> dict[str, Contact]:
     """The stored contacts among ``ids`` (at most a page of them), with their keys."""
     if not ids:
