@@ -14,14 +14,17 @@ the id, so a resume with ``since_seq`` hears that it left and nothing else about
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from hallway.models import Contact, ContactKey, KeyKind
 from hallway.store import SqliteStore, _contact_from_row
 
-PAGE = 256
-"""Changed contacts read and applied in one step (a few ms of work on the event loop)."""
+PAGE = 128
+"""Contacts read and applied in one step (about 6 ms of work on the event loop)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +95,34 @@ async def revoked_after(store: SqliteStore, after: int) -> list[str]:
 
 
 async def contacts_page(store: SqliteStore, after_id: str, *, limit: int = PAGE) -> list[Contact]:
-    """The next ``limit`` stored contacts by id after ``after_id`` ("" for the first page)."""
+    """The next ``limit`` stored contacts by id after ``after_id`` ("" for the first page):
+    one query, keys gathered by SQLite, one trip to the database thread."""
     async with store.connection.execute(
-        "SELECT id FROM contacts WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        "SELECT c.id, c.name, c.org, c.title, c.handles, c.tags, c.calibration_db, "
+        "s.granted_at, s.expires_at, (SELECT json_group_array(json_array(k.kind, k.value)) "
+        "FROM (SELECT kind, value FROM keys WHERE contact_id = c.id ORDER BY id) k) "
+        "FROM contacts c LEFT JOIN consent s ON s.contact_id = c.id "
+        "WHERE c.id > ? ORDER BY c.id LIMIT ?",
+        (after_id, limit),
     ) as cursor:
-        ids = [str(row[0]) async for row in cursor]
-    found = await contacts_by_id(store, ids)
-    return [found[cid] for cid in ids if cid in found]
+        rows = await cursor.fetchall()
+    return [_page_contact(row) for row in rows]
+
+
+_KINDS = {kind.value: kind for kind in KeyKind}
+_NO_HANDLES: Mapping[str, str] = MappingProxyType({})
+
+
+def _page_contact(row: Any) -> Contact:
+    """A ``contacts_page`` row as a Contact (the common empty fields without a JSON parse)."""
+    (contact_id, name, org, title, handles, tags, calibration, granted, expires, keys) = row
+    return Contact(
+        id=contact_id, name=name, org=org, title=title,
+        handles=_NO_HANDLES if handles == "{}" else json.loads(handles),
+        tags=() if tags == "[]" else tuple(json.loads(tags)),
+        calibration_db=float(calibration), granted_at=granted, expires_at=expires,
+        keys=tuple([ContactKey(_KINDS[kind], value) for kind, value in json.loads(keys)]),
+    )
 
 
 async def contacts_by_id(store: SqliteStore, ids: Sequence[str]) -> dict[str, Contact]:
