@@ -42,6 +42,8 @@ class Pipeline:
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
         self._forgotten: list[str] = []
+        self._hold: str | None = None
+        self._held = 0
         self._advertisements = 0
         self._matched = 0
         self._no_rssi = 0
@@ -122,6 +124,16 @@ class Pipeline:
         events.append(PresenceEvent(EventType.REVOKED, now, contact_id))
         return events
 
+    def hold(self, reason: str | None) -> None:
+        """Stop resolving (``reason``: why, e.g. consent cannot be confirmed) or resume (None).
+        While held every advertisement is counted and dropped; nothing is resolved."""
+        self._hold = reason
+
+    @property
+    def hold_reason(self) -> str | None:
+        """Why resolving is held, or None."""
+        return self._hold
+
     def contact(self, contact_id: str) -> Contact | None:
         """An active contact by id (None once revoked or expired)."""
         return self._contacts.get(contact_id)
@@ -131,6 +143,9 @@ class Pipeline:
     def feed(self, adv: Advertisement) -> list[PresenceEvent]:
         """One advertisement in; the tracker's decisions it caused out (usually none)."""
         self._advertisements += 1
+        if self._hold is not None:
+            self._held += 1
+            return []
         match = self._resolver.resolve(adv)
         if match is None:
             return []
@@ -185,6 +200,7 @@ class Pipeline:
             advertisements=self._advertisements,
             matched=self._matched,
             no_rssi=self._no_rssi,
+            held=self._held,
             events=self._events,
             contacts=len(self._contacts),
             present=len(self.tracker.present()),

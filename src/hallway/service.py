@@ -57,6 +57,7 @@ from hallway.registry.changes import (
     revoked_after,
     save_applied_change,
 )
+from hallway.registry.client import RegistryClient
 from hallway.server import EventServer, load_tokens
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
@@ -133,6 +134,9 @@ class Service:
         self._handoff: Handoff | None = None
         self._generation = -1
         self._applied: int | None = None  # the last contact change applied (None: none yet)
+        self._registry: RegistryClient | None = None
+        self._loaded = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._load_from = (0, 0)  # (generation, latest change) when the first load began
         self._contacts_loaded_s: float | None = None
 
@@ -214,6 +218,9 @@ class Service:
             "contacts": int(self._pipeline.stats()["contacts"]) if self._pipeline else 0,
             # False until the first load of every contact is done (the daemon serves meanwhile).
             "contacts_loaded": self._applied is not None,
+            # Why contacts are not being resolved (None: they are); see registry.stale_after_s.
+            "resolving_held": self._pipeline.hold_reason if self._pipeline else None,
+            "registry": self._registry.stats() if self._registry is not None else None,
             "contacts_load_s": None if self._contacts_loaded_s is None
             else round(self._contacts_loaded_s, 3),
             "subscribers": int(server_stats.get("subscribers", 0)),
@@ -235,6 +242,7 @@ class Service:
             f"{s['subscribers']} subscriber(s); malformed {s['malformed']}, "
             f"dropped {s['dropped']}"
             + (f"; last error: {s['last_error']}" if s["last_error"] else "")
+            + (f"; NOT resolving: {s['resolving_held']}" if s["resolving_held"] else "")
         )
 
     # -- the graph ----------------------------------------------------------------------------
@@ -273,6 +281,13 @@ class Service:
         await self.hub.start()
         await self._depart_left_over()
         await self._owe_tombstones()
+        if config.mqtt.enabled and config.mqtt.plaintext_password_off_host:
+            log.warning("mqtt_password_in_clear", host=config.mqtt.host,
+                        hint="mqtt.allow_plaintext_password is set: use tls = true")
+        if config.registry.enabled:
+            self._registry = RegistryClient(config, self.store, applied=self._registry_applied,
+                                            on_state=self._registry_state)
+            self._registry_state()
         if config.mqtt.enabled:
             self._mqtt = MqttPublisher(
                 config.mqtt,
@@ -330,6 +345,11 @@ class Service:
         (work proportional to the changes; ``hallway.registry.changes``)."""
         if self._applied is None:
             return  # the first load is still running
+        async with self._reload_lock:  # the reloader and the registry client both call this
+            await self._apply_changes(force=force)
+
+    async def _apply_changes(self, *, force: bool) -> None:
+        assert self._applied is not None
         generation = await self.store.generation()
         if generation == self._generation and not force:
             return
@@ -380,9 +400,26 @@ class Service:
         self._generation, self._applied = generation, latest
         await save_applied_change(store, latest)
         self._contacts_loaded_s = time.monotonic() - started
+        self._loaded.set()
         log.info("contacts_loaded", contacts=count, generation=generation,
                  seconds=round(self._contacts_loaded_s, 3))
         await self._reload(force=True)
+
+    async def _registry_applied(self) -> None:
+        """The registry client wrote changes to the store: take them in before it goes on."""
+        await self._loaded.wait()
+        await self._reload(force=True)
+
+    def _registry_state(self) -> None:
+        """Hold resolving while the registry cannot confirm consent (see RegistryClient)."""
+        if self._registry is not None and self._pipeline is not None:
+            reason = self._registry.hold_reason()
+            if (reason is None) != (self._pipeline.hold_reason is None):
+                if reason is not None:
+                    log.warning("resolving_held", reason=reason)
+                else:
+                    log.info("resolving_resumed")
+            self._pipeline.hold(reason)
 
     async def _forget_removed(self) -> None:
         """Revoked or expired contacts: out of the hub's queues and the event log."""
@@ -418,6 +455,7 @@ class Service:
             await asyncio.sleep(TICK_INTERVAL_S)
             self._publish(self.pipeline.tick(self._now()))
             await self._forget_removed()  # consent that expired this tick
+            self._registry_state()  # a registry gone silent: fail closed
 
     async def _reloader(self) -> None:
         interval = self.config.storage.reload_interval_s
@@ -528,6 +566,8 @@ class Service:
                     group.create_task(self._pump(), name="pump"),
                     group.create_task(self._ticker(), name="ticker"),
                     group.create_task(self._reloader(), name="reloader"),
+                    *([group.create_task(self._registry.run(), name="registry")]
+                      if self._registry is not None else []),
                     group.create_task(self._pruner(), name="pruner"),
                     group.create_task(self._checkpointer(), name="checkpointer"),
                     group.create_task(self._watchdog(), name="watchdog"),

@@ -53,15 +53,86 @@ async def applied_change(store: SqliteStore) -> int:
     return int(row[0]) if row is not None else 0
 
 
-async def save_applied_change(store: SqliteStore, change_id: int) -> None:
-    """Remember that every change up to ``change_id`` is applied."""
+async def save_applied_change(
+    store: SqliteStore, change_id: int, *, key: str = "contacts_applied_change"
+) -> None:
+    """Remember that every change up to ``change_id`` is applied (``key``: whose cursor;
+    ``registry_published_change`` is the venue registry publisher's)."""
 
     async def work() -> None:
-        await store.connection.execute(
-            "UPDATE meta SET value = ? WHERE key = 'contacts_applied_change'", (change_id,)
-        )
+        await store.connection.execute("UPDATE meta SET value = ? WHERE key = ?",
+                                       (change_id, key))
 
     await store.transaction(work)
+
+
+async def published_change(store: SqliteStore) -> int:
+    """The change id the venue registry has published up to."""
+    async with store.connection.execute(
+        "SELECT value FROM meta WHERE key = 'registry_published_change'"
+    ) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def published_count(store: SqliteStore, change_id: int) -> int:
+    """How many contact ids (tombstones included) have their newest change at or below
+    ``change_id``: the registry topics a snapshot up to that version holds at least."""
+    async with store.connection.execute(
+        "SELECT count(*) FROM contact_changes WHERE id <= ?", (change_id,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+async def apply_registry(
+    store: SqliteStore, contacts: Sequence[Contact], revoked: Sequence[str], *, now: float
+) -> None:
+    """A scanner's copy of registry changes, in one transaction: ``contacts`` stored as they
+    are (re-admitted if they were revoked; a key another contact held moves to them), and the
+    ``revoked`` ids forgotten as ``SqliteStore.revoke`` does (row, keys, consent, logged
+    events; a tombstone kept), whether or not they were stored here."""
+
+    async def work() -> None:
+        db = store.connection
+        if revoked:
+            ids = [(cid,) for cid in revoked]
+            await db.executemany("DELETE FROM events WHERE contact_id = ?", ids)
+            await db.executemany("DELETE FROM contacts WHERE id = ?", ids)
+            await db.executemany(
+                "INSERT OR REPLACE INTO revocations (contact_id, revoked_at) VALUES (?, ?)",
+                [(cid, now) for cid in revoked])
+        if contacts:
+            ids = [(c.id,) for c in contacts]
+            await db.executemany("DELETE FROM revocations WHERE contact_id = ?", ids)
+            await db.executemany("DELETE FROM keys WHERE contact_id = ?", ids)
+            await db.executemany(
+                "DELETE FROM keys WHERE kind = ? AND value = ?",
+                [(key.kind.value, key.value) for c in contacts for key in c.keys])
+            await db.executemany(
+                "INSERT INTO contacts (id, name, org, title, handles, tags, calibration_db) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "name = excluded.name, org = excluded.org, title = excluded.title, "
+                "handles = excluded.handles, tags = excluded.tags, "
+                "calibration_db = excluded.calibration_db",
+                [(c.id, c.name, c.org, c.title,
+                  json.dumps(dict(c.handles), ensure_ascii=False, sort_keys=True),
+                  json.dumps(list(c.tags), ensure_ascii=False), c.calibration_db)
+                 for c in contacts])
+            await db.executemany(
+                "INSERT INTO consent (contact_id, granted_at, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(contact_id) DO UPDATE SET granted_at = excluded.granted_at, "
+                "expires_at = excluded.expires_at",
+                [(c.id, c.granted_at, c.expires_at) for c in contacts])
+            await db.executemany(
+                "INSERT INTO keys (contact_id, kind, value) VALUES (?, ?, ?)",
+                [(c.id, key.kind.value, key.value) for c in contacts for key in c.keys])
+        await db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'contacts_generation'")
+
+    await store.transaction(work)
+    if revoked:
+        await store.scrub()
 
 
 async def changes_after(store: SqliteStore, after: int, *, limit: int = PAGE) -> list[Change]:

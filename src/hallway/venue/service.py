@@ -48,6 +48,7 @@ from hallway.mqtt import (
 )
 from hallway.notify import SystemdNotifier
 from hallway.registry.changes import forget_events
+from hallway.registry.publisher import RegistryPublisher
 from hallway.server import EventServer, load_tokens
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
@@ -106,6 +107,7 @@ class VenueService:
         self._server: EventServer | None = None
         self._announcer: ZeroconfAnnouncer | None = None
         self.publisher: MqttPublisher | None = None
+        self.registry: RegistryPublisher | None = None
 
     # -- status -------------------------------------------------------------------------------
 
@@ -128,6 +130,7 @@ class VenueService:
             "subscribers": int(server.get("subscribers", 0)),
             "mqtt_published_seq": publisher.get("published_seq"),
             "mqtt_dropped": publisher.get("dropped", 0),
+            "registry": self.registry.stats() if self.registry is not None else None,
             **self._n,
             **{f"decisions_{k}": v for k, v in self.arbiter.counts.items()},
         }
@@ -164,6 +167,9 @@ class VenueService:
             extra=extra,
             clock=self._clock,
         )
+        if config.registry.enabled:
+            # The venue's contacts (``hallway venue contacts``) out to its scanners.
+            self.registry = RegistryPublisher(config, self._store)
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
         self._server = EventServer(
             config.server, self._hub, scanner=config.scanner.name, version=__version__,
@@ -396,6 +402,8 @@ class VenueService:
                     group.create_task(self._subscribe(), name="venue-mqtt-in"),
                     group.create_task(self._ticker(), name="venue-ticker"),
                     group.create_task(self._forgetter(), name="venue-forgetter"),
+                    *([group.create_task(self.registry.run(), name="venue-registry")]
+                      if self.registry is not None else []),
                     group.create_task(self._relay(), name="venue-relay"),
                     group.create_task(self._watchdog(), name="venue-watchdog"),
                 ]
