@@ -271,8 +271,11 @@ class MqttPublisher:
         client_id: str | None = None,
         extra: ExtraMessages | None = None,
         clock: Callable[[], float] = time.time,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._config = config
+        # False while events must wait (a scanner catching up with the venue registry).
+        self._ready = ready
         self._scanner = scanner
         self._store = store
         self._present_provider = present
@@ -428,6 +431,9 @@ class MqttPublisher:
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
             self._wake.clear()
+            if self._ready is not None and not self._ready():
+                await asyncio.sleep(POLL_S)
+                continue
             caught_up = await self._publish_window(client)
             if not caught_up:
                 continue

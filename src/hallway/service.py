@@ -295,6 +295,9 @@ class Service:
                 store=self.store,
                 present=self._present_json,
                 clock=self._now,  # the advertisements' clock, like every other decision
+                # With the venue registry: nothing goes out until it has caught up (a contact
+                # revoked meanwhile has its logged events purged first).
+                ready=self._registry_current if config.registry.enabled else None,
             )
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
         self._server = EventServer(
@@ -409,6 +412,9 @@ class Service:
         """The registry client wrote changes to the store: take them in before it goes on."""
         await self._loaded.wait()
         await self._reload(force=True)
+
+    def _registry_current(self) -> bool:
+        return self._registry is not None and self._registry.current
 
     def _registry_state(self) -> None:
         """Hold resolving while the registry cannot confirm consent (see RegistryClient)."""
