@@ -118,6 +118,12 @@ class Service:
         self._last_error: str | None = None
         self._rates = _Rates()
         self._loop_lag_s = 0.0
+        # Measurement aid ($HALLWAY_LOOP_PROBE_S, e.g. 0.005): a task that sleeps that long
+        # and records how late it wakes, i.e. the longest the loop was held meanwhile.
+        probe = os.environ.get("HALLWAY_LOOP_PROBE_S")
+        self._probe_s = float(probe) if probe else None
+        self._stall_max_s = 0.0
+        self._stalls_over_10ms = 0
         self._clock_offset_s = 0.0
         self.tcp_port: int | None = None
         self.tokens: list[str] = []
@@ -227,12 +233,30 @@ class Service:
             "connections": int(server_stats.get("connections", 0)),
             "last_seq": int(hub_stats.get("last_seq", 0)),
             "loop_lag_ms": round(self._loop_lag_s * 1000, 1),
+            **({} if self._probe_s is None else {
+                "loop_stall_max_ms": round(self._stall_max_s * 1000, 2),
+                "loop_stalls_over_10ms": self._stalls_over_10ms}),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
         }
+
+    def _socket_status(self) -> dict[str, Any]:
+        """``status`` for a socket client; the loop probe's maximum starts again after it."""
+        result = self.status()
+        self._stall_max_s = 0.0
+        return result
+
+    async def _loop_probe(self, period_s: float) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(period_s)
+            late = time.monotonic() - before - period_s
+            self._stall_max_s = max(self._stall_max_s, late)
+            if late > 0.010:
+                self._stalls_over_10ms += 1
 
     def _status_line(self) -> str:
         s = self.status()
@@ -306,7 +330,7 @@ class Service:
             scanner=config.scanner.name,
             version=__version__,
             tokens=self.tokens,
-            status_provider=self.status,
+            status_provider=self._socket_status,
             present_provider=self._present_json,
         )
         await self._server.start()
@@ -574,6 +598,8 @@ class Service:
                     group.create_task(self._reloader(), name="reloader"),
                     *([group.create_task(self._registry.run(), name="registry")]
                       if self._registry is not None else []),
+                    *([group.create_task(self._loop_probe(self._probe_s), name="loop-probe")]
+                      if self._probe_s is not None else []),
                     group.create_task(self._pruner(), name="pruner"),
                     group.create_task(self._checkpointer(), name="checkpointer"),
                     group.create_task(self._watchdog(), name="watchdog"),
