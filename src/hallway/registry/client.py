@@ -38,6 +38,8 @@ log = get_logger(__name__)
 
 BATCH = 512
 """Contact messages written to the store in one transaction at most."""
+YIELD_EVERY = 64
+"""Messages decoded between two turns of the event loop (a few ms)."""
 MAX_INCOMING = 200_000
 """Messages the MQTT client buffers before we read them (a whole snapshot's worth)."""
 
@@ -133,7 +135,13 @@ class RegistryClient:
 
     async def _follow(self, client: aiomqtt.Client) -> None:
         head = self.topics.head
+        count = 0
         async for message in client.messages:
+            count += 1
+            if count % YIELD_EVERY == 0:
+                # A snapshot arrives all at once and reading a queued message never waits:
+                # hand the loop back now and then (decoding one takes tens of µs).
+                await asyncio.sleep(0)
             topic = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) else b""
             if topic == head:
