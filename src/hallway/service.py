@@ -49,6 +49,7 @@ from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
 from hallway.registry.changes import (
+    PAGE,
     applied_change,
     changes_after,
     contacts_page,
@@ -393,6 +394,8 @@ class Service:
             self._publish(events)
             await self._forget_removed()
             applied, changes = page[-1].change_id, changes + len(page)
+            if len(page) == PAGE:
+                gc.freeze()  # a bulk change (a registry snapshot): see _load_all
             await asyncio.sleep(0)  # one page per loop turn: the pump keeps running
         self._generation, self._applied = generation, applied
         if changes:
@@ -422,6 +425,9 @@ class Service:
         while page := await contacts_page(store, after):
             self._publish(pipeline.upsert_contacts(page, now=self._now()))
             after, count = page[-1].id, count + len(page)
+            # The contacts live as long as the daemon: out of the cyclic GC's reach, or its
+            # full collections walk all of them (tens of ms at 100k) while we load.
+            gc.freeze()
             await asyncio.sleep(0)
         await self._forget_removed()
         self._generation, self._applied = generation, latest
