@@ -85,13 +85,23 @@ async def published_count(store: SqliteStore, change_id: int) -> int:
     return int(row[0]) if row is not None else 0
 
 
+async def registry_versions(store: SqliteStore) -> dict[str, int]:
+    """A scanner's registry version of every contact id it has applied (tombstones too)."""
+    async with store.connection.execute(
+        "SELECT contact_id, version FROM registry_versions"
+    ) as cursor:
+        return {str(cid): int(version) for cid, version in await cursor.fetchall()}
+
+
 async def apply_registry(
-    store: SqliteStore, contacts: Sequence[Contact], revoked: Sequence[str], *, now: float
+    store: SqliteStore, contacts: Sequence[Contact], revoked: Sequence[str], *, now: float,
+    versions: Sequence[tuple[str, int]] = (),
 ) -> None:
     """A scanner's copy of registry changes, in one transaction: ``contacts`` stored as they
-    are (re-admitted if they were revoked; a key another contact held moves to them), and the
+    are (re-admitted if they were revoked; a key another contact held moves to them), the
     ``revoked`` ids forgotten as ``SqliteStore.revoke`` does (row, keys, consent, logged
-    events; a tombstone kept), whether or not they were stored here."""
+    events; a tombstone kept), whether or not they were stored here, and the registry
+    ``versions`` of them all remembered (a restart skips what it already has)."""
 
     async def work() -> None:
         db = store.connection
@@ -129,6 +139,9 @@ async def apply_registry(
                 [(c.id, key.kind.value, key.value) for c in contacts for key in c.keys])
         await db.execute(
             "UPDATE meta SET value = value + 1 WHERE key = 'contacts_generation'")
+        await db.executemany(
+            "INSERT INTO registry_versions (contact_id, version) VALUES (?, ?) "
+            "ON CONFLICT(contact_id) DO UPDATE SET version = excluded.version", versions)
 
     await store.transaction(work)
     if revoked:

@@ -30,8 +30,8 @@ from hallway.errors import BrokerError, StoreError
 from hallway.logs import get_logger
 from hallway.models import Contact
 from hallway.mqtt import BACKOFF_START_S, broker_error, make_client, topic_level
-from hallway.registry.changes import apply_registry
-from hallway.registry.wire import RegistryTopics, decode_head, decode_update
+from hallway.registry.changes import apply_registry, registry_versions
+from hallway.registry.wire import RegistryTopics, decode_head, decode_update, peek_version
 from hallway.store import SqliteStore
 
 log = get_logger(__name__)
@@ -102,6 +102,7 @@ class RegistryClient:
     async def run(self) -> None:
         """Connect, catch up, follow; reconnect with capped backoff."""
         delay, streak = BACKOFF_START_S, 0
+        self._versions = await registry_versions(self._store)
         while True:
             self.current = False
             client = make_client(self._config.mqtt, client_id=self._client_id,
@@ -179,13 +180,14 @@ class RegistryClient:
             self._n["malformed"] += 1
             return
         try:
-            update = decode_update(contact_id, payload)
+            version, data = peek_version(payload)
+            if self._versions.get(contact_id, -1) >= version:
+                self._n["skipped"] += 1  # already applied (a restart re-reads the snapshot)
+                return
+            update = decode_update(contact_id, data)
         except ValueError as exc:
             self._n["malformed"] += 1
             log.warning("registry_message_refused", reason=str(exc))
-            return
-        if self._versions.get(contact_id, -1) >= update.version:
-            self._n["skipped"] += 1
             return
         self._pending[contact_id] = (update.version, update.contact)
 
@@ -196,9 +198,10 @@ class RegistryClient:
         pending, self._pending = self._pending, {}
         contacts = [c for _, c in pending.values() if c is not None]
         revoked = [cid for cid, (_, c) in pending.items() if c is None]
-        await apply_registry(self._store, contacts, revoked, now=self._clock())
-        for contact_id, (version, _) in pending.items():
-            self._versions[contact_id] = version
+        versions = [(contact_id, version) for contact_id, (version, _) in pending.items()]
+        await apply_registry(self._store, contacts, revoked, now=self._clock(),
+                             versions=versions)
+        self._versions.update(versions)
         self._n["contacts"] += len(contacts)
         self._n["tombstones"] += len(revoked)
         self._n["batches"] += 1

@@ -101,9 +101,17 @@ def _version(data: Any) -> int:
     return version
 
 
-def decode_update(contact_id: str, payload: bytes) -> Update:
-    """A contact message (ValueError with the reason if it is not a valid one for this id)."""
+def peek_version(payload: bytes) -> tuple[int, Any]:
+    """``(version, decoded JSON)`` of a contact message, before its (costlier) validation
+    by ``decode_update``; ValueError if it has none."""
     data = json.loads(payload)
+    return _version(data), data
+
+
+def decode_update(contact_id: str, payload: bytes | Any) -> Update:
+    """A contact message (the payload, or ``peek_version``'s JSON) -> the update; ValueError
+    with the reason if it is not a valid one for this id."""
+    data = json.loads(payload) if isinstance(payload, bytes | bytearray) else payload
     version = _version(data)
     if data.get("revoked") is True:
         if data.get("id") != contact_id:
