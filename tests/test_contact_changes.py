@@ -72,7 +72,8 @@ async def test_a_store_written_before_the_log_existed_lists_every_contact(tmp_pa
             db.execute(f"DROP TRIGGER {name}")
         db.execute("DROP TABLE contact_changes")
         db.execute("DROP TABLE registry_versions")
-        db.execute("DELETE FROM meta WHERE key = 'contacts_applied_change'")
+        db.execute("DELETE FROM meta WHERE key IN ('contacts_applied_change', "
+                   "'registry_published_change')")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         db.execute(f"PRAGMA user_version = {version - 1}")
     async with await SqliteStore.open(path) as store:
