@@ -55,7 +55,7 @@ def _until(client: Client, want: set[tuple[str, str]], timeout_s: float,
 
 
 def test_contact_changes_reach_the_running_daemon_one_by_one(tmp_path: Path) -> None:
-    expires = datetime.fromtimestamp(time.time() + 6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = datetime.fromtimestamp(time.time() + 20, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     import_contacts(tmp_path, [
         _contact("c-ada", "Ada Lovelace", ADA),
         _contact("c-carl", "Carl Absent", "C4:7C:8D:6A:00:01"),
@@ -75,7 +75,9 @@ def test_contact_changes_reach_the_running_daemon_one_by_one(tmp_path: Path) -> 
         client = Client(port)
         client.subscribe()
         seen: list[dict[str, Any]] = []
-        assert _until(client, {("arrived", "c-ada"), ("arrived", "c-eve")}, 20, seen)
+        _until(client, {("arrived", "c-ada"), ("arrived", "c-eve")}, 20, seen)
+        assert {("arrived", "c-ada"), ("arrived", "c-eve")} <= {
+            (e["type"], e["contact"]["id"]) for e in seen}, daemon.log()
 
         # A new contact (Bob's badge was on the air all along) resolves within the interval.
         src = tmp_path / "bob.jsonl"
@@ -94,7 +96,7 @@ def test_contact_changes_reach_the_running_daemon_one_by_one(tmp_path: Path) -> 
                         "scanner": "test-kiosk", "contact": {"id": "c-carl"}}
 
         # Eve's consent ends: she departs (id only), a tombstone follows, her log is purged.
-        got = _until(client, {("revoked", "c-eve")}, 15, seen)
+        got = _until(client, {("revoked", "c-eve")}, 40, seen)
         eve = [(e["type"], e.get("reason"), e["contact"]) for e in got
                if e["contact"]["id"] == "c-eve"]
         assert eve[-2:] == [("departed", "revoked", {"id": "c-eve"}),

@@ -395,10 +395,12 @@ class Service:
         while page := await changes_after(self.store, applied):
             now = self._now()
             events: list[PresenceEvent] = []
+            # A contact appears once in a page: its upserts go in one batch (one pass over
+            # the tables), its removals one by one.
+            events.extend(self.pipeline.upsert_contacts(
+                [change.contact for change in page if change.contact is not None], now=now))
             for change in page:
-                if change.contact is not None:
-                    events.extend(self.pipeline.upsert_contact(change.contact, now=now))
-                else:
+                if change.contact is None:
                     events.extend(self.pipeline.remove_contact(
                         change.contact_id, now=now, tombstone=change.revoked))
             self._publish(events)
