@@ -94,7 +94,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO contact_changes (contact_id) SELECT id FROM contacts;
     INSERT INTO contact_changes (contact_id) SELECT contact_id FROM revocations;
-    INSERT INTO meta VALUES ('contacts_applied_change', 0), ('registry_published_change', 0);
+    -- A daemon upgraded onto this owes no tombstones for revocations it applied before.
+    INSERT INTO meta VALUES
+        ('contacts_applied_change', (SELECT coalesce(max(id), 0) FROM contact_changes)),
+        ('registry_published_change', 0);
     CREATE TABLE registry_versions (contact_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
     CREATE TRIGGER contact_changes_contacts_insert AFTER INSERT ON contacts BEGIN
         DELETE FROM contact_changes WHERE contact_id = NEW.id;
