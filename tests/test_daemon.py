@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -109,13 +110,18 @@ def test_revoked_contact_departs_within_two_seconds_and_never_returns(tmp_path: 
         assert departure["type"] == "departed"
         assert departure["reason"] == "revoked"
         assert departure["contact"] == {"id": "c-ada"}
-        # Ada's badge keeps advertising, but she is never resolved again.
-        later = list(client.events(4))
-        assert all(e["contact"]["id"] != "c-ada" for e in later), later
+        # Ada's badge keeps advertising, but she is never resolved again: after her departure
+        # only the tombstone (the id and nothing else) is about her.
+        later = [e for e in client.events(4) if e["contact"]["id"] == "c-ada"]
+        assert [(e["type"], e["contact"]) for e in later] == [("revoked", {"id": "c-ada"})]
+        assert set(later[0]) == {"type", "seq", "ts", "scanner", "contact"}
         client.close()
         with sqlite3.connect(tmp_path / "hallway.db") as conn:
-            rows = conn.execute("SELECT payload FROM events WHERE contact_id = 'c-ada'").fetchall()
-        assert all("Ada" not in payload for (payload,) in rows), rows
+            rows = conn.execute(
+                "SELECT type, payload FROM events WHERE contact_id = 'c-ada'").fetchall()
+        # Her arrival and every reading are gone; what stays says only that she left.
+        assert sorted(kind for kind, _ in rows) == ["departed", "revoked"], rows
+        assert all(json.loads(p)["contact"] == {"id": "c-ada"} for _, p in rows), rows
     finally:
         daemon.stop()
 
@@ -242,7 +248,8 @@ def test_sighup_forces_a_contact_reload(tmp_path: Path) -> None:
         assert not any(e["contact"]["id"] == "c-bob" for e in client.events(2))
         daemon.proc.send_signal(signal.SIGHUP)
         departed = [e for e in client.events(3) if e["contact"]["id"] == "c-bob"]
-        assert [(e["type"], e["reason"]) for e in departed] == [("departed", "revoked")]
+        assert [(e["type"], e.get("reason")) for e in departed] == [
+            ("departed", "revoked"), ("revoked", None)]
         client.close()
     finally:
         daemon.stop()

@@ -65,9 +65,10 @@ def test_a_contact_dropped_from_the_list_departs_as_revoked() -> None:
     pipeline.load_contacts([ADA, GRACE], now=START)
     events = run(pipeline, [badge(START + n * 0.5) for n in range(20)], start=START)
     assert [e.type for e in events] == [EventType.ARRIVED]
-    [departed] = pipeline.load_contacts([ADA], now=START + 11)
+    departed, tombstone = pipeline.load_contacts([ADA], now=START + 11)
     assert departed.contact_id == "c-2"
     assert departed.reason is DepartReason.REVOKED
+    assert (tombstone.type, tombstone.contact_id) == (EventType.REVOKED, "c-2")
     assert pipeline.contact("c-2") is None
     assert pipeline.feed(badge(START + 12)) == []  # no longer resolved
     assert pipeline.present() == []
@@ -80,13 +81,43 @@ def test_a_revoked_or_expired_contact_in_the_list_departs_too() -> None:
     events = run(pipeline, [badge(START + n * 0.5) for n in range(40)], start=START)
     assert [e.type for e in events] == [EventType.ARRIVED]
     events = pipeline.tick(START + 30)
-    assert [(e.type, e.reason) for e in events] == [(EventType.DEPARTED, DepartReason.REVOKED)]
+    assert [(e.type, e.reason) for e in events] == [
+        (EventType.DEPARTED, DepartReason.REVOKED), (EventType.REVOKED, None)]
     assert pipeline.contact("c-2") is None
     pipeline.load_contacts([GRACE], now=START + 40)
     run(pipeline, [badge(START + 40 + n * 0.5) for n in range(20)], start=START + 40)
     revoked = Contact(id="c-2", name="Grace", keys=GRACE.keys, revoked_at=START + 50)
-    [departed] = pipeline.load_contacts([revoked], now=START + 51)
+    departed, tombstone = pipeline.load_contacts([revoked], now=START + 51)
     assert departed.reason is DepartReason.REVOKED
+    assert tombstone.type is EventType.REVOKED
+    assert pipeline.take_forgotten() == ["c-2", "c-2"]
+
+
+def test_one_contact_at_a_time_add_change_revoke_and_absent_tombstones() -> None:
+    pipeline = Pipeline(Config())
+    pipeline.load_contacts([ADA], now=START)
+    assert pipeline.feed(badge(START)) == []  # Grace's badge: not loaded yet
+    assert pipeline.upsert_contact(GRACE, now=START + 1) == []
+    events = run(pipeline, [badge(START + 1 + n * 0.5) for n in range(20)], start=START + 1)
+    assert [e.type for e in events] == [EventType.ARRIVED]
+    # Changed keys: the old badge stops resolving at once (no reload of anyone else).
+    moved = Contact(id="c-2", name="Grace", keys=ADA.keys[:0])
+    assert pipeline.upsert_contact(moved, now=START + 12) == []
+    matched = pipeline.stats()["matched"]
+    pipeline.feed(badge(START + 12.5))
+    assert pipeline.stats()["matched"] == matched
+    assert pipeline.stats()["contacts"] == 2
+    departed, tombstone = pipeline.remove_contact("c-2", now=START + 13)
+    assert (departed.type, departed.reason) == (EventType.DEPARTED, DepartReason.REVOKED)
+    assert (tombstone.type, tombstone.contact_id) == (EventType.REVOKED, "c-2")
+    # Someone absent: only the tombstone; someone never loaded: only when asked to.
+    [absent] = pipeline.remove_contact("c-1", now=START + 14)
+    assert absent.type is EventType.REVOKED
+    assert pipeline.remove_contact("c-9", now=START + 15) == []
+    [owed] = pipeline.remove_contact("c-9", now=START + 15, tombstone=True)
+    assert owed.type is EventType.REVOKED
+    assert pipeline.take_forgotten() == ["c-2", "c-1", "c-9"]
+    assert pipeline.stats()["contacts"] == 0
 
 
 def test_unknown_rssi_is_not_a_reading_and_shutdown_departs_everyone() -> None:

@@ -277,6 +277,9 @@ class MqttConfig(_Section):
     homeassistant: bool = False
     homeassistant_prefix: str = "homeassistant"
     homeassistant_tag: str | None = None
+    # A password over plain TCP to a broker that is not on this machine crosses the network in
+    # clear: refused unless this is set (then the daemon warns at every start).
+    allow_plaintext_password: bool = False
 
     @field_validator("topic_prefix", "homeassistant_prefix", "venue")
     @classmethod
@@ -298,7 +301,38 @@ class MqttConfig(_Section):
             raise ValueError("ca_file, cert_file and key_file need tls = true")
         if self.key_file and not self.cert_file:
             raise ValueError("key_file is set but cert_file is not")
+        if self.plaintext_password_off_host and not self.allow_plaintext_password:
+            raise ValueError(
+                f"password over plain TCP to {self.host}, which is not this machine: the "
+                "password would cross the network in clear; set tls = true (or, knowingly, "
+                "allow_plaintext_password = true)"
+            )
         return self
+
+    @property
+    def plaintext_password_off_host(self) -> bool:
+        """A password would go in clear to another machine (no TLS, broker not loopback)."""
+        return self.enabled and self.password is not None and not self.tls and not _loopback(
+            self.host)
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class RegistryConfig(_Section):
+    """A scanner's contacts from the venue registry (``hallway venue`` over MQTT)."""
+
+    enabled: bool = False
+    # Without a word from the registry for this long, stop resolving (consent unconfirmed).
+    stale_after_s: float = Field(default=600.0, gt=0, le=86_400)
+    # How often the registry says it is alive (``hallway venue``'s side).
+    heartbeat_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class VenueConfig(_Section):
@@ -357,6 +391,7 @@ class Config(_Section):
     venue: VenueConfig = VenueConfig()
     checkin: CheckinConfig = CheckinConfig()
     web: WebConfig = WebConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data with secrets replaced by ``***``."""

@@ -34,6 +34,7 @@ from dbus_fast.aio import MessageBus
 from zeroconf import InterfaceChoice
 from zeroconf.asyncio import AsyncZeroconf
 
+from hallway import mqtt_check  # a cycle: it uses doctor.Check; names used at call time
 from hallway.commands._common import state_dir
 from hallway.config import INSTALLED_CONFIG, Config, find_config_path, load_config
 from hallway.errors import ConfigError
@@ -210,6 +211,7 @@ async def diagnose(options: DoctorOptions) -> Report:
         checks.append(await _check_tcp(config, options.timeout_s))
         checks.append(_check_tls(config))
         checks.append(await _check_mdns(config, options.timeout_s))
+        checks.extend(await mqtt_check.mqtt_checks(config, options.timeout_s))
     checks.append(_check_clock(options))
     return Report(path, account.name, checks)
 

@@ -36,7 +36,11 @@ def _round(value: float | None, digits: int) -> float | None:
 def event_json(
     event: PresenceEvent, *, seq: int, scanner: str, contact: Contact | None
 ) -> dict[str, Any]:
-    """The SPEC §5 object for one event. A revoked contact's departure carries only its id."""
+    """The SPEC §5 object for one event. A revoked contact's departure carries only its id;
+    a ``revoked`` tombstone carries nothing but the contact's id, whatever ``contact`` is."""
+    if event.type is EventType.REVOKED:
+        return {"type": event.type.value, "seq": seq, "ts": round(event.ts, 3),
+                "scanner": scanner, "contact": {"id": event.contact_id}}
     data: dict[str, Any] = {
         "type": event.type.value,
         "seq": seq,

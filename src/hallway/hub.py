@@ -457,7 +457,7 @@ class Hub:
     def _apply_present(self, pending: _Pending) -> None:
         ev = pending.event
         old = self._present.get(ev.contact_id)
-        if ev.type is EventType.DEPARTED:
+        if ev.type is EventType.DEPARTED or ev.type is EventType.REVOKED:
             self._present.pop(ev.contact_id, None)
             return
         if ev.type not in (EventType.ARRIVED, EventType.ZONE, EventType.MOVED):

@@ -117,6 +117,9 @@ class EventType(StrEnum):
     ZONE = "zone"
     DEPARTED = "departed"
     MOVED = "moved"  # venue level only: present, and now in another room
+    # The contact's consent ended (revoked, or expired): a tombstone carrying only the id,
+    # sent whether or not the contact was present (after its ``departed`` when it was).
+    REVOKED = "revoked"
 
 
 class DepartReason(StrEnum):

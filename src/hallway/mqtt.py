@@ -273,8 +273,11 @@ class MqttPublisher:
         client_id: str | None = None,
         extra: ExtraMessages | None = None,
         clock: Callable[[], float] = time.time,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._config = config
+        # False while events must wait (a scanner catching up with the venue registry).
+        self._ready = ready
         self._scanner = scanner
         self._store = store
         self._present_provider = present
@@ -427,6 +430,9 @@ class MqttPublisher:
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
             self._wake.clear()
+            if self._ready is not None and not self._ready():
+                await asyncio.sleep(POLL_S)
+                continue
             caught_up = await self._publish_window(client)
             if not caught_up:
                 continue
@@ -494,7 +500,9 @@ class MqttPublisher:
         """The retained presence message an event implies; updates ``held`` and ``sent``."""
         cid = str(event["contact"]["id"])
         topic = self._topics.present(cid)
-        if event["type"] == "departed":
+        if event["type"] in ("departed", "revoked"):
+            # A tombstone clears the retained presence whether or not it was held (a crash
+            # may have left one behind that the store no longer knows about).
             sent.pop(cid, None)
             held.discard(cid)
             self._n["presence_clears"] += 1

@@ -17,6 +17,7 @@ from hallway.models import (
     Advertisement,
     Contact,
     DepartReason,
+    EventType,
     PresenceEvent,
     PresentInfo,
     Sighting,
@@ -42,6 +43,9 @@ class Pipeline:
         self.tracker = Tracker(config.proximity, checkin_hold_s=config.checkin.hold_s)
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
+        self._forgotten: list[str] = []
+        self._hold: str | None = None
+        self._held = 0
         self._advertisements = 0
         self._matched = 0
         self._no_rssi = 0
@@ -51,12 +55,12 @@ class Pipeline:
     # -- contacts ------------------------------------------------------------------------------
 
     def load_contacts(self, contacts: Sequence[Contact], *, now: float) -> list[PresenceEvent]:
-        """Replace the contact list; a present contact no longer in it (or inactive) departs
-        with reason ``revoked``."""
+        """Replace the contact list; a loaded contact no longer in it (or inactive) is removed
+        as by ``remove_contact`` (a present one departs with reason ``revoked``; a tombstone)."""
         active = {c.id: c for c in contacts if c.active(now)}
         events: list[PresenceEvent] = []
         for contact_id in sorted(self._contacts.keys() - active.keys()):
-            events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
+            events.extend(self._forget(contact_id, now))
         if self._resolving:
             self._resolver.set_contacts(active.values(), now=now)
         self._contacts = active
@@ -64,6 +68,74 @@ class Pipeline:
         heapq.heapify(self._expiries)
         self._events += len(events)
         return events
+
+    def upsert_contact(self, contact: Contact, *, now: float) -> list[PresenceEvent]:
+        """Add or change one contact (work proportional to its keys). One that is revoked or
+        whose consent has ended is removed instead (see ``remove_contact``)."""
+        if not contact.active(now):
+            revoked = contact.revoked_at is not None
+            return self.remove_contact(contact.id, now=now, tombstone=revoked)
+        if self._resolving:
+            self._resolver.upsert_contact(contact, now=now)
+        self._contacts[contact.id] = contact
+        if contact.expires_at is not None:
+            heapq.heappush(self._expiries, (contact.expires_at, contact.id))
+        return []
+
+    def upsert_contacts(self, contacts: Sequence[Contact], *, now: float) -> list[PresenceEvent]:
+        """``upsert_contact`` for a page of contacts (a cold start reads them a page at a time)."""
+        events: list[PresenceEvent] = []
+        active: list[Contact] = []
+        for contact in contacts:
+            if contact.active(now):
+                active.append(contact)
+            else:
+                revoked = contact.revoked_at is not None
+                events.extend(self.remove_contact(contact.id, now=now, tombstone=revoked))
+        if self._resolving:
+            self._resolver.upsert_many(active, now=now)
+        for contact in active:
+            self._contacts[contact.id] = contact
+            if contact.expires_at is not None:
+                heapq.heappush(self._expiries, (contact.expires_at, contact.id))
+        return events
+
+    def remove_contact(
+        self, contact_id: str, *, now: float, tombstone: bool = False
+    ) -> list[PresenceEvent]:
+        """Revoke one contact: nothing of it resolves after return; if present it departs with
+        reason ``revoked``; a ``revoked`` tombstone follows when it was loaded (or when
+        ``tombstone``: a revocation this pipeline had not seen the contact of)."""
+        if contact_id not in self._contacts and not tombstone:
+            return []
+        events = self._forget(contact_id, now)
+        self._events += len(events)
+        return events
+
+    def take_forgotten(self) -> list[str]:
+        """Ids removed (revoked or expired) since the last call: their logged events and
+        queued copies are the caller's to forget."""
+        forgotten, self._forgotten = self._forgotten, []
+        return forgotten
+
+    def _forget(self, contact_id: str, now: float) -> list[PresenceEvent]:
+        self._contacts.pop(contact_id, None)
+        if self._resolving:
+            self._resolver.remove_contact(contact_id)
+        self._forgotten.append(contact_id)
+        events = self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED)
+        events.append(PresenceEvent(EventType.REVOKED, now, contact_id))
+        return events
+
+    def hold(self, reason: str | None) -> None:
+        """Stop resolving (``reason``: why, e.g. consent cannot be confirmed) or resume (None).
+        While held every advertisement is counted and dropped; nothing is resolved."""
+        self._hold = reason
+
+    @property
+    def hold_reason(self) -> str | None:
+        """Why resolving is held, or None."""
+        return self._hold
 
     def contact(self, contact_id: str) -> Contact | None:
         """An active contact by id (None once revoked or expired)."""
@@ -75,6 +147,9 @@ class Pipeline:
         """One advertisement in; the tracker's decisions it caused out (usually none)."""
         self._advertisements += 1
         self.tracker.heard(adv.ts)
+        if self._hold is not None:
+            self._held += 1
+            return []
         match = self._resolver.resolve(adv)
         if match is None:
             return []
@@ -87,7 +162,11 @@ class Pipeline:
                 ) -> Refusal | list[PresenceEvent]:
         """One check-in (SPEC §3.1) at ``ts``, resolved by one lookup in the RPI table: the
         decisions it caused, or why it is refused. ``power_dbm`` is the scanner's 1 m power.
-        One without ``heard_rssi`` is accepted and counted (``no_rssi``), nothing more."""
+        One without ``heard_rssi`` is accepted and counted (``no_rssi``), nothing more.
+        While resolving is held (consent cannot be confirmed) it is counted and dropped."""
+        if self._hold is not None:
+            self._held += 1
+            return []
         match = self._resolver.resolve_checkin(frame.rpi, ts)
         if match is None:
             return Refusal.UNKNOWN_RPI
@@ -119,9 +198,7 @@ class Pipeline:
             contact = self._contacts.get(contact_id)
             if contact is None or contact.expires_at != expires_at:
                 continue
-            del self._contacts[contact_id]
-            self._resolver.remove_contact(contact_id)
-            events.extend(self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED))
+            events.extend(self._forget(contact_id, now))
         self._resolver.maintain(now)
         events.extend(self.tracker.tick(now))
         self._events += len(events)
@@ -144,6 +221,7 @@ class Pipeline:
             advertisements=self._advertisements,
             matched=self._matched,
             no_rssi=self._no_rssi,
+            held=self._held,
             events=self._events,
             checkins=self._checkins,
             contacts=len(self._contacts),

@@ -50,6 +50,17 @@ from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.parsing.checkin import CheckinFrame, Refusal
 from hallway.pipeline import Pipeline
+from hallway.registry.changes import (
+    PAGE,
+    applied_change,
+    changes_after,
+    contacts_page,
+    forget_events,
+    latest_change,
+    revoked_after,
+    save_applied_change,
+)
+from hallway.registry.client import RegistryClient
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
@@ -111,6 +122,16 @@ class Service:
         self._last_drain = time.monotonic()
         self._last_error: str | None = None
         self._rates = _Rates()
+        # Measurement aid ($HALLWAY_LOOP_PROBE_S, e.g. 0.005): a task that sleeps that long
+        # and records how late it wakes, i.e. the longest the loop was held meanwhile.
+        probe = os.environ.get("HALLWAY_LOOP_PROBE_S")
+        self._probe_s = float(probe) if probe else None
+        self._stall_max_s = 0.0
+        self._stalls_over_10ms = 0
+        # The same windows by the loop thread's own CPU time: what we did, not what the OS
+        # did to us (on a busy machine a wall-clock stall is mostly waiting for a core).
+        self._busy_max_s = 0.0
+        self._busy_over_10ms = 0
         self._clock_offset_s = 0.0
         self._clock_known = False
         self.web_port: int | None = None
@@ -122,8 +143,13 @@ class Service:
         self._source: AdvertisementSource | None = None
         self._handoff: Handoff | None = None
         self._generation = -1
-        self._loaded_ids: set[str] = set()
         self._peripheral: BluezPeripheral | None = None  # with [checkin] enabled
+        self._applied: int | None = None  # the last contact change applied (None: none yet)
+        self._registry: RegistryClient | None = None
+        self._loaded = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._load_from = (0, 0)  # (generation, latest change) when the first load began
+        self._contacts_loaded_s: float | None = None
 
     # -- the built graph (valid between _build and _close_all) ---------------------------------
 
@@ -216,10 +242,23 @@ class Service:
             "matched_per_s": round(self._rates.rates.get("matched", 0.0), 2),
             **counters,
             "present": int(hub_stats.get("present", 0)),
+            "contacts": int(self._pipeline.stats()["contacts"]) if self._pipeline else 0,
+            # False until the first load of every contact is done (the daemon serves meanwhile).
+            "contacts_loaded": self._applied is not None,
+            # Why contacts are not being resolved (None: they are); see registry.stale_after_s.
+            "resolving_held": self._pipeline.hold_reason if self._pipeline else None,
+            "registry": self._registry.stats() if self._registry is not None else None,
+            "contacts_load_s": None if self._contacts_loaded_s is None
+            else round(self._contacts_loaded_s, 3),
             "subscribers": int(server_stats.get("subscribers", 0)),
             "connections": int(server_stats.get("connections", 0)),
             "last_seq": int(hub_stats.get("last_seq", 0)),
             "loop_lag_ms": round(self._edges.loop_lag_s * 1000, 1),
+            **({} if self._probe_s is None else {
+                "loop_stall_max_ms": round(self._stall_max_s * 1000, 2),
+                "loop_stalls_over_10ms": self._stalls_over_10ms,
+                "loop_busy_max_ms": round(self._busy_max_s * 1000, 2),
+                "loop_busy_over_10ms": self._busy_over_10ms}),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
             # Counters behind the figures above: refused and cut-off clients, radio faults.
@@ -242,6 +281,25 @@ class Service:
             "calibration": tracker.calibration_status(self._now()),
         }
 
+    def _socket_status(self) -> dict[str, Any]:
+        """``status`` for a socket client; the loop probe's maximum starts again after it."""
+        result = self.status()
+        self._stall_max_s = self._busy_max_s = 0.0
+        return result
+
+    async def _loop_probe(self, period_s: float) -> None:
+        while True:
+            before, cpu_before = time.monotonic(), time.thread_time()
+            await asyncio.sleep(period_s)
+            late = time.monotonic() - before - period_s
+            busy = time.thread_time() - cpu_before
+            self._stall_max_s = max(self._stall_max_s, late)
+            self._busy_max_s = max(self._busy_max_s, busy)
+            if late > 0.010:
+                self._stalls_over_10ms += 1
+            if busy > 0.010:
+                self._busy_over_10ms += 1
+
     def _status_line(self) -> str:
         s = self.status()
         return (
@@ -250,6 +308,7 @@ class Service:
             f"{s['subscribers']} subscriber(s); malformed {s['malformed']}, "
             f"dropped {s['dropped']}"
             + (f"; last error: {s['last_error']}" if s["last_error"] else "")
+            + (f"; NOT resolving: {s['resolving_held']}" if s["resolving_held"] else "")
         )
 
     # -- the graph ----------------------------------------------------------------------------
@@ -279,10 +338,17 @@ class Service:
         edges = self._edges
         await edges.open_store()
         self._pipeline = Pipeline(config)
-        await self._reload(force=True)
         # Retention on the advertisements' clock, like every decision.
         await edges.start_hub(contact_lookup=self._contact, clock=self._stream_now)
         await self._depart_left_over()
+        await self._owe_tombstones()
+        if config.mqtt.enabled and config.mqtt.plaintext_password_off_host:
+            log.warning("mqtt_password_in_clear", host=config.mqtt.host,
+                        hint="mqtt.allow_plaintext_password is set: use tls = true")
+        if config.registry.enabled:
+            self._registry = RegistryClient(config, self.store, applied=self._registry_applied,
+                                            on_state=self._registry_state)
+            self._registry_state()
         if config.mqtt.enabled:
             self._mqtt = MqttPublisher(
                 config.mqtt,
@@ -290,9 +356,12 @@ class Service:
                 store=self.store,
                 present=self._present_json,
                 clock=self._now,  # the advertisements' clock, like every other decision
+                # With the venue registry: nothing goes out until it has caught up (a contact
+                # revoked meanwhile has its logged events purged first).
+                ready=self._registry_current if config.registry.enabled else None,
             )
-        await edges.start_server(status_provider=self.status, present_provider=self._present_json,
-                                 clock=self._now)
+        await edges.start_server(status_provider=self._socket_status,
+                                 present_provider=self._present_json, clock=self._now)
         if config.web.enabled:
             await self._start_web()
         self._source = self._source_override or make_source(config)
@@ -357,25 +426,105 @@ class Service:
             self._publish(events)
 
     async def _reload(self, *, force: bool = False) -> None:
+        """Apply what the change log says changed since the last look, a page at a time
+        (work proportional to the changes; ``hallway.registry.changes``)."""
+        if self._applied is None:
+            return  # the first load is still running
+        async with self._reload_lock:  # the reloader and the registry client both call this
+            await self._apply_changes(force=force)
+
+    async def _apply_changes(self, *, force: bool) -> None:
+        assert self._applied is not None
         generation = await self.store.generation()
         if generation == self._generation and not force:
             return
-        contacts = await self.store.list_contacts()
-        ids = {c.id for c in contacts}
-        removed = self._loaded_ids - ids
-        events = self.pipeline.load_contacts(contacts, now=self._now())
-        self._generation, self._loaded_ids = generation, ids
-        if self._edges.hub is not None:
+        applied, changes = self._applied, 0
+        while page := await changes_after(self.store, applied):
+            now = self._now()
+            events: list[PresenceEvent] = []
+            # A contact appears once in a page: its upserts go in one batch (one pass over
+            # the tables), its removals one by one.
+            events.extend(self.pipeline.upsert_contacts(
+                [change.contact for change in page if change.contact is not None], now=now))
+            for change in page:
+                if change.contact is None:
+                    events.extend(self.pipeline.remove_contact(
+                        change.contact_id, now=now, tombstone=change.revoked))
             self._publish(events)
-            for contact_id in removed:
-                # Revoked: strip it from queued events and from anything logged since the
-                # revoke deleted its rows (the departure itself carries only the id).
-                await self.hub.forget_contact(contact_id)
-                await self.store.redact_contact_events(contact_id)
+            await self._forget_removed()
+            applied, changes = page[-1].change_id, changes + len(page)
+            if len(page) == PAGE:
+                gc.freeze()  # a bulk change (a registry snapshot): see _load_all
+            await asyncio.sleep(0)  # one page per loop turn: the pump keeps running
+        self._generation, self._applied = generation, applied
+        if changes:
+            if self._web is not None:
+                self._web.contacts_changed()
+            await save_applied_change(self.store, applied)
+            log.info("contacts_changed", changes=changes, generation=generation,
+                     contacts=self.pipeline.stats()["contacts"])
+
+    async def _owe_tombstones(self) -> None:
+        """Revocations made while we were down: tombstones now (their events are gone)."""
+        store = self.store
+        self._load_from = (await store.generation(), await latest_change(store))
+        owed = await revoked_after(store, await applied_change(store))
+        for contact_id in owed:
+            self._publish(self.pipeline.remove_contact(contact_id, now=self._now(),
+                                                       tombstone=True))
+        await self._forget_removed()
+        if owed:
+            log.info("revoked_while_down", contacts=len(owed))
+
+    async def _load_all(self) -> None:
+        """The first load, while already serving: every contact, a page per loop turn, so
+        no step holds the loop for long; then changes made meanwhile, from the change log."""
+        started = time.monotonic()
+        generation, latest = self._load_from
+        store, pipeline = self.store, self.pipeline
+        after, count = "", 0
+        while page := await contacts_page(store, after):
+            self._publish(pipeline.upsert_contacts(page, now=self._now()))
+            after, count = page[-1].id, count + len(page)
+            # The contacts live as long as the daemon: out of the cyclic GC's reach, or its
+            # full collections walk all of them (tens of ms at 100k) while we load.
+            gc.freeze()
+            await asyncio.sleep(0)
+        await self._forget_removed()
+        self._generation, self._applied = generation, latest
+        await save_applied_change(store, latest)
+        self._contacts_loaded_s = time.monotonic() - started
+        self._loaded.set()
         if self._web is not None:
             self._web.contacts_changed()
-        log.info("contacts_loaded", contacts=len(contacts), generation=generation,
-                 removed=len(removed), departed=len(events))
+        log.info("contacts_loaded", contacts=count, generation=generation,
+                 seconds=round(self._contacts_loaded_s, 3))
+        await self._reload(force=True)
+
+    async def _registry_applied(self) -> None:
+        """The registry client wrote changes to the store: take them in before it goes on."""
+        await self._loaded.wait()
+        await self._reload(force=True)
+
+    def _registry_current(self) -> bool:
+        return self._registry is not None and self._registry.current
+
+    def _registry_state(self) -> None:
+        """Hold resolving while the registry cannot confirm consent (see RegistryClient)."""
+        if self._registry is not None and self._pipeline is not None:
+            reason = self._registry.hold_reason()
+            if (reason is None) != (self._pipeline.hold_reason is None):
+                if reason is not None:
+                    log.warning("resolving_held", reason=reason)
+                else:
+                    log.info("resolving_resumed")
+            self._pipeline.hold(reason)
+
+    async def _forget_removed(self) -> None:
+        """Revoked or expired contacts: out of the hub's queues and the event log."""
+        for contact_id in self.pipeline.take_forgotten():
+            await self.hub.forget_contact(contact_id)
+            await forget_events(self.store, contact_id)
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -405,9 +554,17 @@ class Service:
         while True:
             await asyncio.sleep(TICK_INTERVAL_S)
             self._publish(self.pipeline.tick(self._now()))
+            await self._forget_removed()  # consent that expired this tick
+            self._registry_state()  # a registry gone silent: fail closed
 
     async def _reloader(self) -> None:
         interval = self.config.storage.reload_interval_s
+        while self._applied is None:
+            try:
+                await self._load_all()
+            except HallwayError as exc:
+                self._note_error("contacts_load_failed", exc)
+                await asyncio.sleep(interval)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reload_requested.wait(), timeout=interval)
@@ -475,6 +632,10 @@ class Service:
                     group.create_task(self._pump(), name="pump"),
                     group.create_task(self._ticker(), name="ticker"),
                     group.create_task(self._reloader(), name="reloader"),
+                    *([group.create_task(self._registry.run(), name="registry")]
+                      if self._registry is not None else []),
+                    *([group.create_task(self._loop_probe(self._probe_s), name="loop-probe")]
+                      if self._probe_s is not None else []),
                     group.create_task(self._edges.checkpointer(), name="checkpointer"),
                     group.create_task(self._edges.watchdog(
                         healthy=self._healthy, status_line=self._status_line,

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from typing import Any
 
+from hallway.commands import contacts
 from hallway.commands._common import config_from_args, state_dir
 from hallway.errors import ConfigError, Problem
 
@@ -21,6 +22,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
     )
     parser.set_defaults(func=run)
+    # The venue registry: the venue's contacts, kept in the venue's database ([storage]) and
+    # handed to every scanner with registry.enabled (docs/venue.md). The same commands and
+    # checks as ``hallway contacts``.
+    actions = parser.add_subparsers(dest="venue_action", metavar="ACTION")
+    contacts.register(actions, common)
 
 
 def run(args: argparse.Namespace) -> int:

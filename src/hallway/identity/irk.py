@@ -59,7 +59,8 @@ class IrkCache:
     def __init__(self, *, max_entries: int, ttl_s: float) -> None:
         self._cap = max_entries
         self._ttl = ttl_s
-        self._keys: list[IrkKey] = []
+        # every IRK, in the order added (a dict: removing one contact's is O(its keys))
+        self._keys: dict[IrkKey, None] = {}
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
         self._by_contact: dict[str, list[IrkKey]] = {}
         self._slot_of: dict[str, int] = {}  # address -> ring slot
@@ -117,7 +118,7 @@ class IrkCache:
             new = [IrkKey(contact_id, ecb_encryptor(irk)) for irk in irks]
             if new:
                 self._by_contact[contact_id] = new
-                self._keys.extend(new)
+                self._keys.update(dict.fromkeys(new))
                 self.key_count = len(self._keys)
                 added.extend(new)
         if added and self._slot_of:
@@ -128,7 +129,8 @@ class IrkCache:
         keys = self._by_contact.pop(contact_id, None)
         if not keys:
             return
-        self._keys = [k for k in self._keys if k.contact_id != contact_id]
+        for key in keys:
+            self._keys.pop(key, None)
         self.key_count = len(self._keys)
         for key in keys:
             for address in self._resolved.pop(key, set()):
@@ -138,7 +140,7 @@ class IrkCache:
 
     def clear(self) -> None:
         """Drop every IRK and every cached answer."""
-        self._keys = []
+        self._keys = {}
         self.key_count = 0
         self._by_contact.clear()
         self._resolved.clear()

@@ -140,6 +140,25 @@ class Resolver:
         self._irks.add_many(irk_batch)
         self._tokens.ensure(interval)
 
+    def upsert_many(self, contacts: Iterable[Contact], *, now: float) -> None:
+        """``upsert_contact`` for a batch (one table pass for their hallway-v1 keys)."""
+        token_batch: list[tuple[str, list[bytes]]] = []
+        irk_batch: list[tuple[str, list[bytes]]] = []
+        for contact in contacts:
+            old = self._contacts.get(contact.id)
+            if old is not None and old.keys == contact.keys and contact.revoked_at is None:
+                self._contacts[contact.id] = contact
+                continue
+            tokens, irks = self._install(contact)
+            if tokens:
+                token_batch.append((contact.id, tokens))
+            if irks:
+                irk_batch.append((contact.id, irks))
+        interval = interval_number(now)
+        self._tokens.add_many(token_batch, now_interval=interval)
+        self._irks.add_many(irk_batch)
+        self._tokens.ensure(interval)
+
     def upsert_contact(self, contact: Contact, *, now: float) -> None:
         """Add or change one contact; its keys resolve (or stop resolving) on return."""
         old = self._contacts.get(contact.id)

@@ -233,7 +233,7 @@ class ContactStore(NetworkTables, Database):
             "ON s.contact_id = c.id ORDER BY c.id"
         ) as cursor:
             async for row in cursor:
-                contacts.append(_contact_from_row(tuple(row), tuple(keys.get(row[0], ())),
+                contacts.append(contact_from_row(tuple(row), tuple(keys.get(row[0], ())),
                                                   knows.get(row[0], frozenset())))
         return contacts
 
@@ -253,10 +253,10 @@ class ContactStore(NetworkTables, Database):
         ) as cursor:
             keys = tuple([ContactKey(KeyKind(kind), value) async for kind, value in cursor])
         knows = (await self._knows_map(contact_id)).get(contact_id, frozenset())
-        return _contact_from_row(tuple(row), keys, knows)
+        return contact_from_row(tuple(row), keys, knows)
 
 
-def _contact_from_row(
+def contact_from_row(
     row: tuple[Any, ...], keys: tuple[ContactKey, ...], knows: frozenset[str]
 ) -> Contact:
     contact_id, name, org, title, handles, tags, calibration, granted, expires, display = row

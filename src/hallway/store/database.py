@@ -172,6 +172,21 @@ class Database:
         task.add_done_callback(_consume_outcome)
         return await asyncio.shield(task)
 
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The open connection, for modules that keep their own tables (``hallway.registry``):
+        read with it; write only inside ``transaction``."""
+        return self._db
+
+    async def transaction(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (a coroutine factory) in one write transaction, taking turns with
+        every other writer (see ``_write``)."""
+        return await self._write(work)
+
+    async def scrub(self) -> None:
+        """Empty the WAL of old page copies (after deleting a contact's data); best effort."""
+        await self._scrub()
+
     async def _write_statement(self, sql: str, params: Sequence[Any]) -> int:
         """Run one statement as its own transaction (SQLite makes a statement atomic) in a
         single trip to the database thread; the row count.

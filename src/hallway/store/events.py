@@ -70,7 +70,7 @@ class EventLog(Database):
             "WHERE a.contact_id = e.contact_id AND a.type = 'arrived') "
             "FROM events e JOIN (SELECT contact_id, max(seq) AS seq FROM events "
             "WHERE contact_id IS NOT NULL GROUP BY contact_id) newest ON e.seq = newest.seq "
-            "WHERE e.type != 'departed' ORDER BY e.seq"
+            "WHERE e.type NOT IN ('departed', 'revoked') ORDER BY e.seq"
         ) as cursor:
             return [(str(c), str(p), None if t is None else float(t)) async for c, p, t in cursor]
 

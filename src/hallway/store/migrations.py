@@ -80,6 +80,68 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 7: the contact change log (the registry and incremental reloads). Every write to a
+    # contact, its consent, its keys, its knows or its revocation moves the contact's one row to
+    # the end (a fresh id), so "what changed since change N" is one indexed read, whatever wrote
+    # it. The daemon applies the changes after the id it saved in meta.contacts_applied_change.
+    # (Code: hallway.registry.changes.)
+    """
+    CREATE TABLE contact_changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        contact_id TEXT NOT NULL UNIQUE
+    );
+    INSERT INTO contact_changes (contact_id) SELECT id FROM contacts;
+    INSERT INTO contact_changes (contact_id) SELECT contact_id FROM revocations;
+    -- A daemon upgraded onto this owes no tombstones for revocations it applied before.
+    INSERT INTO meta VALUES
+        ('contacts_applied_change', (SELECT coalesce(max(id), 0) FROM contact_changes)),
+        ('registry_published_change', 0);
+    CREATE TABLE registry_versions (contact_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    CREATE TRIGGER contact_changes_contacts_insert AFTER INSERT ON contacts BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.id);
+    END;
+    CREATE TRIGGER contact_changes_contacts_update AFTER UPDATE ON contacts BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.id);
+    END;
+    CREATE TRIGGER contact_changes_contacts_delete AFTER DELETE ON contacts BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.id);
+    END;
+    CREATE TRIGGER contact_changes_consent_insert AFTER INSERT ON consent BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_consent_update AFTER UPDATE ON consent BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_keys_insert AFTER INSERT ON keys BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_keys_delete AFTER DELETE ON keys BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_revocations_insert AFTER INSERT ON revocations BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_revocations_delete AFTER DELETE ON revocations BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_knows_insert AFTER INSERT ON knows BEGIN
+        DELETE FROM contact_changes WHERE contact_id = NEW.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (NEW.contact_id);
+    END;
+    CREATE TRIGGER contact_changes_knows_delete AFTER DELETE ON knows BEGIN
+        DELETE FROM contact_changes WHERE contact_id = OLD.contact_id;
+        INSERT INTO contact_changes (contact_id) VALUES (OLD.contact_id);
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -10,7 +10,8 @@ following Home Assistant's discovery convention ``<prefix>/<component>/<object i
 
 They read one retained JSON state topic, ``<topic_prefix>/<venue>/ha/<id>/state``, and are
 available while the venue service's status topic says ``online``. Discovery is (re)sent with
-each arrival; a revoked contact's entities are removed with empty configs.
+each arrival; a revoked contact's entities (and its state) are removed with empty retained
+messages, on its departure and again on its ``revoked`` tombstone (sent also when absent).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class HomeAssistantDiscovery:
             return []
         cid = contact["id"]
         kind = event.get("type")
-        if kind == "departed" and event.get("reason") == "revoked":
+        if kind == "revoked" or (kind == "departed" and event.get("reason") == "revoked"):
             return [OutMessage(topic, b"", retain=True)
                     for topic in [*self.config_topics(cid), self.state_topic(cid)]]
         if not self.wanted(contact):

@@ -35,7 +35,7 @@ from hallway.errors import BrokerError, ConfigError, HallwayError, Problem
 from hallway.hub import Hub
 from hallway.lifecycle import bounded
 from hallway.logs import FailureStreak, get_logger
-from hallway.models import Contact, DepartReason, PresenceEvent
+from hallway.models import Contact, DepartReason, EventType, PresenceEvent
 from hallway.mqtt import (
     BACKOFF_START_S,
     MqttPublisher,
@@ -49,6 +49,8 @@ from hallway.mqtt import (
     venue_base,
 )
 from hallway.notify import SystemdNotifier
+from hallway.registry.changes import forget_events
+from hallway.registry.publisher import RegistryPublisher
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
@@ -88,6 +90,9 @@ class VenueService:
         self.topics = Topics.for_venue(mqtt)
         self.arbiter = Arbiter(config.venue, path_loss_exponent=config.proximity.path_loss_exponent)
         self._contacts: dict[str, Contact] = {}
+        self._forgetting: list[str] = []  # revoked: still to forget in the hub and the log
+        self._forget_wake = asyncio.Event()
+        self._tombstoned: set[str] = set()  # ids whose tombstone the venue has sent
         self._last: dict[str, tuple[int, float]] = {}  # scanner -> (seq, ts) of its last event
         self._scanners: dict[str, bool] = {}  # scanner -> online
         self._connected = False
@@ -95,12 +100,13 @@ class VenueService:
         self._started_at = time.monotonic()
         self._n: dict[str, int] = dict.fromkeys(
             ("messages", "events_in", "duplicates", "malformed", "events_out", "connects",
-             "failures"),
+             "failures", "revoked"),
             0,
         )
         self.web_port: int | None = None
         self._web: WebServer | None = None
         self.publisher: MqttPublisher | None = None
+        self.registry: RegistryPublisher | None = None
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -147,6 +153,7 @@ class VenueService:
             "subscribers": int(server.get("subscribers", 0)),
             "mqtt_published_seq": publisher.get("published_seq"),
             "mqtt_dropped": publisher.get("dropped", 0),
+            "registry": self.registry.stats() if self.registry is not None else None,
             **self._n,
             **{f"decisions_{k}": v for k, v in self.arbiter.counts.items()},
         }
@@ -179,6 +186,9 @@ class VenueService:
             extra=extra,
             clock=self._clock,
         )
+        if config.registry.enabled:
+            # The venue's contacts (``hallway venue contacts``) out to its scanners.
+            self.registry = RegistryPublisher(config, self.store)
         await edges.start_server(status_provider=self.status, clock=self.now)
         if config.web.enabled:
             await self._start_web()
@@ -233,14 +243,32 @@ class VenueService:
         if not events:
             return
         for event in events:
+            if event.type is EventType.REVOKED or event.reason is DepartReason.REVOKED:
+                # Out before the hub renders it: the departure and tombstone carry the id only.
+                self._contacts.pop(event.contact_id, None)
+                if event.contact_id not in self._forgetting:
+                    self._forgetting.append(event.contact_id)
+                continue
             contact = self.arbiter.contact(event.contact_id)
             if contact is not None:
                 self._contacts[event.contact_id] = contact
+                self._tombstoned.discard(event.contact_id)  # enrolled again since
         self._running_hub().publish(events)
         self._n["events_out"] += len(events)
-        for event in events:
-            if event.reason is DepartReason.REVOKED:
-                self._contacts.pop(event.contact_id, None)
+        if self._forgetting:
+            self._forget_wake.set()
+
+    async def _forgetter(self) -> None:
+        """Revoked contacts: out of the hub's queues and the venue's event log."""
+        hub, store = self._running_hub(), self.store
+        while True:
+            await self._forget_wake.wait()
+            self._forget_wake.clear()
+            while self._forgetting:
+                contact_id = self._forgetting.pop(0)
+                await hub.forget_contact(contact_id)
+                await forget_events(store, contact_id)
+                self._n["revoked"] += 1
 
     # -- MQTT in ------------------------------------------------------------------------------
 
@@ -321,6 +349,15 @@ class VenueService:
         self._n["events_in"] += 1
         contact = event["contact"]
         kind = event["type"]
+        if kind == "revoked":
+            # A scanner's tombstone: the contact's consent ended (present here or not).
+            # Every scanner sends one; the venue passes it on once (until the id is seen again).
+            cid = contact["id"]
+            events = self.arbiter.forget(cid, now=now)
+            if cid not in self._tombstoned:
+                self._tombstoned.add(cid)
+                events.append(PresenceEvent(EventType.REVOKED, now, cid))
+            return events
         if kind == "departed":
             reason = _REASONS.get(str(event.get("reason")))
             if reason is DepartReason.REVOKED:
@@ -398,6 +435,9 @@ class VenueService:
                 tasks = [
                     group.create_task(self._subscribe(), name="venue-mqtt-in"),
                     group.create_task(self._ticker(), name="venue-ticker"),
+                    group.create_task(self._forgetter(), name="venue-forgetter"),
+                    *([group.create_task(self.registry.run(), name="venue-registry")]
+                      if self.registry is not None else []),
                     group.create_task(self._relay(), name="venue-relay"),
                     group.create_task(self._edges.checkpointer(), name="venue-checkpointer"),
                     group.create_task(self._edges.watchdog(
