@@ -16,6 +16,9 @@ CORE = [
     "hallway.identity",
     "hallway.proximity",
     "hallway.pipeline",
+    "hallway.codec",
+    "hallway.filters",
+    "hallway.session",
 ]
 FORBIDDEN = ["asyncio", "bleak", "aiosqlite", "zeroconf", "structlog", "dbus_fast", "sqlite3"]
 

@@ -160,6 +160,7 @@ _TITLES = {
     "database": "database reachable and migrated",
     "unix_socket": "Unix socket path usable",
     "tcp_socket": "TCP listener",
+    "tls": "TCP socket encrypted off loopback",
     "mdns": "mDNS able to bind",
     "secret_files": "secret files private",
 }
@@ -201,13 +202,32 @@ async def diagnose(options: DoctorOptions) -> Report:
     checks.append(skipped("secret_files") if config is None else _check_secret_files(config))
     checks.extend(await _radio_checks(config or Config(), account, options))
     if config is None:
-        checks.extend(skipped(name) for name in ("unix_socket", "tcp_socket", "mdns"))
+        checks.extend(skipped(name) for name in ("unix_socket", "tcp_socket", "tls", "mdns"))
     else:
         checks.append(await _check_unix_socket(config, account))
         checks.append(await _check_tcp(config, options.timeout_s))
+        checks.append(_check_tls(config))
         checks.append(await _check_mdns(config, options.timeout_s))
     checks.append(_check_clock(options))
     return Report(path, account.name, checks)
+
+
+def _check_tls(config: Config) -> Check:
+    """Plain TCP beyond loopback sends tokens and contact data in clear."""
+    server, title = config.server, _TITLES["tls"]
+    if not server.tcp_enabled:
+        return Check("tls", title, Status.SKIP, "server.tcp_enabled is false")
+    if server.tls:
+        where = "configured certificate" if server.tls_cert else "self-signed certificate"
+        return Check("tls", title, Status.OK, f"TLS on {server.tcp_host}:{server.tcp_port} "
+                     f"({where}; `hallway tls show` prints its fingerprint)")
+    if not server.plain_off_loopback:
+        return Check("tls", title, Status.OK, f"plain TCP on loopback ({server.tcp_host})")
+    return Check("tls", title, Status.WARN,
+                 f"tcp_host = {server.tcp_host!r} serves the network without TLS: tokens and "
+                 "contact data cross it in clear",
+                 "set server.tls = true (and server.require_tls_off_loopback = true), then "
+                 "give apps the URI from `hallway tls show`")
 
 
 # -- config and database -----------------------------------------------------------------------

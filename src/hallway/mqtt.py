@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 
 import aiomqtt
 
+from hallway import codec
 from hallway.config import MqttConfig
 from hallway.errors import BrokerError, StoreError
 from hallway.logs import get_logger
@@ -131,7 +131,7 @@ class OutMessage:
 
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return codec.encode_bytes(obj)
 
 
 def public_contact(contact: Any) -> dict[str, Any] | None:
@@ -146,8 +146,8 @@ def public_event(payload: str | bytes | Mapping[str, Any]) -> dict[str, Any] | N
     data: Any = payload
     if isinstance(payload, str | bytes):
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            data = codec.decode(payload)
+        except codec.DecodeError:
             return None
     if not isinstance(data, Mapping) or not isinstance(data.get("type"), str):
         return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import signal
 import sys
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hallway import __version__
+from hallway import __version__, codec
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import HallwayError
@@ -48,7 +47,7 @@ from hallway.models import (
 from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
-from hallway.server import EventServer, load_tokens
+from hallway.server import EventServer, load_tokens, security
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
@@ -266,6 +265,7 @@ class Service:
                 clock=self._now,  # the advertisements' clock, like every other decision
             )
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        secured = security(config, state_dir=self._state_dir)
         self._server = EventServer(
             config.server,
             self._hub,
@@ -274,6 +274,9 @@ class Service:
             tokens=self.tokens,
             status_provider=self.status,
             present_provider=self._present_json,
+            token_db=secured.token_db,
+            tls=secured.tls,
+            clock=self._now,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
@@ -286,6 +289,7 @@ class Service:
                 scanner=config.scanner.name,
                 port=self.tcp_port,
                 auth="token" if self.tokens else "none",
+                tls=secured.tls is not None,
                 host=config.server.tcp_host,
             )
 
@@ -295,7 +299,7 @@ class Service:
         events = []
         for contact_id, payload, arrived_ts in await self.store.present_in_log():
             try:
-                last = json.loads(payload)
+                last = codec.decode(payload)
                 via = KeyKind(last["via"]) if last.get("via") else None
             except (ValueError, KeyError, TypeError):
                 last, via = {}, None

@@ -25,6 +25,7 @@ from typing import Any, Self
 
 import aiosqlite
 
+from hallway import codec
 from hallway.errors import ContactNotFound, ImportRejected, Problem, StoreError
 from hallway.files import create_private
 from hallway.models import Contact, ContactKey, KeyKind
@@ -82,6 +83,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER events_last_seq AFTER INSERT ON events BEGIN
         UPDATE meta SET value = NEW.seq WHERE key = 'last_seq' AND value < NEW.seq;
     END;
+    """,
+    # 5 (sec): scoped subscriber tokens, kept hashed; read and written by hallway.access
+    """
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64),
+        digest BLOB NOT NULL UNIQUE CHECK (length(digest) = 32),
+        scope TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -460,11 +470,14 @@ class SqliteStore:
 
         async def work() -> int:
             cursor = await self._db.execute(
-                "UPDATE events SET payload = json_set(payload, '$.contact', "
-                "json_object('id', contact_id)) WHERE contact_id = ?",
-                (contact_id,),
+                "SELECT seq, payload FROM events WHERE contact_id = ?", (contact_id,)
             )
-            return int(cursor.rowcount)
+            rows = list(await cursor.fetchall())
+            await self._db.executemany(
+                "UPDATE events SET payload = ? WHERE seq = ?",
+                [(_redacted(payload, seq, contact_id), seq) for seq, payload in rows],
+            )
+            return len(rows)
 
         result: int = await self._write(work)
         if result:
@@ -669,3 +682,11 @@ def _contact_from_row(row: tuple[Any, ...], keys: tuple[ContactKey, ...]) -> Con
         expires_at=expires,
         keys=keys,
     )
+
+
+def _redacted(payload: str, seq: int, contact_id: str) -> str:
+    """A logged event with its contact reduced to the id (an unreadable row to seq and id)."""
+    try:
+        return codec.redact_contact(payload, contact_id)
+    except codec.DecodeError:
+        return codec.encode({"seq": seq, "contact": {"id": contact_id}})

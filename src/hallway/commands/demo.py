@@ -43,6 +43,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, metavar="S",
                         help="stop after S seconds (default: run until Ctrl-C)")
     parser.add_argument("--quiet", action="store_true", help="do not print the events here")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve TLS on the TCP socket and print the connection URI")
     parser.set_defaults(func=run)
 
 
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed),
         "storage": StorageConfig(database=str(workdir / "hallway.db")),
         "server": ServerConfig(tcp_host=args.interface, tcp_port=port, unix_socket=unix_path,
-                               unix_socket_mode="0600", tokens=(token,)),
+                               unix_socket_mode="0600", tokens=(token,), tls=args.tls),
         "mdns": MdnsConfig(instance_name=f"hallway demo {args.scenario}",
                            interfaces=(args.interface,)),
     })
@@ -106,11 +108,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "
                   f"{unix_path}", file=sys.stderr)
+            fingerprint = None
+            if args.tls:
+                from hallway.tls import certificate_fingerprint, connection_uri
+
+                _, fingerprint = certificate_fingerprint(config.server, workdir)
+                assert service.tcp_port is not None
+                print("  connection URI (TLS; the token is this demo's):", file=sys.stderr)
+                print(connection_uri(args.interface, service.tcp_port, token=token,
+                                     fingerprint=fingerprint), file=sys.stderr)
             if service.announced_name:
                 print(f"  announced by mDNS as '{service.announced_name}' "
                       f"(_hallway._tcp on {args.interface})", file=sys.stderr)
             # The token goes in a file of its own, not on a command line (ps shows those).
-            uri_file = _write_uri_file(workdir, args.interface, service.tcp_port, token)
+            uri_file = _write_uri_file(workdir, args.interface, service.tcp_port, token,
+                                       fingerprint)
             print("  watch it from another terminal with:\n"
                   f"    hallway tail --uri-file {uri_file}", file=sys.stderr)
             if not args.quiet:
@@ -138,14 +150,17 @@ def run(args: argparse.Namespace) -> int:
             workdir.rmdir()
 
 
-def _write_uri_file(workdir: Path, host: str, port: int | None, token: str) -> Path:
-    """The demo's connection URI in a file only its owner can read (0600 from creation)."""
-    from hallway.client import Target
+def _write_uri_file(workdir: Path, host: str, port: int | None, token: str,
+                    fingerprint: str | None) -> Path:
+    """The demo's connection URI (with the certificate's fingerprint under TLS) in a file only
+    its owner can read (0600 from creation)."""
+    from hallway.client import Target, parse_fingerprint
 
+    pinned = None if fingerprint is None else parse_fingerprint(fingerprint)
     path = workdir / "hallway.uri"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(Target(host=host, port=port, token=token).uri() + "\n")
+        out.write(Target(host=host, port=port, token=token, fingerprint=pinned).uri() + "\n")
     return path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import multiprocessing
 import os
@@ -231,6 +230,7 @@ def replay(
     The reader (parse, resolve) and the tracker are the daemon's; with ``reader_process``
     the reader runs in a child process, with the same results.
     """
+    from hallway import codec
     from hallway.events import event_json
     from hallway.pipeline import Pipeline
 
@@ -239,7 +239,7 @@ def replay(
     summary = ReplaySummary()
     seq = 0
     contact_of = pipeline.contact
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    dumps = codec.encode
 
     def emit(events: list[PresenceEvent]) -> None:
         nonlocal seq

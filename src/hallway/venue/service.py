@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ from typing import Any
 
 import aiomqtt
 
-from hallway import __version__
+from hallway import __version__, codec
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
 from hallway.errors import BrokerError, HallwayError
@@ -47,7 +46,7 @@ from hallway.mqtt import (
     venue_base,
 )
 from hallway.notify import SystemdNotifier
-from hallway.server import EventServer, load_tokens
+from hallway.server import EventServer, load_tokens, security
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
@@ -161,9 +160,11 @@ class VenueService:
             clock=self._clock,
         )
         self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
+        secured = security(config, state_dir=self._state_dir)
         self._server = EventServer(
             config.server, self._hub, scanner=config.scanner.name, version=__version__,
-            tokens=self.tokens, status_provider=self.status,
+            tokens=self.tokens, status_provider=self.status, token_db=secured.token_db,
+            tls=secured.tls, clock=self.now,
         )
         await self._server.start()
         self.tcp_port = self._server.tcp_port
@@ -171,6 +172,7 @@ class VenueService:
             self._announcer = ZeroconfAnnouncer(
                 config.mdns, scanner=config.scanner.name, port=self.tcp_port,
                 auth="token" if self.tokens else "none", role="venue",
+                tls=secured.tls is not None,
                 host=config.server.tcp_host,
             )
 
@@ -304,8 +306,8 @@ class VenueService:
         if not payload:
             return self.arbiter.lost(scanner, contact_id, now=now)
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            data: dict[str, Any] | None = codec.decode(payload)
+        except codec.DecodeError:
             data = None
         contact = public_contact(data.get("contact")) if isinstance(data, dict) else None
         if not isinstance(data, dict) or contact is None or contact["id"] != contact_id:
