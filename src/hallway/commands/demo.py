@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "
                   f"{unix_path}", file=sys.stderr)
+            fingerprint = None
             if args.tls:
                 from hallway.tls import certificate_fingerprint, connection_uri
 
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  announced by mDNS as '{service.announced_name}' "
                       f"(_hallway._tcp on {args.interface})", file=sys.stderr)
             # The token goes in a file of its own, not on a command line (ps shows those).
-            uri_file = _write_uri_file(workdir, args.interface, service.tcp_port, token)
+            uri_file = _write_uri_file(workdir, args.interface, service.tcp_port, token,
+                                       fingerprint)
             print("  watch it from another terminal with:\n"
                   f"    hallway tail --uri-file {uri_file}", file=sys.stderr)
             if not args.quiet:
@@ -171,14 +173,17 @@ def run(args: argparse.Namespace) -> int:
             workdir.rmdir()
 
 
-def _write_uri_file(workdir: Path, host: str, port: int | None, token: str) -> Path:
-    """The demo's connection URI in a file only its owner can read (0600 from creation)."""
-    from hallway.client import Target
+def _write_uri_file(workdir: Path, host: str, port: int | None, token: str,
+                    fingerprint: str | None) -> Path:
+    """The demo's connection URI (with the certificate's fingerprint under TLS) in a file only
+    its owner can read (0600 from creation)."""
+    from hallway.client import Target, parse_fingerprint
 
+    pinned = None if fingerprint is None else parse_fingerprint(fingerprint)
     path = workdir / "hallway.uri"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(Target(host=host, port=port, token=token).uri() + "\n")
+        out.write(Target(host=host, port=port, token=token, fingerprint=pinned).uri() + "\n")
     return path
 
 
