@@ -28,6 +28,10 @@ from hallway.errors import ConfigError, Problem
 
 ENV_CONFIG = "HALLWAY_CONFIG"
 INSTALLED_CONFIG = Path("/etc/hallway/config.toml")
+SERVICE_GROUP = "hallway"
+GROUP_HINT = (f"The service's config and token are readable by root and group {SERVICE_GROUP!r}: "
+              f"run the command with sudo, or join the group (`sudo usermod -aG {SERVICE_GROUP} "
+              "$USER`, then log in again)")
 
 
 def find_config_path(explicit: str | None) -> str | None:
@@ -402,6 +406,9 @@ def load_config(path: str | Path | None) -> Config:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem(str(file), "", "file not found")]) from None
+    except PermissionError:
+        raise ConfigError([Problem(str(file), "", f"cannot read: permission denied. {GROUP_HINT}")]
+                          ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([Problem(str(file), "", f"cannot read: {reason}")]) from None
