@@ -267,3 +267,56 @@ async def test_tail_by_mdns_reports_a_refusal_and_carries_on(
     assert "Katherine Johnson" in out
     assert "Dorothy Vaughan" in out
     assert b"token" not in two_daemons[0].fake.received
+
+
+# -- doctor ----------------------------------------------------------------------------------
+
+
+def _doctor(config: Path, *extra: str) -> dict[str, dict[str, str]]:
+    import json
+
+    result = hallway("doctor", "--json", "--config", str(config), *extra,
+                     env={"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/bus"})
+    report = json.loads(result.stdout)
+    return {"_role": report["role"], **{c["name"]: c for c in report["checks"]}}
+
+
+def test_doctors_fix_line_works_as_printed(tmp_path: Path) -> None:
+    import json
+
+    db = tmp_path / "hallway.db"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[scanner]\nsource = "simulator"\n[storage]\ndatabase = "{db}"\n'
+                      '[server]\nunix_socket = ""\ntcp_port = 0\n[mdns]\nenabled = false\n')
+    env = {"HALLWAY_CONFIG": str(config)}
+    assert hallway("contacts", "import", "-", env=env,
+                   stdin='{"id": "c-1", "name": "Ada"}\n').returncode == 0
+    assert hallway("contacts", "revoke", "c-1", env=env).returncode == 0
+    found = _doctor(config)
+    assert found["database"]["status"] == "warn"
+    fix = found["database"]["fix"]
+    command = fix.split("`")[1]
+    (tmp_path / "contacts.jsonl").write_text(json.dumps({"id": "c-2", "name": "Grace"}) + "\n")
+    ran = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60, check=False,
+                         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:"
+                              f"{os.environ.get('PATH', '')}"})
+    assert ran.returncode == 0, (command, ran.stderr)
+    assert _doctor(config)["database"]["status"] == "ok"
+
+
+def test_doctor_knows_the_venue_role(tmp_path: Path) -> None:
+    config = tmp_path / "venue.toml"
+    config.write_text(f'[scanner]\nname = "venue"\n[storage]\ndatabase = "{tmp_path / "v.db"}"\n'
+                      '[server]\nunix_socket = ""\ntcp_port = 0\n[mdns]\nenabled = false\n'
+                      '[mqtt]\nenabled = true\nvenue = "expo"\n'
+                      '[venue]\nrooms = { "kiosk-a" = "Hall A" }\n')
+    found = _doctor(config)
+    assert found["_role"] == "venue"
+    assert found["bluetooth"]["status"] == "skip"
+    for name in ("dbus", "bluez", "adapter", "powered", "rfkill", "permission"):
+        assert name not in found
+    assert "contacts import" not in (found["database"].get("fix") or "")
+    assert "hallway-venue" in (found["database"].get("fix") or "")  # its own unit
+    # The same config checked as a scanner gets the radio checks back.
+    assert "dbus" in _doctor(config, "--role", "scanner")
