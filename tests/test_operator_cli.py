@@ -320,3 +320,50 @@ def test_doctor_knows_the_venue_role(tmp_path: Path) -> None:
     assert "hallway-venue" in (found["database"].get("fix") or "")  # its own unit
     # The same config checked as a scanner gets the radio checks back.
     assert "dbus" in _doctor(config, "--role", "scanner")
+
+
+# -- trying it without Bluetooth -------------------------------------------------------------
+
+
+def test_simulated_contacts_never_collide_across_seeds_and_import_in_one_command(
+        tmp_path: Path) -> None:
+    import json
+
+    from hallway.config import load_config
+    from hallway.simulator import scenario_contacts
+
+    first = {c.id for c in scenario_contacts("corridor", seed=7)}
+    assert first.isdisjoint(c.id for c in scenario_contacts("corridor", seed=8))
+    assert first.isdisjoint(c.id for c in scenario_contacts("booth", seed=7))
+    db = tmp_path / "h.db"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[scanner]\nsource = "simulator"\nscenario = "corridor"\nseed = 7\n'
+                      f'[storage]\ndatabase = "{db}"\n')
+    env = {"HALLWAY_CONFIG": str(config)}
+    for seed in ("7", "8"):  # two runs into one store: two sets of people
+        done = hallway("simulate", "--scenario", "corridor", "--seed", seed, "--import",
+                       env=env)
+        assert done.returncode == 0, done.stderr
+    listed = hallway("contacts", "list", env=env).stdout.splitlines()
+    ids = {line.split("\t")[0] for line in listed}
+    assert len(ids) == 2 * len(first)
+    assert first <= ids
+
+    # The venue: three rooms, a trace per scanner, one contacts file, configs that load.
+    out = tmp_path / "venue"
+    made = hallway("simulate", "--scenario", "venue", "--out", str(out), "--duration", "120",
+                   "--broker", "127.0.0.1:18883", "--venue-port", "17447")
+    assert made.returncode == 0, made.stderr
+    rooms = json.loads((out / "rooms.json").read_text())["rooms"]
+    assert rooms == {"room-1": "Room 1", "room-2": "Room 2", "room-3": "Room 3"}
+    for scanner in rooms:
+        assert (out / f"trace-{scanner}.jsonl").stat().st_size > 0
+        loaded = load_config(out / f"{scanner}.toml")
+        assert loaded.scanner.source == "replay"
+        assert (loaded.mqtt.port, loaded.mqtt.cert_file) == (
+            18883, str(out / "tls" / f"{scanner}.pem"))
+    venue = load_config(out / "venue.toml")
+    assert venue.venue.rooms == rooms
+    assert venue.server.tcp_port == 17447
+    ids = [json.loads(line)["id"] for line in (out / "contacts.jsonl").read_text().splitlines()]
+    assert ids[0] == "venue-1-0001"
