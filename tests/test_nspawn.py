@@ -443,7 +443,12 @@ def test_unit_runs_under_systemd_and_survives_a_wedge(container: Container, tmp_
     assert hello["auth"] == "token"
     connected = next(m for m in heard(probe_dir) if m.get("probe") == "connected")
     assert gid in connected["groups"]
-    assert first[0]["type"] == "arrived"
+    # The first event is an arrival, or (on a loaded machine, where people arrived before the
+    # probe subscribed) about someone the subscription already listed as present.
+    subscribed_first = next(m for m in heard(probe_dir) if m.get("type") == "subscribed")
+    already = {p["contact"]["id"] for p in subscribed_first["present"]}
+    assert first[0]["type"] == "arrived" or first[0]["contact"]["id"] in already, (
+        first[0], already)
 
     # hallway status, from the host over the container's Unix socket and inside over TCP.
     status = status_from_host(box)
