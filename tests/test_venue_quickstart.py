@@ -180,3 +180,83 @@ def test_the_venue_quickstart_runs_as_written(demo: Demo) -> None:
     assert not [(t, p) for t, p in left if any(name in p for name in names)], left
     print(f"quick-start ran in {time.monotonic() - started:.0f} s; "
           f"{len(before)} retained messages before the clean-up, {len(left)} after")
+
+
+def test_the_standalone_broker_configuration_runs(demo: Demo) -> None:
+    """The production file of "A broker of its own", moved into a folder (paths, the bind
+    address, the ports, the user it runs as), with the access list of the page plus the
+    clean-up user it tells to append, and certificates made by the quick-start's openssl
+    block: nobody anonymous; a scanner with its certificate writes only below its name; the
+    cleanup user clears a retained message; the password listener takes a password."""
+    from tests.support.mosquitto import fenced_block_after
+
+    markdown = DOC.read_text()
+    blocks = quickstart_blocks(markdown)
+    made = demo.bash(blocks[1].split("hallway simulate")[0] + blocks[2], timeout_s=60)
+    assert made.returncode == 0, made.stderr
+    folder = demo.folder / "standalone"
+    folder.mkdir()
+    tls = demo.folder / "tls"
+    plain, secure = free_port(), int(demo.env["BROKER_PORT"])
+    conf = fenced_block_after(markdown, "<!-- mosquitto-standalone -->")
+    acl = fenced_block_after(markdown, "<!-- mosquitto-acl -->")
+    cleanup = markdown.split("## After the event: clearing the broker", 1)[1]
+    acl += fenced_block_after(cleanup, "these lines to `/etc/mosquitto/hallway/acl`")
+    for old, new in (("/etc/mosquitto/hallway/ca.pem", str(tls / "ca.pem")),
+                     ("/etc/mosquitto/hallway/server.pem", str(tls / "server.pem")),
+                     ("/etc/mosquitto/hallway/server.key", str(tls / "server.key")),
+                     ("/etc/mosquitto/hallway/", f"{folder}/"),
+                     ("/var/lib/mosquitto/", f"{folder}/"),
+                     ("/var/log/mosquitto/", f"{folder}/"),
+                     ("/run/mosquitto/", f"{folder}/"),
+                     ("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1"),
+                     ("listener 8883 192.0.2.10", f"listener {secure} 127.0.0.1"),
+                     ("user mosquitto", f"user {os.environ.get('USER') or 'root'}")):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    if os.geteuid() == 0:
+        conf = conf.replace(f"user {os.environ.get('USER') or 'root'}", "user root")
+    (folder / "acl").write_text(acl)
+    (folder / "passwd").touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(folder / "passwd"), "reader",
+                    "reader-password-123"], check=True, capture_output=True, timeout=30)
+    (folder / "mosquitto.conf").write_text(conf)
+    started = demo.bash(f'mosquitto -c "{folder}/mosquitto.conf" -d', timeout_s=30)
+    assert started.returncode == 0, started.stderr
+    pid_file = folder / "mosquitto.pid"
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        time.sleep(0.5)
+        base = ["-h", "127.0.0.1", "-p", str(secure), "--cafile", str(tls / "ca.pem")]
+
+        def pub(user: str, topic: str, payload: str) -> int:
+            return subprocess.run(
+                ["mosquitto_pub", *base, "--cert", str(tls / f"{user}.pem"),
+                 "--key", str(tls / f"{user}.key"), "-t", topic, "-m", payload, "-r",
+                 "-q", "1"], capture_output=True, timeout=20, check=False).returncode
+
+        anonymous = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(plain),
+                                    "-t", "#", "-W", "2"], capture_output=True, text=True,
+                                   timeout=20, check=False)
+        assert anonymous.returncode != 0
+        assert "not authorised" in (anonymous.stderr + anonymous.stdout).lower() or \
+            "refused" in (anonymous.stderr + anonymous.stdout).lower(), anonymous.stderr
+        assert pub("room-1", "hallway/expo/scanners/room-1/status", "online") == 0
+        assert pub("room-1", "hallway/expo/scanners/room-2/status", "forged") == 0  # dropped
+        seen = dict(demo.sub("cleanup", "hallway/#"))
+        assert seen == {"hallway/expo/scanners/room-1/status": "online"}, seen
+        password = subprocess.run(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(plain), "-u", "reader", "-P",
+             "reader-password-123", "-t", "hallway/+/status", "-W", "1"],
+            capture_output=True, text=True, timeout=20, check=False)
+        assert "not authorised" not in password.stderr.lower(), password.stderr
+        subprocess.run(["mosquitto_sub", *base, "--cert", str(tls / "cleanup.pem"),
+                        "--key", str(tls / "cleanup.key"), "-t", "hallway/#",
+                        "--retained-only", "--remove-retained", "-W", "2"],
+                       capture_output=True, timeout=20, check=False)
+        assert demo.sub("cleanup", "hallway/#") == []
+    finally:
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
