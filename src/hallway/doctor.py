@@ -327,7 +327,7 @@ def _check_secret_files(config: Config) -> Check:
             loose.append((path, mode, 0o600 if forbidden == 0o077 else 0o640))
     if loose:
         detail = "; ".join(f"{path} is {mode:04o}" for path, mode, _ in loose)
-        fix = "; ".join(f"chmod {want:04o} {path}" for path, _, want in loose)
+        fix = "; ".join(f"sudo chmod {want:04o} {path}" for path, _, want in loose)
         world = any(mode & 0o004 for _, mode, _ in loose)
         return Check("secret_files", title, Status.FAIL if world else Status.WARN,
                      f"{detail} (keys, IRKs or tokens readable by others)", fix)
@@ -664,7 +664,8 @@ async def _check_unix_socket(config: Config, account: Account) -> Check:
                          f"at start ({access})",
                          f"without systemd: sudo install -d -o {account.name} -m 0750 {folder}")
         return Check("unix_socket", title, Status.FAIL, f"folder {folder} does not exist",
-                     f"create it for {account.name} (install -d -o {account.name} {folder}) or "
+                     f"create it for {account.name} (`sudo install -d -o {account.name} "
+                     f"{folder}`) or "
                      'use server.unix_socket = "/run/hallway/hallway.sock"')
     if not (account.can_reach(folder) and account.may(folder, os.W_OK | os.X_OK)):
         return Check("unix_socket", title, Status.FAIL,
