@@ -118,6 +118,21 @@ def test_permission_errors_name_the_group_to_join(open_dir: Path) -> None:
         assert result.returncode == 78, (args, result.stderr)
         assert "permission denied" in result.stderr, result.stderr
         assert "usermod -aG hallway" in result.stderr, result.stderr
+    # A socket of the service's group: tail says so at once instead of retrying.
+    sock_path = tmp_path / "h.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_path))
+    sock_path.chmod(0o660)
+    listener.listen()
+    try:
+        result = subprocess.run([*argv, "tail", "--unix", str(sock_path)], capture_output=True,
+                                text=True, timeout=60, check=False,
+                                env={**env, "HALLWAY_CONFIG": "", "HALLWAY_TOKEN": "t" * 20})
+    finally:
+        listener.close()
+    assert result.returncode == 1, result.stderr
+    assert "permission denied" in result.stderr
+    assert "usermod -aG hallway" in result.stderr
     # A readable config but the service user's database: run it as that user.
     config.chmod(0o644)
     state = tmp_path / "state"

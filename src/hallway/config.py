@@ -29,9 +29,9 @@ from hallway.errors import ConfigError, Problem
 ENV_CONFIG = "HALLWAY_CONFIG"
 INSTALLED_CONFIG = Path("/etc/hallway/config.toml")
 SERVICE_GROUP = "hallway"
-GROUP_HINT = (f"The service's config and token are readable by root and group {SERVICE_GROUP!r}: "
-              f"run the command with sudo, or join the group (`sudo usermod -aG {SERVICE_GROUP} "
-              "$USER`, then log in again)")
+GROUP_HINT = (f"The service's config, token and socket are for root and group "
+              f"{SERVICE_GROUP!r}: run the command with sudo, or join the group (`sudo usermod "
+              f"-aG {SERVICE_GROUP} $USER`, then log in again)")
 
 
 def find_config_path(explicit: str | None) -> str | None:

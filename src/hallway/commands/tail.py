@@ -191,6 +191,13 @@ def _note(label: str, text: str) -> None:
     print(clean(f"-- {label}: {text}"), file=sys.stderr, flush=True)
 
 
+def _forbidden(path: str) -> bool:
+    """A socket that exists but that we may not connect to."""
+    import os
+
+    return os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK)
+
+
 class _Follower:
     """Follows one daemon through ``hallway.client``, printing what it yields."""
 
@@ -223,6 +230,14 @@ class _Follower:
         self._last_state = state
 
     async def run(self) -> None:
+        import asyncio
+
+        path = self.target.path
+        if path is not None and await asyncio.to_thread(_forbidden, path):
+            from hallway.config import GROUP_HINT
+
+            # Retrying cannot fix a socket we may not use.
+            raise TailError(f"{path}: permission denied. {GROUP_HINT}")
         try:
             async with hc.connect(self.target, contacts=self.args.contact, tags=self.args.tag,
                                   knows_of=self.args.knows_of, since_seq=self.args.since,
