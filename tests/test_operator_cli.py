@@ -382,3 +382,41 @@ def test_simulated_contacts_never_collide_across_seeds_and_import_in_one_command
     assert venue.server.tcp_port == 17447
     ids = [json.loads(line)["id"] for line in (out / "contacts.jsonl").read_text().splitlines()]
     assert ids[0] == "venue-1-0001"
+
+
+def test_the_simulated_source_brings_its_contacts_when_configured(tmp_path: Path) -> None:
+    import signal
+
+    db = tmp_path / "h.db"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[scanner]\nsource = "simulator"\nscenario = "meetup"\nseed = 3\n'
+        f'simulator_contacts = true\n[storage]\ndatabase = "{db}"\n'
+        '[server]\nunix_socket = ""\ntcp_host = "127.0.0.1"\ntcp_port = 0\n'
+        '[mdns]\nenabled = false\n')
+    env = {"HALLWAY_CONFIG": str(config)}
+    # One of them was revoked before: it stays revoked.
+    assert hallway("contacts", "import", "-", env=env,
+                   stdin='{"id": "meetup-3-0002", "name": "Gone"}\n').returncode == 0
+    assert hallway("contacts", "revoke", "meetup-3-0002", env=env).returncode == 0
+    base = {k: v for k, v in os.environ.items() if k != "HALLWAY_CONFIG"}
+    daemon = subprocess.Popen([sys.executable, "-m", "hallway", "run"],
+                              env={**base, **env, "PYTHONPATH": str(ROOT / "src")},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and daemon.poll() is None:
+            listed = hallway("contacts", "list", env=env).stdout
+            if "meetup-3-0001" in listed:
+                time.sleep(2.0)  # let it finish starting before it is stopped
+                break
+            time.sleep(0.5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, err
+    ids = {line.split("\t")[0] for line in hallway("contacts", "list", env=env
+                                                    ).stdout.splitlines()}
+    assert "meetup-3-0001" in ids
+    assert "meetup-3-0002" not in ids
+    assert "simulator_contacts_imported" in err

@@ -58,6 +58,8 @@ class ScannerConfig(_Section):
     trace: str | None = None
     scenario: str = "booth"
     seed: int = 1
+    # source = "simulator": import the scenario's contacts at start (never a revoked one).
+    simulator_contacts: bool = False
     start_timeout_s: float = Field(default=10.0, gt=0, le=120)
     start_retries: int = Field(default=3, ge=1, le=100)
     silence_restart_s: float = Field(default=90.0, gt=0, le=3600)
