@@ -124,7 +124,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    for tool in ("mosquitto", "mosquitto_sub", "openssl"):
+    for tool in ("/usr/sbin/mosquitto", "mosquitto_sub", "mosquitto_pub", "openssl"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (Debian: mosquitto, mosquitto-clients)")
     made = Demo(tmp_path)
@@ -173,7 +173,7 @@ def test_the_venue_quickstart_runs_as_written(demo: Demo) -> None:
     # No name on the broker: not in its persistence file, nor retained after a restart.
     stored = (demo.folder / "broker" / "mosquitto.db").read_bytes()
     assert not [name for name in names if name.encode() in stored]
-    restart = demo.bash('mosquitto -c "$DEMO/broker/mosquitto.conf" -d', timeout_s=30)
+    restart = demo.bash('/usr/sbin/mosquitto -c "$DEMO/broker/mosquitto.conf" -d', timeout_s=30)
     assert restart.returncode == 0, restart.stderr
     time.sleep(0.5)
     left = demo.sub("cleanup", "hallway/#", "homeassistant/#")
