@@ -255,8 +255,10 @@ class _Follower:
                 if is_local(self.target):
                     from hallway.config import GROUP_HINT
 
-                    hint = (". For the local service, tail reads its token file itself "
-                            f"(/var/lib/hallway/token). {GROUP_HINT}")
+                    hint = (". For the local service tail reads the config's token itself "
+                            "(server.tokens or server.token_file, else the state directory's "
+                            "token, /var/lib/hallway/token when installed), once the service "
+                            f"has made it. {GROUP_HINT}")
                 raise TailError(f"{self.label} wants a token: pass --token-file, set "
                                 f"${ENV_TOKEN}, or use a URI (--uri-file, ${ENV_URI})"
                                 f"{hint}") from None
