@@ -107,7 +107,7 @@ async def test_doctor_names_loose_secret_files_and_the_fix(tmp_path: Path) -> No
     assert check.status is Status.FAIL
     assert f"{db} is 0644" in check.detail
     assert check.fix is not None
-    assert check.fix.split("; ")[0] == f"chmod 0600 {db}"
+    assert check.fix.split("; ")[0] == f"sudo chmod 0600 {db}"
     db.chmod(0o640)
     check = {c.name: c for c in (await diagnose(options)).checks}["secret_files"]
     assert check.status is Status.WARN

@@ -113,3 +113,48 @@ def test_home_assistant_discovery_state_and_removal() -> None:
     tagged = HomeAssistantDiscovery(MqttConfig(venue="expo", homeassistant_tag="vip"),
                                     status_topic="s")
     assert tagged.messages({"type": "arrived", "contact": contact, "room": "Hall A"}) == []
+
+
+def test_a_clean_stop_keeps_people_for_the_offline_grace(tmp_path: Path) -> None:
+    # A scanner stopping cleanly departs everyone (reason "shutdown"), clears its retained
+    # presence and says "offline": for the venue that is the scanner going offline, so its
+    # people stay for venue.offline_grace_s (30 s), not depart_grace_s (5 s here).
+    clock = [5000.0]
+    venue = service(tmp_path, clock)
+    venue.handle(f"{BASE}/kiosk-a/status", b"online")
+    (arrived,) = venue.handle(f"{BASE}/kiosk-a/events", event("arrived", 1, 5000.0))
+    assert arrived.room == "Hall A"
+    clock[0] = 5010.0
+    assert venue.handle(f"{BASE}/kiosk-a/events",
+                        event("departed", 2, 5010.0, reason="shutdown")) == []
+    assert venue.handle(f"{BASE}/kiosk-a/present/c-1", b"") == []
+    assert venue.handle(f"{BASE}/kiosk-a/status", b"offline") == []
+    for now in (5016.0, 5030.0, 5039.0):  # past depart_grace_s, within offline_grace_s
+        clock[0] = now
+        assert venue.arbiter.tick(venue.now()) == [], now
+        assert venue.arbiter.room_of("c-1") == "Hall A"
+    # Past the offline grace the scanner stops counting; the contact departs after the
+    # depart grace on top, like with a lost scanner.
+    clock[0] = 5041.0
+    assert venue.arbiter.tick(venue.now()) == []
+    clock[0] = 5047.0
+    (gone,) = venue.arbiter.tick(venue.now())
+    assert (gone.type, gone.room) == (EventType.DEPARTED, "Hall A")
+
+
+def test_a_scanner_back_from_a_clean_stop_lets_go_of_who_it_no_longer_holds(
+        tmp_path: Path) -> None:
+    clock = [6000.0]
+    venue = service(tmp_path, clock)
+    venue.handle(f"{BASE}/kiosk-a/status", b"online")
+    venue.handle(f"{BASE}/kiosk-a/events", event("arrived", 1, 6000.0))
+    clock[0] = 6005.0
+    venue.handle(f"{BASE}/kiosk-a/events", event("departed", 2, 6005.0, reason="shutdown"))
+    venue.handle(f"{BASE}/kiosk-a/present/c-1", b"")
+    venue.handle(f"{BASE}/kiosk-a/status", b"offline")
+    clock[0] = 6010.0
+    # Back within the grace, without Ada: she is let go of now and departs after the grace.
+    assert venue.handle(f"{BASE}/kiosk-a/status", b"online") == []
+    clock[0] = 6016.0
+    (gone,) = venue.arbiter.tick(venue.now())
+    assert gone.type is EventType.DEPARTED

@@ -2,7 +2,7 @@
 
 Run it against a daemon (``hallway demo`` prints the URI file to use):
 
-    python who_is_here.py --uri-file /tmp/hallway-demo-XXXX/hallway.uri c-0001 c-0002 c-0003
+    python who_is_here.py --uri-file /tmp/hallway-demo-XXXX/hallway.uri booth-1-0001 booth-1-0002 booth-1-0003
 
 It keeps one line up to date: who of the given contacts is present, and where. The URI may
 also come from $HALLWAY_URI. Stop it with Ctrl-C.

@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hallway {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", metavar="FILE", help="TOML config file (default: built-in defaults, "
-        "or $HALLWAY_CONFIG)"
+        "--config", metavar="FILE", help="TOML config file (default: $HALLWAY_CONFIG, else "
+        "/etc/hallway/config.toml when it exists, else built-in defaults)"
     )
     common.add_argument("--db", metavar="PATH", help="database file (overrides storage.database)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

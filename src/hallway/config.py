@@ -28,6 +28,10 @@ from hallway.errors import ConfigError, Problem
 
 ENV_CONFIG = "HALLWAY_CONFIG"
 INSTALLED_CONFIG = Path("/etc/hallway/config.toml")
+SERVICE_GROUP = "hallway"
+GROUP_HINT = (f"The service's config, token and socket are for root and group "
+              f"{SERVICE_GROUP!r}: run the command with sudo, or join the group (`sudo usermod "
+              f"-aG {SERVICE_GROUP} $USER`, then log in again)")
 
 
 def find_config_path(explicit: str | None) -> str | None:
@@ -54,6 +58,8 @@ class ScannerConfig(_Section):
     trace: str | None = None
     scenario: str = "booth"
     seed: int = 1
+    # source = "simulator": import the scenario's contacts at start (never a revoked one).
+    simulator_contacts: bool = False
     start_timeout_s: float = Field(default=10.0, gt=0, le=120)
     start_retries: int = Field(default=3, ge=1, le=100)
     silence_restart_s: float = Field(default=90.0, gt=0, le=3600)
@@ -494,6 +500,9 @@ def load_config(path: str | Path | None) -> Config:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem(str(file), "", "file not found")]) from None
+    except PermissionError:
+        raise ConfigError([Problem(str(file), "", f"cannot read: permission denied. {GROUP_HINT}")]
+                          ) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([Problem(str(file), "", f"cannot read: {reason}")]) from None

@@ -20,8 +20,10 @@ import ipaddress
 import json
 import os
 import pwd
+import shutil
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -129,6 +131,7 @@ class DoctorOptions:
     config_path: str | None = None
     db_override: str | None = None
     user: str | None = None
+    role: str | None = None  # "scanner" or "venue"; None: venue when the config has rooms
     timeout_s: float = 5.0
     rfkill_root: Path = RFKILL_ROOT
     now: Callable[[], float] = time.time
@@ -143,6 +146,7 @@ class Report:
     config_path: str | None
     account: str
     checks: list[Check]
+    role: str = "scanner"
 
     @property
     def ok(self) -> bool:
@@ -154,6 +158,7 @@ class Report:
         return {
             "ok": self.ok,
             "config": self.config_path,
+            "role": self.role,
             "account": self.account,
             "checks": [{**asdict(c), "status": c.status.value} for c in self.checks],
         }
@@ -167,6 +172,47 @@ _TITLES = {
     "mdns": "mDNS able to bind",
     "secret_files": "secret files private",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """How the fix lines spell commands so that they work as printed on this machine: the
+    ``hallway`` found on PATH (else the one running now, by its full path), run as the service
+    user where the service's files are concerned, with ``--config`` unless the config is the
+    one every command finds by itself, and the systemd unit of the role."""
+
+    hallway: str
+    as_service: str  # "sudo -u hallway " or ""
+    config_arg: str  # " --config FILE" or ""
+    unit: str
+
+    @classmethod
+    def for_run(cls, config_path: str | None, account: Account, role: str) -> Commands:
+        here = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+        found = shutil.which("hallway")
+        if found is not None:
+            program = "hallway"
+        elif here is not None and here.name == "hallway" and here.exists():
+            program = str(here.resolve())
+        else:
+            program = f"{sys.executable} -m hallway"
+        me = Account.current()
+        as_service = "" if account.uid == me.uid else f"sudo -u {account.name} "
+        implicit = find_config_path(None)
+        config_arg = "" if config_path is None or config_path == implicit else (
+            f" --config {config_path}")
+        return cls(program, as_service, config_arg,
+                   "hallway-venue" if role == "venue" else "hallway")
+
+    def service(self, args: str) -> str:
+        """``hallway ARGS`` as the service user, with the config."""
+        head, _, rest = args.partition(" <")
+        redirect = f" <{rest}" if rest else ""
+        return f"{self.as_service}{self.hallway} {head}{self.config_arg}{redirect}"
+
+    def systemctl(self, verb: str) -> str:
+        """``sudo systemctl VERB UNIT``."""
+        return f"sudo systemctl {verb} {self.unit}"
 
 
 def choose_account(user: str | None) -> Account:
@@ -192,6 +238,8 @@ async def diagnose(options: DoctorOptions) -> Report:
     checks: list[Check] = []
     config_check, config = _check_config(path)
     checks.append(config_check)
+    role = options.role or ("venue" if config is not None and config.venue.rooms else "scanner")
+    commands = Commands.for_run(path, account, role)
     if config is not None and options.db_override:
         storage = config.storage.model_copy(update={"database": options.db_override})
         config = config.model_copy(update={"storage": storage})
@@ -201,22 +249,28 @@ async def diagnose(options: DoctorOptions) -> Report:
     def skipped(name: str) -> Check:
         return Check(name, _TITLES[name], Status.SKIP, "needs a valid config")
 
-    checks.append(skipped("database") if config is None else _check_database(config, account))
+    checks.append(skipped("database") if config is None else _check_database(
+        config, account, commands, contacts_matter=role != "venue"))
     checks.append(skipped("secret_files") if config is None else _check_secret_files(config))
-    checks.extend(await _radio_checks(config or Config(), account, options))
+    if role == "venue":
+        checks.append(Check("bluetooth", "Bluetooth", Status.SKIP,
+                            "the venue service uses no radio: its scanners do (run doctor on "
+                            "each scanner)"))
+    else:
+        checks.extend(await _radio_checks(config or Config(), account, options))
     if config is None:
         checks.extend(skipped(name) for name in ("unix_socket", "tcp_socket", "tls", "mdns"))
     else:
         checks.append(await _check_unix_socket(config, account))
         checks.append(await _check_tcp(config, options.timeout_s))
-        checks.append(_check_tls(config))
+        checks.append(_check_tls(config, commands))
         checks.append(await _check_mdns(config, options.timeout_s))
         checks.extend(await mqtt_check.mqtt_checks(config, options.timeout_s))
     checks.append(_check_clock(options))
-    return Report(path, account.name, checks)
+    return Report(path, account.name, checks, role)
 
 
-def _check_tls(config: Config) -> Check:
+def _check_tls(config: Config, commands: Commands) -> Check:
     """Plain TCP beyond loopback sends tokens and contact data in clear."""
     server, title = config.server, _TITLES["tls"]
     if not server.tcp_enabled:
@@ -224,14 +278,14 @@ def _check_tls(config: Config) -> Check:
     if server.tls:
         where = "configured certificate" if server.tls_cert else "self-signed certificate"
         return Check("tls", title, Status.OK, f"TLS on {server.tcp_host}:{server.tcp_port} "
-                     f"({where}; `hallway tls show` prints its fingerprint)")
+                     f"({where}; `{commands.service('tls show')}` prints its fingerprint)")
     if not server.plain_off_loopback:
         return Check("tls", title, Status.OK, f"plain TCP on loopback ({server.tcp_host})")
     return Check("tls", title, Status.WARN,
                  f"tcp_host = {server.tcp_host!r} serves the network without TLS: tokens and "
                  "contact data cross it in clear",
                  "set server.tls = true (and server.require_tls_off_loopback = true), then "
-                 "give apps the URI from `hallway tls show`")
+                 f"give apps the URI from `{commands.service('tls show')}`")
 
 
 # -- config and database -----------------------------------------------------------------------
@@ -277,7 +331,7 @@ def _check_secret_files(config: Config) -> Check:
             loose.append((path, mode, 0o600 if forbidden == 0o077 else 0o640))
     if loose:
         detail = "; ".join(f"{path} is {mode:04o}" for path, mode, _ in loose)
-        fix = "; ".join(f"chmod {want:04o} {path}" for path, _, want in loose)
+        fix = "; ".join(f"sudo chmod {want:04o} {path}" for path, _, want in loose)
         world = any(mode & 0o004 for _, mode, _ in loose)
         return Check("secret_files", title, Status.FAIL if world else Status.WARN,
                      f"{detail} (keys, IRKs or tokens readable by others)", fix)
@@ -287,7 +341,8 @@ def _check_secret_files(config: Config) -> Check:
                  f"{looked} file(s) readable by their owner only (a token file by its group)")
 
 
-def _check_database(config: Config, account: Account) -> Check:
+def _check_database(config: Config, account: Account, commands: Commands, *,
+                    contacts_matter: bool = True) -> Check:
     title = _TITLES["database"]
     path = Path(config.storage.database)
     if not path.exists():
@@ -299,14 +354,13 @@ def _check_database(config: Config, account: Account) -> Check:
         else:
             where = f"and {folder} is not writable by {account.name}"
         return Check("database", title, Status.FAIL, f"{path} does not exist ({where})",
-                     "start the service once (`systemctl start hallway`) or import contacts: "
-                     f"`hallway contacts import FILE --config <config>`; "
-                     f"the folder must belong to {account.name}")
+                     f"start the service once (`{commands.systemctl('start')}`), which "
+                     f"creates it; the folder must belong to {account.name}")
     if not (account.can_reach(path) and account.may(path, os.R_OK | os.W_OK)):
         return Check("database", title, Status.FAIL,
                      f"{path} is not readable and writable by {account.name}",
-                     f"chown {account.name}: {path} {path.parent} (or let systemd's "
-                     "StateDirectory= own /var/lib/hallway)")
+                     f"sudo chown {account.name}: {path} {path.parent} (or let systemd's "
+                     "StateDirectory= own the folder)")
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                                 timeout=5.0)) as db:
@@ -328,12 +382,15 @@ def _check_database(config: Config, account: Account) -> Check:
     if version < SCHEMA_VERSION:
         return Check("database", title, Status.FAIL,
                      f"{path}: schema version {version}, this hallway needs {SCHEMA_VERSION}",
-                     "restart the service (`systemctl restart hallway`) or run any "
-                     "`hallway contacts` command with this config: opening it migrates it")
+                     f"restart the service (`{commands.systemctl('restart')}`): opening "
+                     "it migrates it")
     detail = f"{path}: schema {version}, {contacts} contact(s)"
+    if not contacts_matter:
+        return Check("database", title, Status.OK, f"{path}: schema {version} (event log)")
     if not contacts:
         return Check("database", title, Status.WARN, detail + ": nobody can be recognised",
-                     "import opted-in contacts: `hallway contacts import contacts.jsonl`")
+                     "import opted-in contacts: "
+                     f"`{commands.service('contacts import - < contacts.jsonl')}`")
     return Check("database", title, Status.OK, detail)
 
 
@@ -637,7 +694,8 @@ async def _check_unix_socket(config: Config, account: Account) -> Check:
                          f"at start ({access})",
                          f"without systemd: sudo install -d -o {account.name} -m 0750 {folder}")
         return Check("unix_socket", title, Status.FAIL, f"folder {folder} does not exist",
-                     f"create it for {account.name} (install -d -o {account.name} {folder}) or "
+                     f"create it for {account.name} (`sudo install -d -o {account.name} "
+                     f"{folder}`) or "
                      'use server.unix_socket = "/run/hallway/hallway.sock"')
     if not (account.can_reach(folder) and account.may(folder, os.W_OK | os.X_OK)):
         return Check("unix_socket", title, Status.FAIL,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import os
 import signal
 import sys
@@ -337,6 +338,8 @@ class Service:
         config = self.config
         edges = self._edges
         await edges.open_store()
+        if config.scanner.source == "simulator" and config.scanner.simulator_contacts:
+            await self._import_simulated()
         self._pipeline = Pipeline(config)
         # Retention on the advertisements' clock, like every decision.
         await edges.start_hub(contact_lookup=self._contact, clock=self._stream_now)
@@ -404,6 +407,19 @@ class Service:
             raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
                                        f"{web.port}: {exc.strerror or exc}")]) from None
         self.web_port = self._web.port
+
+    async def _import_simulated(self) -> None:
+        """The simulated venue's contacts into the store (scanner.simulator_contacts), except
+        those revoked: the simulated source brings its own people."""
+        simulator = importlib.import_module("hallway.simulator")  # as the simulated source
+        scanner = self.config.scanner
+        revoked = await self.store.revoked_ids()
+        contacts = [c for c in simulator.scenario_contacts(scanner.scenario, seed=scanner.seed)
+                    if c.id not in revoked]
+        if contacts:
+            await self.store.import_contacts(contacts)
+        log.info("simulator_contacts_imported", contacts=len(contacts), scenario=scanner.scenario,
+                 seed=scanner.seed)
 
     async def _depart_left_over(self) -> None:
         """Close presences an unclean stop left open, so arrive/depart keep alternating."""

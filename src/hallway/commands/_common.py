@@ -6,14 +6,15 @@ import argparse
 import os
 from pathlib import Path
 
-from hallway.config import ENV_CONFIG, Config, load_config
+from hallway.config import Config, find_config_path, load_config
 from hallway.logs import configure_logging
 
 
 def config_from_args(args: argparse.Namespace, *, setup_logging: bool = True) -> Config:
-    """The config named by ``--config`` (or ``$HALLWAY_CONFIG``), with ``--db`` applied."""
-    path = getattr(args, "config", None) or os.environ.get(ENV_CONFIG) or None
-    config = load_config(path)
+    """The config every command uses: ``--config``, else ``$HALLWAY_CONFIG``, else the
+    installed ``/etc/hallway/config.toml`` when it exists, else the built-in defaults; with
+    ``--db`` applied."""
+    config = load_config(find_config_path(getattr(args, "config", None)))
     db = getattr(args, "db", None)
     if db:
         storage = config.storage.model_copy(update={"database": str(Path(db))})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hallway.commands._common import config_from_args
-from hallway.errors import HallwayError, ImportRejected, StoreError
+from hallway.errors import ContactNotFound, HallwayError, ImportRejected
 
 if TYPE_CHECKING:
     from hallway.store import SqliteStore
@@ -88,7 +88,58 @@ async def _open(args: argparse.Namespace, *, create: bool = True) -> SqliteStore
     from hallway.store import SqliteStore
 
     config = config_from_args(args)
-    return await SqliteStore.open(config.storage.database, create=create)
+    database = config.storage.database
+    _check_access(Path(database))
+    return await SqliteStore.open(database, create=create)
+
+
+def _check_access(database: Path) -> None:
+    """A database (or its folder) this user may not use: say whose it is and how to act as
+    them, instead of "does not exist" or SQLite's "unable to open database file"."""
+    import os
+
+    folder = database.parent
+    blocked = None
+    if folder.is_dir() and not os.access(folder, os.X_OK):
+        blocked = folder
+    elif database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        blocked = database
+    if blocked is None:
+        return
+    owner = _owner(blocked)
+    who = f"sudo -u {owner} " if owner and owner != "root" else "sudo "
+    raise HallwayError(
+        f"{database}: permission denied ({blocked} belongs to {owner or 'another user'}). "
+        f"The service's database is its user's alone: run the command as that user, e.g. "
+        f"`{who}hallway contacts list` (a file to import goes on stdin: "
+        f"`{who}hallway contacts import - < contacts.jsonl`)")
+
+
+def _owner(path: Path) -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError):
+        return None
+
+
+def _explain_missing(args: argparse.Namespace, contact_id: str) -> HallwayError:
+    """A clear message for an id the store does not hold: revoked, or unknown."""
+
+    async def revoked() -> bool:
+        store = await _open(args, create=False)
+        async with store:
+            return contact_id in await store.revoked_ids()
+
+    database = config_from_args(args, setup_logging=False).storage.database
+    if asyncio.run(revoked()):
+        return HallwayError(
+            f"contact {contact_id!r} was revoked: its keys and events are gone from "
+            f"{database}; to enrol them again, import them with `hallway contacts import "
+            "--readmit FILE`")
+    return HallwayError(f"no contact {contact_id!r} in {database} (`hallway contacts list` "
+                        "shows the ids)")
 
 
 def _progress(done: int, total: int) -> None:
@@ -201,7 +252,10 @@ def run_show(args: argparse.Namespace) -> int:
         async with store:
             return await store.get_contact(args.id), await store.match_count(args.id)
 
-    contact, match_count = asyncio.run(work())
+    try:
+        contact, match_count = asyncio.run(work())
+    except ContactNotFound:
+        raise _explain_missing(args, args.id) from None
     obj = contact_to_obj(contact)
     if match_count:
         obj["match_hashes"] = match_count  # how many; the addresses are not stored
@@ -309,7 +363,10 @@ def run_enroll(args: argparse.Namespace) -> int:
             await store.replace_keys(contact.id, [*others, fresh])
             return fresh.value
 
-    key_hex = asyncio.run(work())
+    try:
+        key_hex = asyncio.run(work())
+    except ContactNotFound:
+        raise _explain_missing(args, args.id) from None
     uri = enroll_uri(args.id, key_hex)
     qr = segno.make(uri, error="m")
     if not args.no_qr:
@@ -338,7 +395,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(work())
-    except StoreError:
-        raise
+    except ContactNotFound:
+        raise _explain_missing(args, args.id) from None
     print(f"revoked {args.id}: keys and logged events deleted", file=sys.stderr)
     return 0

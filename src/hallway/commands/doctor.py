@@ -23,6 +23,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="judge file permissions for this user (default: 'hallway' when run as root "
         "and it exists, else you)",
     )
+    parser.add_argument("--role", choices=("scanner", "venue"),
+                        help="what this machine runs (default: venue when the config has "
+                        "venue.rooms, else scanner); the venue needs no Bluetooth or contacts")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="per D-Bus call and socket probe (default 5)")
     parser.set_defaults(func=run)
@@ -35,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from hallway.doctor import DoctorOptions, diagnose
 
     options = DoctorOptions(config_path=args.config, db_override=args.db, user=args.user,
-                            timeout_s=args.timeout)
+                            role=args.role, timeout_s=args.timeout)
     report = asyncio.run(diagnose(options))
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
         return 0 if report.ok else 1
     print(f"hallway doctor: config {report.config_path or '(built-in defaults)'}, "
-          f"permissions judged for {report.account}")
+          f"role {report.role}, permissions judged for {report.account}")
     width = max(len(c.title) for c in report.checks)
     for check in report.checks:
         print(f"  {_MARK[check.status.value]:<4}  {check.title:<{width}}  {check.detail}")

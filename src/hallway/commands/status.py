@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from hallway.commands._client import ENV_TOKEN, add_target_options, clean, resolve
+from hallway.config import GROUP_HINT
 
 EX_UNAVAILABLE = 69
 
@@ -68,15 +69,13 @@ def run(args: argparse.Namespace) -> int:
     except hc.Unreachable as exc:
         print(f"hallway status: cannot reach hallway at {exc}", file=sys.stderr)
         if isinstance(exc.__cause__, PermissionError):
-            print("  (the socket is for the service's group: run as a member of it, or root)",
-                  file=sys.stderr)
+            print(f"  {GROUP_HINT}", file=sys.stderr)
         return EX_UNAVAILABLE
     except hc.Refused as exc:
         print(f"hallway status: {label} refused: {exc}", file=sys.stderr)
         if exc.code == "unauthorized":
             print(f"  pass --token-file (or ${ENV_TOKEN}); the generated token is in the state "
-                  "directory, /var/lib/hallway/token, readable by the service's group",
-                  file=sys.stderr)
+                  f"directory, /var/lib/hallway/token. {GROUP_HINT}", file=sys.stderr)
         return 1
     except (hc.ClientError, hc.TargetError) as exc:
         print(clean(f"hallway status: {label}: {exc}"), file=sys.stderr)

@@ -26,6 +26,7 @@ from hallway.commands._client import (
     add_target_options,
     clean,
     given_token,
+    is_local,
     named_target,
     resolve,
 )
@@ -41,9 +42,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--connect or --unix (or to those found by mDNS) and print its events: readable lines, "
         "or the raw JSON objects with --json. The token comes from --token-file, "
         f"${ENV_TOKEN}, the URI, or (for the local daemon only) the config. A daemon found by "
-        "mDNS receives the token only after proving --fingerprint over TLS.",
+        "mDNS receives the token only after proving --fingerprint over TLS. With no daemon "
+        "named, tail follows the daemon of the config (--config, $HALLWAY_CONFIG or "
+        "/etc/hallway/config.toml) where there is one, else those found by mDNS.",
     )
     add_target_options(parser)
+    parser.add_argument("--mdns", action="store_true",
+                        help="look for daemons by mDNS even where a config names the local one")
     parser.add_argument("--name", help="only the daemon announced under this mDNS name")
     parser.add_argument("--browse", type=float, default=3.0, metavar="SECONDS",
                         help="how long to look for daemons by mDNS (default 3)")
@@ -101,7 +106,9 @@ def _who(contact: Any) -> str:
 def _where(msg: dict[str, Any]) -> str:
     zone = msg.get("zone") or "?"
     distance = msg.get("distance_m")
-    return f"{zone} {distance:.1f} m" if isinstance(distance, int | float) else str(zone)
+    text = f"{zone} {distance:.1f} m" if isinstance(distance, int | float) else str(zone)
+    room = msg.get("room")
+    return f"in {room}, {text}" if room else text
 
 
 def _present_lines(present: Any, *, now: float) -> list[str]:
@@ -148,9 +155,13 @@ def _format(msg: dict[str, Any], *, now: float, scanner: str | None) -> str | No
     if kind == "zone":
         return (f"{clock} {source}  zone      {who}  {msg.get('previous_zone')} -> "
                 f"{_where(msg)}  {seq}")
+    if kind == "moved":
+        return (f"{clock} {source}  moved     {who}  {msg.get('previous_room') or '?'} -> "
+                f"{_where(msg)}  {seq}")
     if kind == "departed":
-        return (f"{clock} {source}  departed  {who}  after {_duration(msg.get('dwell_s'))} "
-                f"({msg.get('reason')})  {seq}")
+        left = f"left {msg['room']} " if msg.get("room") else ""
+        return (f"{clock} {source}  departed  {who}  {left}after "
+                f"{_duration(msg.get('dwell_s'))} ({msg.get('reason')})  {seq}")
     return f"{clock} {source}  {kind}  {who}  {seq}"
 
 
@@ -178,6 +189,13 @@ class _Shared:
 
 def _note(label: str, text: str) -> None:
     print(clean(f"-- {label}: {text}"), file=sys.stderr, flush=True)
+
+
+def _forbidden(path: str) -> bool:
+    """A socket that exists but that we may not connect to."""
+    import os
+
+    return os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK)
 
 
 class _Follower:
@@ -212,6 +230,14 @@ class _Follower:
         self._last_state = state
 
     async def run(self) -> None:
+        import asyncio
+
+        path = self.target.path
+        if path is not None and await asyncio.to_thread(_forbidden, path):
+            from hallway.config import GROUP_HINT
+
+            # Retrying cannot fix a socket we may not use.
+            raise TailError(f"{path}: permission denied. {GROUP_HINT}")
         try:
             async with hc.connect(self.target, contacts=self.args.contact, tags=self.args.tag,
                                   knows_of=self.args.knows_of, since_seq=self.args.since,
@@ -225,8 +251,17 @@ class _Follower:
                             return
         except hc.TokenRequired:
             if self.target.named:
+                hint = ""
+                if is_local(self.target):
+                    from hallway.config import GROUP_HINT
+
+                    hint = (". For the local service tail reads the config's token itself "
+                            "(server.tokens or server.token_file, else the state directory's "
+                            "token, /var/lib/hallway/token when installed), once the service "
+                            f"has made it. {GROUP_HINT}")
                 raise TailError(f"{self.label} wants a token: pass --token-file, set "
-                                f"${ENV_TOKEN}, or use a URI (--uri-file, ${ENV_URI})") from None
+                                f"${ENV_TOKEN}, or use a URI (--uri-file, ${ENV_URI})"
+                                f"{hint}") from None
             raise TailError(
                 f"{self.label} (found by mDNS) wants a token; hallway gives a token only to a "
                 "host you name (--connect, --uri-file) or to a daemon proving its certificate "
@@ -235,6 +270,17 @@ class _Follower:
             raise TailError(f"{self.label} refused us: {exc}") from None
         except (hc.FingerprintMismatch, hc.ProtocolError) as exc:
             raise TailError(str(exc)) from None
+
+
+def _configured_target(args: argparse.Namespace) -> hc.Target | None:
+    """The daemon of the config file in use (``--config``, ``$HALLWAY_CONFIG`` or the
+    installed one), with the config's token, or None without a config file or sockets."""
+    from hallway.config import find_config_path
+
+    if find_config_path(args.config) is None:
+        return None
+    target, _ = resolve(args, prog="tail")
+    return target
 
 
 def _discovered_targets(candidates: list[hc.Candidate], args: argparse.Namespace,
@@ -269,7 +315,12 @@ async def _main(args: argparse.Namespace) -> int:
         print("hallway tail: --count must be at least 1", file=sys.stderr)
         return 2
     named = named_target(args, prog="tail")
-    if named is not None:
+    local = None
+    if named is None and not (args.mdns or args.name or args.mdns_interface):
+        local = _configured_target(args)
+    if local is not None:
+        targets = [local]
+    elif named is not None:
         target, _ = resolve(args, prog="tail")
         assert target is not None
         targets = [target]

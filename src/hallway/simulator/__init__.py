@@ -91,7 +91,8 @@ def scenario_contacts(
     contacts = []
     for index, device in enumerate(_contact_devices(spec, seed)):
         rng = random.Random(f"{seed}:{spec.name}:person:{index}")
-        contacts.append(make_contact(rng, index, device, granted_at=granted, expires_at=expires))
+        contacts.append(make_contact(rng, index, device, granted_at=granted, expires_at=expires,
+                                     prefix=f"{spec.name}-{seed}"))
     return _with_network(contacts, random.Random(f"{seed}:{spec.name}:network"))
 
 

@@ -397,16 +397,19 @@ _TAGS = ("speaker", "sponsor", "press", "organizer", "attendee")
 
 def make_contact(
     rng: random.Random, index: int, device: Device, *, granted_at: float | None,
-    expires_at: float | None,
+    expires_at: float | None, prefix: str = "c",
 ) -> Contact:
-    """Contact ``c-NNNN`` holding ``device``'s key, with made-up public details."""
+    """Contact ``<prefix>-NNNN`` holding ``device``'s key, with made-up public details.
+
+    The simulator's prefixes name the scenario and the seed (``booth-7``), so contacts of
+    different runs never share an id: importing two runs into one store keeps them apart."""
     first = _FIRST[index % len(_FIRST)]
     last = _LAST[(index * 7 + index // len(_FIRST)) % len(_LAST)]
     handle = f"{first}-{last}".lower().replace(" ", "")
     key = device.key()
     tags = rng.sample(_TAGS, rng.choice((0, 1, 1, 2)))
     return Contact(
-        id=f"c-{index + 1:04d}",
+        id=f"{prefix}-{index + 1:04d}",
         name=f"{first} {last}",
         org=rng.choice(_ORGS),
         title=rng.choice(_TITLES),

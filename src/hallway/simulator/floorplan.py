@@ -250,7 +250,7 @@ class VenueSimulation:
             self._devices.append(device)
             self.contacts.append(make_contact(
                 dev_rng, index, device, granted_at=start_ts - 86400.0,
-                expires_at=start_ts + 30 * 86400.0))
+                expires_at=start_ts + 30 * 86400.0, prefix=f"venue-{seed}"))
         self.stays: list[Stay] = [
             Stay(index, path, self._devices[index]) for index, path in enumerate(paths or ())
         ]

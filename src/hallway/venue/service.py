@@ -95,6 +95,10 @@ class VenueService:
         self._tombstoned: set[str] = set()  # ids whose tombstone the venue has sent
         self._last: dict[str, tuple[int, float]] = {}  # scanner -> (seq, ts) of its last event
         self._scanners: dict[str, bool] = {}  # scanner -> online
+        # A scanner that stopped cleanly (its "departed ... shutdown" events): the contacts it
+        # let go of, with when. Its readings stay for venue.offline_grace_s like a lost
+        # scanner's; when it is back online, what it no longer holds is let go of then.
+        self._stopped: dict[str, dict[str, float]] = {}
         self._connected = False
         self._offset_s: float | None = None
         self._started_at = time.monotonic()
@@ -324,7 +328,11 @@ class VenueService:
             if self._scanners.get(scanner) != online:
                 log.info("scanner_status", scanner=scanner, online=online)
             self._scanners[scanner] = online
-            return self.arbiter.scanner_status(scanner, online=online, now=now)
+            events = self.arbiter.scanner_status(scanner, online=online, now=now)
+            if online:
+                for cid, ts in sorted(self._stopped.pop(scanner, {}).items()):
+                    events.extend(self.arbiter.lost(scanner, cid, ts=ts, now=now))
+            return events
         if parts[1:] == ["events"]:
             return self._on_event(scanner, payload, now)
         if len(parts) == 3 and parts[1] == "present":
@@ -362,6 +370,10 @@ class VenueService:
             reason = _REASONS.get(str(event.get("reason")))
             if reason is DepartReason.REVOKED:
                 return self.arbiter.forget(contact["id"], now=now)
+            if reason is DepartReason.SHUTDOWN:
+                # A clean stop is the scanner going offline, not the person leaving.
+                self._stopped.setdefault(scanner, {})[str(contact["id"])] = float(ts)
+                return self.arbiter.scanner_status(scanner, online=False, now=now)
             return self.arbiter.lost(scanner, contact["id"], ts=float(ts), reason=reason,
                                      now=now)
         distance = event.get("distance_m")
@@ -376,6 +388,10 @@ class VenueService:
     def _on_present(self, scanner: str, contact_id: str, payload: bytes, now: float
                     ) -> list[PresenceEvent]:
         if not payload:
+            held = self._stopped.get(scanner)
+            if held is not None:  # cleared by a clean stop: kept for the offline grace
+                held.setdefault(contact_id, now)
+                return []
             return self.arbiter.lost(scanner, contact_id, now=now)
         try:
             data: dict[str, Any] | None = codec.decode(payload)
