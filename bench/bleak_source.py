@@ -2,7 +2,7 @@
 latency from the fake BlueZ's send to the Handoff, and recovery after BlueZ dies.
 
 Runs a private dbus-daemon and the fake BlueZ in its own process (see
-hallway.testing.fakebluez); nothing touches a real radio. Usage:
+tests.support.fakebluez); nothing touches a real radio. Usage:
 
     .venv/bin/python bench/bleak_source.py [--seconds 3] [--restarts 5]
 """
@@ -16,6 +16,7 @@ import os
 import shutil
 import statistics
 import struct
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from pathlib import Path
 from hallway.config import ScannerConfig
 from hallway.sources.base import Handoff, SourceState
 from hallway.sources.bleak import BleakSource
-from hallway.testing.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBus
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test doubles in tests/
+from tests.support.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBus
 
 
 class Consumer:

@@ -20,7 +20,11 @@ Figures, per rate:
 HALLWAY_BENCH_PROFILE=FILE runs the daemon under cProfile (HALLWAY_BENCH_PROFILE_CPU=1: timed
 by the main thread's CPU clock instead of the wall clock); read FILE with pstats.
 
+With ``--tls`` the daemon serves TLS (its self-signed certificate) and every subscriber
+connects over TLS 1.3: the difference to a plain run is TLS's cost per event.
+
 Usage: .venv/bin/python bench/latency.py [--rates 1000 5000] [--seconds 20] [--subscribers 100]
+                                         [--tls]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -43,14 +48,26 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # the test doubles in tests/support
 
-from hallway.testing.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBus  # noqa: E402
+from tests.support.fakebluez import STAMP_COMPANY, FakeBlueZProcess, PrivateBus  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 BADGES = 200
 TICKS = os.sysconf("SC_CLK_TCK")
 WORKERS = 4  # subscriber processes
 HOP_SAMPLE = 4  # the probe times every 4th advertisement's bus hop
+USE_TLS = False  # set by --tls
+
+
+def client_tls() -> ssl.SSLContext | None:
+    """The subscribers' TLS context (no CA: the bench trusts its own daemon), or None."""
+    if not USE_TLS:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def pct(values: list[float], q: float) -> float:
@@ -123,9 +140,10 @@ def write_setup(directory: Path, port: int, subscribers: int) -> Path:
         f'[scanner]\nname = "bench"\nsource = "bleak"\n'
         f'[storage]\ndatabase = "{directory / "hallway.db"}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
-        f"max_connections = {subscribers + 16}\nqueue_size = 100000\n"
-        f'[mdns]\nenabled = false\n[logging]\nlevel = "warning"\nformat = "json"\n'
-        f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n"
+        f"max_connections = {subscribers + 16}\nmax_connections_per_token = {subscribers + 8}\n"
+        "queue_size = 100000\n" + ("tls = true\n" if USE_TLS else "") +
+        '[mdns]\nenabled = false\n[logging]\nlevel = "warning"\nformat = "json"\n'
+        "[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run([sys.executable, "-m", "hallway", "contacts", "import", str(contacts),
@@ -169,7 +187,8 @@ class Subscriber:
         self.seqs: list[int] = []
 
     async def run(self, port: int, ready: asyncio.Event, counter: list[int]) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20,
+                                                       ssl=client_tls())
         await reader.readline()
         writer.write((json.dumps({"type": "subscribe", "token": TOKEN}) + "\n").encode())
         await writer.drain()
@@ -204,7 +223,7 @@ async def worker_main(port: int, count: int, out: Path) -> None:
 
 
 async def status(port: int) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls())
     await reader.readline()
     writer.write((json.dumps({"type": "status", "token": TOKEN}) + "\n").encode())
     await writer.drain()
@@ -258,7 +277,8 @@ async def run_rate(rate: float, seconds: float, subscribers: int) -> dict[str, A
                 break
             proc = subprocess.Popen(
                 [sys.executable, __file__, "--worker", str(directory / f"w{w}.json"),
-                 "--port", str(port), "--subscribers", str(count)],
+                 "--port", str(port), "--subscribers", str(count),
+                 *(["--tls"] if USE_TLS else [])],
                 env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             workers.append(proc)
         for proc in workers:
@@ -368,7 +388,10 @@ def main() -> None:
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tls", action="store_true", help="serve and subscribe over TLS")
     args = parser.parse_args()
+    global USE_TLS  # noqa: PLW0603 - one switch for the whole bench, set once here
+    USE_TLS = args.tls
     if args.worker:
         asyncio.run(worker_main(args.port, args.subscribers, args.worker))
         return
@@ -380,7 +403,7 @@ def main() -> None:
     results = [asyncio.run(run_rate(rate, args.seconds, args.subscribers))
                for rate in args.rates]
     print(f"hallway latency, {args.subscribers} subscribers, {args.seconds:.0f} s per rate, "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores, {'TLS' if USE_TLS else 'plain TCP'}")
     keys = [
         ("rate", "rate (adv/s)", "{:.0f}"),
         ("daemon_advertisements", "advertisements into the daemon", "{:d}"),

@@ -171,6 +171,18 @@ def render(by: dict[str, list[dict[str, Any]]], tests: dict[str, str], *, when: 
             f"p99 {n(a['quiet_p99_ms'])} ms quiet → {n(a['abuse_p99_ms'])} ms under abuse "
             f"(×{n(a['p99_ratio'])}); peak RSS {n(a['peak_rss_mib'])} MiB; "
             f"{n(a['events'])} events, none missed |")
+    if (t := first.get("tls_abuse")) is not None:
+        c = t["abusers"]
+        idle = c.get("tls_idle_bare", 0) + c.get("tls_idle_handshaken", 0)
+        lines.append(
+            f"| abusive TLS clients | {n(idle)} idle TLS connections (half never handshake), "
+            f"{n(c.get('handshake_flood_done', 0) + c.get('handshake_flood_failed', 0))} "
+            f"handshake attempts from one address ({n(c.get('handshake_flood_done', 0))} "
+            f"served), a newcomer from another address every 0.5 s; {n(t['abuse_s'])} s | "
+            f"{held(tests.get('test_abusive_tls_clients'))} | p99 {n(t['quiet_p99_ms'])} ms "
+            f"quiet → {n(t['abuse_p99_ms'])} ms under abuse (×{n(t['p99_ratio'])}); newcomer "
+            f"in every time ({n(c.get('newcomer subscribed', 0))}), slowest "
+            f"{n(c.get('newcomer_max_ms', 0))} ms; {n(t['events'])} events, none missed |")
     if (c := first.get("crash")) is not None:
         lines.append(
             f"| SIGKILL | {n(c['kills'])} kills at random moments of a busy venue, "

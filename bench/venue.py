@@ -50,6 +50,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # the test doubles in tests/support
+
+from tests.support.venue_rig import NEAREST_WINS, VENUE, RoomJudge, VenueRig  # noqa: E402
 
 from hallway.config import Config, MqttConfig  # noqa: E402
 from hallway.events import event_json, present_json  # noqa: E402
@@ -68,7 +71,6 @@ from hallway.simulator.floorplan import (  # noqa: E402
     VenueSimulation,
     score_rooms,
 )
-from hallway.testing.venue_rig import NEAREST_WINS, VENUE, RoomJudge, VenueRig  # noqa: E402
 
 DOCS = ROOT / "docs" / "venue.md"
 LEAD_S = 20.0  # the traces start this long after the simulation is made

@@ -1,7 +1,7 @@
 """A private system bus with a fake BlueZ, for tests that run bleak's real BlueZ backend.
 
 ``bluez_env(monkeypatch)`` starts a ``dbus-daemon`` of its own in a short temp folder, points
-``DBUS_SYSTEM_BUS_ADDRESS`` at it, and runs ``python -m hallway.testing.fakebluez`` on it;
+``DBUS_SYSTEM_BUS_ADDRESS`` at it, and runs ``tests/support/fakebluez.py`` on it;
 everything is stopped by PID on exit. Tests import it (it is not a conftest plugin).
 """
 
@@ -21,7 +21,7 @@ import pytest
 
 from hallway.models import Advertisement
 from hallway.sources.base import AdvertisementSource, Handoff
-from hallway.testing.fakebluez import FakeBlueZProcess, PrivateBus
+from tests.support.fakebluez import FakeBlueZProcess, PrivateBus
 
 needs_dbus = pytest.mark.skipif(shutil.which("dbus-daemon") is None,
                                 reason="dbus-daemon is not installed")

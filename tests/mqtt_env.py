@@ -18,7 +18,7 @@ from hallway.events import event_json
 from hallway.models import Contact, ContactKey, DepartReason, EventType, KeyKind, PresenceEvent
 from hallway.mqtt import MqttPublisher
 from hallway.store import SqliteStore
-from hallway.testing.mosquitto import (
+from tests.support.mosquitto import (
     MosquittoBroker,
     TlsFiles,
     add_passwords,

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -127,6 +128,7 @@ class Daemon:
     log_path: Path
     port: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    tls: bool = False  # the TCP socket serves TLS (clients then connect over TLS)
 
     @property
     def pid(self) -> int:
@@ -182,7 +184,7 @@ class Daemon:
 
     def status(self, *, timeout_s: float = 5.0) -> dict[str, Any]:
         """One ``status`` request over TCP."""
-        with LineClient(self.port, timeout_s=timeout_s) as client:
+        with LineClient(self.port, timeout_s=timeout_s, tls=self.tls) as client:
             client.send({"type": "status", "token": TOKEN})
             reply = client.read(timeout_s)
         if reply is None or reply.get("type") != "status":
@@ -219,7 +221,7 @@ class Daemon:
 
 
 def start_daemon(config: Path, *, log_name: str | None = None,
-                 extra_env: Mapping[str, str] | None = None) -> Daemon:
+                 extra_env: Mapping[str, str] | None = None, tls: bool = False) -> Daemon:
     """Start ``hallway run --config CONFIG`` (not waiting for it)."""
     name = log_name or f"daemon-{time.monotonic_ns()}.log"
     log_path = config.parent / name
@@ -228,7 +230,7 @@ def start_daemon(config: Path, *, log_name: str | None = None,
         proc = subprocess.Popen([sys.executable, "-m", "hallway", "run", "--config", str(config)],
                                 env=process_env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-    return Daemon(proc, config, log_path)
+    return Daemon(proc, config, log_path, tls=tls)
 
 
 @contextlib.contextmanager
@@ -246,6 +248,15 @@ def running_daemon(config: Path, **kwargs: Any) -> Iterator[Daemon]:
                 daemon.kill()
 
 
+def client_tls() -> ssl.SSLContext:
+    """A test client's TLS context: no CA (the daemon's certificate is self-signed; the
+    pinning itself is tested in tests/test_security.py)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 # -- clients ----------------------------------------------------------------------------------
 
 
@@ -253,12 +264,14 @@ class LineClient:
     """A blocking SPEC §6 client over TCP from a chosen loopback address; reads the hello."""
 
     def __init__(self, port: int, *, source_ip: str | None = None, timeout_s: float = 10.0,
-                 read_hello: bool = True) -> None:
+                 read_hello: bool = True, tls: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
         if source_ip is not None:
             self.sock.bind((source_ip, 0))
         self.sock.connect(("127.0.0.1", port))
+        if tls:
+            self.sock = client_tls().wrap_socket(self.sock)
         self._buffer = b""
         self.eof = False
         self.hello: dict[str, Any] | None = self.read(timeout_s) if read_hello else None
@@ -461,12 +474,13 @@ class SubscriberProcess:
 
 
 def start_subscriber_process(port: int, out: Path, *, source_ip: str | None = None,
-                             timeout_s: float = 15.0) -> SubscriberProcess:
+                             timeout_s: float = 15.0, tls: bool = False) -> SubscriberProcess:
     """Start a subscriber process and wait for its ``subscribed`` line."""
     argv = [sys.executable, "-m", "tests.reliability_env", "subscribe", str(port), str(out)]
     if source_ip is not None:
         argv.append(source_ip)
-    proc = subprocess.Popen(argv, env={**env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"},
+    proc = subprocess.Popen(argv, env={**env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}",
+                                       "HALLWAY_TEST_TLS": "1" if tls else ""},
                             cwd=ROOT)
     sub = SubscriberProcess(proc, out)
     deadline = time.monotonic() + timeout_s
@@ -483,7 +497,8 @@ def start_subscriber_process(port: int, out: Path, *, source_ip: str | None = No
 def _subscribe_main(port: int, out: Path, source_ip: str | None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    client = LineClient(port, source_ip=source_ip)
+    client = LineClient(port, source_ip=source_ip,
+                        tls=bool(os.environ.get("HALLWAY_TEST_TLS")))
     client.send({"type": "subscribe", "token": TOKEN})
     with out.open("w", encoding="utf-8") as handle:
         while not stop.is_set():

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import statistics
 import sys
 import time
@@ -36,6 +37,7 @@ from tests.reliability_env import (
     SCALE,
     TOKEN,
     Daemon,
+    client_tls,
     env,
     hallway,
     record,
@@ -267,13 +269,113 @@ async def abuse(port: int, seconds: float) -> Counter[str]:
     return tally.counts
 
 
+# -- TLS abusers ------------------------------------------------------------------------------
+
+HANDSHAKE_FLOOD_PEER = "127.0.0.77"
+NEWCOMER_PEER = "127.0.0.88"
+
+
+async def _tls_connect(port: int, source_ip: str, timeout_s: float = 10.0
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source_ip, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    async with asyncio.timeout(timeout_s):
+        return await asyncio.open_connection(sock=sock, ssl=client_tls(), server_hostname="",
+                                             limit=4 * MAX_LINE)
+
+
+async def tls_idle_flood(port: int, tally: Tally, stop: asyncio.Event) -> None:
+    """IDLE_CONNECTIONS connections, each from its own address: half never start the TLS
+    handshake (bare TCP), half finish it and then say nothing; all held."""
+    held: list[Any] = []
+
+    async def one(i: int) -> None:
+        source = f"127.0.{1 + i // 250}.{1 + i % 250}"
+        try:
+            if i % 2:
+                _, writer = await _tls_connect(port, source, timeout_s=5)
+                tally.add("tls_idle_handshaken")
+            else:
+                _, writer = await _connect(port, source)
+                tally.add("tls_idle_bare")
+        except (OSError, TimeoutError, ssl.SSLError):
+            tally.add("tls_idle_refused")
+            return
+        held.append(writer)
+
+    try:
+        for first in range(0, IDLE_CONNECTIONS, 50):
+            if stop.is_set():
+                break
+            await asyncio.gather(*(one(i) for i in range(first, first + 50)))
+        await stop.wait()
+    finally:
+        for writer in held:
+            _close(writer)
+
+
+async def handshake_flood(port: int, tally: Tally, stop: asyncio.Event, *,
+                          parallel: int = 20) -> None:
+    """Full TLS handshakes from one address, ``parallel`` at a time, as fast as they go."""
+
+    async def one() -> None:
+        while not stop.is_set():
+            try:
+                _, writer = await _tls_connect(port, HANDSHAKE_FLOOD_PEER, timeout_s=5)
+            except (OSError, TimeoutError, ssl.SSLError):
+                tally.add("handshake_flood_failed")
+                await asyncio.sleep(0.01)
+                continue
+            tally.add("handshake_flood_done")
+            _close(writer)
+
+    await asyncio.gather(*(one() for _ in range(parallel)))
+
+
+async def newcomer(port: int, tally: Tally, stop: asyncio.Event) -> None:
+    """A good client from another address connecting anew every 0.5 s during the floods:
+    the TLS handshake and a subscribe must go through each time, and quickly."""
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            reader, writer = await _tls_connect(port, NEWCOMER_PEER)
+            async with asyncio.timeout(10):
+                await reader.readline()  # hello
+                writer.write(json.dumps({"type": "subscribe", "token": TOKEN}).encode() + b"\n")
+                reply = json.loads(await reader.readline())
+            took_ms = int((time.monotonic() - started) * 1000)
+            tally.add(f"newcomer {reply.get('type')}")
+            tally.counts["newcomer_max_ms"] = max(tally.counts["newcomer_max_ms"], took_ms)
+            _close(writer)
+        except (OSError, TimeoutError, ValueError, ssl.SSLError):
+            tally.add("newcomer failed")
+        await asyncio.sleep(0.5)
+
+
+async def tls_abuse(port: int, seconds: float) -> Counter[str]:
+    """The TLS abusers at once for ``seconds``; what they saw."""
+    tally = Tally()
+    stop = asyncio.Event()
+    abusers = [
+        asyncio.create_task(tls_idle_flood(port, tally, stop)),
+        asyncio.create_task(handshake_flood(port, tally, stop)),
+        asyncio.create_task(newcomer(port, tally, stop)),
+    ]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*abusers), timeout=60)
+    return tally.counts
+
+
 # -- measuring --------------------------------------------------------------------------------
 
 
 def playback_offset(daemon: Daemon, first_ts: float) -> float:
     """Wall time minus trace time, from the moment the replay began playing (its log line)."""
     for event in daemon.log_events():
-        if event.get("event") == "source state" and event.get("status") == "playing":
+        if event.get("event") == "source_state" and event.get("status") == "playing":
             began = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
             return began.timestamp() - first_ts
     raise AssertionError("no 'playing' line in the daemon's log")
@@ -411,7 +513,8 @@ async def test_abusive_clients(tmp_path: Path) -> None:
     assert not [k for k in counts if k.startswith("big ") and k != "big too_large"], counts
     assert counts["garbage bad_request"] >= 50, counts
     assert not [k for k in counts if k.startswith("garbage ") and k != "garbage bad_request"]
-    # Wrong tokens: a burst is answered, then the peer is refused at once; one warning.
+    # Wrong tokens: a burst is answered, then the peer is told to wait (rate_limited); one
+    # warning.
     assert counts["wrong_token refused at once"] > 10 * counts["wrong_token rejected"], counts
     assert counts["wrong_token rejected"] <= 10 + abuse_s * 0.5 + 2
     assert len(auth_warnings) == 1, auth_warnings
@@ -422,9 +525,89 @@ async def test_abusive_clients(tmp_path: Path) -> None:
     assert sockets["lagged"] >= 3
 
 
+async def test_abusive_tls_clients(tmp_path: Path) -> None:
+    """With TLS on: 1,000 abusive TLS connections (bare TCP never handshaking, and finished
+    handshakes that never subscribe) plus a flood of full handshakes from one address. The
+    good TLS subscriber keeps its latency; a newcomer from another address always gets in."""
+    quiet_s = float(scaled(10, 30))
+    abuse_s = float(scaled(15, 120))
+    trace, contacts = busy_venue(tmp_path, badges=150, duration_s=quiet_s + abuse_s + 60)
+    with trace.open() as handle:
+        first_ts = json.loads(handle.readline())["ts"]
+    config = write_config(tmp_path, trace=trace, proximity=BUSY_PROXIMITY,
+                          server={"max_connections": MAX_CONNECTIONS, "tls": True,
+                                  "auth_timeout_s": AUTH_TIMEOUT_S, "max_line_bytes": MAX_LINE,
+                                  "queue_size": 256},
+                          logging={"level": "info"})
+    hallway("contacts", "import", str(contacts), "--config", str(config))
+    daemon = start_daemon(config, log_name="daemon-tls-abuse.log", tls=True)
+    try:
+        daemon.wait_ready(30)
+        offset = playback_offset(daemon, first_ts)
+        sub = start_subscriber_process(daemon.port, tmp_path / "good-tls-subscriber.txt",
+                                       source_ip=GOOD_PEER, tls=True)
+        start_seq = sub.timed_messages()[0][1]["seq"]
+        quiet_from = time.time() + 1.0
+        status_times: list[float] = []
+        await poll_status(daemon, quiet_s, status_times)
+        quiet_until = abuse_from = time.time()
+        cpu_abuse = cpu_s(daemon.pid)
+        tally_file = tmp_path / "tls-abusers.json"
+        abusers = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.test_abuse", str(daemon.port), str(abuse_s),
+            str(tally_file), "tls", cwd=ROOT,
+            env={**env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"})
+        await poll_status(daemon, abuse_s, status_times)
+        abuse_until = time.time()
+        cpu_abuse = cpu_s(daemon.pid) - cpu_abuse
+        assert await asyncio.wait_for(abusers.wait(), timeout=90) == 0
+        counts: Counter[str] = Counter(json.loads(tally_file.read_text()))
+        await asyncio.sleep(1.0)
+        final_status = daemon.status()
+        assert not sub.closed(), "the well-behaved TLS subscriber was cut off"
+        sub.stop()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+    timed = sub.timed_events()
+    seqs = [e["seq"] for _, e in timed]
+    assert seqs == list(range(start_seq + 1, start_seq + 1 + len(seqs)))
+    quiet = latencies_ms(timed, offset, quiet_from, quiet_until)
+    abused = latencies_ms(timed, offset, abuse_from, abuse_until)
+    quiet_p99, abuse_p99 = p99(quiet), p99(abused)
+    sockets = final_status["sockets"]
+    record("tls_abuse", quiet_s=quiet_s, abuse_s=abuse_s, events=len(seqs),
+           quiet_p50_ms=round(statistics.median(quiet), 1), quiet_p99_ms=round(quiet_p99, 1),
+           abuse_p50_ms=round(statistics.median(abused), 1), abuse_p99_ms=round(abuse_p99, 1),
+           p99_ratio=round(abuse_p99 / quiet_p99, 2),
+           abuse_cpu_pct=round(100 * cpu_abuse / abuse_s),
+           status_max_s=round(max(status_times), 3), abusers=dict(counts), server=sockets)
+    assert len(quiet) >= 50
+    assert len(abused) >= 50
+    bound = 2 * max(quiet_p99, NOISE_FLOOR_MS) if SCALE == "long" else STALL_MS
+    assert abuse_p99 <= bound, (quiet_p99, abuse_p99)
+    opened = counts["tls_idle_handshaken"] + counts["tls_idle_bare"]
+    assert opened + counts["tls_idle_refused"] == IDLE_CONNECTIONS, counts
+    assert opened >= IDLE_CONNECTIONS * 0.9, counts
+    # The flood from one address is held to its handshake budget; the rest refused unpaid.
+    assert counts["handshake_flood_done"] >= 50, counts
+    assert counts["handshake_flood_done"] <= 20 + 10 * abuse_s + 20, counts
+    assert sockets["tls_refused"] >= 1
+    # Handshakes from one address never starve another's: every newcomer got in, quickly.
+    assert counts["newcomer subscribed"] >= abuse_s, counts  # about 2 a second
+    assert counts["newcomer failed"] == 0, counts
+    assert counts["newcomer_max_ms"] < 3000, counts
+    # Every idle connection was ended: evicted at the limit, or at its auth deadline (a
+    # finished handshake) or handshake deadline (bare TCP).
+    ended = sockets["evicted"] + sockets["auth_timeouts"] + sockets["tls_failed"]
+    assert ended >= opened - MAX_CONNECTIONS, sockets
+
+
 if __name__ == "__main__":
     # The abusers as their own process at a lower priority: on one shared machine their own
     # CPU use would otherwise be charged to the daemon's latency (on a network it is not).
     os.nice(10)
-    counts = asyncio.run(abuse(int(sys.argv[1]), float(sys.argv[2])))
+    run = tls_abuse if sys.argv[4:] == ["tls"] else abuse
+    counts = asyncio.run(run(int(sys.argv[1]), float(sys.argv[2])))
     Path(sys.argv[3]).write_text(json.dumps(dict(counts)))

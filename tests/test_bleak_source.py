@@ -17,8 +17,8 @@ from hallway.identity.resolver import Resolver
 from hallway.models import Advertisement, Contact, ContactKey, KeyKind
 from hallway.sources.base import Handoff, SourceState
 from hallway.sources.bleak import BleakSource
-from hallway.testing.fakebluez import FakeBlueZProcess
 from hallway.trace import advertisement_json, parse_trace_line
+from tests.support.fakebluez import FakeBlueZProcess
 
 try:  # tests/ as a package (tests/__init__.py) or as a plain folder on sys.path
     from tests.bluez_env import bluez_env, drain, needs_dbus, running, wait_until
@@ -176,11 +176,11 @@ async def test_bluez_killed_mid_scan_and_back(monkeypatch: pytest.MonkeyPatch) -
         assert recovery_s < 3.0
         assert stats["rebuilds"] == 1
         assert stats["stop_errors"] == 1  # stop() on a dead BlueZ failed, and was absorbed
-        states = [e["state"] for e in logs if e["event"] == "scanner state"]
+        states = [e["state"] for e in logs if e["event"] == "scanner_state"]
         assert states[:2] == ["starting", "scanning"]
         assert "backoff" in states
         assert states[-2:] == ["scanning", "stopped"]
-        assert any(e["event"] == "scanner lost, rebuilding" and e["log_level"] == "warning"
+        assert any(e["event"] == "scanner_lost_rebuilding" and e["log_level"] == "warning"
                    for e in logs)
         for line in logs:  # never a stranger's address in a log line
             assert not ADDRESS.search(repr(line)), line

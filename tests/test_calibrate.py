@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hallway.commands.calibrate import correction_db
+from hallway.proximity.distance import correction_db
 from tests.daemon_env import (
     ROOT,
     TOKEN,

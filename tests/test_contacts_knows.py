@@ -15,6 +15,7 @@ from hallway.events import contact_public
 from hallway.models import Contact
 from hallway.network.hashing import hash_id
 from hallway.store import MIGRATIONS, SqliteStore
+from hallway.store.migrations import statements
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -71,7 +72,7 @@ def test_jsonl_round_trip_ignores_unenrolled_and_hides_match(
     again.write_text(out, encoding="utf-8")
     assert run_cli(capsys, "contacts", "import", str(again), "--db", str(db))[0] == 0
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT contact_id FROM match_hashes").fetchall()
+        rows = conn.execute("SELECT contact_id FROM match_ids WHERE hashed = 1").fetchall()
     assert rows == [("ada",), ("ada",)]
 
 
@@ -88,10 +89,10 @@ def test_match_values_are_stored_only_as_salted_hashes(
             assert needle not in blob
         with sqlite3.connect(db) as conn:
             (salt,) = conn.execute("SELECT salt FROM network_salt").fetchone()
-            stored = {bytes(h) for (h,) in conn.execute("SELECT hash FROM match_hashes")}
+            stored = {h for (h,) in conn.execute("SELECT ident FROM match_ids WHERE hashed = 1")}
         assert len(salt) == 32
-        assert stored == {hash_id(salt, "email:ada@example.org"),
-                          hash_id(salt, "phone:+442079460000")}
+        assert stored == {"h:" + hash_id(salt, "email:ada@example.org").hex(),
+                          "h:" + hash_id(salt, "phone:+442079460000").hex()}
         hashes.append(stored)
     assert hashes[0].isdisjoint(hashes[1])  # the same email hashes differently per database
 
@@ -114,7 +115,7 @@ def test_csv_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert exported["bob"].get("display") is None
     assert exported["bob"]["knows"] == ["ada"]
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM match_hashes").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM match_ids WHERE hashed = 1").fetchone() == (2,)
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name,display,phones\nada,Ada,maybe,\nbob,Bob,,0123 456\n",
                    encoding="utf-8")
@@ -145,6 +146,7 @@ def test_add_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     code, out, _ = run_cli(capsys, "contacts", "show", "ada", "--db", str(db))
     shown = json.loads(out)
+    assert shown["match_hashes"] == 2
     assert shown["display"] is True
     assert shown["knows"] == ["bob"]
     assert "example" not in out
@@ -185,12 +187,18 @@ async def test_version_3_database_is_migrated(tmp_path: Path) -> None:
         for script in MIGRATIONS[:3]:
             conn.executescript(script)
         conn.execute("PRAGMA user_version = 3")
-        conn.execute("INSERT INTO contacts (id, name) VALUES ('old', 'Old Timer')")
+        conn.execute("INSERT INTO contacts (id, name, handles) VALUES ('old', 'Old Timer', "
+                     "'{\"linkedin\": \"https://www.linkedin.com/in/old-timer\"}')")
     async with await SqliteStore.open(db) as store:
         (old,) = await store.list_contacts()
         assert old.display is False
         assert old.knows == frozenset()
         assert len(await store.network_salt()) == 32
+        # Handles stored before the migration become match identifiers on first use.
+        assert await store.match_rows({"linkedin:old-timer"}) == []
+        assert await store.ensure_match_ids() is True
+        assert await store.match_rows({"linkedin:old-timer"}) == [("linkedin:old-timer", "old")]
+        assert await store.ensure_match_ids() is False
 
 
 def test_event_contact_object_carries_display_and_knows() -> None:
@@ -199,3 +207,26 @@ def test_event_contact_object_carries_display_and_knows() -> None:
     assert contact_public(ada, "ada") == {"id": "ada", "name": "Ada", "display": True,
                                          "knows": ["bob", "cy"]}
     assert contact_public(Contact(id="bob", name="Bob"), "bob") == {"id": "bob", "name": "Bob"}
+
+
+async def test_version_4_match_hashes_move_to_match_ids(tmp_path: Path) -> None:
+    db = tmp_path / "v4.db"
+    with sqlite3.connect(db) as conn:
+        for script in MIGRATIONS[:4]:
+            for statement in statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 4")
+        conn.execute("INSERT INTO contacts (id, name, handles) VALUES ('bob', 'Bob', "
+                     "'{\"x\": \"@bobby\"}')")
+        (salt,) = conn.execute("SELECT salt FROM network_salt").fetchone()
+        digest = hash_id(salt, "email:bob@babbage.example")
+        conn.execute("INSERT INTO match_hashes VALUES (?, 'bob')", (digest,))
+    async with await SqliteStore.open(db) as store:
+        rows = await store.match_rows({"h:" + digest.hex(), "x:bobby"})
+        assert rows == [("h:" + digest.hex(), "bob")]  # handles wait for ensure_match_ids
+        assert await store.ensure_match_ids() is True
+        rows = await store.match_rows({"h:" + digest.hex(), "x:bobby"})
+        assert sorted(rows) == [("h:" + digest.hex(), "bob"), ("x:bobby", "bob")]
+    with sqlite3.connect(db) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "match_hashes" not in tables

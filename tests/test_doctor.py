@@ -24,7 +24,7 @@ import pytest
 from hallway.cli import main as cli_main
 from hallway.doctor import Check, DoctorOptions, Report, Status, diagnose
 from hallway.store import MIGRATIONS, SCHEMA_VERSION
-from hallway.testing.fakebluez import FakeBlueZProcess, PrivateBus
+from tests.support.fakebluez import FakeBlueZProcess, PrivateBus
 
 needs_dbus = pytest.mark.skipif(shutil.which("dbus-daemon") is None,
                                 reason="dbus-daemon is not installed")

@@ -16,6 +16,10 @@ CORE = [
     "hallway.identity",
     "hallway.proximity",
     "hallway.pipeline",
+    "hallway.network",
+    "hallway.codec",
+    "hallway.filters",
+    "hallway.session",
     "hallway.web.views",
 ]
 FORBIDDEN = ["asyncio", "bleak", "aiosqlite", "zeroconf", "structlog", "dbus_fast", "sqlite3"]

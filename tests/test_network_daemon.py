@@ -1,5 +1,5 @@
 """``knows_of`` subscriptions on a real ``hallway run``: exactly the known people's events, and
-a network import while it runs takes effect for the next arrival."""
+a network import while it runs takes effect for the next arrival; the present request too."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.daemon_env import (
     ROOT,
+    TOKEN,
     Client,
     beacon_rows,
     free_port,
@@ -99,6 +100,21 @@ def test_knows_of_delivers_exactly_the_known_people(tmp_path: Path) -> None:
         contacts += [e["contact"] for e in got]
         assert all(c["display"] is True for c in contacts if c["id"] == "ada")  # type: ignore[index]
         assert any(c["id"] == "ada" for c in contacts)  # type: ignore[index]
+
+        # The present request takes the same filter: dee is present, and left out.
+        asker = Client(port)
+        asker.send({"type": "present", "token": TOKEN, "knows_of": "me"})
+        present = asker.read()
+        assert present["type"] == "present"
+        assert {p["contact"]["id"] for p in present["present"]} == {"ada", "cy", "bob"}
+        asker.close()
+
+        # A resume replays the log through the same filter (with the knows of now).
+        resumed = Client(port)
+        assert resumed.subscribe(knows_of="me", since_seq=0)["type"] == "subscribed"
+        replayed = [e for e in resumed.events(2.0) if e.get("type") == "arrived"]
+        assert {e["contact"]["id"] for e in replayed} == {"ada", "cy", "bob"}
+        resumed.close()
 
         # A knows_of that is not a contact id is a bad request.
         bad = Client(port)

@@ -3,16 +3,26 @@ through the CLI; exact counts, and nothing of a non-match anywhere (database, WA
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hallway.cli import main
 from hallway.errors import NetworkFileError
 from hallway.network import normalise
-from hallway.network.formats import decode_text, detect_format, read_entries
+from hallway.network.formats import (
+    MAX_ZIP_MEMBER_BYTES,
+    decode_text,
+    detect_format,
+    read_entries,
+)
 from hallway.network.match import MatchIndex, match_entries, match_network
 from tests.network_files import linkedin_csv, vcard3, vcard4, x_archive, ytd
 
@@ -372,3 +382,37 @@ def test_ambiguity_is_per_tier() -> None:
     ]).encode(), fmt="linkedin")
     result = match_entries(entries, index, person_id="me")
     assert (result.matched, result.ambiguous, result.knows) == (1, 1, frozenset({"c"}))
+
+
+# -- hostile input -------------------------------------------------------------------------------
+
+@given(data=st.binary(max_size=2000), fmt=st.sampled_from(["linkedin", "x", "vcard", "csv"]))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_give_entries_or_a_clear_error(data: bytes, fmt: str) -> None:
+    try:
+        entries = read_entries(data, fmt=fmt, region="GB")
+    except NetworkFileError:
+        return
+    assert all(isinstance(ident, str) for e in entries for tier in e.tiers for ident in tier)
+
+
+@given(text=st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_any_text_in_known_shapes_gives_entries_or_a_clear_error(text: str) -> None:
+    shapes = [
+        linkedin_csv([(text, text, text, text, text, text, text)]),
+        ytd("following", [(text, text)]),
+        "BEGIN:VCARD\r\nEMAIL:" + text + "\r\nTEL:" + text + "\r\nEND:VCARD\r\n",
+        "email,x,phone\n" + text,
+    ]
+    for shape, fmt in zip(shapes, ["linkedin", "x", "vcard", "csv"], strict=True):
+        with contextlib.suppress(NetworkFileError):
+            read_entries(shape.encode("utf-8", "surrogatepass"), fmt=fmt, region="US")
+
+
+def test_zip_bomb_member_is_refused() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data/following.js", b" " * (MAX_ZIP_MEMBER_BYTES + 1))
+    with pytest.raises(NetworkFileError, match="larger than"):
+        read_entries(out.getvalue(), fmt="x")

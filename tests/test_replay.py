@@ -257,9 +257,9 @@ def test_the_reader_process_gives_exactly_the_single_process_result(
 
 
 def test_a_read_error_in_the_reader_process_is_reported_not_hung(tmp_path: Path) -> None:
-    from hallway.commands.replay import replay
     from hallway.config import Config
     from hallway.errors import SourceError
+    from hallway.replay import replay
 
     def failing() -> Iterator[bytes]:
         for n in range(5000):

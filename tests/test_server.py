@@ -23,7 +23,8 @@ from hallway.config import ServerConfig
 from hallway.errors import ConfigError
 from hallway.hub import Hub
 from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
-from hallway.server import AUTH_BURST, EventServer, load_tokens
+from hallway.server import EventServer, load_tokens
+from hallway.session import AUTH_BURST
 from hallway.store import SqliteStore
 
 TOKEN = "s3cret-token-for-tests-0123456789"
@@ -364,17 +365,29 @@ async def test_status_request(rig: Rig) -> None:
     assert (await client.event())["type"] == "status"
 
 
-async def test_wrong_tokens_are_rate_limited_per_peer(rig: Rig) -> None:
+async def test_wrong_tokens_are_rate_limited_per_peer_and_a_valid_token_still_gets_in(
+    rig: Rig,
+) -> None:
     for _ in range(AUTH_BURST):
         client = await rig.tcp()
         await client.line()
         await client.send({"type": "subscribe", "token": "guess-guess-guess-guess"})
         assert [m["code"] for m in await client.rest()] == ["unauthorized"]
-    # Over budget: refused before hello, even with the right token.
+    # Over budget: the next wrong token is told when to retry ...
     client = await rig.tcp()
-    messages = await client.rest()
-    assert [(m["type"], m["code"]) for m in messages] == [("error", "unauthorized")]
+    await client.line()
+    await client.send({"type": "subscribe", "token": "guess-guess-guess-guess"})
+    (refused,) = await client.rest()
+    assert refused["code"] == "rate_limited"
+    assert 0 < refused["retry_after_s"] <= 2.0
     assert rig.server.stats()["refused_peer"] >= 1
+    # ... while a valid token from the same address is served, and a success resets nothing.
+    good = await rig.tcp()
+    await good.subscribe()
+    client = await rig.tcp()
+    await client.line()
+    await client.send({"type": "subscribe", "token": "guess-guess-guess-guess"})
+    assert [m["code"] for m in await client.rest()] == ["rate_limited"]
     # The Unix socket is another peer, with its own budget.
     other = await rig.unix()
     await other.subscribe()
@@ -401,7 +414,7 @@ async def test_auth_none_only_locally(rig_factory: Any) -> None:
 
 
 async def test_connection_limit_evicts_oldest_unauthenticated(rig_factory: Any) -> None:
-    rig: Rig = rig_factory(max_connections=3)
+    rig: Rig = rig_factory(max_connections=3, max_connections_per_token=3)
     await rig.start()
     try:
         first, second, third = [await rig.tcp() for _ in range(3)]
@@ -676,14 +689,16 @@ async def test_tail_prints_readable_lines_and_resumes_across_a_restart(
                 out, err = await proc.communicate()
             assert proc.returncode == 0, err
             rest = out.decode().splitlines()
-            assert "subscribed at seq 3; 1 present" in rest[0]
-            assert "present   Grace Hopper [staff]" in rest[1]
-            assert "departed" in rest[2]
-            assert "(timeout)" in rest[2]
-            assert rest[2].endswith("#2")
-            assert "arrived   Grace Hopper" in rest[3]
-            assert rest[3].endswith("#3")
-            assert b"reconnecting" in err
+            # tail resumes after #1 (hallway.client): the two events it missed, each once, in
+            # order, with no second snapshot in between.
+            events = [line for line in rest if line.rstrip()[-2:] in ("#2", "#3")]
+            assert len(events) == 2, rest
+            assert "departed" in events[0]
+            assert "(timeout)" in events[0]
+            assert events[0].endswith("#2")
+            assert "arrived   Grace Hopper" in events[1]
+            assert events[1].endswith("#3")
+            assert b"retrying in" in err and b"resumed" in err
         finally:
             await rig2.stop()
     finally:
@@ -699,3 +714,64 @@ async def test_tail_exits_when_refused(rig: Rig) -> None:
     assert proc.returncode == 1
     assert b"unauthorized" in err
     assert out == b""
+
+
+async def test_one_token_cannot_take_every_connection(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(max_connections=8, max_connections_per_token=2)
+    rig.tokens = [TOKEN, "another-token-0123456789"]
+    await rig.start()
+    try:
+        first, second, third = [await rig.tcp() for _ in range(3)]
+        await first.subscribe()
+        await second.subscribe()
+        assert (await third.line() or {})["type"] == "hello"
+        await third.send({"type": "subscribe", "token": TOKEN})
+        assert [m["code"] for m in await third.rest()] == ["busy"]
+        # Another token still gets in; a closed connection frees its slot.
+        other = await rig.tcp()
+        await other.subscribe("another-token-0123456789")
+        first.close()  # seen as gone at the next line sent to it
+        for _ in range(100):
+            await rig.publish([arrived("c-1"), departed("c-1")])
+            await asyncio.sleep(0.02)
+            if rig.server.stats()["subscribers"] == 2:
+                break
+        assert rig.server.stats()["subscribers"] == 2
+        again = await rig.tcp()
+        await again.subscribe()
+    finally:
+        await rig.stop()
+
+
+async def test_unix_socket_is_bound_in_a_private_folder_then_moved(rig_factory: Any) -> None:
+    rig: Rig = rig_factory(unix_socket_mode="0600")
+    await rig.start()
+    try:
+        folder = Path(rig.sock_path).parent
+        assert sorted(p.name for p in folder.iterdir()) == ["h.sock"]  # no leftover folder
+        assert stat.S_IMODE(os.lstat(rig.sock_path).st_mode) == 0o600
+        client = await rig.unix()
+        await client.subscribe()
+    finally:
+        await rig.stop()
+
+
+async def test_a_resume_further_back_than_max_replay_events_gets_resync(
+    rig_factory: Any,
+) -> None:
+    rig: Rig = rig_factory(max_replay_events=5)
+    await rig.start()
+    try:
+        await rig.publish([arrived("c-1"), departed("c-1")] * 5)  # seq 1..10
+        near = await rig.tcp()
+        await near.subscribe(since_seq=5)
+        replayed = [await near.event() for _ in range(5)]
+        assert [e["seq"] for e in replayed] == [6, 7, 8, 9, 10]
+        far = await rig.tcp()
+        await far.subscribe(since_seq=4)
+        resync = await far.event()
+        assert resync["type"] == "resync"
+        assert resync["since_seq"] == 4
+        assert rig.hub.stats()["resyncs"] == 1
+    finally:
+        await rig.stop()

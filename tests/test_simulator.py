@@ -179,3 +179,29 @@ def test_simulate_command_writes_the_four_files(tmp_path: Path,
     assert {row["id"] for row in truth} == {c.id for c in contacts}
     assert "path_loss_exponent = 1.8" in (out / "venue.toml").read_text()
     assert main(["simulate", "--scenario", "nope", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_the_meetup_shows_every_kind_of_event_every_minute(seed: int) -> None:
+    """The demo's default venue, through the real pipeline on the stream's clock: >= 10 events
+    in the first minute and in each of the next four, arrivals, zone changes and departures."""
+    from hallway.config import Config
+    from hallway.pipeline import Pipeline
+
+    pipeline = Pipeline(Config())
+    pipeline.load_contacts(scenario_contacts("meetup", seed=seed), now=START)
+    per_minute: list[Counter[str]] = [Counter() for _ in range(5)]
+    next_tick = START + 1.0
+    for adv in live_stream("meetup", seed=seed, start_ts=START):
+        if adv.ts >= START + 300.0:
+            break
+        while adv.ts >= next_tick:
+            for event in pipeline.tick(next_tick):
+                per_minute[int((next_tick - START) // 60)][event.type.value] += 1
+            next_tick += 1.0
+        for event in pipeline.feed(adv):
+            per_minute[int((adv.ts - START) // 60)][event.type.value] += 1
+    assert sum(per_minute[0].values()) >= 10, per_minute
+    for minute in per_minute[1:]:
+        assert sum(minute.values()) >= 10, per_minute
+        assert {"arrived", "zone", "departed"} <= set(minute), per_minute

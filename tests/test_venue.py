@@ -180,12 +180,13 @@ async def test_venue_rooms_on_mqtt_socket_tail_and_home_assistant(
             assert [e["seq"] for e in on_mqtt] == [arrived["seq"], moved["seq"],
                                                    departed["seq"]]
 
-            # hallway tail finds the venue by mDNS and replays the same events from the log.
+            # hallway tail, pointed at the venue (a token goes only to a host the user names),
+            # replays the same events from the log.
             tail = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "hallway", "tail", "--name", service.announced_name or "",
-                "--mdns-interface", "127.0.0.1", "--browse", "10", "--token", TOKEN, "--json",
+                sys.executable, "-m", "hallway", "tail", "--connect",
+                f"127.0.0.1:{service.tcp_port}", "--json",
                 "--since", "0", "--count", "4", stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env={**os.environ, "HALLWAY_TOKEN": TOKEN},
             )
             async with asyncio.timeout(30):
                 out, err = await tail.communicate()

@@ -21,7 +21,7 @@ import hallway.service
 from hallway.simulator.floorplan import FloorPlan, RoomTimeline, VenueSimulation, score_rooms
 from hallway.simulator.world import Path as Walk
 from hallway.simulator.world import PathBuilder
-from hallway.testing.venue_rig import NEAREST_WINS, RoomJudge, VenueRig
+from tests.support.venue_rig import NEAREST_WINS, RoomJudge, VenueRig
 
 pytestmark = [
     pytest.mark.system,

@@ -3,9 +3,14 @@
 The record is ``<instance>._hallway._tcp.local.`` with the TCP port in SRV, the host's real
 addresses (never a wildcard) and the TXT keys of SPEC §7. If another responder already holds
 the instance name, ours becomes ``Name-2`` (then ``-3``...); that name is kept for the rest of
-the run, also when the record is re-announced. The SRV target host name is derived from the
-instance name (which probing made unique), not from the machine: cloned machines share host
-names and machine ids, and merged address records would send clients to the wrong host.
+the run, also when the record is re-announced. Each candidate name is first asked for with a
+multicast (QM) question, because zeroconf's own probes are QU questions: a defender that
+multicast its record recently answers them by unicast to port 5353, and when several responders
+share that port on one host (two daemons, or a daemon beside its tests) the kernel hands the
+answer to only one of them, often not the prober. A multicast answer reaches every one.
+The SRV target host name is derived from the instance name (which probing made unique), not
+from the machine: cloned machines share host names and machine ids, and merged address records
+would send clients to the wrong host.
 Addresses are polled: when they change, the sockets and the record are updated. ``close``
 sends goodbye packets.
 
@@ -25,7 +30,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import ifaddr
-from zeroconf import BadTypeInNameException, IPVersion, NonUniqueNameException
+from zeroconf import (
+    BadTypeInNameException,
+    DNSQuestionType,
+    IPVersion,
+    NonUniqueNameException,
+)
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from hallway.config import MdnsConfig
@@ -38,6 +48,10 @@ SERVICE_TYPE = "_hallway._tcp.local."
 MAX_LABEL_BYTES = 58
 """DNS labels hold 63 bytes; room is left for zeroconf's ``-N`` suffix on a name clash."""
 REGISTER_TIMEOUT_S = 10.0
+NAME_CHECK_MS = 1500
+"""How long a candidate name's multicast question waits for a defender: an answer comes within
+20-120 ms, but one second later when the defender multicast the record in the last second
+(RFC 6762 §14), as it does right after its own registration."""
 MAX_RENAMES = 30
 GOODBYE_TIMEOUT_S = 3.0
 WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
@@ -180,6 +194,9 @@ class ZeroconfAnnouncer:
         for number in range(1, MAX_RENAMES + 1):
             name = self._name if number == 1 else f"{self._name}-{number}"
             info = self._make_info(name)
+            if await self._answered_elsewhere(name):
+                log.debug("mdns_name_taken", name=name)
+                continue
             try:
                 async with asyncio.timeout(REGISTER_TIMEOUT_S):
                     await (await self._zc.async_register_service(info))
@@ -198,6 +215,14 @@ class ZeroconfAnnouncer:
             log.warning("mdns_renamed", wanted=self._name, name=name)
             self._name = name
         log.info("mdns_registered", name=self._name, port=self._port, addresses=self._addresses)
+
+    async def _answered_elsewhere(self, name: str) -> bool:
+        """Whether another responder answers a multicast question for ``name``'s SRV."""
+        zc = self._zc
+        assert zc is not None
+        probe = AsyncServiceInfo(SERVICE_TYPE, f"{name}.{SERVICE_TYPE}")
+        await probe.async_request(zc.zeroconf, NAME_CHECK_MS, question_type=DNSQuestionType.QM)
+        return probe.port is not None
 
     async def _watch(self) -> None:
         while True:

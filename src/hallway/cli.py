@@ -31,6 +31,8 @@ COMMAND_MODULES = (
     "calibrate",
     "doctor",
     "venue",
+    "tokens",
+    "tls",
 )
 
 

@@ -162,6 +162,16 @@ class ServerConfig(_Section):
     ping_interval_s: float = Field(default=15.0, gt=0, le=600)
     queue_size: int = Field(default=1024, ge=8, le=1_000_000)
     auth: Literal["token", "none"] = "token"
+    max_connections_per_token: int | None = Field(default=None, ge=1, le=100_000)
+    """Connections one token may hold (default: three quarters of max_connections)."""
+    max_replay_events: int = Field(default=10_000, ge=0, le=10_000_000)
+    """A resume further back than this many events gets resync instead of a replay."""
+    tls: bool = False
+    """Serve TLS 1.2+ on the TCP socket (a self-signed certificate is made if none is set)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_tls_off_loopback: bool = False
+    """Refuse to start with a non-loopback tcp_host and TLS off (else only a warning)."""
 
     @field_validator("tokens")
     @classmethod
@@ -170,6 +180,21 @@ class ServerConfig(_Section):
             if len(token) < 16:
                 raise ValueError("each token must be at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if (self.require_tls_off_loopback and self.tcp_enabled and not self.tls
+                and not is_loopback_host(self.tcp_host)):
+            raise ValueError("require_tls_off_loopback is set and tcp_host is not a loopback "
+                             "address: set tls = true (or a loopback tcp_host)")
+        return self
+
+    @property
+    def plain_off_loopback(self) -> bool:
+        """True when the TCP socket serves a network without TLS (worth a warning)."""
+        return self.tcp_enabled and not self.tls and not is_loopback_host(self.tcp_host)
 
     @model_validator(mode="after")
     def _no_auth_only_locally(self) -> ServerConfig:
@@ -354,8 +379,14 @@ def parse_config(text: str, *, file: str = "<config>", base: Path | None = None)
         line = int(match.group(1)) if match else None
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         raise ConfigError([Problem(file, "", f"TOML syntax error: {reason}", line)]) from None
+    except RecursionError:
+        raise ConfigError([Problem(file, "", "cannot parse: nested too deeply")]) from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file (exit 78)
+        raise ConfigError([Problem(file, "", f"cannot parse: {type(exc).__name__}")]) from None
     try:
         config = Config.model_validate(data)
+    except RecursionError:
+        raise ConfigError([Problem(file, "", "cannot parse: nested too deeply")]) from None
     except ValidationError as exc:
         lines = _key_lines(text)
         problems = []

@@ -34,8 +34,10 @@ from dbus_fast.aio import MessageBus
 from zeroconf import InterfaceChoice
 from zeroconf.asyncio import AsyncZeroconf
 
+from hallway.commands._common import state_dir
 from hallway.config import INSTALLED_CONFIG, Config, find_config_path, load_config
 from hallway.errors import ConfigError
+from hallway.files import loose_bits
 from hallway.store import SCHEMA_VERSION
 
 SERVICE_USER = "hallway"
@@ -158,7 +160,9 @@ _TITLES = {
     "database": "database reachable and migrated",
     "unix_socket": "Unix socket path usable",
     "tcp_socket": "TCP listener",
+    "tls": "TCP socket encrypted off loopback",
     "mdns": "mDNS able to bind",
+    "secret_files": "secret files private",
 }
 
 
@@ -195,15 +199,35 @@ async def diagnose(options: DoctorOptions) -> Report:
         return Check(name, _TITLES[name], Status.SKIP, "needs a valid config")
 
     checks.append(skipped("database") if config is None else _check_database(config, account))
+    checks.append(skipped("secret_files") if config is None else _check_secret_files(config))
     checks.extend(await _radio_checks(config or Config(), account, options))
     if config is None:
-        checks.extend(skipped(name) for name in ("unix_socket", "tcp_socket", "mdns"))
+        checks.extend(skipped(name) for name in ("unix_socket", "tcp_socket", "tls", "mdns"))
     else:
         checks.append(await _check_unix_socket(config, account))
         checks.append(await _check_tcp(config, options.timeout_s))
+        checks.append(_check_tls(config))
         checks.append(await _check_mdns(config, options.timeout_s))
     checks.append(_check_clock(options))
     return Report(path, account.name, checks)
+
+
+def _check_tls(config: Config) -> Check:
+    """Plain TCP beyond loopback sends tokens and contact data in clear."""
+    server, title = config.server, _TITLES["tls"]
+    if not server.tcp_enabled:
+        return Check("tls", title, Status.SKIP, "server.tcp_enabled is false")
+    if server.tls:
+        where = "configured certificate" if server.tls_cert else "self-signed certificate"
+        return Check("tls", title, Status.OK, f"TLS on {server.tcp_host}:{server.tcp_port} "
+                     f"({where}; `hallway tls show` prints its fingerprint)")
+    if not server.plain_off_loopback:
+        return Check("tls", title, Status.OK, f"plain TCP on loopback ({server.tcp_host})")
+    return Check("tls", title, Status.WARN,
+                 f"tcp_host = {server.tcp_host!r} serves the network without TLS: tokens and "
+                 "contact data cross it in clear",
+                 "set server.tls = true (and server.require_tls_off_loopback = true), then "
+                 "give apps the URI from `hallway tls show`")
 
 
 # -- config and database -----------------------------------------------------------------------
@@ -223,6 +247,40 @@ def _check_config(path: str | None) -> tuple[Check, Config | None]:
                      f"no config file given and no {INSTALLED_CONFIG}: built-in defaults checked",
                      f"pass --config FILE, or install one at {INSTALLED_CONFIG}"), config
     return Check("config", title, Status.OK, f"{path} is valid"), config
+
+
+def _check_secret_files(config: Config) -> Check:
+    """The database and its WAL/SHM (every key and IRK) must be 0600; a token file may be
+    readable by the service's group (0640), never by others."""
+    title = _TITLES["secret_files"]
+    database = config.storage.database
+    wanted: list[tuple[str, int]] = [(database + suffix, 0o077)
+                                     for suffix in ("", "-wal", "-shm")]
+    server = config.server
+    tokens = [server.token_file] if server.token_file else []
+    if not server.tokens and not server.token_file:
+        tokens.append(str(state_dir(config) / "token"))
+    wanted += [(path, 0o007) for path in tokens]
+    loose = []
+    looked = 0
+    for path, forbidden in wanted:
+        bits = loose_bits(path)
+        if bits is None:
+            continue
+        looked += 1
+        if bits & forbidden:
+            mode = (bits | 0o600) & 0o777
+            loose.append((path, mode, 0o600 if forbidden == 0o077 else 0o640))
+    if loose:
+        detail = "; ".join(f"{path} is {mode:04o}" for path, mode, _ in loose)
+        fix = "; ".join(f"chmod {want:04o} {path}" for path, _, want in loose)
+        world = any(mode & 0o004 for _, mode, _ in loose)
+        return Check("secret_files", title, Status.FAIL if world else Status.WARN,
+                     f"{detail} (keys, IRKs or tokens readable by others)", fix)
+    if not looked:
+        return Check("secret_files", title, Status.SKIP, "none exist yet")
+    return Check("secret_files", title, Status.OK,
+                 f"{looked} file(s) readable by their owner only (a token file by its group)")
 
 
 def _check_database(config: Config, account: Account) -> Check:

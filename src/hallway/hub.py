@@ -15,26 +15,30 @@ is marked lagged, its queue is dropped and its ``on_lagged`` callback runs; the 
 off and resumes from the log with ``since_seq``. A slow subscriber never slows the flusher or
 anyone else.
 
-Retention: the log keeps events newer than ``retention_s`` (measured against the newest
-event's own ``ts``, the advertisements' clock) and at most ``retention_count`` of them. The
-horizon is the highest ``seq`` that may have been pruned; a resume from below it gets
-``resync``. Pruning waits while any subscriber is being replayed to, so a replay never skips.
+Retention: the log keeps events newer than ``retention_s`` and at most ``retention_count`` of
+them. The hub is the log's only pruner, and it measures age on one clock, the advertisements'
+(``clock``: the daemon's stream clock, so a replayed trace keeps its own time; without one, or
+until it knows the time, the newest event's own ``ts``). It prunes every ``prune_interval_s``,
+also when no events come, and after many events. The horizon is the highest ``seq`` that may
+have been pruned; a resume from below it gets ``resync``. Pruning waits while any subscriber is
+being replayed to, so a replay never skips.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from hallway import codec
 from hallway.errors import StoreError
 from hallway.events import contact_public, event_json, present_json
-from hallway.logs import get_logger
+from hallway.filters import Filter
+from hallway.logs import FailureStreak, get_logger
 from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
 from hallway.store import SqliteStore
 
@@ -49,11 +53,6 @@ REPLAY_PAGE = 500
 PRUNE_INTERVAL_S = 60.0
 CLOSE_TIMEOUT_S = 5.0
 RETRY_MAX_S = 2.0
-
-
-def encode_line(obj: dict[str, Any]) -> bytes:
-    """One protocol line: compact JSON, UTF-8, newline-terminated."""
-    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,63 +75,20 @@ class _Pending:
 
     def text(self) -> str:
         if self._text is None:
-            self._text = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+            self._text = codec.encode(self.payload)
         return self._text
+
+    def redact(self) -> None:
+        """Keep only the contact's id (serialised again, without the details)."""
+        self.payload["contact"] = contact_public(None, self.event.contact_id)
+        self._text = None
+        self.tags = None
 
 
 @dataclass(slots=True)
 class _Present:
     info: PresentInfo
     tags: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """Which contacts a subscriber wants: ``None`` means any; all given must all match.
-
-    ``knows_of`` keeps the people that contact knows (its ``knows`` as ``lookup`` has it now,
-    so a network import or a revocation takes effect at once); an unknown or revoked
-    ``knows_of`` contact knows nobody. An event whose contact carries no tags (a revoked
-    contact's id-only departure) passes the tag and ``knows_of`` filters, so a filtered
-    subscriber never keeps a ghost.
-    """
-
-    contacts: frozenset[str] | None = None
-    tags: frozenset[str] | None = None
-    knows_of: str | None = None
-    lookup: Callable[[str], Contact | None] | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(
-        cls,
-        contacts: Iterable[str] | None,
-        tags: Iterable[str] | None,
-        *,
-        knows_of: str | None = None,
-        lookup: Callable[[str], Contact | None] | None = None,
-    ) -> Filter:
-        """The filter of a request's ``contacts``, ``tags`` and ``knows_of`` (None: not given)."""
-        return cls(None if contacts is None else frozenset(contacts),
-                   None if tags is None else frozenset(tags), knows_of, lookup)
-
-    @property
-    def everything(self) -> bool:
-        """True when this filter lets every event through."""
-        return self.contacts is None and self.tags is None and self.knows_of is None
-
-    def matches(self, contact_id: str, tags: frozenset[str] | None) -> bool:
-        """True if an event about ``contact_id`` with ``tags`` passes this filter."""
-        if self.contacts is not None and contact_id not in self.contacts:
-            return False
-        if tags is None:
-            return True
-        if self.knows_of is not None:
-            knower = self.lookup(self.knows_of) if self.lookup is not None else None
-            if knower is None or contact_id not in knower.knows:
-                return False
-        if self.tags is None:
-            return True
-        return not self.tags.isdisjoint(tags)
 
 
 class Subscription:
@@ -145,8 +101,8 @@ class Subscription:
 
     def __init__(
         self,
-        hub: Hub,
         *,
+        release: Callable[[Subscription, bool], None],
         seq: int,
         present: list[dict[str, Any]],
         filter_: Filter,
@@ -154,6 +110,7 @@ class Subscription:
         resync: bool,
         queue_size: int,
         on_lagged: Callable[[], None] | None,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.seq = seq
         self.present = present
@@ -164,14 +121,14 @@ class Subscription:
         self.lagged = False
         self.closed = False
         self.finished = False
-        self.queued = 0
-        self._hub = hub
+        self._release = release
         self._size = queue_size
         self._queue: deque[_Item] = deque()
         self._ready = asyncio.Event()
         self._on_lagged = on_lagged
         self._sink: Callable[[bytes], bool] | None = None
-        self._all = filter_.everything
+        self._transform = transform
+        self._all = filter_.everything and transform is None
 
     def attach(self, sink: Callable[[bytes], bool]) -> None:
         """Hand later lines straight to ``sink`` while nothing is queued (no task wake-up).
@@ -181,42 +138,62 @@ class Subscription:
         """
         self._sink = sink
 
+    def offer(self, items: list[_Item], joined: bytes) -> None:
+        """Take a batch of events (``joined``: their lines in one buffer), in order.
+
+        Per event per subscriber, so kept short: a live subscriber to everything with nothing
+        queued takes the whole batch in one write; any other goes event by event.
+        """
+        sink = self._sink
+        if sink is not None and self._all and not self._queue and sink(joined):
+            return
+        for item in items:
+            self._offer(item)
+
     def _offer(self, item: _Item) -> None:
         if self.lagged or self.closed or self.finished:
             return
         if not self._all and not self.filter.matches(item.contact_id, item.tags):
             return
+        if self._transform is not None:
+            item = _Item(item.seq, item.contact_id, item.tags, self._transform(item.line))
         if self._sink is not None and not self._queue and self._sink(item.line):
-            self.queued += 1
             return
         if len(self._queue) >= self._size:
             self._lag()
             return
         self._queue.append(item)
-        self.queued += 1
         self._ready.set()
-
-    def _offer_each(self, items: list[_Item]) -> None:
-        """Offer events one by one, in order (``Hub._deliver`` tried the one-write path)."""
-        for item in items:
-            self._offer(item)
 
     def _lag(self) -> None:
         self.lagged = True
         self._sink = None
         self._queue.clear()
         self._ready.set()
-        self._hub._lagged_total += 1
-        self._hub._unsubscribe(self)
+        self._release(self, True)
         if self._on_lagged is not None:
             self._on_lagged()
 
-    def _redact(self, contact_id: str, redacted: dict[int, _Item]) -> None:
-        if any(item.contact_id == contact_id for item in self._queue):
-            self._queue = deque(
-                redacted.get(item.seq, item) if item.contact_id == contact_id else item
-                for item in self._queue
-            )
+    def redact(self, contact_id: str, redacted: dict[int, _Item]) -> None:
+        """Strip ``contact_id``'s details from queued events (``redacted`` caches by seq)."""
+        if not any(item.contact_id == contact_id for item in self._queue):
+            return
+        queue: deque[_Item] = deque()
+        for item in self._queue:
+            if item.contact_id != contact_id:
+                queue.append(item)
+                continue
+            done = redacted.get(item.seq)
+            if done is None:
+                line = codec.line_of(codec.redact_contact(item.line, contact_id))
+                done = redacted[item.seq] = _Item(item.seq, contact_id, None, line)
+            queue.append(done)
+        self._queue = queue
+
+    @property
+    def transform(self) -> Callable[[bytes], bytes] | None:
+        """How each line is rewritten for this subscriber (None: sent as logged)."""
+        return self._transform
 
     def replay_done(self) -> None:
         """The replay has been sent (or abandoned); the hub may prune again."""
@@ -247,7 +224,7 @@ class Subscription:
         self.needs_replay = False
         self._sink = None
         self._ready.set()
-        self._hub._unsubscribe(self)
+        self._release(self, False)
 
     def close(self) -> None:
         """Stop this subscription and drop its queue (idempotent)."""
@@ -256,7 +233,7 @@ class Subscription:
         self._sink = None
         self._queue.clear()
         self._ready.set()
-        self._hub._unsubscribe(self)
+        self._release(self, False)
 
     @property
     def backlog(self) -> int:
@@ -293,8 +270,10 @@ class Hub:
         prune_interval_s: float = PRUNE_INTERVAL_S,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
         give_up_after_s: float | None = None,
+        clock: Callable[[], float | None] | None = None,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._scanner = scanner
         self._lookup = contact_lookup
         self._retention_s = retention_s
@@ -318,8 +297,9 @@ class Hub:
         self._closed = False
         self._last_prune = float("-inf")
         self._since_prune = 0
+        self._prune_timer: asyncio.TimerHandle | None = None
         self._lagged_total = 0
-        self._error_streak = 0
+        self._write_failures = FailureStreak(log)
         self._n = _Counters()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -332,14 +312,17 @@ class Hub:
         self._next_seq = last + 1
         self._delivered_seq = self._logged_seq = last
         newest = await self._store.events_after(last - 1, limit=1) if last else []
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            self._newest_ts = float(json.loads(newest[0].payload)["ts"]) if newest else None
+        with contextlib.suppress(codec.DecodeError):
+            self._newest_ts = codec.event_ts(newest[0].payload) if newest else None
         await self._maybe_prune()  # before the flusher exists: nothing else writes yet
         self._last_prune = time.monotonic()
         first = await self._store.first_retained_seq()
         self._horizon = max(self._horizon, last if first is None else first - 1)
         self._flusher = asyncio.create_task(self._flush_loop(), name="hallway-hub-flusher")
         self._flusher.add_done_callback(_report_flusher_end)
+        self._prune_timer = asyncio.get_running_loop().call_later(
+            self._prune_interval_s, self._prune_due
+        )
         self._started = True
         log.debug("hub_started", last_seq=last, horizon=self._horizon)
 
@@ -349,6 +332,8 @@ class Hub:
             return
         self._closed = True
         self._closing = True
+        if self._prune_timer is not None:
+            self._prune_timer.cancel()
         self._wakeup.set()
         if self._flusher is not None:
             done, _ = await asyncio.wait({self._flusher}, timeout=self._close_timeout_s)
@@ -427,11 +412,8 @@ class Hub:
                     raise StoreError(f"the event log could not be written for "
                                      f"{failed_for:.0f} s: {exc}") from None
                 self._n.store_errors += 1
-                self._error_streak += 1
-                if self._error_streak == 1:
-                    log.warning("event_log_write_failed", error=str(exc), events=len(rows))
-                else:
-                    log.debug("event_log_write_failed", error=str(exc), streak=self._error_streak)
+                self._write_failures.failed("event_log_write_failed", error=str(exc),
+                                            events=len(rows))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 rows = await self._unlogged(rows)
@@ -439,9 +421,8 @@ class Hub:
                     break
                 continue
             break
-        if self._error_streak:
-            log.info("event_log_write_recovered", failures=self._error_streak)
-            self._error_streak = 0
+        if failures := self._write_failures.ended():
+            log.info("event_log_write_recovered", failures=failures)
         self._logged_seq = batch[-1].seq
         self._n.logged += len(batch)
         self._n.batches += 1
@@ -462,20 +443,13 @@ class Hub:
         for pending in batch:
             self._apply_present(pending)
             items.append(_Item(pending.seq, pending.event.contact_id, pending.tags,
-                               (pending.text() + "\n").encode()))
+                               codec.line_of(pending.text())))
             ts = pending.event.ts
             if self._newest_ts is None or ts > self._newest_ts:
                 self._newest_ts = ts
         joined = items[0].line if len(items) == 1 else b"".join(item.line for item in items)
-        count = len(items)
         for sub in list(self._subs):
-            # Per event per subscriber, so inline: a live subscriber to everything with nothing
-            # queued takes the whole batch in one write; any other goes event by event.
-            sink = sub._sink
-            if sink is not None and sub._all and not sub._queue and sink(joined):
-                sub.queued += count
-            else:
-                sub._offer_each(items)
+            sub.offer(items, joined)
         self._n.delivered += len(batch)
         self._delivered_seq = batch[-1].seq
         self._since_prune += len(batch)
@@ -504,8 +478,23 @@ class Hub:
         tags = pending.tags or frozenset()
         self._present[ev.contact_id] = _Present(info, tags | (old.tags if old else frozenset()))
 
+    def _prune_due(self) -> None:
+        """Wake the flusher every prune interval, so retention holds while no events come."""
+        self._wakeup.set()
+        self._prune_timer = asyncio.get_running_loop().call_later(
+            self._prune_interval_s, self._prune_due
+        )
+
+    def _retention_now(self) -> float | None:
+        """Now on the advertisements' clock (see Retention above); None before any event."""
+        now = self._clock() if self._clock is not None else None
+        if now is None:
+            return self._newest_ts
+        return now if self._newest_ts is None else max(now, self._newest_ts)
+
     async def _maybe_prune(self) -> None:
-        if self._newest_ts is None:
+        now = self._retention_now()
+        if now is None:
             return
         due = (
             time.monotonic() - self._last_prune >= self._prune_interval_s
@@ -517,7 +506,7 @@ class Hub:
         self._since_prune = 0
         try:
             removed = await self._store.prune_events(
-                before_ts=self._newest_ts - self._retention_s, keep_count=self._retention_count
+                before_ts=now - self._retention_s, keep_count=self._retention_count
             )
             first = await self._store.first_retained_seq()
         except StoreError as exc:
@@ -540,9 +529,19 @@ class Hub:
         return exc if isinstance(exc, StoreError) else None
 
     @property
+    def writing(self) -> bool:
+        """False while event log writes are failing (retried until ``give_up_after_s``)."""
+        return self._write_failures.count == 0 and self.failure is None
+
+    @property
     def running(self) -> bool:
         """True between ``start`` and ``close``."""
         return self._started and not self._closed
+
+    @property
+    def newest_ts(self) -> float | None:
+        """The ``ts`` of the newest event delivered (the advertisements' clock), if any."""
+        return self._newest_ts
 
     @property
     def last_seq(self) -> int:
@@ -564,6 +563,19 @@ class Hub:
                 entries.append(present_json(entry.info, contact))
         return entries
 
+    def contact(self, contact_id: str) -> Contact | None:
+        """The current contact with this id (None: not or no longer enrolled)."""
+        return self._lookup(contact_id)
+
+    def filter_of(
+        self,
+        contacts: Iterable[str] | None,
+        tags: Iterable[str] | None,
+        knows_of: str | None = None,
+    ) -> Filter:
+        """A request's filter, its ``knows_of`` following this hub's contacts."""
+        return Filter.of(contacts, tags, knows_of=knows_of, lookup=self._lookup)
+
     def subscribe(
         self,
         *,
@@ -573,22 +585,32 @@ class Hub:
         since_seq: int | None = None,
         queue_size: int = 1024,
         on_lagged: Callable[[], None] | None = None,
+        filter_: Filter | None = None,
+        max_replay: int | None = None,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> Subscription:
         """A new subscription: snapshot now, live events after it, replay/resync by ``since_seq``.
 
         Resume rule: the events after ``since_seq`` can be replayed if ``since_seq`` is at or
-        above the retention horizon and not beyond the latest ``seq``; otherwise ``resync``.
+        above the retention horizon, not beyond the latest ``seq``, and (with ``max_replay``)
+        at most that many events back; otherwise ``resync``. ``filter_`` replaces
+        ``contacts``/``tags``; ``transform`` rewrites each line this subscriber is sent.
         """
         if not self._started or self._closed:
             raise RuntimeError("hub is not running")
-        filter_ = Filter.of(contacts, tags, knows_of=knows_of, lookup=self._lookup)
+        if filter_ is None:
+            filter_ = self.filter_of(contacts, tags, knows_of)
         seq = self._delivered_seq
-        resync = since_seq is not None and (since_seq < self._horizon or since_seq > seq)
+        resync = since_seq is not None and (
+            since_seq < self._horizon or since_seq > seq
+            or (max_replay is not None and seq - since_seq > max_replay)
+        )
         sub = Subscription(
-            self,
+            release=self._release,
             seq=seq,
             present=self._present_for(filter_),
             filter_=filter_,
+            transform=transform,
             since_seq=since_seq,
             resync=resync,
             queue_size=queue_size,
@@ -602,15 +624,23 @@ class Hub:
             self._n.replays += 1
         return sub
 
-    def _unsubscribe(self, sub: Subscription) -> None:
-        self._subs.discard(sub)
+    def _release(self, sub: Subscription, lagged: bool) -> None:
+        """A subscription ended (closed, finished, or cut off as lagged)."""
+        if sub in self._subs:
+            self._subs.discard(sub)
+            if lagged:
+                self._lagged_total += 1
 
-    async def replay(self, sub: Subscription, *, after: int) -> tuple[int, list[bytes]] | None:
+    async def replay(
+        self, sub: Subscription, *, after: int, not_before_ts: float | None = None
+    ) -> tuple[int, list[bytes]] | None:
         """Logged events for ``sub`` in (``after``, ``sub.seq``], one page: (new cursor, lines).
 
         Call until the cursor reaches ``sub.seq``. None means the log no longer holds every
         event after ``after`` (pruned meanwhile, also by someone else): the caller resyncs.
-        Events of revoked contacts are gone from the log and so are skipped.
+        Events of revoked contacts are gone from the log and so are skipped. With
+        ``not_before_ts``, a page that starts with an older event also gives None (a resume
+        further back than the subscriber's history allows).
         """
         if after >= sub.seq:
             return sub.seq, []
@@ -620,6 +650,13 @@ class Hub:
         if first is None or first > after + 1:
             self._horizon = max(self._horizon, (self._logged_seq if first is None else first - 1))
             return None
+        if not_before_ts is not None and rows and rows[0].seq <= sub.seq:
+            try:
+                if codec.event_ts(rows[0].payload) < not_before_ts:
+                    return None
+            except codec.DecodeError:
+                return None
+        transform = sub.transform
         lines: list[bytes] = []
         cursor = after
         for row in rows:
@@ -627,12 +664,13 @@ class Hub:
                 return sub.seq, lines
             cursor = row.seq
             try:
-                contact_id, tags = _filter_keys(row.payload)
-            except ValueError:
+                contact_id, tags = codec.filter_keys(row.payload)
+            except codec.DecodeError:
                 log.warning("event_log_row_unreadable", seq=row.seq)
                 continue
             if sub.filter.matches(contact_id, tags):
-                lines.append(row.payload.encode() + b"\n")
+                line = codec.line_of(row.payload)
+                lines.append(line if transform is None else transform(line))
         if len(rows) < REPLAY_PAGE:
             cursor = sub.seq
         return cursor, lines
@@ -670,16 +708,9 @@ class Hub:
         redacted: dict[int, _Item] = {}
         for pending in self._pending:
             if pending.event.contact_id == contact_id:
-                pending.payload["contact"] = contact_public(None, contact_id)
-                pending._text = None  # serialised again, without the details
-                pending.tags = None
+                pending.redact()
         for sub in list(self._subs):
-            for item in sub._queue:
-                if item.contact_id == contact_id and item.seq not in redacted:
-                    payload = json.loads(item.line)
-                    payload["contact"] = contact_public(None, contact_id)
-                    redacted[item.seq] = _Item(item.seq, contact_id, None, encode_line(payload))
-            sub._redact(contact_id, redacted)
+            sub.redact(contact_id, redacted)
 
 
 def _report_flusher_end(task: asyncio.Task[None]) -> None:
@@ -693,13 +724,3 @@ def _first(*values: float | None) -> float:
             return value
     return 0.0
 
-
-def _filter_keys(payload: str) -> tuple[str, frozenset[str] | None]:
-    """Contact id and tags of a logged event (tags None for an id-only contact)."""
-    data = json.loads(payload)
-    contact = data.get("contact") or {}
-    contact_id = str(contact.get("id", ""))
-    if "name" not in contact:
-        return contact_id, None
-    tags = contact.get("tags")
-    return contact_id, frozenset(tags) if isinstance(tags, list) else frozenset()

@@ -74,3 +74,28 @@ def configure_logging(config: LoggingConfig, *, stream: Any = None) -> None:
 def get_logger(name: str) -> Any:
     """A bound structlog logger for a module."""
     return structlog.get_logger(name)
+
+
+class FailureStreak:
+    """A run of failures of one kind, logged without flooding: the first at WARNING, the rest
+    at DEBUG with their number (``streak``). ``count`` is the length of the current streak;
+    ``ended`` closes it and says how long it was (0: there was none), for a recovery line."""
+
+    __slots__ = ("_log", "count")
+
+    def __init__(self, logger: Any) -> None:
+        self._log = logger
+        self.count = 0
+
+    def failed(self, event: str, **fields: Any) -> None:
+        """One more failure: ``event`` with ``fields`` at WARNING if it is the first."""
+        self.count += 1
+        if self.count == 1:
+            self._log.warning(event, **fields)
+        else:
+            self._log.debug(event, streak=self.count, **fields)
+
+    def ended(self) -> int:
+        """The streak is over (a success): its length, now reset to 0."""
+        count, self.count = self.count, 0
+        return count

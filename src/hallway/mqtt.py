@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,9 +42,10 @@ from typing import Any, Protocol
 
 import aiomqtt
 
+from hallway import codec
 from hallway.config import MqttConfig
 from hallway.errors import BrokerError, StoreError
-from hallway.logs import get_logger
+from hallway.logs import FailureStreak, get_logger
 from hallway.store import SqliteStore
 
 log = get_logger(__name__)
@@ -133,7 +133,7 @@ class OutMessage:
 
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return codec.encode_bytes(obj)
 
 
 def public_contact(contact: Any) -> dict[str, Any] | None:
@@ -148,8 +148,8 @@ def public_event(payload: str | bytes | Mapping[str, Any]) -> dict[str, Any] | N
     data: Any = payload
     if isinstance(payload, str | bytes):
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            data = codec.decode(payload)
+        except codec.DecodeError:
             return None
     if not isinstance(data, Mapping) or not isinstance(data.get("type"), str):
         return None
@@ -291,7 +291,7 @@ class MqttPublisher:
         self._sent_present: dict[str, dict[str, Any]] = {}
         self._next_refresh = 0.0
         self._newest_seq = 0
-        self._streak = 0
+        self._failures = FailureStreak(log)
         self._last_error: str | None = None
         self._n: dict[str, int] = dict.fromkeys(
             ("events", "messages", "dropped", "malformed", "connects", "failures",
@@ -366,11 +366,9 @@ class MqttPublisher:
 
     def _fail(self, exc: BaseException) -> None:
         self._n["failures"] += 1
-        self._streak += 1
         self._last_error = str(exc)
-        emit = log.warning if self._streak == 1 else log.debug
-        emit("mqtt_unavailable", error=str(exc), attempts=self._streak,
-             host=self._config.host, port=self._config.port)
+        self._failures.failed("mqtt_unavailable", error=str(exc), host=self._config.host,
+                              port=self._config.port)
 
     async def _load(self) -> None:
         if self._loaded:
@@ -393,12 +391,11 @@ class MqttPublisher:
                 established = True
                 self._state = PublisherState.CONNECTED
                 self._n["connects"] += 1
-                if self._streak:
+                if failures := self._failures.ended():
                     log.info("mqtt_connected", host=self._config.host, port=self._config.port,
-                             after_attempts=self._streak)
+                             after_attempts=failures)
                 else:
                     log.info("mqtt_connected", host=self._config.host, port=self._config.port)
-                self._streak = 0
                 self._last_error = None
                 self._next_refresh = 0.0
                 try:

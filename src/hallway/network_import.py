@@ -1,8 +1,9 @@
 """A person's network export matched to the enrolled contacts and stored as their ``knows``.
 
-The edge between the pure matcher (``hallway.network``) and the store: read the match index
-from the store, match in memory (in a worker thread, so an event loop serving pages stays
-responsive), store only the matched ids. The export's bytes are neither stored nor logged.
+The edge between the pure matcher (``hallway.network``) and the store: parse the export in
+memory (in a worker thread, so an event loop serving pages stays responsive), look up only
+its identifiers in the store (emails and phone numbers by their salted hash), match, and
+store only the matched ids. The export's bytes are neither stored nor logged.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from hallway.network.match import MatchIndex, NetworkMatch, match_network
+from hallway.network.formats import detect_format, read_entries
+from hallway.network.hashing import stored_ident
+from hallway.network.match import MatchIndex, NetworkMatch, identifiers, match_entries
 from hallway.store import SqliteStore
 
 
@@ -22,12 +25,12 @@ class NetworkImport:
     knows_total: int
 
 
-async def match_index(store: SqliteStore) -> MatchIndex:
-    """The store's enrolled handles and match hashes as a ``MatchIndex``."""
+async def match_index(store: SqliteStore, idents: set[str]) -> MatchIndex:
+    """A ``MatchIndex`` of the enrolled contacts that ``idents`` can lead to."""
+    await store.ensure_match_ids()
     salt = await store.network_salt()
-    handles = await store.match_handles()
-    hashes = await store.match_hashes()
-    return await asyncio.to_thread(MatchIndex.build, salt, handles=handles, hashes=hashes)
+    keys = {stored_ident(salt, ident) for ident in idents}
+    return MatchIndex.build(salt, stored=await store.match_rows(keys))
 
 
 async def import_network(
@@ -48,11 +51,11 @@ async def import_network(
     be read (nothing is stored then).
     """
     await store.get_contact(person_id)
-    index = await match_index(store)
-    only = await store.known_by(person_id) if mutual_only else None
-    result = await asyncio.to_thread(
-        match_network, data, index, person_id=person_id, fmt=fmt, filename=filename,
-        region=region, only=only,
+    entries = await asyncio.to_thread(
+        read_entries, data, fmt=fmt or detect_format(data, filename), region=region
     )
+    index = await match_index(store, identifiers(entries))
+    only = await store.known_by(person_id) if mutual_only else None
+    result = match_entries(entries, index, person_id=person_id, only=only)
     total = await store.add_knows(person_id, result.knows, replace=replace)
     return NetworkImport(result, total)

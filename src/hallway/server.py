@@ -1,49 +1,71 @@
 """The event sockets of SPEC §6: newline-delimited JSON over TCP and a Unix socket.
 
-Per connection: ``hello``; then, within ``auth_timeout_s``, one ``subscribe`` (or ``status``)
-line with a valid token; then ``subscribed`` with the snapshot, the replay (or ``resync``) and
-live events from the hub's bounded per-subscriber queue. Nothing about any contact is written
-before a valid subscribe. A ``ping`` goes out on any connection that was sent nothing for
-``ping_interval_s``.
+This module only moves bytes: the rules of a session (hello, auth, subscribe, status/present,
+pings, the auth deadline, scopes and per-token caps) live in ``hallway.session``, a sans-IO
+core that is fed each line and the time and returns actions; ``EventServer._act`` carries
+them out. Per connection: ``hello``; then, within ``auth_timeout_s``, one ``subscribe`` (or
+``status``/``present``) line with a valid token; then ``subscribed`` with the snapshot, the
+replay (or ``resync``) and live events from the hub's bounded per-subscriber queue. Nothing
+about any contact is written before a valid subscribe.
 
 Defences: lines longer than ``max_line_bytes`` get ``too_large``, anything that is not one
-UTF-8 JSON object gets ``bad_request``; both close. Wrong tokens get ``unauthorized`` and close;
-each peer (IP address, or uid on the Unix socket) has a budget of failed attempts that refills
-slowly, and a peer over it is refused at once. At ``max_connections`` a new connection evicts
-the oldest one still unauthenticated, or is refused (``busy``) if every connection has
-authenticated. A subscriber whose queue overflows, or whose unsent output grows past a bound,
-is sent ``lagged`` and closed; a peer that then does not read is aborted after a grace period.
-The kernel send buffer of each connection is kept small so these bounds hold per client.
+UTF-8 JSON object gets ``bad_request``; both close. Wrong tokens get ``unauthorized`` (past a
+per-address budget ``rate_limited`` with ``retry_after_s``) and close; a valid token is served
+whatever its address did. At ``max_connections`` a new connection evicts the oldest one still
+unauthenticated, or is refused (``busy``) if every connection has authenticated; one token
+holds at most ``max_connections_per_token``. A subscriber whose queue overflows, or whose
+unsent output grows past a bound, is sent ``lagged`` and closed; a peer that then does not
+read is aborted after a grace period. The kernel send buffer of each connection is kept small
+so these bounds hold per client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import ipaddress
-import json
 import os
 import secrets
 import socket
+import sqlite3
+import ssl
 import stat
 import struct
+import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hallway.config import ServerConfig, is_loopback_host
-from hallway.errors import ConfigError, Problem, ProtocolError
-from hallway.hub import Filter, Hub, Subscription, encode_line
+from hallway.access import WATCH_INTERVAL_S, TokenWatch
+from hallway.codec import encode_line
+from hallway.config import Config, ServerConfig, is_loopback_host
+from hallway.errors import ConfigError, Problem
+from hallway.hub import Hub, Subscription
 from hallway.logs import get_logger
+from hallway.session import (
+    UNSCOPED,
+    Action,
+    Close,
+    Gate,
+    HandshakeGate,
+    Rules,
+    Scope,
+    Send,
+    SendPing,
+    SendPresent,
+    SendStatus,
+    Session,
+    StartSubscription,
+    State,
+    token_digest,
+)
+from hallway.tls import server_context
 
 log = get_logger(__name__)
 
-PROTOCOL_VERSION = 1
 SNDBUF_BYTES = 64 * 1024
 """Kernel send buffer per connection; bounds what a non-reading client holds up."""
 MAX_UNSENT_BYTES = 512 * 1024
@@ -59,14 +81,10 @@ MAX_LINGER_BYTES = 1 << 20
 DRAIN_TIMEOUT_S = 60.0
 """A subscriber that accepts no bytes for this long is cut off as lagged."""
 CLOSE_TIMEOUT_S = 3.0
-MAX_FILTER_ITEMS = 10_000
-MAX_FILTER_ITEM_LEN = 256
-AUTH_BURST = 10
-"""Failed authentications a peer may make at once ..."""
-AUTH_REFILL_PER_S = 0.5
-"""... and how fast that budget refills."""
-STREAK_QUIET_S = 60.0
-MAX_PEERS_TRACKED = 4096
+HANDSHAKES_AT_ONCE = 8
+"""TLS handshakes the server runs at the same time (each is a few ms of CPU on the loop)."""
+HANDSHAKE_SLOT_S = 2.0
+"""A TLS handshake must finish within this long of its ClientHello."""
 TOKEN_FILE_NAME = "token"  # noqa: S105 - a file name, not a secret
 
 
@@ -140,79 +158,29 @@ def load_tokens(config: ServerConfig, *, state_dir: Path | None, create: bool = 
     return tokens
 
 
-# -- per-peer authentication budget -----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What secures a server beyond its config: the TLS context and the token database."""
+
+    tls: ssl.SSLContext | None
+    token_db: Path | None
 
 
-@dataclass(slots=True)
-class _PeerAuth:
-    budget: float
-    updated: float
-    streak: int = 0
-    last_failure: float = 0.0
-
-
-class _AuthLimiter:
-    """Failed-token budget per peer; logs the first failure of a streak, repeats at debug."""
-
-    def __init__(self) -> None:
-        self._peers: OrderedDict[str, _PeerAuth] = OrderedDict()
-        self.refused = 0
-
-    def _state(self, peer: str, now: float) -> _PeerAuth:
-        state = self._peers.get(peer)
-        if state is None:
-            state = _PeerAuth(budget=AUTH_BURST, updated=now)
-            self._peers[peer] = state
-            while len(self._peers) > MAX_PEERS_TRACKED:
-                self._peers.popitem(last=False)
-        else:
-            self._peers.move_to_end(peer)
-            state.budget = min(AUTH_BURST, state.budget + (now - state.updated) * AUTH_REFILL_PER_S)
-            state.updated = now
-        return state
-
-    def allowed(self, peer: str, now: float) -> bool:
-        """False while ``peer`` has used up its budget of failed attempts."""
-        if peer not in self._peers:
-            return True
-        if self._state(peer, now).budget >= 1.0:
-            return True
-        self.refused += 1
-        self.failed(peer, now, listener="", refused=True)
-        return False
-
-    def failed(self, peer: str, now: float, *, listener: str, refused: bool = False) -> None:
-        """Record one failed attempt and log it (warning once per streak)."""
-        state = self._state(peer, now)
-        if not refused:
-            state.budget = max(0.0, state.budget - 1.0)
-        if state.streak and now - state.last_failure > STREAK_QUIET_S:
-            log.info("auth_failure_streak_ended", peer=peer, failures=state.streak)
-            state.streak = 0
-        state.streak += 1
-        state.last_failure = now
-        if state.streak == 1:
-            log.warning("auth_failed", peer=peer, listener=listener)
-        else:
-            log.debug("auth_failed", peer=peer, streak=state.streak, refused=refused)
-
-    def succeeded(self, peer: str) -> None:
-        """End the peer's failure streak."""
-        state = self._peers.pop(peer, None)
-        if state is not None and state.streak > 1:
-            log.info("auth_failure_streak_ended", peer=peer, failures=state.streak)
+def security(config: Config, *, state_dir: Path | None) -> Security:
+    """The TLS context (the certificate made at first start if needed) and the token table;
+    warns when the TCP socket serves a network without TLS."""
+    server = config.server
+    folder = state_dir or Path(config.storage.database).resolve().parent
+    context = server_context(server, folder) if server.tcp_enabled else None
+    if server.plain_off_loopback:
+        log.warning("tcp_without_tls", host=server.tcp_host,
+                    hint="tokens and contact data cross the network in clear; set server.tls")
+    database = config.storage.database
+    token_db = None if database == ":memory:" or server.auth == "none" else Path(database)
+    return Security(context, token_db)
 
 
 # -- connections ------------------------------------------------------------------------------
-
-
-class _Reject(Exception):
-    """Send one error line and close."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _Connection:
@@ -220,33 +188,33 @@ class _Connection:
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        *, ident: int, listener: str, peer: str, loopback: bool,
+        *, ident: int, session: Session,
     ) -> None:
         self.ident = ident
-        self.listener = listener
-        self.peer = peer
-        self.loopback = loopback
+        self.session = session
+        self.listener = session.listener
+        self.peer = session.peer
         self.reader = reader
         self.writer = writer
         self._transport = writer.transport
-        sock = writer.get_extra_info("socket")
-        self._fd: int = sock.fileno() if sock is not None else -1
-        self._flushed = False  # True: all we wrote is known to have gone to the kernel
-        self.opened = time.monotonic()
+        self.opened = session.opened
         self.last_sent = self.opened
-        self.authenticated = False
         self.subscription: Subscription | None = None
+        self.in_handshake = False
         self.closing = False
         self.task: asyncio.Task[Any] | None = None
         self._lingering = False
         self._expiry: asyncio.TimerHandle | None = None
+
+    def upgraded(self) -> None:
+        """The stream now runs over TLS: write through the new transport."""
+        self._transport = self.writer.transport
 
     def send(self, data: bytes) -> bool:
         """Queue bytes for the peer; False once the connection is closing."""
         if self.closing or self.writer.transport.is_closing():
             return False
         self.writer.write(data)
-        self._flushed = False  # it may sit in the transport's buffer: send_now must look
         self.last_sent = time.monotonic()
         return True
 
@@ -254,27 +222,14 @@ class _Connection:
         """Write ``data`` if the connection holds no unsent output; False (nothing written)
         otherwise. The hub's fan-out path: no task wake-up, order and backpressure kept.
 
-        It runs once per event per subscriber, so it writes to the socket itself rather than
-        through the transport's general ``write``: only when the transport is open (its
-        socket, and so this descriptor, is closed only after ``is_closing()`` turns true) and
-        holds nothing unsent (so the order is kept; ``_flushed`` says so without asking while
-        everything written went to the kernel). What the kernel does not take, and any error,
-        goes to the transport, which buffers the rest or closes the connection as usual.
+        Through the transport, which hands the bytes to the socket (or to TLS) at once when its
+        buffer is empty and keeps what the kernel does not take; a non-empty buffer means
+        earlier lines still wait, so this line must wait behind them (in the queue).
         """
         transport = self._transport
-        if self.closing or transport.is_closing():
+        if self.closing or transport.is_closing() or transport.get_write_buffer_size():
             return False
-        if not self._flushed:
-            if transport.get_write_buffer_size():
-                return False
-            self._flushed = True
-        try:
-            sent = os.write(self._fd, data)
-        except OSError:  # full (BlockingIOError) or broken: the transport takes it from here
-            sent = 0
-        if sent < len(data):
-            transport.write(data[sent:])
-            self._flushed = False
+        transport.write(data)
         self.last_sent = time.monotonic()
         return True
 
@@ -326,10 +281,16 @@ class _Connection:
         if self._expiry is not None:
             self._expiry.cancel()
 
-    def reject(self, code: str, message: str, *, grace_s: float = REJECT_GRACE_S) -> None:
+    def reject(self, code: str, message: str, *, grace_s: float = REJECT_GRACE_S,
+               extra: dict[str, Any] | None = None) -> None:
         """Send an error line and close (lingering)."""
-        self.send_json({"type": "error", "code": code, "message": message})
+        self.send_json({"type": "error", "code": code, "message": message, **(extra or {})})
         self.close(grace_s=grace_s, linger=True)
+
+    @property
+    def authenticated(self) -> bool:
+        """True once the session accepted a token."""
+        return self.session.state in (State.AUTHENTICATED, State.SUBSCRIBED)
 
     def abort(self) -> None:
         """Drop the connection now."""
@@ -351,55 +312,9 @@ class _Counters:
     auth_timeouts: int = 0
     evicted: int = 0
     refused_busy: int = 0
-    refused_peer: int = 0
+    rate_limited: int = 0
+    tls_failed: int = 0
     pings: int = 0
-
-
-def _parse_line(raw: bytes) -> dict[str, Any]:
-    """One client line as a JSON object with a string ``type``, or ProtocolError(bad_request)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("bad_request", "line is not valid UTF-8") from None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("bad_request", "line is not valid JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise ProtocolError("bad_request", 'expected a JSON object with a "type"')
-    return data
-
-
-def _string_list(data: dict[str, Any], key: str) -> list[str] | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if (
-        not isinstance(value, list)
-        or len(value) > MAX_FILTER_ITEMS
-        or not all(isinstance(v, str) and 0 < len(v) <= MAX_FILTER_ITEM_LEN for v in value)
-    ):
-        raise ProtocolError("bad_request", f'"{key}" must be a list of non-empty strings')
-    return value
-
-
-def _since_seq(data: dict[str, Any]) -> int | None:
-    value = data.get("since_seq")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ProtocolError("bad_request", '"since_seq" must be a non-negative integer')
-    return value
-
-
-def _knows_of(data: dict[str, Any]) -> str | None:
-    """The ``knows_of`` contact id of a subscribe (events about the people it knows)."""
-    value = data.get("knows_of")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
-        raise ProtocolError("bad_request", '"knows_of" must be a contact id (1-64 characters)')
-    return value
 
 
 class EventServer:
@@ -415,6 +330,9 @@ class EventServer:
         tokens: Sequence[str],
         status_provider: Callable[[], dict[str, Any]] | None = None,
         present_provider: Callable[[], list[dict[str, Any]]] | None = None,
+        token_db: Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not tokens and config.tcp_enabled and not is_loopback_host(config.tcp_host):
             raise ConfigError([Problem("<config>", "server.tokens", "a token is required when "
@@ -423,8 +341,25 @@ class EventServer:
         self._hub = hub
         self._scanner = scanner
         self._version = version
+        self._rules = Rules(auth_timeout_s=config.auth_timeout_s,
+                            ping_interval_s=config.ping_interval_s,
+                            max_line_bytes=config.max_line_bytes,
+                            server=f"hallway/{version}", scanner=scanner,
+                            lookup=hub.contact)
+        per_token = config.max_connections_per_token or max(1, config.max_connections * 3 // 4)
+        self._gate = Gate(max_connections_per_token=per_token)
+        self._handshakes = HandshakeGate()
+        self._handshake_slots = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
         # Compared as SHA-256 digests: equal lengths, so the time taken tells nothing either.
-        self._tokens = [hashlib.sha256(t.encode()).digest() for t in tokens]
+        self._config_tokens = [
+            (token_digest(t), Scope(f"{UNSCOPED}-{n}")) for n, t in enumerate(tokens, start=1)
+        ]
+        self._scoped: list[tuple[bytes, Scope]] = []
+        self._gate.set_tokens(self._config_tokens)
+        self._tls = tls
+        self._clock = clock  # the events' clock, for a token's history bound
+        self._watch = TokenWatch(token_db) if token_db is not None and tokens else None
+        self._watcher: asyncio.Task[None] | None = None
         self._status_provider = status_provider
         self._present_provider = present_provider
         self._servers: list[asyncio.Server] = []
@@ -432,7 +367,6 @@ class EventServer:
         self._unix_inode: tuple[int, int] | None = None
         self._conns: dict[int, _Connection] = {}
         self._next_ident = 1
-        self._limiter = _AuthLimiter()
         self._n = _Counters()
         self._tcp_port: int | None = None
         self._closed = False
@@ -459,8 +393,27 @@ class EventServer:
                      else str(config.unix_socket))
             raise ConfigError([Problem("<config>", "server", f"cannot listen on {where}: "
                                        f"{exc.strerror or exc}")]) from None
+        if self._watch is not None:
+            await self._read_tokens()
+            self._watcher = asyncio.create_task(self._watch_tokens(), name="hallway-token-watch")
         log.info("server_listening", tcp_port=self._tcp_port, unix_socket=config.unix_socket,
-                 auth="token" if self._tokens else "none")
+                 auth="none" if self._gate.open else "token", tls=self._tls is not None)
+
+    async def _read_tokens(self) -> None:
+        assert self._watch is not None
+        try:
+            tokens = await asyncio.to_thread(self._watch.read)
+        except sqlite3.Error as exc:
+            log.debug("token_table_unreadable", error=str(exc))
+            return
+        if tokens != self._scoped:
+            self.set_scoped_tokens(tokens)
+
+    async def _watch_tokens(self) -> None:
+        """Read the token table every second: new tokens work, revoked ones end."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self._read_tokens()
 
     async def _start_unix(self, path: Path, limit: int) -> asyncio.Server:
         mode = int(self._config.unix_socket_mode, 8)
@@ -474,10 +427,11 @@ class EventServer:
             if await _socket_answers(path):
                 raise OSError(98, f"another process is listening on {path}")
             os.unlink(path)
-        # Bind under a temporary name, set the mode, then rename: never visible with a wider mode.
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        # Bind inside a fresh directory only this process can enter (mkdtemp: 0700, a new
+        # name), set the mode there, then rename into place: no one can swap the socket for a
+        # symlink before the chmod, and the socket is never visible with a wider mode.
+        private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        temp = private / "socket"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(temp))
@@ -488,6 +442,9 @@ class EventServer:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
             raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(private)
         info = os.stat(path)
         self._unix_path, self._unix_inode = path, (info.st_dev, info.st_ino)
         return await asyncio.start_unix_server(
@@ -511,6 +468,12 @@ class EventServer:
         if self._closed:
             return
         self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._watch is not None:
+            self._watch.close()
         await self.stop_accepting()
         for conn in list(self._conns.values()):
             sub = conn.subscription
@@ -557,9 +520,30 @@ class EventServer:
             "auth_timeouts": n.auth_timeouts,
             "evicted": n.evicted,
             "refused_busy": n.refused_busy,
-            "refused_peer": self._limiter.refused,
+            "refused_peer": self._gate.refused_peer,
+            "rate_limited": n.rate_limited,
+            "tls_failed": n.tls_failed,
+            "tls_refused": self._handshakes.refused,
             "pings": n.pings,
         }
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def set_scoped_tokens(self, tokens: Sequence[tuple[bytes, Scope]]) -> int:
+        """Replace the scoped tokens (digest, scope); end the connections of any token that
+        was revoked or whose scope changed. Returns how many connections were ended."""
+        self._scoped = list(tokens)
+        gone = self._gate.set_tokens([*self._config_tokens, *self._scoped])
+        ended = 0
+        if gone:
+            for conn in list(self._conns.values()):
+                scope = conn.session.scope
+                if scope is not None and scope.name in gone and not conn.closing:
+                    self._act(conn, conn.session.revoked())
+                    ended += 1
+            if ended:
+                log.info("token_connections_ended", tokens=len(gone), connections=ended)
+        return ended
 
     # -- accepting ----------------------------------------------------------------------------
 
@@ -570,7 +554,11 @@ class EventServer:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
-        await self._serve(reader, writer, listener="tcp", peer=host, loopback=loopback)
+        if self._tls is not None and not self._handshakes.start(host, time.monotonic()):
+            writer.transport.abort()  # refused before any TLS work: nothing to say in clear
+            return
+        await self._serve(reader, writer, listener="tcp", peer=host, loopback=loopback,
+                          tls=self._tls)
 
     async def _on_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "unix"
@@ -583,10 +571,7 @@ class EventServer:
                 peer = f"unix:uid={uid}"
         await self._serve(reader, writer, listener="unix", peer=peer, loopback=True)
 
-    def _admit(self, conn: _Connection, now: float) -> bool:
-        if not self._limiter.allowed(conn.peer, now):
-            conn.reject("unauthorized", "too many failed attempts; try again later")
-            return False
+    def _admit(self, conn: _Connection) -> bool:
         active = sum(1 for c in self._conns.values() if not c.closing)
         if active < self._config.max_connections:
             return True
@@ -595,14 +580,21 @@ class EventServer:
             self._n.refused_busy += 1
             conn.reject("busy", "too many connections")
             return False
-        oldest = min(waiting, key=lambda c: c.opened)
+        # The oldest waiting connection of the address holding the most: one address's flood
+        # (of handshakes or idle sockets) evicts itself, never the others' clients.
+        per_peer = Counter(c.peer for c in waiting)
+        most = max(per_peer.values())
+        oldest = min((c for c in waiting if per_peer[c.peer] == most), key=lambda c: c.opened)
         self._n.evicted += 1
-        oldest.reject("unauthorized", "connection limit reached before you subscribed")
+        if oldest.in_handshake:
+            oldest.abort()  # no line can be said in the middle of a TLS handshake
+        else:
+            oldest.reject("unauthorized", "connection limit reached before you subscribed")
         return True
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        *, listener: str, peer: str, loopback: bool,
+        *, listener: str, peer: str, loopback: bool, tls: ssl.SSLContext | None = None,
     ) -> None:
         ident = self._next_ident
         self._next_ident += 1
@@ -613,13 +605,19 @@ class EventServer:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
-        conn = _Connection(reader, writer, ident=ident, listener=listener, peer=peer,
-                           loopback=loopback)
+        session = Session(self._gate, self._rules, opened=time.monotonic(), peer=peer,
+                          listener=listener, loopback=loopback)
+        conn = _Connection(reader, writer, ident=ident, session=session)
         conn.task = task
         self._n.accepted += 1
-        admitted = not self._closed and self._admit(conn, time.monotonic())
+        admitted = not self._closed and self._admit(conn)
         self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
         try:
+            if tls is not None:
+                handshaken = admitted and await self._start_tls(conn, tls)
+                self._handshakes.finish(peer)
+                tls = None  # counted once, also if cancelled below
+                admitted = handshaken
             if admitted:
                 await self._guarded(conn)
             elif len(self._conns) > 2 * self._config.max_connections:
@@ -630,122 +628,132 @@ class EventServer:
             # cancelled handler as an error: the cancellation ends here.
             conn.abort()
         finally:
+            if tls is not None:
+                self._handshakes.finish(peer)
+            session.end()
             self._conns.pop(ident, None)
+
+    async def _start_tls(self, conn: _Connection, context: ssl.SSLContext) -> bool:
+        """The TLS handshake, within the connection's auth deadline; False (aborted) if it
+        fails. It runs as an admitted, unauthenticated connection: counted, and evicted first
+        when its address holds the most connections waiting."""
+        deadline = conn.opened + self._config.auth_timeout_s
+        conn.in_handshake = True
+        try:
+            # Nothing is spent on a client until its ClientHello is there; then a few
+            # handshakes run at a time, so their CPU interleaves with event delivery instead
+            # of queueing ahead of it, each for at most HANDSHAKE_SLOT_S (a stalled handshake
+            # cannot hold its slot), and one address holds at most HANDSHAKES_IN_FLIGHT.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                await _readable(conn.writer.transport)
+                await self._handshake_slots.acquire()
+            try:
+                limit = min(HANDSHAKE_SLOT_S, deadline - time.monotonic())
+                await conn.writer.start_tls(context, ssl_handshake_timeout=max(limit, 0.1))
+            finally:
+                self._handshake_slots.release()
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            self._n.tls_failed += 1
+            log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
+            conn.abort()
+            return False
+        finally:
+            conn.in_handshake = False
+        conn.upgraded()
+        return not conn.closing
 
     async def _guarded(self, conn: _Connection) -> None:
         try:
             await self._run(conn)
-        except _Reject as exc:
-            self._count(exc.code)
-            conn.reject(exc.code, exc.message)
         except (ConnectionError, OSError):
             conn.abort()
         except Exception:  # a fault in one connection must not take the server down
             log.exception("connection_failed", conn=conn.ident)
             conn.abort()
 
-    def _count(self, code: str) -> None:
+    # -- carrying out the session's actions ---------------------------------------------------
+
+    def _act(self, conn: _Connection, actions: list[Action]) -> None:
+        """Do what the session asked, in order (the one dispatch of every request)."""
+        for action in actions:
+            if conn.closing:
+                return
+            if isinstance(action, Send):
+                conn.send_json(action.message)
+            elif isinstance(action, SendPing):
+                if conn.send_json({"type": "ping", "seq": self._hub.last_seq,
+                                   "ts": round(time.time(), 3)}):
+                    self._n.pings += 1
+            elif isinstance(action, Close):
+                self._close(conn, action)
+            elif not self._hub.running:
+                self._close(conn, Close("busy", "shutting down"))
+            elif isinstance(action, SendStatus):
+                self._send_status(conn)
+            elif isinstance(action, SendPresent):
+                self._send_present(conn, action)
+            else:
+                self._subscribe(conn, action)
+
+    def _close(self, conn: _Connection, action: Close) -> None:
+        code = action.code
+        refusal = conn.session.refusal
+        if refusal is not None:  # a wrong token: warn at the first of a run, then debug
+            if refusal.streak == 1:
+                log.warning("auth_failed", peer=conn.peer, listener=conn.listener)
+            else:
+                log.debug("auth_failed", peer=conn.peer, streak=refusal.streak, code=code)
         if code == "unauthorized":
             self._n.unauthorized += 1
+            if conn.session.auth_timed_out:
+                self._n.auth_timeouts += 1
+        elif code == "rate_limited":
+            self._n.rate_limited += 1
         elif code == "bad_request":
             self._n.bad_request += 1
         elif code == "too_large":
             self._n.too_large += 1
-
-    # -- protocol -----------------------------------------------------------------------------
-
-    def _ping(self, conn: _Connection) -> None:
-        if conn.send_json({"type": "ping", "seq": self._hub.last_seq, "ts": round(time.time(), 3)}):
-            self._n.pings += 1
-
-    async def _read_message(self, conn: _Connection) -> dict[str, Any] | None:
-        """The next non-blank line as a message; None at end of input."""
-        while True:
-            try:
-                raw = await conn.reader.readline()
-            except ValueError:
-                raise _Reject("too_large", f"line longer than {self._config.max_line_bytes} "
-                              "bytes") from None
-            if not raw:
-                return None
-            if not raw.strip():
-                continue
-            try:
-                return _parse_line(raw)
-            except ProtocolError as exc:
-                raise _Reject(exc.code, str(exc)) from None
+        conn.reject(code, action.message, extra=action.extra)
 
     async def _run(self, conn: _Connection) -> None:
-        config = self._config
-        conn.send_json({
-            "type": "hello", "protocol": PROTOCOL_VERSION, "server": f"hallway/{self._version}",
-            "scanner": self._scanner, "auth": "token" if self._tokens else "none",
-        })
-        deadline = conn.opened + config.auth_timeout_s
-        while conn.subscription is None:
-            now = time.monotonic()
-            if now >= deadline and not conn.authenticated:
-                self._n.auth_timeouts += 1
-                limit = f"{config.auth_timeout_s:g} s"
-                raise _Reject("unauthorized", f"no valid subscribe within {limit}")
-            next_ping = conn.last_sent + config.ping_interval_s
-            wake = next_ping if conn.authenticated else min(deadline, next_ping)
-            try:
-                async with asyncio.timeout(max(wake - now, 0.0)):
-                    message = await self._read_message(conn)
-            except TimeoutError:
-                if time.monotonic() >= next_ping:
-                    self._ping(conn)
-                continue
-            if message is None or conn.closing:
+        session = conn.session
+        self._act(conn, session.start())
+        while conn.subscription is None and not conn.closing:
+            if not await self._receive(conn):
                 return
-            self._handle_first(conn, message)
-        await self._stream(conn, conn.subscription)
+        if conn.subscription is not None and not conn.closing:
+            await self._stream(conn, conn.subscription)
 
-    def _authorize(self, conn: _Connection, message: dict[str, Any]) -> None:
-        if conn.authenticated:
-            return
-        now = time.monotonic()
-        if not self._tokens:
-            if conn.listener == "tcp" and not conn.loopback:
-                raise _Reject("unauthorized", "this server accepts only local connections")
-            conn.authenticated = True
-            return
-        token = message.get("token")
-        given = hashlib.sha256(token.encode() if isinstance(token, str) else b"").digest()
-        matched = False
-        for candidate in self._tokens:
-            matched |= hmac.compare_digest(given, candidate)
-        if not matched:
-            self._limiter.failed(conn.peer, now, listener=conn.listener)
-            raise _Reject("unauthorized", "missing or wrong token")
-        self._limiter.succeeded(conn.peer)
-        conn.authenticated = True
-
-    def _handle_first(self, conn: _Connection, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind not in ("subscribe", "status", "present"):
-            raise _Reject("bad_request", 'expected a "subscribe" line')
-        self._authorize(conn, message)
-        if not self._hub.running:
-            raise _Reject("busy", "shutting down")
-        if kind == "status":
-            self._send_status(conn)
-            return
-        if kind == "present":
-            self._send_present(conn, message)
-            return
+    async def _receive(self, conn: _Connection, *, ticks: bool = True) -> bool:
+        """Read one line (or wait for the session's next tick) and act on it; False at end."""
+        session = conn.session
+        wait = session.wake_at(conn.last_sent) - time.monotonic() if ticks else None
         try:
-            contacts = _string_list(message, "contacts")
-            tags = _string_list(message, "tags")
-            since_seq = _since_seq(message)
-            knows_of = _knows_of(message)
-        except ProtocolError as exc:
-            raise _Reject(exc.code, str(exc)) from None
+            async with asyncio.timeout(None if wait is None else max(wait, 0.0)):
+                raw = await conn.reader.readline()
+        except TimeoutError:
+            self._act(conn, session.tick(time.monotonic(), conn.last_sent))
+            return True
+        except ValueError:  # the stream's line limit: max_line_bytes
+            self._act(conn, session.too_large())
+            return False
+        if not raw:
+            return False
+        self._act(conn, session.receive(raw, time.monotonic()))
+        return not conn.closing
+
+    def _subscribe(self, conn: _Connection, action: StartSubscription) -> None:
+        scope = action.scope
+        hidden = scope.hidden_fields
         conn.subscription = self._hub.subscribe(
-            contacts=contacts, tags=tags, knows_of=knows_of, since_seq=since_seq,
+            filter_=action.filter, since_seq=action.since_seq,
             queue_size=self._config.queue_size, on_lagged=lambda: self._lagged(conn),
+            max_replay=self._config.max_replay_events,
+            transform=scope.project if hidden else None,
         )
+        if hidden:
+            sub = conn.subscription
+            sub.present = [scope.project_entry(entry) for entry in sub.present]
         self._n.subscribed += 1
 
     def _send_status(self, conn: _Connection) -> None:
@@ -758,18 +766,13 @@ class EventServer:
                     "sockets": self.stats()}
         conn.send_json({**body, "type": "status"})
 
-    def _send_present(self, conn: _Connection, message: dict[str, Any]) -> None:
+    def _send_present(self, conn: _Connection, action: SendPresent) -> None:
         """The live estimates (not the event-consistent snapshot of ``subscribed``) of the
-        present contacts that pass the message's filters."""
-        try:
-            contacts = _string_list(message, "contacts")
-            tags = _string_list(message, "tags")
-        except ProtocolError as exc:
-            raise _Reject(exc.code, str(exc)) from None
-        wanted = Filter.of(contacts, tags)
+        present contacts that pass the request's filter (within the token's scope)."""
+        wanted = action.filter
         entries = self._present_provider() if self._present_provider else self._hub.present()
         conn.send_json({"type": "present", "present": [
-            entry for entry in entries
+            action.scope.project_entry(entry) for entry in entries
             if wanted.matches(entry["contact"]["id"], frozenset(entry["contact"].get("tags", ())))
         ]})
 
@@ -781,8 +784,15 @@ class EventServer:
         conn.reject("lagged", "you fell behind; reconnect with since_seq to resume",
                     grace_s=LAG_GRACE_S)
 
+    def _history_bound(self, scope: Scope) -> float | None:
+        if scope.history_s is None:
+            return None
+        newest = self._hub.newest_ts
+        now = self._clock()
+        return (now if newest is None else max(now, newest)) - scope.history_s
+
     async def _stream(self, conn: _Connection, sub: Subscription) -> None:
-        ping_s = self._config.ping_interval_s
+        session = conn.session
         conn.send_json({"type": "subscribed", "seq": sub.seq, "present": sub.present})
         reader = asyncio.create_task(
             self._read_after(conn, sub), name=f"hallway-conn-{conn.ident}-rx"
@@ -791,9 +801,12 @@ class EventServer:
             if sub.resync:
                 self._resync(conn, sub)
             elif sub.needs_replay and sub.since_seq is not None:
+                assert session.scope is not None
+                bound = self._history_bound(session.scope)
                 cursor = sub.since_seq
                 while cursor < sub.seq and not conn.closing:
-                    page = await self._hub.replay(sub, after=cursor)
+                    page = await self._hub.replay(sub, after=cursor, not_before_ts=bound)
+                    bound = None  # only the first event after since_seq can be too old
                     if page is None:
                         self._resync(conn, sub)
                         break
@@ -806,9 +819,9 @@ class EventServer:
             # wakes only for pings, a backlog (the peer is slow) or the end.
             sub.attach(conn.send_now)
             while not conn.closing:
-                wait = conn.last_sent + ping_s - time.monotonic()
+                wait = session.wake_at(conn.last_sent) - time.monotonic()
                 if wait <= 0:
-                    self._ping(conn)
+                    self._act(conn, session.tick(time.monotonic(), conn.last_sent))
                     continue
                 live = await sub.get(wait)
                 if live is None:
@@ -838,24 +851,15 @@ class EventServer:
             self._lagged(conn)
 
     async def _read_after(self, conn: _Connection, sub: Subscription) -> None:
-        """Lines after subscribing: status requests; errors close; end of input is allowed."""
+        """Lines after subscribing (status, present); errors close; end of input is allowed."""
         try:
             while not conn.closing:
-                message = await self._read_message(conn)
-                if message is None or conn.closing:
+                if not await self._receive(conn, ticks=False):
                     break
-                if message["type"] == "status":
-                    self._send_status(conn)
-                elif message["type"] == "present":
-                    self._send_present(conn, message)
-                elif message["type"] == "subscribe":
-                    raise _Reject("bad_request", "already subscribed")
-        except _Reject as exc:
-            self._count(exc.code)
-            conn.reject(exc.code, exc.message)
-            return
         except (ConnectionError, OSError):
             conn.abort()
+            return
+        if conn.closing:
             return
         # The peer may have only shut down its sending side: keep streaming until it is gone.
         # Shielded: cancelling a wait on the stream's close future would cancel the future.
@@ -865,6 +869,33 @@ class EventServer:
         with contextlib.suppress(ConnectionError, OSError):
             await asyncio.shield(closed)
         sub.close()
+
+
+async def _readable(transport: asyncio.BaseTransport) -> None:
+    """Wait until the peer sent something (or closed), without reading it: the transport stops
+    reading, so the bytes stay in the socket for the TLS layer that ``start_tls`` puts on it
+    (it resumes reading itself)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not isinstance(transport, asyncio.ReadTransport):
+        return
+    transport.pause_reading()
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    # The transport owns its descriptor in the selector: watch a duplicate of it instead.
+    fd = os.dup(sock.fileno())
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
 
 
 def _consume_result(task: asyncio.Task[None]) -> None:

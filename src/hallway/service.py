@@ -1,13 +1,15 @@
 """The composition root: builds the daemon's graph, owns its tasks, shuts down in order.
 
 Start-up: store -> pipeline (contacts loaded) -> hub (seq restored) -> socket server ->
-source -> mDNS announcement -> READY=1. Long-lived loops run in one TaskGroup, each named:
-``pump`` (hand-off -> pipeline -> hub), ``ticker`` (timeouts, token-table upkeep), ``reloader``
-(contacts changed by the CLI take effect within ``storage.reload_interval_s``), ``pruner``
-(event retention), ``checkpointer`` (copies the SQLite WAL into the database file on a second
-connection, so the event log's writes never wait for that), ``watchdog`` (WATCHDOG=1 only
-while the source is healthy and the loop responsive; STATUS= with counts), and the source
-itself. The pump runs in loop callbacks as advertisements arrive (``Handoff.drain``).
+source -> mDNS announcement -> READY=1. The store, hub, server, announcer, notifier,
+checkpointer and watchdog are the ``Edges`` the venue service builds alike
+(``hallway.edges``); the hub prunes the event log on the advertisements' clock. Long-lived
+loops run in one TaskGroup, each named: ``pump`` (hand-off -> pipeline -> hub), ``ticker``
+(timeouts, token-table upkeep), ``reloader`` (contacts changed by the CLI take effect within
+``storage.reload_interval_s``), ``checkpointer``, ``watchdog`` (WATCHDOG=1 only while the
+source is healthy, the pump keeps up, the event log is written and the loop is responsive;
+STATUS= with counts), and the source itself. The pump runs in loop callbacks as
+advertisements arrive (``Handoff.drain``).
 
 Shutdown (SIGTERM/SIGINT) is the reverse, each step bounded: STOPPING=1, mDNS goodbye, stop
 accepting, stop the source, ``departed`` (reason ``shutdown``) for everyone present, flush the
@@ -19,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import signal
 import sys
@@ -29,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hallway import __version__
-from hallway.announce import ZeroconfAnnouncer
+from hallway import __version__, codec
 from hallway.config import Config
-from hallway.errors import ConfigError, HallwayError, Problem
+from hallway.edges import Edges, raise_fatal
+from hallway.errors import HallwayError
 from hallway.events import present_json
 from hallway.hub import Hub
-from hallway.lifecycle import bounded, close_edges, stop_front
+from hallway.lifecycle import bounded
 from hallway.logs import get_logger
 from hallway.models import (
     Advertisement,
@@ -48,17 +49,12 @@ from hallway.models import (
 from hallway.mqtt import MqttPublisher, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.pipeline import Pipeline
-from hallway.server import EventServer, load_tokens
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
-from hallway.web.access import StaticTokens, load_session_key
-from hallway.web.app import WebServer
 
 log = get_logger(__name__)
 
-PRUNE_INTERVAL_S = 600.0
-CHECKPOINT_INTERVAL_S = 1.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 """The event log is written on the database thread; a busy loop must not keep it waiting for
 the GIL for Python's default 5 ms (twice per write)."""
@@ -66,13 +62,12 @@ GC_THRESHOLDS = (7000, 10, 10)
 """The cyclic GC's thresholds while serving: each advertisement allocates short-lived containers
 (in bleak and here), so the default young generation of 700 collects every few packets and
 promotes objects that die soon after; 7,000 halves the CPU spent collecting (bench/latency.py)."""
-STATUS_INTERVAL_S = 5.0
 TICK_INTERVAL_S = 1.0
 
 
 @dataclass
 class _Rates:
-    """Per-second rates from counters sampled at STATUS_INTERVAL_S."""
+    """Per-second rates from counters sampled at each STATUS= (``edges.STATUS_INTERVAL_S``)."""
 
     last_at: float = field(default_factory=time.monotonic)
     last: dict[str, int] = field(default_factory=dict)
@@ -101,7 +96,8 @@ class Service:
         self.config = config
         self._source_override = source
         self._state_dir = state_dir
-        self._notifier = notifier or SystemdNotifier.from_environment()
+        self._edges = Edges(config, notifier=notifier or SystemdNotifier.from_environment(),
+                            state_dir=state_dir, note_error=self._note_error)
         self._on_ready = on_ready
         self._started_at = time.monotonic()
         self._reload_requested = asyncio.Event()
@@ -109,19 +105,10 @@ class Service:
         self._last_drain = time.monotonic()
         self._last_error: str | None = None
         self._rates = _Rates()
-        self._loop_lag_s = 0.0
         self._clock_offset_s = 0.0
-        self.tcp_port: int | None = None
-        self.web_port: int | None = None
-        self.tokens: list[str] = []
-        self.announced_name: str | None = None
+        self._clock_known = False
         # Built in run():
-        self._store: SqliteStore | None = None
         self._pipeline: Pipeline | None = None
-        self._hub: Hub | None = None
-        self._server: EventServer | None = None
-        self._web: WebServer | None = None
-        self._announcer: ZeroconfAnnouncer | None = None
         self._mqtt: MqttPublisher | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
         self._source: AdvertisementSource | None = None
@@ -134,9 +121,9 @@ class Service:
     @property
     def store(self) -> SqliteStore:
         """The open store."""
-        if self._store is None:
+        if self._edges.store is None:
             raise RuntimeError("service not started")
-        return self._store
+        return self._edges.store
 
     @property
     def pipeline(self) -> Pipeline:
@@ -148,9 +135,29 @@ class Service:
     @property
     def hub(self) -> Hub:
         """The event hub."""
-        if self._hub is None:
+        if self._edges.hub is None:
             raise RuntimeError("service not started")
-        return self._hub
+        return self._edges.hub
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port listened on (once started; None without TCP)."""
+        return self._edges.tcp_port
+
+    @property
+    def web_port(self) -> int | None:
+        """The bound port of the web pages (None when ``[web]`` is off)."""
+        return self._edges.web_port
+
+    @property
+    def tokens(self) -> list[str]:
+        """The subscriber tokens in force."""
+        return self._edges.tokens
+
+    @property
+    def announced_name(self) -> str | None:
+        """The mDNS instance name registered (None before, or without mDNS)."""
+        return self._edges.announced_name
 
     # -- control from outside -----------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class Service:
         source = self._source.stats() if self._source is not None else {}
         return {
             # The pipeline's count plus the strangers' a source screened out before a record.
-            "advertisements": int(stats.get("seen", stats.get("advertisements", 0)))
+            "advertisements": int(stats.get("advertisements", 0))
             + int(source.get("screened", 0)),
             "matched": int(stats.get("matched", 0)),
             "malformed": int(stats.get("malformed", 0)),
@@ -192,8 +199,9 @@ class Service:
         """Operational figures for ``hallway status`` and STATUS= (no contact data)."""
         counters = self._counters()
         source = self._source
-        hub_stats = self._hub.stats() if self._hub is not None else {}
-        server_stats = self._server.stats() if self._server is not None else {}
+        edges = self._edges
+        hub_stats = edges.hub.stats() if edges.hub is not None else {}
+        server_stats = edges.server.stats() if edges.server is not None else {}
         return {
             "version": __version__,
             "scanner": self.config.scanner.name,
@@ -207,13 +215,13 @@ class Service:
             "subscribers": int(server_stats.get("subscribers", 0)),
             "connections": int(server_stats.get("connections", 0)),
             "last_seq": int(hub_stats.get("last_seq", 0)),
-            "loop_lag_ms": round(self._loop_lag_s * 1000, 1),
+            "loop_lag_ms": round(self._edges.loop_lag_s * 1000, 1),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
-            **({"web": self._web.stats()} if self._web is not None else {}),
+            **({"web": edges.web.stats()} if edges.web is not None else {}),
         }
 
     def _status_line(self) -> str:
@@ -239,28 +247,23 @@ class Service:
         """Now on the advertisements' clock."""
         return time.time() + self._clock_offset_s
 
+    def _stream_now(self) -> float | None:
+        """Now on the advertisements' clock, or None before this run's first advertisement
+        (a replayed trace's time is unknown until then)."""
+        return self._now() if self._clock_known else None
+
     def _publish(self, events: list[PresenceEvent]) -> None:
         if events:
             self.hub.publish(events)
 
     async def _build(self) -> None:
         config = self.config
-        self._store = await SqliteStore.open(config.storage.database)
-        await self._store.checkpoint_in_background()
+        edges = self._edges
+        await edges.open_store()
         self._pipeline = Pipeline(config)
         await self._reload(force=True)
-        self._hub = Hub(
-            self._store,
-            scanner=config.scanner.name,
-            contact_lookup=self._contact,
-            retention_s=config.storage.event_retention_s,
-            retention_count=config.storage.event_retention_count,
-            # Group commit: events published while a write is in flight share the next one,
-            # so no extra waiting window is needed.
-            batch_window_s=0.0,
-            give_up_after_s=config.storage.write_failure_exit_s,
-        )
-        await self.hub.start()
+        # Retention on the advertisements' clock, like every decision.
+        await edges.start_hub(contact_lookup=self._contact, clock=self._stream_now)
         await self._depart_left_over()
         if config.mqtt.enabled:
             self._mqtt = MqttPublisher(
@@ -270,52 +273,13 @@ class Service:
                 present=self._present_json,
                 clock=self._now,  # the advertisements' clock, like every other decision
             )
-        self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
-        self._server = EventServer(
-            config.server,
-            self._hub,
-            scanner=config.scanner.name,
-            version=__version__,
-            tokens=self.tokens,
-            status_provider=self.status,
-            present_provider=self._present_json,
-        )
-        await self._server.start()
-        self.tcp_port = self._server.tcp_port
-        if config.web.enabled:
-            await self._start_web()
+        await edges.start_server(status_provider=self.status, present_provider=self._present_json,
+                                 clock=self._now)
+        await edges.start_web(lookup=self._contact, status=self.status, clock=self._now,
+                              contacts=self.store, on_contacts_changed=self.request_reload)
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
         self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen)
-        if config.mdns.enabled and self.tcp_port is not None:
-            self._announcer = ZeroconfAnnouncer(
-                config.mdns,
-                scanner=config.scanner.name,
-                port=self.tcp_port,
-                auth="token" if self.tokens else "none",
-                host=config.server.tcp_host,
-            )
-
-    async def _start_web(self) -> None:
-        """The pages on their own port, over this hub and store (``[web]``)."""
-        web = self.config.web
-        if not self.tokens:
-            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
-                                       'auth (server.auth = "token")')])
-        self._web = WebServer(
-            host=web.host, port=web.port, hub=self.hub, log_store=self.store,
-            authority=StaticTokens(self.tokens),
-            session_key=load_session_key(self._state_dir), session_s=web.session_s,
-            lookup=self._contact, status=self.status, clock=self._now, title=web.title,
-            chart_hours=web.chart_hours, max_streams=web.max_streams, store=self.store,
-            on_contacts_changed=self.request_reload,
-        )
-        try:
-            await self._web.start()
-        except OSError as exc:
-            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
-                                       f"{web.port}: {exc.strerror or exc}")]) from None
-        self.web_port = self._web.port
 
     async def _depart_left_over(self) -> None:
         """Close presences an unclean stop left open, so arrive/depart keep alternating."""
@@ -323,7 +287,7 @@ class Service:
         events = []
         for contact_id, payload, arrived_ts in await self.store.present_in_log():
             try:
-                last = json.loads(payload)
+                last = codec.decode(payload)
                 via = KeyKind(last["via"]) if last.get("via") else None
             except (ValueError, KeyError, TypeError):
                 last, via = {}, None
@@ -346,15 +310,15 @@ class Service:
         removed = self._loaded_ids - ids
         events = self.pipeline.load_contacts(contacts, now=self._now())
         self._generation, self._loaded_ids = generation, ids
-        if self._hub is not None:
+        if self._edges.hub is not None:
             self._publish(events)
             for contact_id in removed:
                 # Revoked: strip it from queued events and from anything logged since the
                 # revoke deleted its rows (the departure itself carries only the id).
                 await self.hub.forget_contact(contact_id)
                 await self.store.redact_contact_events(contact_id)
-        if self._web is not None:
-            self._web.contacts_changed()
+        if self._edges.web is not None:
+            self._edges.web.contacts_changed()
         log.info("contacts_loaded", contacts=len(contacts), generation=generation,
                  removed=len(removed), departed=len(events))
 
@@ -374,6 +338,7 @@ class Service:
             # The pipeline's clock is the advertisements' clock (a replayed trace keeps its own
             # time); timeouts are ticked on the same clock.
             self._clock_offset_s = batch[-1].ts - time.time()
+            self._clock_known = True
             if events:
                 publish(events)
 
@@ -398,51 +363,17 @@ class Service:
             except HallwayError as exc:
                 self._note_error("contacts_reload_failed", exc)
 
-    async def _pruner(self) -> None:
-        storage = self.config.storage
-        while True:
-            try:
-                removed = await self.store.prune_events(
-                    before_ts=time.time() - storage.event_retention_s,
-                    keep_count=storage.event_retention_count,
-                )
-                if removed:
-                    log.info("events_pruned", removed=removed)
-            except HallwayError as exc:
-                self._note_error("events_prune_failed", exc)
-            await asyncio.sleep(PRUNE_INTERVAL_S)
+    def _healthy(self, now: float, interval: float) -> bool:
+        """For the watchdog: the source is healthy and the pump keeps up."""
+        source = self._source
+        return (
+            source is not None
+            and source.healthy(now)
+            and self._pipeline_healthy(now, max(2.0, interval))
+        )
 
-    async def _checkpointer(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-            await self.store.checkpoint()
-
-    async def _watchdog(self) -> None:
-        notifier = self._notifier
-        interval = notifier.watchdog_interval_s or STATUS_INTERVAL_S
-        step = min(interval, STATUS_INTERVAL_S, 1.0)
-        last_status = 0.0
-        expected = time.monotonic() + step
-        while True:
-            await asyncio.sleep(step)
-            if (failure := self.hub.failure) is not None:
-                raise failure  # the event log cannot be written: exit with the reason
-            now = time.monotonic()
-            self._loop_lag_s = max(0.0, now - expected)
-            expected = now + step
-            source = self._source
-            healthy = (
-                source is not None
-                and source.healthy(now)
-                and self._pipeline_healthy(now, max(2.0, interval))
-                and self._loop_lag_s < max(1.0, interval / 2)
-            )
-            if notifier.watchdog_interval_s is not None and healthy:
-                notifier.send(watchdog=1)
-            if now - last_status >= STATUS_INTERVAL_S:
-                self._rates.sample(self._counters())
-                notifier.send(status=self._status_line())
-                last_status = now
+    def _sample_rates(self) -> None:
+        self._rates.sample(self._counters())
 
     def _note_error(self, event: str, exc: BaseException) -> None:
         self._last_error = f"{event}: {exc}"
@@ -489,9 +420,11 @@ class Service:
                     group.create_task(self._pump(), name="pump"),
                     group.create_task(self._ticker(), name="ticker"),
                     group.create_task(self._reloader(), name="reloader"),
-                    group.create_task(self._pruner(), name="pruner"),
-                    group.create_task(self._checkpointer(), name="checkpointer"),
-                    group.create_task(self._watchdog(), name="watchdog"),
+                    group.create_task(self._edges.checkpointer(), name="checkpointer"),
+                    group.create_task(self._edges.watchdog(
+                        healthy=self._healthy, status_line=self._status_line,
+                        on_status=self._sample_rates,
+                    ), name="watchdog"),
                 ]
                 if self._mqtt is not None:
                     # The publisher outlives the other loops: it drains the log after the
@@ -502,14 +435,9 @@ class Service:
                         follow_hub(self._mqtt, lambda: hub.subscribe(queue_size=4096)),
                         name="mqtt-follow",
                     ))
-                if self._announcer is not None:
-                    try:
-                        await asyncio.wait_for(self._announcer.start(), timeout=15)
-                        self.announced_name = self._announcer.name
-                    except (TimeoutError, HallwayError, OSError) as exc:
-                        self._note_error("mdns_failed", exc)
+                await self._edges.announce()
                 await self._wait_scanning(stop)
-                self._notifier.send(ready=1, status=self._status_line())
+                self._edges.notifier.send(ready=1, status=self._status_line())
                 log.info("ready", tcp_port=self.tcp_port, mdns_name=self.announced_name)
                 if self._on_ready is not None:
                     result = self._on_ready(self)
@@ -518,14 +446,8 @@ class Service:
                 await stop.wait()
                 await self._shutdown(tasks)
         except BaseExceptionGroup as group:
-            # A task's HallwayError (the store gave up) ends the daemon with that reason.
-            fatal, others = group.split(HallwayError)
-            if fatal is None or others is not None:
-                raise
-            first: BaseException = fatal
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+            raise_fatal(group)
+            raise
         finally:
             await self._close_all()
         return 0
@@ -543,11 +465,7 @@ class Service:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         log.info("stopping")
-        self._notifier.send(stopping=1, status="stopping")
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
-        await stop_front(announcer=self._announcer, server=self._server, tasks=tasks)
-        self._announcer = None
+        await self._edges.stop_front(tasks)
         self._publish(self.pipeline.shutdown(self._now()))
         await bounded(self.hub.close(), "flush_events")
         if self._mqtt is not None and self._mqtt_task is not None:
@@ -557,14 +475,10 @@ class Service:
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
 
     async def _close_all(self) -> None:
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
         if self._mqtt_task is not None and not self._mqtt_task.done():
             self._mqtt_task.cancel()
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
-        await close_edges(announcer=self._announcer, server=self._server, hub=self._hub,
-                          store=self._store)
-        self._notifier.close()
+        await self._edges.close()
 
 
 def install_signal_handlers(service: Service, stop: asyncio.Event) -> None:

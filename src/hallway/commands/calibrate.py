@@ -17,22 +17,16 @@ Exit codes: 0 measured, 1 no reading (the contact was never present), refused or
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
 from typing import Any
 
-from hallway.commands._client import (
-    Target,
-    add_target_options,
-    ask,
-    describe,
-    target,
-    token,
-)
+from hallway.client import Target
+from hallway.commands._client import add_target_options, clean, resolve
 from hallway.commands._common import config_from_args
 from hallway.models import Contact
+from hallway.proximity.distance import correction_db
 
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
@@ -59,13 +53,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def correction_db(calibration_db: float, *, true_m: float, read_m: float,
-                  exponent: float) -> float:
-    """The calibration that makes a contact read ``true_m`` where it read ``read_m`` with
-    ``calibration_db`` (log-distance model with ``exponent``)."""
-    return calibration_db + 10.0 * exponent * math.log10(true_m / read_m)
-
-
 def run(args: argparse.Namespace) -> int:
     """Measure, print and optionally store; see the module docstring for exit codes."""
     import asyncio
@@ -86,22 +73,25 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"hallway calibrate: {exc}", file=sys.stderr)
         return 1
-    where = target(args, config, prog="calibrate")
+    import hallway.client as hc
+
+    where, _ = resolve(args, prog="calibrate", config=config)
     if where is None:
         print("hallway calibrate: the config enables neither socket", file=sys.stderr)
         return EX_UNAVAILABLE
-    label = describe(where)
+    label = where.describe()
     print(f"reading {contact.id} at {args.distance:g} m from {label} for {args.seconds:g} s; "
           "keep the phone still ...", file=sys.stderr)
     try:
-        readings = asyncio.run(_read_distances(where, token(args, config), contact.id,
-                                               args.seconds))
-    except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        print(f"hallway calibrate: cannot reach hallway at {label}: {reason}", file=sys.stderr)
+        readings = asyncio.run(_read_distances(where, contact.id, args.seconds))
+    except hc.Unreachable as exc:
+        print(clean(f"hallway calibrate: cannot reach hallway at {exc}"), file=sys.stderr)
         return EX_UNAVAILABLE
-    except ValueError as exc:
-        print(f"hallway calibrate: {label}: {exc}", file=sys.stderr)
+    except hc.Refused as exc:
+        print(clean(f"hallway calibrate: {label} refused: {exc}"), file=sys.stderr)
+        return 1
+    except (hc.ClientError, hc.TargetError) as exc:
+        print(clean(f"hallway calibrate: {label}: {exc}"), file=sys.stderr)
         return 1
     if not readings:
         print(f"hallway calibrate: {contact.id} was not present during the {args.seconds:g} s; "
@@ -146,8 +136,7 @@ async def _save(database: str, contact: Contact, calibration_db: float) -> None:
         await store.close()
 
 
-async def _read_distances(where: Target, secret: str | None, contact_id: str,
-                          seconds: float) -> list[float]:
+async def _read_distances(where: Target, contact_id: str, seconds: float) -> list[float]:
     """The contact's distance from the daemon's live estimate (a ``present`` request), once a
     second."""
     import asyncio
@@ -156,7 +145,7 @@ async def _read_distances(where: Target, secret: str | None, contact_id: str,
     deadline = time.monotonic() + seconds
     while True:
         started = time.monotonic()
-        reading = await _snapshot_distance(where, secret, contact_id)
+        reading = await _snapshot_distance(where, contact_id)
         if reading is not None:
             readings.append(reading)
         if started + 1.0 >= deadline:
@@ -164,15 +153,11 @@ async def _read_distances(where: Target, secret: str | None, contact_id: str,
         await asyncio.sleep(max(0.0, started + 1.0 - time.monotonic()))
 
 
-async def _snapshot_distance(where: Target, secret: str | None,
-                             contact_id: str) -> float | None:
-    _, reply = await ask(where, {"type": "present", "contacts": [contact_id]}, secret,
-                         answers=("present",), timeout_s=5.0)
-    if reply.get("type") == "error":
-        raise ValueError(f"refused: {reply.get('code')}: {reply.get('message')}")
-    for entry in reply.get("present") or ():
-        if isinstance(entry, dict) and (entry.get("contact") or {}).get("id") == contact_id:
-            distance = entry.get("distance_m")
-            if isinstance(distance, int | float) and distance > 0:
-                return float(distance)
+async def _snapshot_distance(where: Target, contact_id: str) -> float | None:
+    import hallway.client as hc
+
+    for entry in await hc.present(where, contacts=[contact_id], timeout_s=5.0):
+        if entry.contact.id == contact_id and entry.distance_m is not None \
+                and entry.distance_m > 0:
+            return entry.distance_m
     return None

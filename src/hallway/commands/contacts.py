@@ -153,7 +153,14 @@ def run_export(args: argparse.Namespace) -> int:
     lines = asyncio.run(work())
     text = "".join(line + "\n" for line in lines)
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        from hallway.files import open_private
+
+        # Every contact's keys and IRKs: 0600 from creation, whatever the umask.
+        try:
+            with open_private(args.out, "w", encoding="utf-8") as out:
+                out.write(text)
+        except OSError as exc:
+            raise HallwayError(f"{args.out}: cannot write: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -189,13 +196,15 @@ def run_show(args: argparse.Namespace) -> int:
     from hallway.contacts_io import contact_to_obj
     from hallway.keys import key_to_json, mask
 
-    async def work() -> Any:
+    async def work() -> tuple[Any, int]:
         store = await _open(args, create=False)
         async with store:
-            return await store.get_contact(args.id)
+            return await store.get_contact(args.id), await store.match_count(args.id)
 
-    contact = asyncio.run(work())
+    contact, match_count = asyncio.run(work())
     obj = contact_to_obj(contact)
+    if match_count:
+        obj["match_hashes"] = match_count  # how many; the addresses are not stored
     if not args.reveal_keys:
         masked = []
         for key in contact.keys:
@@ -308,8 +317,11 @@ def run_enroll(args: argparse.Namespace) -> int:
     print(uri)
     for path, kind in ((args.png, "png"), (args.svg, "svg")):
         if path:
-            try:
-                qr.save(path, kind=kind, scale=8, border=4)
+            from hallway.files import open_private
+
+            try:  # the QR code carries the enrollment key: 0600 from creation
+                with open_private(path, "wb") as out:
+                    qr.save(out, kind=kind, scale=8, border=4)
             except OSError as exc:
                 raise HallwayError(f"{path}: cannot write: {exc.strerror}") from None
             print(f"wrote {path}", file=sys.stderr)

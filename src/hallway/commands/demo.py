@@ -1,5 +1,8 @@
 """``hallway demo``: the whole daemon on a simulated venue, on loopback, watched live.
 
+It first says what the viewer is looking at: the venue (by default ``meetup``, busy enough
+to show arrivals, zone changes and departures every minute), how many contacts are enrolled,
+and how fast people come and go (the simulation runs in real time).
 A temporary store is filled with the simulated venue's contacts; the daemon serves TCP (and a
 Unix socket) with a token and announces itself by mDNS on loopback (or ``--interface``). The
 demo subscribes to itself like any app would and prints the events as they come, and it prints
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import socket
 import sys
@@ -24,6 +28,7 @@ from hallway.commands._common import config_from_args
 
 DEFAULT_PORT = 7447
 DEFAULT_WEB_PORT = 7448
+DEFAULT_SCENARIO = "meetup"
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -40,11 +45,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         "temporary folder)")
     parser.add_argument("--interface", metavar="ADDR", default="127.0.0.1",
                         help="address to listen and announce on (default 127.0.0.1)")
-    parser.add_argument("--scenario", default="booth", help="simulated venue (default booth)")
+    parser.add_argument("--scenario", default=DEFAULT_SCENARIO,
+                        help=f"simulated venue (default {DEFAULT_SCENARIO})")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--duration", type=float, metavar="S",
                         help="stop after S seconds (default: run until Ctrl-C)")
     parser.add_argument("--quiet", action="store_true", help="do not print the events here")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve TLS on the TCP socket and print the connection URI")
     parser.set_defaults(func=run)
 
 
@@ -70,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from hallway.logs import configure_logging
     from hallway.service import Service, install_signal_handlers
-    from hallway.simulator import scenario_contacts, scenario_names
+    from hallway.simulator import scenario, scenario_contacts, scenario_names
     from hallway.store import SqliteStore
 
     if args.scenario not in scenario_names():
@@ -96,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                  seed=args.seed),
         "storage": StorageConfig(database=str(workdir / "hallway.db")),
         "server": ServerConfig(tcp_host=args.interface, tcp_port=port, unix_socket=unix_path,
-                               unix_socket_mode="0600", tokens=(token,)),
+                               unix_socket_mode="0600", tokens=(token,), tls=args.tls),
         "mdns": MdnsConfig(instance_name=f"hallway demo {args.scenario}",
                            interfaces=(args.interface,)),
         "web": WebConfig(enabled=True, host=args.interface, port=web_port,
@@ -105,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         contacts = scenario_contacts(args.scenario, seed=args.seed)
+        spec = scenario(args.scenario)
+        print(f"hallway demo: scenario '{spec.name}', {spec.description}\n"
+              f"  {len(contacts)} enrolled contacts (strangers' phones come and go too: "
+              f"counted, never shown)\n"
+              f"  in real time: {spec.pace}", file=sys.stderr, flush=True)
         async with await SqliteStore.open(config.storage.database) as store:
             await store.import_contacts(contacts)
         stop = asyncio.Event()
@@ -118,13 +131,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "
                   f"{unix_path}", file=sys.stderr)
+            if args.tls:
+                from hallway.tls import certificate_fingerprint, connection_uri
+
+                _, fingerprint = certificate_fingerprint(config.server, workdir)
+                assert service.tcp_port is not None
+                print("  connection URI (TLS; the token is this demo's):", file=sys.stderr)
+                print(connection_uri(args.interface, service.tcp_port, token=token,
+                                     fingerprint=fingerprint), file=sys.stderr)
             if service.announced_name:
                 print(f"  announced by mDNS as '{service.announced_name}' "
                       f"(_hallway._tcp on {args.interface})", file=sys.stderr)
+            # The token goes in a file of its own, not on a command line (ps shows those).
+            uri_file = _write_uri_file(workdir, args.interface, service.tcp_port, token)
             print("  watch it from another terminal with:\n"
-                  f"    hallway tail --connect {args.interface}:{service.tcp_port} "
-                  f"--token {token}\n"
-                  f"    hallway tail --token {token}   (finds it by mDNS)", file=sys.stderr)
+                  f"    hallway tail --uri-file {uri_file}", file=sys.stderr)
             if not args.quiet:
                 watcher.append(asyncio.create_task(_watch(unix_path, token), name="demo-watch"))
             if args.duration is not None:
@@ -148,6 +169,17 @@ def run(args: argparse.Namespace) -> int:
                 path.unlink() if not path.is_dir() else path.rmdir()
         with contextlib.suppress(OSError):
             workdir.rmdir()
+
+
+def _write_uri_file(workdir: Path, host: str, port: int | None, token: str) -> Path:
+    """The demo's connection URI in a file only its owner can read (0600 from creation)."""
+    from hallway.client import Target
+
+    path = workdir / "hallway.uri"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(Target(host=host, port=port, token=token).uri() + "\n")
+    return path
 
 
 async def _watch(unix_path: str, token: str) -> None:

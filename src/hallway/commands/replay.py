@@ -1,40 +1,24 @@
 """``hallway replay TRACE --db DB --out EVENTS.jsonl``: a trace through the daemon's pipeline.
 
-The same resolver -> tracker path as the daemon (``hallway.pipeline.Pipeline``), on a virtual
-clock that follows the trace's ``ts``: the pipeline is ticked at every whole second of trace
-time, as the daemon ticks it every second of wall time. As fast as the machine allows, or paced
-to the trace with ``--realtime``. Events are SPEC §5 objects, one per line, ``seq`` from 1;
-when the trace ends everyone still present departs with reason ``shutdown``, as when the daemon
-stops. Malformed lines are counted, the first few reported, never fatal.
-
-Where there are two cores a forked reader process parses and resolves the trace (the trace's
-time alone drives the resolver) and sends the sightings in batches, while this one tracks and
-writes: the same components in the same order, so the events are byte for byte those of one
-process (``--jobs 1``), in about two thirds of the time.
+The engine is ``hallway.replay`` (the pipeline on the trace's clock, optionally with a reader
+process); this module reads the contacts, opens the files, shows progress and prints the
+summary. Where there are two cores and no ``--realtime``, the reader runs in a second process
+(``--jobs 2``), with the same events as one process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
-import multiprocessing
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 from hallway.commands._common import config_from_args
-from hallway.config import Config
 from hallway.errors import SourceError, StoreError
-from hallway.models import Contact, KeyKind, PresenceEvent, Sighting
-
-MAX_REPORTED_BAD_LINES = 10
-PROGRESS_EVERY_S = 0.5
+from hallway.models import Contact
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -54,25 +38,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-@dataclass(slots=True)
-class ReplaySummary:
-    """What a replay did."""
-
-    advertisements: int = 0
-    matched: int = 0
-    malformed: int = 0
-    events: int = 0
-    wall_time_s: float = 0.0
-    first_ts: float | None = None
-    last_ts: float | None = None
-    bad_lines: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        """Advertisements per second of wall time."""
-        return self.advertisements / self.wall_time_s if self.wall_time_s > 0 else 0.0
-
-
 async def _load_contacts(path: str) -> list[Contact]:
     from hallway.store import SqliteStore
 
@@ -83,223 +48,8 @@ async def _load_contacts(path: str) -> list[Contact]:
         await store.close()
 
 
-class _Batch(NamedTuple):
-    """A stretch of the trace, parsed and resolved by the reader."""
-
-    items: list[tuple[Any, ...]]  # (ts,): the clock passed a second; else a sighting's fields
-    advertisements: int  # valid advertisements so far
-    bytes_read: int
-    malformed: int  # malformed lines in this stretch
-    bad_lines: list[tuple[int, str]]  # the first few of them overall
-    last_ts: float
-
-
-_KINDS = tuple(KeyKind)
-_KIND_INDEX = {kind: n for n, kind in enumerate(_KINDS)}
-_BATCH_ADVERTISEMENTS = 4096
-
-
-def _tick_times(next_tick: float, ts: float, longest: float) -> Iterator[float]:
-    """The whole seconds to tick at before an advertisement at ``ts`` (none before
-    ``next_tick``); over a long hole in the trace, only until every silence has played out."""
-    if ts - next_tick > longest:
-        stop = next_tick + longest
-        while next_tick < stop:
-            yield next_tick
-            next_tick += 1.0
-        next_tick = float(math.floor(ts))
-    while ts >= next_tick:
-        yield next_tick
-        next_tick += 1.0
-
-
-def _read(lines: Iterable[bytes], contacts: list[Contact], config: Config,
-          longest: float) -> Iterator[_Batch]:
-    """Parse and resolve the trace: the reader's half of a replay (no tracker state)."""
-    from hallway.identity.resolver import Resolver
-    from hallway.trace import TraceLineError, TraceParser
-
-    resolver = Resolver(config.identity)
-    resolve = resolver.resolve
-    maintain = resolver.maintain
-    parse = TraceParser().parse
-    kind_index = _KIND_INDEX
-    items: list[tuple[Any, ...]] = []
-    bad_lines: list[tuple[int, str]] = []
-    malformed = reported = count = bytes_read = 0
-    next_tick = -math.inf
-    last_ts = -math.inf
-    flush_at = _BATCH_ADVERTISEMENTS
-    for number, line in enumerate(lines, start=1):
-        bytes_read += len(line)
-        try:
-            adv = parse(line)
-        except TraceLineError as exc:
-            if not line.strip():
-                continue
-            malformed += 1
-            if reported < MAX_REPORTED_BAD_LINES:
-                reported += 1
-                bad_lines.append((number, str(exc)))
-            continue
-        ts = adv.ts
-        if count == 0:
-            resolver.set_contacts([c for c in contacts if c.active(ts)], now=ts)
-            next_tick = math.floor(ts) + 1.0
-            items.append((ts,))
-        count += 1
-        last_ts = max(last_ts, ts)
-        clock = ts >= next_tick
-        if clock:
-            for t in _tick_times(next_tick, ts, longest):
-                maintain(t)
-            next_tick = float(math.floor(ts)) + 1.0
-        match = resolve(adv)
-        if match is not None:
-            items.append((ts, match.contact_id, kind_index[match.via], adv.rssi,
-                          match.measured_power, adv.scanner))
-        elif clock:
-            items.append((ts,))
-        if count >= flush_at:
-            flush_at = count + _BATCH_ADVERTISEMENTS
-            yield _Batch(items, count, bytes_read, malformed, bad_lines, last_ts)
-            items, bad_lines, malformed = [], [], 0
-    yield _Batch(items, count, bytes_read, malformed, bad_lines, last_ts)
-
-
-def _reader_process(lines: Iterable[bytes], contacts: list[Contact], config: Config,
-                    longest: float) -> Iterator[_Batch]:
-    """``_read`` in a forked child process (the other core parses and resolves while this one
-    tracks); the batches come back over a pipe."""
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-
-    def child() -> None:
-        receive.close()
-        try:
-            for batch in _read(lines, contacts, config, longest):
-                send.send(batch)
-            send.send(None)
-        except Exception as exc:  # noqa: BLE001 - the parent reports it; no traceback here
-            send.send(f"{type(exc).__name__}: {exc}")
-        finally:
-            send.close()
-
-    process = context.Process(target=child, name="hallway-replay-reader", daemon=True)
-    process.start()
-    send.close()
-    try:
-        while True:
-            try:
-                batch = receive.recv()
-            except EOFError:
-                process.join()
-                raise SourceError(
-                    f"the trace reader process ended early (exit code {process.exitcode})"
-                ) from None
-            if batch is None:
-                break
-            if isinstance(batch, str):
-                raise SourceError(f"reading the trace failed: {batch}")
-            yield batch
-    finally:
-        receive.close()
-        if process.is_alive():
-            process.terminate()
-        process.join()
-
-
-def _pace(trace_elapsed: float, wall_zero: float) -> None:
-    """Sleep until ``trace_elapsed`` seconds of wall time have passed since ``wall_zero``."""
-    ahead = trace_elapsed - (time.monotonic() - wall_zero)
-    if ahead > 0.005:
-        time.sleep(ahead)
-
-
-def replay(
-    lines: Iterable[bytes],
-    contacts: list[Contact],
-    config: Config,
-    write: Callable[[str], object],
-    *,
-    realtime: bool = False,
-    progress: Callable[[ReplaySummary, int], None] | None = None,
-    reader_process: bool = False,
-) -> ReplaySummary:
-    """Feed trace lines through the pipeline on the trace's clock; write SPEC §5 lines.
-
-    The reader (parse, resolve) and the tracker are the daemon's; with ``reader_process``
-    the reader runs in a child process, with the same results.
-    """
-    from hallway.events import event_json
-    from hallway.pipeline import Pipeline
-
-    pipeline = Pipeline(config, resolving=False)
-    scanner = config.scanner.name
-    summary = ReplaySummary()
-    seq = 0
-    contact_of = pipeline.contact
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
-
-    def emit(events: list[PresenceEvent]) -> None:
-        nonlocal seq
-        for event in events:
-            seq += 1
-            obj = event_json(event, seq=seq, scanner=scanner, contact=contact_of(event.contact_id))
-            write(dumps(obj) + "\n")
-
-    sighted = pipeline.sighted
-    tick = pipeline.tick
-    kinds = _KINDS
-    longest = pipeline.tracker.longest_silence_s + 2.0
-    read = _reader_process if reader_process else _read
-    next_tick = math.inf
-    started = time.perf_counter()
-    wall_zero = trace_zero = 0.0
-    last_ts: float | None = None
-    next_progress = started + PROGRESS_EVERY_S
-    for batch in read(lines, contacts, config, longest):
-        for item in batch.items:
-            ts = item[0]
-            if summary.first_ts is None:
-                summary.first_ts = ts
-                emit(pipeline.load_contacts(contacts, now=ts))
-                next_tick = math.floor(ts) + 1.0
-                wall_zero = time.monotonic()
-                trace_zero = ts
-            if ts >= next_tick:
-                for t in _tick_times(next_tick, ts, longest):
-                    emit(tick(t))
-                next_tick = float(math.floor(ts)) + 1.0
-            if realtime:
-                _pace(ts - trace_zero, wall_zero)
-            if len(item) == 1:
-                continue
-            events = sighted(Sighting(ts, item[1], kinds[item[2]], item[3], item[4], item[5]))
-            if events:
-                emit(events)
-        summary.advertisements = batch.advertisements
-        summary.malformed += batch.malformed
-        summary.bad_lines.extend(batch.bad_lines)
-        if batch.advertisements:
-            last_ts = batch.last_ts
-        if progress is not None and time.perf_counter() >= next_progress:
-            next_progress = time.perf_counter() + PROGRESS_EVERY_S
-            summary.wall_time_s = time.perf_counter() - started
-            progress(summary, batch.bytes_read)
-    summary.matched = pipeline.stats()["matched"]
-    if last_ts is not None:
-        if realtime:
-            _pace(last_ts - trace_zero, wall_zero)
-        emit(pipeline.shutdown(last_ts))
-        summary.last_ts = last_ts
-    summary.events = seq
-    summary.wall_time_s = time.perf_counter() - started
-    return summary
-
-
-def _progress_printer(total_bytes: int, stream: IO[str]) -> Callable[[ReplaySummary, int], None]:
-    def show(summary: ReplaySummary, bytes_read: int) -> None:
+def _progress_printer(total_bytes: int, stream: IO[str]) -> Callable[[Any, int], None]:
+    def show(summary: Any, bytes_read: int) -> None:  # a hallway.replay.ReplaySummary
         done = bytes_read / total_bytes if total_bytes else 0.0
         stream.write(
             f"\rreplaying: {done:6.1%}  {summary.advertisements:,} advertisements  "
@@ -312,6 +62,8 @@ def _progress_printer(total_bytes: int, stream: IO[str]) -> Callable[[ReplaySumm
 
 def run(args: argparse.Namespace) -> int:
     """Replay a trace file; print the summary; exit 0 (malformed lines are not errors)."""
+    from hallway.replay import replay
+
     config = config_from_args(args)
     trace = Path(args.trace)
     try:

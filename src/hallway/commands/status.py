@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-from hallway.commands._client import (
-    ENV_TOKEN,
-    add_target_options,
-    ask,
-    describe,
-    target,
-    token,
-)
+from hallway.commands._client import ENV_TOKEN, add_target_options, clean, resolve
 
 EX_UNAVAILABLE = 69
 
@@ -64,42 +56,35 @@ def run(args: argparse.Namespace) -> int:
     """Print the daemon's status; see the module docstring for exit codes."""
     import asyncio
 
-    from hallway.config import find_config_path, load_config
+    import hallway.client as hc
 
-    config = None
-    if not (args.unix or args.connect) or not (args.token or os.environ.get(ENV_TOKEN)):
-        config = load_config(find_config_path(args.config))
-    where = target(args, config, prog="status")
+    where, _ = resolve(args, prog="status")
     if where is None:
         print("hallway status: the config enables neither socket", file=sys.stderr)
         return EX_UNAVAILABLE
-    secret = token(args, config)
-    label = describe(where)
+    label = where.describe()
     try:
-        hello, reply = asyncio.run(ask(where, {"type": "status"}, secret, answers=("status",),
-                                         timeout_s=args.timeout))
-    except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        print(f"hallway status: cannot reach hallway at {label}: {reason}", file=sys.stderr)
-        if isinstance(exc, PermissionError):
+        status = asyncio.run(hc.status(where, timeout_s=args.timeout))
+    except hc.Unreachable as exc:
+        print(f"hallway status: cannot reach hallway at {exc}", file=sys.stderr)
+        if isinstance(exc.__cause__, PermissionError):
             print("  (the socket is for the service's group: run as a member of it, or root)",
                   file=sys.stderr)
         return EX_UNAVAILABLE
-    except ValueError as exc:
-        print(f"hallway status: {label}: {exc}", file=sys.stderr)
-        return 1
-    if reply.get("type") == "error":
-        print(f"hallway status: {label} refused: {reply.get('code')}: {reply.get('message')}",
-              file=sys.stderr)
-        if reply.get("code") == "unauthorized":
-            print(f"  pass --token (or ${ENV_TOKEN}); the generated token is in the state "
+    except hc.Refused as exc:
+        print(f"hallway status: {label} refused: {exc}", file=sys.stderr)
+        if exc.code == "unauthorized":
+            print(f"  pass --token-file (or ${ENV_TOKEN}); the generated token is in the state "
                   "directory, /var/lib/hallway/token, readable by the service's group",
                   file=sys.stderr)
         return 1
+    except (hc.ClientError, hc.TargetError) as exc:
+        print(clean(f"hallway status: {label}: {exc}"), file=sys.stderr)
+        return 1
     if args.json:
-        print(json.dumps(reply, indent=2))
+        print(json.dumps(dict(status.raw), indent=2))
         return 0
-    _print_human(hello, reply, label)
+    _print_human(status, label)
     return 0
 
 
@@ -112,10 +97,9 @@ def _duration(seconds: float) -> str:
     return f"{days}d {text}" if days else text
 
 
-def _print_human(hello: dict[str, Any], reply: dict[str, Any], where: str) -> None:
-    server = (reply.get("version") and f"hallway/{reply['version']}") or hello.get("server")
-    scanner = reply.get("scanner", hello.get("scanner"))
-    print(f"{server} at {where} (scanner {scanner!r})")
+def _print_human(status: Any, where: str) -> None:
+    reply = status.raw
+    print(clean(f"{status.server} at {where} (scanner {status.scanner!r})"))
     rows: list[tuple[str, str]] = []
     for key, label in _LABELS:
         if key not in reply:
@@ -135,4 +119,4 @@ def _print_human(hello: dict[str, Any], reply: dict[str, Any], where: str) -> No
                 for key, value in reply.items() if key not in known)
     width = max((len(label) for label, _ in rows), default=0)
     for label, text in rows:
-        print(f"  {label:<{width}}  {text}")
+        print(clean(f"  {label:<{width}}  {text}"))

@@ -105,14 +105,6 @@ class TokenTable:
             aemk = self._aemk_of[slot] = derive_aemk(self._key_of[slot])
         return aemk
 
-    def tracked_intervals(self) -> list[int]:
-        """Intervals that are complete or being built, ascending."""
-        return sorted(self._tracked)
-
-    def complete_intervals(self) -> list[int]:
-        """Intervals whose every key's RPI is in the table, ascending."""
-        return sorted(self._complete)
-
     def set_keys(self, contact_id: str, keys: Iterable[bytes], *, now_interval: int) -> None:
         """Replace a contact's hallway-v1 keys; the table reflects it on return."""
         self.add_many([(contact_id, list(keys))], now_interval=now_interval)

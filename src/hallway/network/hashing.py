@@ -22,3 +22,12 @@ def hash_id(salt: bytes, ident: str) -> bytes:
 def hashed_kind(ident: str) -> bool:
     """True for the identifier kinds that are stored and compared only as hashes."""
     return ident.startswith(("email:", "phone:"))
+
+
+HASHED_PREFIX = "h:"
+
+
+def stored_ident(salt: bytes, ident: str) -> str:
+    """How the store keeps an identifier: handles as they are, emails and phone numbers as
+    ``h:`` + the hex of their salted hash."""
+    return HASHED_PREFIX + hash_id(salt, ident).hex() if hashed_kind(ident) else ident

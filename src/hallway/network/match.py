@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hallway.network.formats import Entry, detect_format, read_entries
-from hallway.network.hashing import hash_id, hashed_kind
+from hallway.network.hashing import HASHED_PREFIX, hash_id, hashed_kind
 from hallway.network.normalise import handle_ids
 
 
@@ -56,15 +56,19 @@ class MatchIndex:
         salt: bytes,
         *,
         handles: Iterable[tuple[str, Mapping[str, str] | str]] = (),
-        hashes: Iterable[tuple[bytes, str]] = (),
+        stored: Iterable[tuple[str, str]] = (),
     ) -> MatchIndex:
-        """An index of ``(contact id, handles)`` (a mapping or its JSON text, as the store
-        keeps it) and ``(hash, contact id)`` rows."""
+        """An index of ``(contact id, handles)`` (a mapping or its JSON text) and of
+        ``(stored identifier, contact id)`` rows as the store keeps them (``stored_ident``)."""
         index = cls(salt)
         for contact_id, value in handles:
             index.add_handles(contact_id, json.loads(value) if isinstance(value, str) else value)
-        for digest, contact_id in hashes:
-            index._hashed.setdefault(digest, set()).add(contact_id)
+        for ident, contact_id in stored:
+            if ident.startswith(HASHED_PREFIX):
+                index._hashed.setdefault(bytes.fromhex(ident[len(HASHED_PREFIX):]),
+                                         set()).add(contact_id)
+            else:
+                index._plain.setdefault(ident, set()).add(contact_id)
         return index
 
     def add_handles(self, contact_id: str, handles: Mapping[str, str]) -> None:
@@ -84,6 +88,11 @@ class MatchIndex:
 
     def __len__(self) -> int:
         return len(self._plain) + len(self._hashed)
+
+
+def identifiers(entries: Iterable[Entry]) -> set[str]:
+    """Every identifier the entries carry (to look up only those in the store)."""
+    return {ident for entry in entries for tier in entry.tiers for ident in tier}
 
 
 def match_entries(

@@ -30,6 +30,11 @@ _LINKEDIN_NAME = re.compile(r"^[^\s/?#]{3,100}$")
 _X_HOSTS = frozenset({"x.com", "twitter.com", "mobile.twitter.com", "mobile.x.com"})
 _X_RESERVED = frozenset({"i", "intent", "home", "search", "hashtag", "share", "explore",
                          "settings", "messages", "notifications"})
+# The form LinkedIn itself writes (and most people paste): matched without a full URL parse.
+_LINKEDIN_URL = re.compile(
+    r"^(?:https?://)?(?:[a-z]{2,3}\.)?linkedin\.com/in/([^/?#\s%]{3,100})/?(?:[?#]\S*)?$",
+    re.IGNORECASE,
+)
 _PHONE_CHARS = re.compile(r"^[+0-9 ()./\-]{4,40}(?:\s*(?:ext\.?|x|#)\s*[0-9]{1,8})?$", re.I)
 
 
@@ -54,11 +59,12 @@ def phone(value: str, region: str | None = None) -> str | None:
         return None
     if text.startswith("00"):
         text = "+" + text[2:]
-    if not text.startswith("+") and region is None:
+    international = text.startswith("+")
+    if not international and region is None:
         return None
     try:
-        number = phonenumbers.parse(text, None if text.startswith("+") else region.upper()
-                                    if region else None)
+        number = phonenumbers.parse(text, None if international or region is None
+                                    else region.upper())
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(number):
@@ -95,6 +101,9 @@ def linkedin(value: str) -> str | None:
     text = value.strip()
     if not text:
         return None
+    quick = _LINKEDIN_URL.match(text)
+    if quick is not None:
+        return "linkedin:" + quick.group(1).lower()
     parts = _url_parts(text)
     if parts is not None:
         host, segments, _ = parts
@@ -142,20 +151,25 @@ def x_account(value: str) -> str | None:
     return "x:" + name if _SCREEN_NAME.match(name) else None
 
 
+MATCHED_SERVICES = ("linkedin", "x", "twitter")
+"""The ``handles`` keys (lower-cased) network matching reads."""
+
+
+def handle_id(service: str, value: object) -> str | None:
+    """The match identifier of one handle (``linkedin``, ``x``/``twitter``), or None."""
+    if not isinstance(value, str):
+        return None
+    kind = service.lower()
+    if kind == "linkedin":
+        return linkedin(value)
+    if kind in ("x", "twitter"):
+        return x_account(value)
+    return None
+
+
 def handle_ids(handles: dict[str, str] | object) -> list[str]:
-    """The match identifiers of a contact's ``handles`` (``linkedin``, ``x``/``twitter``)."""
-    found: list[str] = []
+    """The match identifiers of a contact's ``handles``."""
     if not isinstance(handles, dict):
-        return found
-    for service, value in handles.items():
-        if not isinstance(value, str):
-            continue
-        kind = str(service).lower()
-        ident = None
-        if kind == "linkedin":
-            ident = linkedin(value)
-        elif kind in ("x", "twitter"):
-            ident = x_account(value)
-        if ident is not None:
-            found.append(ident)
-    return found
+        return []
+    found = (handle_id(str(service), value) for service, value in handles.items())
+    return [ident for ident in found if ident is not None]

@@ -18,3 +18,10 @@ def rssi_at(distance: float, *, measured_power_dbm: float, exponent: float) -> f
 def db_factor(db: float, *, exponent: float) -> float:
     """The distance ratio that a level difference of ``db`` decibels stands for."""
     return float(10.0 ** (db / (10.0 * exponent)))
+
+
+def correction_db(calibration_db: float, *, true_m: float, read_m: float,
+                  exponent: float) -> float:
+    """The calibration that makes a contact read ``true_m`` where it read ``read_m`` with
+    ``calibration_db`` (log-distance model with ``exponent``)."""
+    return calibration_db + 10.0 * exponent * math.log10(true_m / read_m)

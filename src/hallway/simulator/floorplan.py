@@ -120,11 +120,6 @@ class FloorPlan:
                 return room
         return None
 
-    def room_index(self, x: float) -> int:
-        """The index of the room at ``x`` (clamped to the row)."""
-        width = self.rooms[0].x1 - self.rooms[0].x0
-        return max(0, min(len(self.rooms) - 1, int(x // width)))
-
     def doorway_rooms(self, x: float, y: float) -> tuple[Room, Room] | None:
         """The two rooms of the doorway the point stands in (within a metre of a door)."""
         if abs(y - self.door_y) > DOOR_HALF_WIDTH_M + 0.2:

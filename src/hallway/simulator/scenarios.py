@@ -14,6 +14,10 @@ fresh devices.
   the end. Bodies everywhere: a higher path-loss exponent, more shadowing, many collisions.
 - ``corridor``: a corridor with the scanner on the wall. Mostly passers-by (about 20 s inside
   the radius), some stop to chat, a coffee queue around the presence edge.
+- ``meetup``: the lounge of a meetup, the scanner on the bar table in the middle: a contact
+  walks in about every 8 s, stands at two or three spots (at the table, in a group a few
+  metres off, by the wall) for 20-70 s each and leaves. Busy enough that ``hallway demo``,
+  whose default venue it is, shows arrivals, zone changes and departures every minute.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Scenario:
     contacts: int
     gap_every_s: float  # a phone pauses on average once per this many seconds present
     gap_range_s: tuple[float, float]
+    pace: str  # how busy it is, for people watching it live
     plan: Callable[[random.Random, float, int], Iterator[Visit]]
 
 
@@ -238,6 +243,48 @@ def _corridor_plan(rng: random.Random, start: float, contacts: int) -> Iterator[
             yield Visit(None, path.build())
 
 
+# -- meetup -----------------------------------------------------------------------------------
+
+_LOUNGE_DOOR = 16.0  # the doors, left and right, out of the presence radius
+# Where people stand, by zone (distance from the scanner, m): at the bar table, in a group
+# nearby, by the wall; each spot is a distance well inside its zone.
+_SPOTS = ((0.4, 0.8), (1.8, 3.0), (6.0, 9.0))
+
+
+def _meetup_plan(rng: random.Random, start: float, contacts: int) -> Iterator[Visit]:
+    busy = _Busy(contacts)
+    contact_rate, stranger_rate = 1 / 8, 1 / 12
+    total = contact_rate + stranger_rate
+    for _ in range(6):  # laptops and a speaker on the tables
+        angle, r = rng.uniform(0.0, 2 * math.pi), rng.uniform(2.0, 10.0)
+        yield Visit(None, PathBuilder(start, r * math.cos(angle), r * math.sin(angle),
+                                      speed_mps=1.0).stand(10 * 86400.0).build())
+    t = start
+    while True:
+        t += rng.expovariate(total)
+        side = rng.choice((-1.0, 1.0))
+        path = PathBuilder(t, side * _LOUNGE_DOOR, rng.uniform(-2.0, 2.0), speed_mps=_speed(rng))
+        if rng.random() < contact_rate / total:
+            who = busy.pick(rng, t)
+            if who is None:
+                continue
+            zones = rng.sample(range(len(_SPOTS)), rng.choice((2, 2, 3)))
+            for zone in zones:
+                low, high = _SPOTS[zone]
+                angle, r = rng.uniform(0.0, 2 * math.pi), rng.uniform(low, high)
+                path.walk(r * math.cos(angle), r * math.sin(angle)).stand(rng.uniform(20.0, 70.0))
+            path.walk(rng.choice((-1.0, 1.0)) * _LOUNGE_DOOR, rng.uniform(-2.0, 2.0))
+            busy.hold(who, path.t)
+            yield Visit(who, path.build())
+        else:  # a stranger crossing the room, or stopping for a drink
+            if rng.random() < 0.3:
+                path.walk(rng.uniform(-8.0, 8.0), rng.uniform(-6.0, 6.0)).stand(
+                    rng.uniform(30.0, 180.0)
+                )
+            path.walk(-side * _LOUNGE_DOOR, rng.uniform(-2.0, 2.0))
+            yield Visit(None, path.build())
+
+
 SCENARIOS: dict[str, Scenario] = {
     "booth": Scenario(
         name="booth",
@@ -247,6 +294,7 @@ SCENARIOS: dict[str, Scenario] = {
         contacts=60,
         gap_every_s=600.0,
         gap_range_s=(20.0, 90.0),
+        pace="a contact stops by about every 75 s for 1-8 minutes, another passes about every 50 s",
         plan=_booth_plan,
     ),
     "keynote": Scenario(
@@ -257,6 +305,7 @@ SCENARIOS: dict[str, Scenario] = {
         contacts=150,
         gap_every_s=180.0,
         gap_range_s=(20.0, 90.0),
+        pace="every 50 minutes 360 people (40 % contacts) come in over 12 minutes and sit",
         plan=_keynote_plan,
     ),
     "corridor": Scenario(
@@ -267,6 +316,18 @@ SCENARIOS: dict[str, Scenario] = {
         contacts=80,
         gap_every_s=600.0,
         gap_range_s=(20.0, 90.0),
+        pace="a contact passes about every 25 s (half a minute in range), a few stop to chat",
         plan=_corridor_plan,
+    ),
+    "meetup": Scenario(
+        name="meetup",
+        description="a meetup's lounge, the scanner on the bar table: people mingle and move on",
+        duration_s=1800.0,
+        radio=Radio(path_loss_exponent=2.0, shadowing_db=4.0, packet_loss=0.1),
+        contacts=40,
+        gap_every_s=900.0,
+        gap_range_s=(10.0, 40.0),
+        pace="a contact walks in about every 8 s and stays 1-3 minutes at two or three spots",
+        plan=_meetup_plan,
     ),
 }

@@ -47,7 +47,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from hallway.config import ScannerConfig
-from hallway.logs import get_logger
+from hallway.logs import FailureStreak, get_logger
 from hallway.models import Advertisement
 from hallway.sources.base import Handoff, Screen, SourceState
 
@@ -275,8 +275,8 @@ class BleakSource:
         self._last_heard = monotonic()
         self._scan_started = monotonic()
         self._failed_cycles = 0
-        self._fault_streak = 0
-        self._start_fail_streak = 0
+        self._faults = FailureStreak(log)  # radio faults since the last advertisement
+        self._start_failures = FailureStreak(log)  # failed starts since the last success
         self._in_progress_streak = 0
         self._stale_session = False
         self._heard = 0
@@ -369,14 +369,12 @@ class BleakSource:
             emit = log.debug if quiet else log.warning
         else:
             emit = log.debug if quiet else log.info
-        emit("scanner state", source=self.name, state=state.value, status=status)
+        emit("scanner_state", source=self.name, state=state.value, status=status)
 
     def _note_fault(self, reason: str) -> None:
         self._last_error = reason
-        self._fault_streak += 1
-        emit = log.warning if self._fault_streak == 1 else log.debug
-        emit("scanner lost, rebuilding", source=self.name, reason=reason,
-             rebuilds=self._counts["rebuilds"])
+        self._faults.failed("scanner_lost_rebuilding", source=self.name, reason=reason,
+                            rebuilds=self._counts["rebuilds"])
 
     def _on_bus_event(self, kind: str) -> None:
         if kind in ("bluez-replaced", "bluez-appeared"):
@@ -417,7 +415,7 @@ class BleakSource:
             self._progress = self._mono()
             self._set_state(SourceState.STARTING,
                             f"starting on {self._cfg.adapter} (attempt {attempt}/{retries})",
-                            quiet=self._failed_cycles > 0 or self._fault_streak > 1)
+                            quiet=self._failed_cycles > 0 or self._faults.count > 1)
             self._wake.clear()
             try:
                 async with self._lock, asyncio.timeout(self._cfg.start_timeout_s):
@@ -429,23 +427,22 @@ class BleakSource:
             except Exception as exc:  # noqa: BLE001 - any radio fault means "retry", never "crash"
                 error = _describe(exc)
             else:
-                self._start_fail_streak = 0
+                self._start_failures.ended()
                 self._in_progress_streak = 0
                 self._stale_session = False
                 self._set_state(SourceState.SCANNING, f"scanning on {self._cfg.adapter}",
-                                quiet=self._fault_streak > 1)
+                                quiet=self._faults.count > 1)
                 return True
             self._progress = self._mono()
             self._counts["start_failures"] += 1
-            self._start_fail_streak += 1
             self._in_progress_streak = (self._in_progress_streak + 1
                                         if _IN_PROGRESS in error else 0)
             if self._in_progress_streak >= _STALE_SESSION_AFTER and not self._stale_session:
                 self._stale_session = True
-                log.error("scanner cannot start", source=self.name, reason=_STALE_SESSION_HINT)
+                log.error("scanner_cannot_start", source=self.name, reason=_STALE_SESSION_HINT)
             self._last_error = error
-            (log.warning if self._start_fail_streak == 1 else log.debug)(
-                "scanner start failed", source=self.name, attempt=attempt, error=error)
+            self._start_failures.failed("scanner_start_failed", source=self.name,
+                                        attempt=attempt, error=error)
             await self._stop_scanner()
             if attempt < retries:
                 await self._pause(min(0.5 * attempt, self._cfg.backoff_max_s))
@@ -518,7 +515,7 @@ class BleakSource:
                 await scanner.stop()
         except Exception as exc:  # noqa: BLE001 - a dead BlueZ or bus makes stop() fail: expected
             self._counts["stop_errors"] += 1
-            log.debug("scanner stop failed", source=self.name, error=_describe(exc))
+            log.debug("scanner_stop_failed", source=self.name, error=_describe(exc))
 
     # -- the callback (hot path) ----------------------------------------------------------
     def _on_detect(self, device: BLEDevice, data: AdvertisementData) -> None:
@@ -526,7 +523,7 @@ class BleakSource:
         now = self._mono()
         self._last_heard = now
         self._heard += 1
-        if self._failed_cycles or self._fault_streak:
+        if self._failed_cycles or self._faults.count:
             self._recovered()
         try:
             path, props = data.platform_data
@@ -571,9 +568,9 @@ class BleakSource:
 
     def _recovered(self) -> None:
         took = self._mono() - self._scan_started
-        log.info("scanner hearing again", source=self.name, first_after_start_s=round(took, 3))
+        log.info("scanner_hearing_again", source=self.name, first_after_start_s=round(took, 3))
         self._failed_cycles = 0
-        self._fault_streak = 0
+        self._faults.ended()
 
     # -- pruning --------------------------------------------------------------------------
     async def _prune(self, now: float) -> None:
@@ -585,9 +582,9 @@ class BleakSource:
                 await self._prune_pass(now)
         except Exception as exc:  # noqa: BLE001 - pruning is housekeeping; the scan goes on
             self._counts["prune_errors"] += 1
-            log.debug("device pruning failed", source=self.name, error=_describe(exc))
+            log.debug("device_pruning_failed", source=self.name, error=_describe(exc))
         if removed := self._counts["pruned"] - before:
-            log.debug("pruned BlueZ devices", source=self.name, removed=removed,
+            log.debug("bluez_devices_pruned", source=self.name, removed=removed,
                       tracked=len(self._seen))
 
     async def _prune_pass(self, now: float) -> None:

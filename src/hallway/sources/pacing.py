@@ -86,7 +86,7 @@ class PacedSource:
         self._state = state
         self._status = status
         level = log.warning if state is SourceState.FAILED else log.info
-        level("source state", source=self.name, state=state.value, status=status, **fields)
+        level("source_state", source=self.name, state=state.value, status=status, **fields)
 
     async def run(self, handoff: Handoff) -> None:
         """Play the stream into ``handoff``; returns when a finite stream ends."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from hallway.errors import SourceError
-from hallway.logs import get_logger
+from hallway.logs import FailureStreak, get_logger
 from hallway.models import Advertisement
 from hallway.sources.pacing import PacedSource
 from hallway.trace import read_trace
@@ -29,7 +29,7 @@ class ReplaySource(PacedSource):
                  shift_ts: bool = False) -> None:
         super().__init__(name, speed=speed, shift_ts=shift_ts)
         self._path = Path(path)
-        self._bad_lines = 0
+        self._bad_lines = FailureStreak(log)  # never ends: a bad trace line stays bad
 
     def _open(self, start_ts: float) -> tuple[float | None, Iterator[Advertisement]]:
         try:
@@ -42,11 +42,10 @@ class ReplaySource(PacedSource):
         with handle:
             for number, item in read_trace(handle):
                 if isinstance(item, str):
-                    self._bad_lines += 1
-                    emit = log.warning if self._bad_lines == 1 else log.debug
-                    emit("trace line skipped", file=str(self._path), line=number, reason=item)
+                    self._bad_lines.failed("trace_line_skipped", file=str(self._path),
+                                           line=number, reason=item)
                     continue
                 yield item
 
     def _extra_stats(self) -> dict[str, int | float | str]:
-        return {"bad_lines": self._bad_lines}
+        return {"bad_lines": self._bad_lines.count}

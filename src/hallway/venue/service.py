@@ -5,6 +5,9 @@ retained presence and status under ``<prefix>/<venue>/scanners/+/...``; the pure
 turns them into venue events (``arrived``/``moved``/``zone``/``departed`` with ``room``); a
 ``Hub`` gives them ``seq``, logs them in the venue's own SQLite store and fans them out to the
 ``EventServer`` (the same socket protocol as a scanner, announced by mDNS with ``role=venue``);
+store, hub, server, announcer, notifier, checkpointer and watchdog are the daemon's own
+``Edges`` (so ``storage.write_failure_exit_s``, background WAL checkpoints and a watchdog fed
+only while healthy hold here too);
 an ``MqttPublisher`` publishes the logged events, the retained present set and Home Assistant
 discovery under ``<prefix>/<venue>/``. Teardown is the reverse of start-up.
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -26,13 +28,13 @@ from typing import Any
 
 import aiomqtt
 
-from hallway import __version__
-from hallway.announce import ZeroconfAnnouncer
+from hallway import __version__, codec
 from hallway.config import Config
-from hallway.errors import BrokerError, ConfigError, HallwayError, Problem
+from hallway.edges import Edges, raise_fatal
+from hallway.errors import BrokerError, HallwayError
 from hallway.hub import Hub
-from hallway.lifecycle import bounded, close_edges, stop_front
-from hallway.logs import get_logger
+from hallway.lifecycle import bounded
+from hallway.logs import FailureStreak, get_logger
 from hallway.models import Contact, DepartReason, PresenceEvent
 from hallway.mqtt import (
     BACKOFF_START_S,
@@ -47,12 +49,9 @@ from hallway.mqtt import (
     venue_base,
 )
 from hallway.notify import SystemdNotifier
-from hallway.server import EventServer, load_tokens
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
-from hallway.web.access import StaticTokens, load_session_key
-from hallway.web.app import WebServer
 
 log = get_logger(__name__)
 
@@ -79,7 +78,8 @@ class VenueService:
         self.config = config
         self._state_dir = state_dir
         self._clock = clock
-        self._notifier = notifier or SystemdNotifier.from_environment()
+        self._edges = Edges(config, notifier=notifier or SystemdNotifier.from_environment(),
+                            state_dir=state_dir, role="venue")
         self._on_ready = on_ready
         mqtt = config.mqtt
         self._base = venue_base(mqtt)
@@ -96,24 +96,44 @@ class VenueService:
              "failures"),
             0,
         )
-        self.tcp_port: int | None = None
-        self.web_port: int | None = None
-        self._web: WebServer | None = None
-        self.tokens: list[str] = []
-        self.announced_name: str | None = None
-        self._store: SqliteStore | None = None
-        self._hub: Hub | None = None
-        self._server: EventServer | None = None
-        self._announcer: ZeroconfAnnouncer | None = None
         self.publisher: MqttPublisher | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port listened on (once started; None without TCP)."""
+        return self._edges.tcp_port
+
+    @property
+    def web_port(self) -> int | None:
+        """The bound port of the web pages (None when ``[web]`` is off)."""
+        return self._edges.web_port
+
+    @property
+    def tokens(self) -> list[str]:
+        """The subscriber tokens in force."""
+        return self._edges.tokens
+
+    @property
+    def announced_name(self) -> str | None:
+        """The mDNS instance name registered (None before, or without mDNS)."""
+        return self._edges.announced_name
+
+    @property
+    def store(self) -> SqliteStore:
+        """The venue's open store."""
+        if self._edges.store is None:
+            raise RuntimeError("venue service not started")
+        return self._edges.store
 
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         """Operational figures (no contact data)."""
-        hub = self._hub.stats() if self._hub is not None else {}
+        edges = self._edges
+        hub = edges.hub.stats() if edges.hub is not None else {}
         publisher = self.publisher.stats() if self.publisher is not None else {}
-        server = self._server.stats() if self._server is not None else {}
+        server = edges.server.stats() if edges.server is not None else {}
         return {
             "version": __version__,
             "role": "venue",
@@ -142,65 +162,28 @@ class VenueService:
 
     async def _build(self) -> None:
         config = self.config
-        self._store = await SqliteStore.open(config.storage.database)
-        self._hub = Hub(
-            self._store,
-            scanner=config.scanner.name,
-            contact_lookup=self._contacts.get,
-            retention_s=config.storage.event_retention_s,
-            retention_count=config.storage.event_retention_count,
-        )
-        await self._hub.start()
+        edges = self._edges
+        store = await edges.open_store()
+        # Retention on the venue's clock (the scanners' clock), like its decisions.
+        hub = await edges.start_hub(contact_lookup=self._contacts.get, clock=self._known_now,
+                                    batch_window_s=0.01)
         extra = None
         if config.mqtt.homeassistant:
             extra = HomeAssistantDiscovery(config.mqtt, status_topic=self.topics.status).messages
         self.publisher = MqttPublisher(
             config.mqtt,
             scanner=config.scanner.name,
-            store=self._store,
-            present=self._hub.present,
+            store=store,
+            present=hub.present,
             topics=self.topics,
             client_id=f"{self._client_id()}-pub",
             extra=extra,
             clock=self._clock,
         )
-        self.tokens = list(load_tokens(config.server, state_dir=self._state_dir))
-        self._server = EventServer(
-            config.server, self._hub, scanner=config.scanner.name, version=__version__,
-            tokens=self.tokens, status_provider=self.status,
-        )
-        await self._server.start()
-        self.tcp_port = self._server.tcp_port
-        if config.web.enabled:
-            await self._start_web()
-        if config.mdns.enabled and self.tcp_port is not None:
-            self._announcer = ZeroconfAnnouncer(
-                config.mdns, scanner=config.scanner.name, port=self.tcp_port,
-                auth="token" if self.tokens else "none", role="venue",
-                host=config.server.tcp_host,
-            )
-
-    async def _start_web(self) -> None:
-        """The kiosk and dashboard over the venue's hub (no enrollment: no contact store)."""
-        web = self.config.web
-        if not self.tokens:
-            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
-                                       'auth (server.auth = "token")')])
-        hub = self._running_hub()
-        assert self._store is not None
-        self._web = WebServer(
-            host=web.host, port=web.port, hub=hub, log_store=self._store,
-            authority=StaticTokens(self.tokens),
-            session_key=load_session_key(self._state_dir), session_s=web.session_s,
-            lookup=self._contacts.get, status=self.status, clock=self.now, title=web.title,
-            chart_hours=web.chart_hours, max_streams=web.max_streams, role="venue",
-        )
-        try:
-            await self._web.start()
-        except OSError as exc:
-            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
-                                       f"{web.port}: {exc.strerror or exc}")]) from None
-        self.web_port = self._web.port
+        await edges.start_server(status_provider=self.status, clock=self.now)
+        # The kiosk and the dashboard over the venue's hub; no enrollment (no contact store).
+        await edges.start_web(lookup=self._contacts.get, status=self.status, clock=self.now,
+                              role="venue")
 
     def now(self) -> float:
         """The venue's clock: ``clock`` plus the lead of the most advanced scanner's clock.
@@ -211,14 +194,18 @@ class VenueService:
         """
         return self._clock() + (self._offset_s or 0.0)
 
+    def _known_now(self) -> float | None:
+        """``now`` once a scanner's clock was seen, else None (a replay's time is unknown)."""
+        return self.now() if self._offset_s is not None else None
+
     def _follow(self, ts: float) -> None:
         skew = ts - self._clock()
         if self._offset_s is None or skew > self._offset_s:
             self._offset_s = skew
 
     def _running_hub(self) -> Hub:
-        assert self._hub is not None, "the hub is built in run()"
-        return self._hub
+        assert self._edges.hub is not None, "the hub is built in run()"
+        return self._edges.hub
 
     def _client_id(self) -> str:
         return self.config.mqtt.client_id or f"hallway-venue-{self.config.mqtt.venue}"
@@ -242,7 +229,7 @@ class VenueService:
         """Read the scanners' topics for ever, reconnecting with capped backoff."""
         mqtt = self.config.mqtt
         delay = BACKOFF_START_S
-        streak = 0
+        failures = FailureStreak(log)
         while True:
             client = make_client(mqtt, client_id=self._client_id(), clean_session=False,
                                  max_queued_incoming=MAX_INCOMING)
@@ -251,7 +238,8 @@ class VenueService:
                     self._connected = True
                     self._n["connects"] += 1
                     log.info("venue_broker_connected", host=mqtt.host, port=mqtt.port)
-                    streak, delay = 0, BACKOFF_START_S
+                    failures.ended()
+                    delay = BACKOFF_START_S
                     scanners = f"{self._base}/scanners/+"
                     for topic in (f"{scanners}/status", f"{scanners}/present/+",
                                   f"{scanners}/events"):
@@ -260,17 +248,19 @@ class VenueService:
                         payload = message.payload
                         if not isinstance(payload, bytes | bytearray):
                             payload = b"" if payload is None else str(payload).encode()
-                        self._publish(self.handle(str(message.topic), bytes(payload)))
+                        self.receive(str(message.topic), bytes(payload))
             except aiomqtt.MqttError as exc:
                 error: BrokerError = broker_error(exc)
                 self._n["failures"] += 1
-                streak += 1
-                (log.warning if streak == 1 else log.debug)(
-                    "venue_broker_unavailable", error=str(error), attempts=streak)
+                failures.failed("venue_broker_unavailable", error=str(error))
             finally:
                 self._connected = False
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, mqtt.reconnect_max_s)
+
+    def receive(self, topic: str, payload: bytes) -> None:
+        """One message from a scanner's topics in; the venue events it causes published."""
+        self._publish(self.handle(topic, payload))
 
     def handle(self, topic: str, payload: bytes) -> list[PresenceEvent]:
         """One message from a scanner's topics -> the venue events it causes."""
@@ -332,8 +322,8 @@ class VenueService:
         if not payload:
             return self.arbiter.lost(scanner, contact_id, now=now)
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+            data: dict[str, Any] | None = codec.decode(payload)
+        except codec.DecodeError:
             data = None
         contact = public_contact(data.get("contact")) if isinstance(data, dict) else None
         if not isinstance(data, dict) or contact is None or contact["id"] != contact_id:
@@ -363,14 +353,12 @@ class VenueService:
         assert self.publisher is not None
         await follow_hub(self.publisher, lambda: self._running_hub().subscribe(queue_size=4096))
 
-    async def _watchdog(self) -> None:
-        notifier = self._notifier
-        step = min(notifier.watchdog_interval_s or 5.0, 5.0)
-        while True:
-            if notifier.watchdog_interval_s is not None:
-                notifier.send(watchdog=1)
-            notifier.send(status=self._status_line())
-            await asyncio.sleep(step)
+    def _healthy(self, now: float, interval: float) -> bool:
+        """For the watchdog, beside the shared checks (event log written, loop on time): the
+        MQTT reader is running (it reconnects by itself; a broker that is down is not ours to
+        fix by a restart)."""
+        reader = self._reader
+        return reader is not None and not reader.done()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -392,15 +380,14 @@ class VenueService:
                     group.create_task(self._subscribe(), name="venue-mqtt-in"),
                     group.create_task(self._ticker(), name="venue-ticker"),
                     group.create_task(self._relay(), name="venue-relay"),
-                    group.create_task(self._watchdog(), name="venue-watchdog"),
+                    group.create_task(self._edges.checkpointer(), name="venue-checkpointer"),
+                    group.create_task(self._edges.watchdog(
+                        healthy=self._healthy, status_line=self._status_line,
+                    ), name="venue-watchdog"),
                 ]
-                if self._announcer is not None:
-                    try:
-                        await asyncio.wait_for(self._announcer.start(), timeout=15)
-                        self.announced_name = self._announcer.name
-                    except (TimeoutError, HallwayError, OSError) as exc:
-                        log.warning("mdns_failed", error=str(exc))
-                self._notifier.send(ready=1, status=self._status_line())
+                self._reader = tasks[0]
+                await self._edges.announce()
+                self._edges.notifier.send(ready=1, status=self._status_line())
                 log.info("venue_ready", tcp_port=self.tcp_port, mdns_name=self.announced_name)
                 if self._on_ready is not None:
                     result = self._on_ready(self)
@@ -408,6 +395,9 @@ class VenueService:
                         await result
                 await stop.wait()
                 await self._shutdown(tasks, publisher)
+        except BaseExceptionGroup as group:
+            raise_fatal(group)
+            raise
         finally:
             await self._close_all()
         return 0
@@ -415,11 +405,7 @@ class VenueService:
     async def _shutdown(self, tasks: list[asyncio.Task[None]],
                         publisher: asyncio.Task[None]) -> None:
         log.info("venue_stopping")
-        self._notifier.send(stopping=1, status="stopping")
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
-        await stop_front(announcer=self._announcer, server=self._server, tasks=tasks)
-        self._announcer = None
+        await self._edges.stop_front(tasks)
         self._publish(self.arbiter.shutdown(self.now()))
         await bounded(self._running_hub().close(), "flush_events")
         if self.publisher is not None:
@@ -429,11 +415,7 @@ class VenueService:
         await asyncio.gather(publisher, return_exceptions=True)
 
     async def _close_all(self) -> None:
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
-        await close_edges(announcer=self._announcer, server=self._server, hub=self._hub,
-                          store=self._store)
-        self._notifier.close()
+        await self._edges.close()
 
 
 def _text(value: Any) -> str | None:

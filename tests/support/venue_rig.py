@@ -19,14 +19,14 @@ from typing import Any
 
 from hallway.config import Config
 from hallway.simulator.floorplan import RoomTimeline, VenueSimulation
-from hallway.testing.mosquitto import (
+from hallway.venue.service import VenueService
+from tests.support.mosquitto import (
     MosquittoBroker,
     add_passwords,
     docs_broker_config,
     free_port,
     make_tls,
 )
-from hallway.venue.service import VenueService
 
 VENUE = "rig"
 VENUE_USER = "venue"

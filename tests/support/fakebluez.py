@@ -13,7 +13,7 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
   per-device merging of manufacturer and service data, and, unless a client's discovery
   filter asks for ``DuplicateData``, a repeat reported only when something changed (RSSI by
   8 dB or more).
-* ``FakeBlueZProcess`` runs ``python -m hallway.testing.fakebluez`` as a child process (so it
+* ``FakeBlueZProcess`` runs ``python tests/support/fakebluez.py`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 
 Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
@@ -815,7 +815,7 @@ class _Controller:
                     if not isinstance(request, dict):
                         raise TypeError("a command is a JSON object")
                     response = await self.handle(request)
-                except Exception as exc:  # noqa: BLE001 - reported to the client, loop goes on
+                except Exception as exc:
                     response = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 writer.write(json.dumps(response).encode() + b"\n")
                 await writer.drain()
@@ -863,8 +863,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hallway.testing.fakebluez --bus ADDRESS --control SOCKET``."""
-    parser = argparse.ArgumentParser(prog="python -m hallway.testing.fakebluez",
+    """``python tests/support/fakebluez.py --bus ADDRESS --control SOCKET``."""
+    parser = argparse.ArgumentParser(prog="fakebluez.py",
                                      description="A fake BlueZ on a D-Bus (for tests).")
     parser.add_argument("--bus", default=os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"),
                         help="D-Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS)")
@@ -879,13 +879,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class FakeBlueZProcess:
-    """``python -m hallway.testing.fakebluez`` as a child process, driven over its socket."""
+    """``python tests/support/fakebluez.py`` as a child process, driven over its socket."""
 
     def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
                  with_adapter: bool = True, powered: bool = True) -> None:
         self.bus_address = bus_address
         self.control_path = Path(control_path)
-        self._argv = [sys.executable, "-m", "hallway.testing.fakebluez", "--bus", bus_address,
+        self._argv = [sys.executable, str(Path(__file__).resolve()), "--bus", bus_address,
                       "--control", str(self.control_path), "--adapter", adapter]
         if not with_adapter:
             self._argv.append("--no-adapter")

@@ -1,11 +1,17 @@
-"""The store's network tables (migration 4): who knows whom, match hashes, the venue salt.
+"""The store's network tables (network's migrations): who knows whom, match identifiers, salt.
 
 ``knows(contact_id, known_id)`` holds the ids a person knows; rows whose ``known_id`` is not
 (or no longer) enrolled are kept (a later import may enroll them) but never read back, and
-revoking a contact deletes every row naming it. ``match_hashes(hash, contact_id)`` holds the
-salted hashes of the emails and phone numbers a contact may be matched by
-(``hallway.network.hashing``); the addresses themselves are never stored. ``network_salt``
-holds the database's random salt, made once by the migration.
+revoking a contact deletes every row naming it.
+
+``match_ids(ident, contact_id, hashed)`` is what a network import may find a contact by:
+their LinkedIn/X handles in canonical form (``hashed`` 0; derived from ``handles`` on every
+write of the contact), and the salted hashes of the emails and phone numbers they gave for
+matching (``hashed`` 1, ``ident`` = ``h:`` + hex; the addresses themselves are never
+stored). ``network_salt`` holds the database's random salt, made once by the migration.
+``meta.match_ids_version`` says which normalisation rules the handle rows were derived
+with; ``ensure_match_ids`` derives them again when it is older than this code's (also for
+the contacts stored before ``match_ids`` existed).
 
 ``NetworkTables`` is mixed into ``SqliteStore``; its methods use the store's connection and
 its one-writer-at-a-time transactions.
@@ -13,11 +19,13 @@ its one-writer-at-a-time transactions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hallway.errors import ContactNotFound
-from hallway.network.hashing import hash_id, hashed_kind
+from hallway.network.hashing import hashed_kind, stored_ident
+from hallway.network.normalise import handle_ids
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -41,11 +49,33 @@ MIGRATION = """
     CREATE TABLE network_salt (id INTEGER PRIMARY KEY CHECK (id = 1), salt BLOB NOT NULL);
     INSERT INTO network_salt VALUES (1, randomblob(32));
 """
+"""Contacts' display and knows, match hashes and their salt (as first shipped)."""
+
+MATCH_IDS_MIGRATION = """
+    CREATE TABLE match_ids (
+        ident TEXT NOT NULL,
+        contact_id TEXT NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+        hashed INTEGER NOT NULL,
+        PRIMARY KEY (ident, contact_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX match_ids_contact ON match_ids(contact_id, hashed);
+    INSERT INTO match_ids (ident, contact_id, hashed)
+        SELECT 'h:' || lower(hex(hash)), contact_id, 1 FROM match_hashes;
+    DROP TABLE match_hashes;
+    INSERT INTO meta SELECT 'match_ids_version',
+        CASE WHEN EXISTS (SELECT 1 FROM contacts WHERE handles != '{}') THEN 0 ELSE {version} END;
+"""
+"""Match identifiers: handles in canonical form beside the salted hashes (the hashes move
+over as ``h:`` + hex), so an import looks up only its own identifiers."""
+MATCH_IDS_VERSION = 1
+"""Bump when ``hallway.network.normalise`` changes what a handle's identifier is."""
+MATCH_IDS_MIGRATION = MATCH_IDS_MIGRATION.replace("{version}", str(MATCH_IDS_VERSION))
 
 _INSERT_KNOWN = (
     "INSERT OR IGNORE INTO knows (contact_id, known_id) SELECT ?, ? "
     "WHERE NOT EXISTS (SELECT 1 FROM revocations WHERE contact_id = ?2)"
 )
+_INSERT_ID = "INSERT OR IGNORE INTO match_ids (ident, contact_id, hashed) VALUES (?, ?, ?)"
 _ENROLLED_KNOWS = (
     "SELECT k.contact_id, k.known_id FROM knows k JOIN contacts c ON c.id = k.known_id"
 )
@@ -64,23 +94,29 @@ class NetworkTables:
     # -- inside other writes -------------------------------------------------------------------
 
     async def _write_network_rows(self, contacts: Sequence[Contact]) -> None:
-        """Replace each contact's ``knows`` and (where given) match hashes, in the caller's
-        transaction. Ids revoked before are not written into anyone's ``knows``."""
+        """Replace each contact's ``knows``, handle identifiers and (where given) match
+        hashes, in the caller's transaction. Revoked ids are not written into ``knows``."""
         db = self._db
-        await db.executemany("DELETE FROM knows WHERE contact_id = ?", [(c.id,) for c in contacts])
+        ids = [(c.id,) for c in contacts]
+        await db.executemany("DELETE FROM knows WHERE contact_id = ?", ids)
         await db.executemany(
             _INSERT_KNOWN, [(c.id, known) for c in contacts for known in sorted(c.knows)]
+        )
+        await db.executemany("DELETE FROM match_ids WHERE contact_id = ? AND hashed = 0", ids)
+        await db.executemany(
+            _INSERT_ID,
+            [(ident, c.id, 0) for c in contacts for ident in handle_ids(dict(c.handles))],
         )
         matched = [c for c in contacts if c.match is not None]
         if not matched:
             return
         salt = await self._salt()
         await db.executemany(
-            "DELETE FROM match_hashes WHERE contact_id = ?", [(c.id,) for c in matched]
+            "DELETE FROM match_ids WHERE contact_id = ? AND hashed = 1", [(c.id,) for c in matched]
         )
         await db.executemany(
-            "INSERT OR IGNORE INTO match_hashes (hash, contact_id) VALUES (?, ?)",
-            [(hash_id(salt, ident), c.id) for c in matched for ident in (c.match or ())
+            _INSERT_ID,
+            [(stored_ident(salt, ident), c.id, 1) for c in matched for ident in (c.match or ())
              if hashed_kind(ident)],
         )
 
@@ -108,17 +144,47 @@ class NetworkTables:
         """This database's salt for match hashes (random, made once)."""
         return await self._salt()
 
-    async def match_handles(self) -> list[tuple[str, str]]:
-        """``(contact id, handles JSON)`` of every enrolled contact that has handles."""
-        async with self._db.execute(
-            "SELECT id, handles FROM contacts WHERE handles != '{}'"
-        ) as cursor:
-            return [(str(cid), str(handles)) for cid, handles in await cursor.fetchall()]
+    async def ensure_match_ids(self) -> bool:
+        """Derive every contact's handle identifiers again if they were derived by older rules
+        (or not at all: contacts stored before ``match_ids`` existed). True if it did."""
+        version = await self._scalar("SELECT value FROM meta WHERE key = 'match_ids_version'")
+        if version is not None and int(version) >= MATCH_IDS_VERSION:
+            return False
 
-    async def match_hashes(self) -> list[tuple[bytes, str]]:
-        """``(hash, contact id)`` of every stored match hash."""
-        async with self._db.execute("SELECT hash, contact_id FROM match_hashes") as cursor:
-            return [(bytes(h), str(cid)) for h, cid in await cursor.fetchall()]
+        async def work() -> None:
+            await self._db.execute("DELETE FROM match_ids WHERE hashed = 0")
+            async with self._db.execute(
+                "SELECT id, handles FROM contacts WHERE handles != '{}'"
+            ) as cursor:
+                rows = await cursor.fetchall()
+            await self._db.executemany(
+                _INSERT_ID,
+                [(ident, str(cid), 0) for cid, handles in rows
+                 for ident in handle_ids(json.loads(handles))],
+            )
+            await self._db.execute(
+                "INSERT INTO meta VALUES ('match_ids_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (MATCH_IDS_VERSION,))
+
+        await self._write(work)
+        return True
+
+    async def match_rows(self, idents: Collection[str]) -> list[tuple[str, str]]:
+        """``(stored identifier, contact id)`` for those of ``idents`` (as ``stored_ident``
+        gives them) that some enrolled contact has; one query whatever their number."""
+        if not idents:
+            return []
+        async with self._db.execute(
+            "SELECT ident, contact_id FROM match_ids "
+            "WHERE ident IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(idents)),),
+        ) as cursor:
+            return [(str(ident), str(cid)) for ident, cid in await cursor.fetchall()]
+
+    async def match_count(self, contact_id: str) -> int:
+        """How many email/phone hashes a contact may be matched by."""
+        return int(await self._scalar(
+            "SELECT count(*) FROM match_ids WHERE contact_id = ? AND hashed = 1", (contact_id,)))
 
     async def known_by(self, contact_id: str) -> frozenset[str]:
         """The enrolled contacts whose ``knows`` lists ``contact_id`` (for ``--mutual-only``)."""

@@ -1,1 +1,0 @@
-"""Test doubles that ship with hallway (used by its tests, benchmarks and ``hallway doctor``)."""
