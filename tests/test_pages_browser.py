@@ -336,3 +336,40 @@ def test_demo_prints_the_kiosk_first_and_the_page_shows_people(
             demo.wait()
         if demo.stdout is not None:
             demo.stdout.close()
+
+
+def test_a_token_out_of_scope_sees_nothing_out_of_scope(tmp_path: Path, browser: Browser) -> None:
+    import subprocess
+    import sys
+
+    from tests.pages_env import env
+
+    count = 6
+    venue = make_venue(tmp_path, count, every_s=0.2)
+    venue.start()
+    made = subprocess.run(
+        [sys.executable, "-m", "hallway", "tokens", "add", "rust-kiosk", "--tags", "rust",
+         "--db", str(tmp_path / "hallway.db")],
+        capture_output=True, text=True, env=env(), check=True)
+    scoped = made.stdout.strip()
+    watched = Watched(browser)
+    try:
+        _wait(lambda: len(_present_ids(venue.port)) == count, 30, "everyone arrived")
+        watched.page.goto(venue.url("kiosk", token=scoped))
+        watched.page.wait_for_selector("#live[data-state=live]", timeout=10_000)
+        time.sleep(1.0)
+        # Tags cycle speaker, rust, privacy, hardware: of six people p-001 and p-005 carry
+        # "rust", and both chose not to be shown: the kiosk names nobody and counts only the
+        # two in scope (not the six present).
+        html = watched.html()
+        for i in range(count):
+            assert f"Person{i:03d}" not in html
+        assert watched.page.text_content("#count") == "2"
+        watched.page.goto(f"{venue.base}/enroll")
+        watched.page.wait_for_selector("#not-allowed", timeout=10_000)
+        for path in ("/api/contacts", "/api/stream/enroll"):
+            assert watched.page.request.get(venue.base + path).status == 403
+        assert watched.errors == []
+    finally:
+        watched.close()
+        venue.stop()

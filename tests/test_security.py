@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from hallway.config import Config, ServerConfig, StorageConfig, load_config
-from hallway.doctor import Status, _check_tls
+from hallway.doctor import Commands, Status, _check_tls
 from hallway.errors import ConfigError
 from hallway.server import security
 from hallway.tls import server_context
@@ -353,10 +353,12 @@ def test_plain_tcp_off_loopback_warns_or_is_refused(tmp_path: Path,
     secured = security(config, state_dir=tmp_path)
     assert secured.tls is None
     assert "tcp_without_tls" in capsys.readouterr().out
-    check = _check_tls(config)
+    commands = Commands("hallway", "", "", "hallway")
+    check = _check_tls(config, commands)
     assert check.status is Status.WARN
     assert "server.tls = true" in (check.fix or "")
-    assert _check_tls(Config()).status is Status.OK  # loopback
+    assert "hallway tls show" in (check.fix or "")
+    assert _check_tls(Config(), commands).status is Status.OK  # loopback
     strict = tmp_path / "strict.toml"
     strict.write_text(f'[server]\ntcp_host = "0.0.0.0"\ntokens = ["{TOKEN}"]\n'
                       "require_tls_off_loopback = true\n")

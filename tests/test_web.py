@@ -476,3 +476,63 @@ def test_profile_links_from_shared_handles() -> None:
         {"service": "twitter", "url": "https://x.com/ada"},
         {"service": "mastodon", "url": "https://example.social/@ada"},
     ]
+
+
+async def test_scoped_tokens_from_the_token_table_and_their_revocation(tmp_path: Path) -> None:
+    import asyncio
+
+    from hallway.access import add_token, revoke_token, scope_of
+    from hallway.web.access import ServerTokens
+
+    db = tmp_path / "hallway.db"
+    await (await SqliteStore.open(db)).close()  # migrated: the token table exists
+    secret = add_token(db, scope_of("staff-kiosk", tags=["staff"]))
+    tokens = ServerTokens([TOKEN], token_db=db)
+    full = tokens.check(TOKEN)
+    assert full is not None
+    assert full.pages == frozenset({"kiosk", "dashboard", "enroll"})
+    scoped = tokens.check(secret)
+    assert scoped is not None
+    assert scoped.pages == frozenset({"kiosk", "dashboard"})  # no enrollment
+    assert scoped.tags == frozenset({"staff"})
+    assert tokens.check("not-a-token-0123456789") is None
+    revoke_token(db, "staff-kiosk")
+    await asyncio.sleep(1.05)  # the table is read again at most once a second
+    assert tokens.recheck(scoped.ref) is None
+    assert tokens.recheck(full.ref) == full
+
+
+async def test_pages_are_served_over_tls_with_the_sockets_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    import aiohttp
+
+    from hallway.config import ServerConfig
+    from hallway.tls import server_context
+
+    context = server_context(ServerConfig(tls=True), tmp_path)
+    assert context is not None
+    store = await SqliteStore.open(tmp_path / "hallway.db")
+    hub = Hub(store, scanner="t", contact_lookup=lambda _id: None, retention_s=3600,
+              retention_count=1000, batch_window_s=0.0)
+    await hub.start()
+    server = WebServer(
+        host="127.0.0.1", port=0, hub=hub, log_store=store, authority=StaticTokens([TOKEN]),
+        session_key=b"k" * 32, session_s=3600, lookup=lambda _id: None, status=dict,
+        clock=time.time, title="TLS", chart_hours=1, ssl_context=context,
+    )
+    await server.start()
+    try:
+        client_ssl = ssl.create_default_context()
+        client_ssl.check_hostname = False
+        client_ssl.verify_mode = ssl.CERT_NONE  # the fingerprint is checked by apps, not here
+        async with aiohttp.ClientSession() as session:
+            url = f"https://127.0.0.1:{server.port}"
+            async with session.post(f"{url}/api/login", json={"token": TOKEN}, headers=HEADERS,
+                                    ssl=client_ssl) as response:
+                assert response.status == 200
+                assert "Secure" in response.headers["Set-Cookie"]
+    finally:
+        await server.close()
+        await hub.close()
+        await store.close()

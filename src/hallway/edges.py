@@ -17,19 +17,22 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hallway import __version__
 from hallway.announce import ZeroconfAnnouncer
 from hallway.config import Config
-from hallway.errors import HallwayError
+from hallway.errors import ConfigError, HallwayError, Problem
 from hallway.hub import Hub
-from hallway.lifecycle import close_edges, stop_front
+from hallway.lifecycle import bounded, close_edges, stop_front
 from hallway.logs import get_logger
 from hallway.models import Contact
 from hallway.notify import SystemdNotifier
-from hallway.server import EventServer, load_tokens, security
+from hallway.server import EventServer, Security, load_tokens, security
 from hallway.store import SqliteStore
+
+if TYPE_CHECKING:
+    from hallway.web.app import WebServer
 
 log = get_logger(__name__)
 
@@ -76,6 +79,9 @@ class Edges:
         self.hub: Hub | None = None
         self.server: EventServer | None = None
         self.announcer: ZeroconfAnnouncer | None = None
+        self.web: WebServer | None = None
+        self.web_port: int | None = None
+        self._security = Security(None, None)
         self.tokens: list[str] = []
         self.tcp_port: int | None = None
         self.announced_name: str | None = None
@@ -144,6 +150,7 @@ class Edges:
             clock=clock if clock is not None else time.time,
         )
         self.server = server
+        self._security = secured
         await server.start()
         self.tcp_port = server.tcp_port
         if config.mdns.enabled and self.tcp_port is not None:
@@ -156,6 +163,49 @@ class Edges:
                 tls=secured.tls is not None,
                 host=config.server.tcp_host,
             )
+        return server
+
+    async def start_web(
+        self,
+        *,
+        lookup: Callable[[str], Contact | None],
+        status: Callable[[], dict[str, Any]],
+        clock: Callable[[], float],
+        contacts: SqliteStore | None = None,
+        on_contacts_changed: Callable[[], None] | None = None,
+        role: str = "scanner",
+    ) -> WebServer | None:
+        """The web pages (``[web]``), when enabled: over this hub and log, signed in with the
+        server's tokens and scopes, served with the socket's TLS certificate when it has one.
+        ``contacts``: the store enrollment writes to (None: no enrollment page)."""
+        web = self.config.web
+        if not web.enabled:
+            return None
+        # Imported only when the pages are served: aiohttp is a fifth of the daemon's start-up.
+        from hallway.web.access import ServerTokens, load_session_key  # noqa: PLC0415
+        from hallway.web.app import WebServer  # noqa: PLC0415
+
+        assert self.hub is not None, "start_server first"
+        assert self.store is not None
+        if not self.tokens and self._security.token_db is None:
+            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
+                                       'auth (server.auth = "token")')])
+        server = WebServer(
+            host=web.host, port=web.port, hub=self.hub, log_store=self.store,
+            authority=ServerTokens(self.tokens, token_db=self._security.token_db),
+            session_key=load_session_key(self._state_dir), session_s=web.session_s,
+            lookup=lookup, status=status, clock=clock, title=web.title,
+            chart_hours=web.chart_hours, max_streams=web.max_streams, store=contacts,
+            on_contacts_changed=on_contacts_changed, ssl_context=self._security.tls,
+            role="venue" if role == "venue" else "scanner",
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
+                                       f"{web.port}: {exc.strerror or exc}")]) from None
+        self.web = server
+        self.web_port = server.port
         return server
 
     async def announce(self) -> str | None:
@@ -222,11 +272,15 @@ class Edges:
         """STOPPING=1, mDNS goodbye, stop accepting, end the loops (the hub still takes
         events: the root publishes its shutdown departures next)."""
         self.notifier.send(stopping=1, status="stopping")
+        if self.web is not None:
+            await bounded(self.web.close(), "close_web")
         await stop_front(announcer=self.announcer, server=self.server, tasks=tasks)
         self.announcer = None
 
     async def close(self) -> None:
         """Close what was built, in reverse order (idempotent)."""
+        if self.web is not None:
+            await bounded(self.web.close(), "close_web")
         await close_edges(announcer=self.announcer, server=self.server, hub=self.hub,
                           store=self.store)
         self.announcer = None

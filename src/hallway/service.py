@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from hallway import __version__, codec
 from hallway.config import Config
 from hallway.edges import Edges, raise_fatal
-from hallway.errors import ConfigError, HallwayError, Problem
+from hallway.errors import HallwayError
 from hallway.events import present_json
 from hallway.hub import Hub
 from hallway.lifecycle import bounded
@@ -65,8 +65,6 @@ from hallway.registry.client import RegistryClient
 from hallway.sources import make_source
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
 from hallway.store import SqliteStore
-from hallway.web.access import StaticTokens, load_session_key
-from hallway.web.app import WebServer
 
 if TYPE_CHECKING:
     from hallway.checkin.peripheral import BluezPeripheral
@@ -135,10 +133,8 @@ class Service:
         self._busy_over_10ms = 0
         self._clock_offset_s = 0.0
         self._clock_known = False
-        self.web_port: int | None = None
         # Built in run():
         self._pipeline: Pipeline | None = None
-        self._web: WebServer | None = None
         self._mqtt: MqttPublisher | None = None
         self._mqtt_task: asyncio.Task[None] | None = None
         self._source: AdvertisementSource | None = None
@@ -179,6 +175,11 @@ class Service:
     def tcp_port(self) -> int | None:
         """The TCP port listened on (once started; None without TCP)."""
         return self._edges.tcp_port
+
+    @property
+    def web_port(self) -> int | None:
+        """The bound port of the web pages (None when ``[web]`` is off)."""
+        return self._edges.web_port
 
     @property
     def tokens(self) -> list[str]:
@@ -267,7 +268,7 @@ class Service:
             "source_stats": source.stats() if source is not None else {},
             # Check-ins (GATT) and refused writes by kind; no central is ever named.
             **({"checkin": self._peripheral.stats()} if self._peripheral is not None else {}),
-            **({"web": self._web.stats()} if self._web is not None else {}),
+            **({"web": self._edges.web.stats()} if self._edges.web is not None else {}),
             # What the tracker knows of its receiver, and the venue's fitted path loss.
             "proximity": self._proximity_status(),
         }
@@ -365,8 +366,8 @@ class Service:
             )
         await edges.start_server(status_provider=self._socket_status,
                                  present_provider=self._present_json, clock=self._now)
-        if config.web.enabled:
-            await self._start_web()
+        await edges.start_web(lookup=self._contact, status=self.status, clock=self._now,
+                              contacts=self.store, on_contacts_changed=self.request_reload)
         self._source = self._source_override or make_source(config)
         # The pipeline's screen lets the bleak source skip strangers before building records.
         self._handoff = Handoff(config.scanner.queue_size, screen=self.pipeline.screen,
@@ -386,27 +387,6 @@ class Service:
             return result
         self._publish(result)
         return None
-
-    async def _start_web(self) -> None:
-        """The pages on their own port, over this hub and store (``[web]``)."""
-        web = self.config.web
-        if not self.tokens:
-            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
-                                       'auth (server.auth = "token")')])
-        self._web = WebServer(
-            host=web.host, port=web.port, hub=self.hub, log_store=self.store,
-            authority=StaticTokens(self.tokens),
-            session_key=load_session_key(self._state_dir), session_s=web.session_s,
-            lookup=self._contact, status=self.status, clock=self._now, title=web.title,
-            chart_hours=web.chart_hours, max_streams=web.max_streams, store=self.store,
-            on_contacts_changed=self.request_reload,
-        )
-        try:
-            await self._web.start()
-        except OSError as exc:
-            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
-                                       f"{web.port}: {exc.strerror or exc}")]) from None
-        self.web_port = self._web.port
 
     async def _import_simulated(self) -> None:
         """The simulated venue's contacts into the store (scanner.simulator_contacts), except
@@ -474,8 +454,8 @@ class Service:
             await asyncio.sleep(0)  # one page per loop turn: the pump keeps running
         self._generation, self._applied = generation, applied
         if changes:
-            if self._web is not None:
-                self._web.contacts_changed()
+            if self._edges.web is not None:
+                self._edges.web.contacts_changed()
             await save_applied_change(self.store, applied)
             log.info("contacts_changed", changes=changes, generation=generation,
                      contacts=self.pipeline.stats()["contacts"])
@@ -511,8 +491,8 @@ class Service:
         await save_applied_change(store, latest)
         self._contacts_loaded_s = time.monotonic() - started
         self._loaded.set()
-        if self._web is not None:
-            self._web.contacts_changed()
+        if self._edges.web is not None:
+            self._edges.web.contacts_changed()
         log.info("contacts_loaded", contacts=count, generation=generation,
                  seconds=round(self._contacts_loaded_s, 3))
         await self._reload(force=True)
@@ -699,8 +679,6 @@ class Service:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         log.info("stopping")
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
         await self._edges.stop_front(tasks)
         self._publish(self.pipeline.shutdown(self._now()))
         await bounded(self.hub.close(), "flush_events")
@@ -711,8 +689,6 @@ class Service:
             await asyncio.gather(self._mqtt_task, return_exceptions=True)
 
     async def _close_all(self) -> None:
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
         if self._mqtt_task is not None and not self._mqtt_task.done():
             self._mqtt_task.cancel()
             await asyncio.gather(self._mqtt_task, return_exceptions=True)

@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         async def ready(service: Service) -> None:
             # First line: the kiosk page. The token is in the fragment, which the browser
             # keeps to itself; the page trades it for a session cookie.
-            print(f"kiosk: http://{args.interface}:{service.web_port}/kiosk#token={token}",
+            scheme = "https" if args.tls else "http"  # the pages use the socket's certificate
+            print(f"kiosk: {scheme}://{args.interface}:{service.web_port}/kiosk#token={token}",
                   flush=True)
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "

@@ -31,7 +31,7 @@ import aiomqtt
 from hallway import __version__, codec
 from hallway.config import Config
 from hallway.edges import Edges, raise_fatal
-from hallway.errors import BrokerError, ConfigError, HallwayError, Problem
+from hallway.errors import BrokerError, HallwayError
 from hallway.hub import Hub
 from hallway.lifecycle import bounded
 from hallway.logs import FailureStreak, get_logger
@@ -54,8 +54,6 @@ from hallway.registry.publisher import RegistryPublisher
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
-from hallway.web.access import StaticTokens, load_session_key
-from hallway.web.app import WebServer
 
 log = get_logger(__name__)
 
@@ -107,8 +105,6 @@ class VenueService:
              "failures", "revoked"),
             0,
         )
-        self.web_port: int | None = None
-        self._web: WebServer | None = None
         self.publisher: MqttPublisher | None = None
         self.registry: RegistryPublisher | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -117,6 +113,11 @@ class VenueService:
     def tcp_port(self) -> int | None:
         """The TCP port listened on (once started; None without TCP)."""
         return self._edges.tcp_port
+
+    @property
+    def web_port(self) -> int | None:
+        """The bound port of the web pages (None when ``[web]`` is off)."""
+        return self._edges.web_port
 
     @property
     def tokens(self) -> list[str]:
@@ -194,29 +195,9 @@ class VenueService:
             # The venue's contacts (``hallway venue contacts``) out to its scanners.
             self.registry = RegistryPublisher(config, self.store)
         await edges.start_server(status_provider=self.status, clock=self.now)
-        if config.web.enabled:
-            await self._start_web()
-
-    async def _start_web(self) -> None:
-        """The kiosk and dashboard over the venue's hub (no enrollment: no contact store)."""
-        web = self.config.web
-        if not self.tokens:
-            raise ConfigError([Problem("<config>", "web.enabled", "the web pages need token "
-                                       'auth (server.auth = "token")')])
-        hub = self._running_hub()
-        self._web = WebServer(
-            host=web.host, port=web.port, hub=hub, log_store=self.store,
-            authority=StaticTokens(self.tokens),
-            session_key=load_session_key(self._state_dir), session_s=web.session_s,
-            lookup=self._contacts.get, status=self.status, clock=self.now, title=web.title,
-            chart_hours=web.chart_hours, max_streams=web.max_streams, role="venue",
-        )
-        try:
-            await self._web.start()
-        except OSError as exc:
-            raise ConfigError([Problem("<config>", "web", f"cannot listen on {web.host}:"
-                                       f"{web.port}: {exc.strerror or exc}")]) from None
-        self.web_port = self._web.port
+        # The kiosk and the dashboard over the venue's hub; no enrollment (no contact store).
+        await edges.start_web(lookup=self._contacts.get, status=self.status, clock=self.now,
+                              role="venue")
 
     def now(self) -> float:
         """The venue's clock: ``clock`` plus the lead of the most advanced scanner's clock.
@@ -480,8 +461,6 @@ class VenueService:
     async def _shutdown(self, tasks: list[asyncio.Task[None]],
                         publisher: asyncio.Task[None]) -> None:
         log.info("venue_stopping")
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
         await self._edges.stop_front(tasks)
         self._publish(self.arbiter.shutdown(self.now()))
         await bounded(self._running_hub().close(), "flush_events")
@@ -492,8 +471,6 @@ class VenueService:
         await asyncio.gather(publisher, return_exceptions=True)
 
     async def _close_all(self) -> None:
-        if self._web is not None:
-            await bounded(self._web.close(), "close_web")
         await self._edges.close()
 
 

@@ -7,9 +7,12 @@ session cookie that names the access by its ``ref`` (never the secret), an expir
 HMAC. Every request and every open stream asks the authority again by ``ref``, so a token
 that is revoked or changes scope takes effect on open pages at once.
 
-The seam for scoped tokens is ``TokenAuthority``: ``check(secret)`` for the login and
-``recheck(ref)`` afterwards. ``StaticTokens`` is the one used until scoped tokens exist: the
-server's configured tokens, each with every page and no contact filter.
+The seam for tokens is ``TokenAuthority``: ``check(secret)`` for the login and
+``recheck(ref)`` afterwards. ``ServerTokens`` is the daemon's: the config's tokens (every page,
+every contact) and the scoped tokens of ``hallway tokens`` (the kiosk and the dashboard, within
+the token's tags and contacts; no enrollment), read again from the token table at most once a
+second, so a revoked token's pages go blank within about two seconds. ``StaticTokens``: the
+config's tokens alone.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ import hashlib
 import hmac
 import os
 import secrets
+import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from hallway.access import TokenWatch
 from hallway.filters import Filter
+from hallway.session import Scope, token_digest
 
 PAGES = frozenset({"kiosk", "dashboard", "enroll"})
 """What an access may open: the kiosk and the dashboard read; ``enroll`` also writes."""
@@ -103,6 +110,54 @@ class StaticTokens:
         """Still configured? (Static tokens change only with a restart.)"""
         name = self._by_ref.get(ref)
         return None if name is None else Access(name=name, ref=ref)
+
+
+SCOPED_PAGES = frozenset({"kiosk", "dashboard"})
+"""What a scoped token may open: it reads within its scope; enrolling is for the config's."""
+TABLE_READ_S = 1.0
+
+
+class ServerTokens:
+    """The config's tokens and the token table's scoped tokens (see the module's docstring)."""
+
+    def __init__(self, tokens: Sequence[str], *, token_db: Path | None) -> None:
+        self._static = StaticTokens(tokens)
+        self._watch = None if token_db is None else TokenWatch(token_db)
+        self._table: dict[str, tuple[bytes, Scope]] = {}
+        self._read_at = float("-inf")
+
+    def _scoped(self) -> dict[str, tuple[bytes, Scope]]:
+        now = time.monotonic()
+        if self._watch is not None and now - self._read_at >= TABLE_READ_S:
+            self._read_at = now
+            try:
+                rows = self._watch.read()
+            except sqlite3.Error:
+                rows = None  # keep the last reading; the daemon's own watch reports errors
+            if rows is not None:
+                self._table = {f"t-{scope.name}": (digest, scope) for digest, scope in rows}
+        return self._table
+
+    @staticmethod
+    def _access(ref: str, scope: Scope) -> Access:
+        return Access(name=scope.name, ref=ref, pages=SCOPED_PAGES, contacts=scope.contacts,
+                      tags=scope.tags)
+
+    def check(self, secret: str) -> Access | None:
+        """A config token, else a scoped one (compared by digest, in constant time)."""
+        found = self._static.check(secret)
+        given = token_digest(secret)
+        for ref, (digest, scope) in self._scoped().items():
+            if hmac.compare_digest(given, digest) and found is None:
+                found = self._access(ref, scope)
+        return found
+
+    def recheck(self, ref: str) -> Access | None:
+        """The access of ``ref`` as the tokens stand now (None once revoked)."""
+        if not ref.startswith("t-"):
+            return self._static.recheck(ref)
+        entry = self._scoped().get(ref)
+        return None if entry is None else self._access(ref, entry[1])
 
 
 def load_session_key(state_dir: Path | None) -> bytes:
