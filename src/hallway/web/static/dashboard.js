@@ -140,8 +140,9 @@
       if (ev.type === "zone") text = `${who} → ${ev.zone}`;
       if (ev.type === "moved") text = `${who} → ${ev.room}`;
       if (ev.type === "departed") text = `${who} left (${ev.reason})`;
-      if (ev.reason === "revoked") text = "a contact was revoked: everything about them is gone";
-      return H.el("li", {class: ev.reason === "revoked" ? "revoked" : ""},
+      const revoked = ev.reason === "revoked" || ev.type === "revoked";
+      if (revoked) text = "a contact was revoked: everything about them is gone";
+      return H.el("li", {class: revoked ? "revoked" : ""},
         H.el("time", {text: H.clock(ev.ts)}), H.el("span", {text: text}));
     }));
   }
@@ -192,7 +193,9 @@
 
   function apply(ev) {
     const id = ev.contact.id;
-    if (ev.type === "departed") present.delete(id);
+    // A tombstone ("revoked": consent ended) carries only the id, like a revoked departure.
+    const revoked = ev.reason === "revoked" || ev.type === "revoked";
+    if (ev.type === "departed" || ev.type === "revoked") present.delete(id);
     else if (ev.type === "arrived" || ev.type === "zone" || ev.type === "moved") {
       const old = present.get(id);
       present.set(id, {contact: ev.contact, zone: ev.zone, distance_m: ev.distance_m, rssi: ev.rssi,
@@ -200,7 +203,7 @@
     }
     if (ev.type !== "zone") feed.push(ev);
     if (feed.length > 400) feed = feed.slice(-200);
-    if (ev.reason === "revoked") {  // forget everything shown about a revoked person
+    if (revoked) {  // forget everything shown about a revoked person
       feed = feed.filter((f) => f.contact.id !== id || f === ev);
     }
   }
