@@ -16,10 +16,24 @@ the answer, so that:
   instead of a Python loop over them. When a bulk load would cost more than ``RECHECK_LIMIT``
   blocks, the "no one" answers are dropped instead and recomputed when next seen;
 - removing an IRK drops every address it resolved, at once.
+
+Trying a new address costs one AES block per IRK: with 30,000 IRKs about 6 ms here, so a flood
+of strangers' fresh resolvable addresses could take the whole CPU. With ``trials_per_s`` the
+trials are budgeted per second of the advertisements' clock: while the second's budget lasts,
+a new address is tried at once (the quiet case costs no delay); past it, the address is only
+noted as pending with the strongest RSSI heard from it, and ``resolve`` answers None without
+caching anything. When the next second begins, the strongest pending addresses are granted
+that second's budget first (as many as it pays for), and each is tried the next time it is
+heard (a phone advertises several times a second); the rest wait for their turn or are
+forgotten. So a contact's phone near the scanner resolves within about a second plus one
+advertising interval of being heard, unless more than a second's budget of stronger new
+addresses arrive every second; an address already answered (cache hit) costs nothing and is
+never delayed. Pending addresses are bounded (``PENDING_MAX``; the weakest go first).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,6 +41,9 @@ from hallway.identity.crypto import BlockEncryptor, ecb_encryptor
 
 RECHECK_LIMIT = 2_000_000
 """Most AES blocks spent re-checking cached "no one" answers when IRKs are added."""
+
+PENDING_MAX = 8192
+"""Most new addresses waiting for trial budget at once (the weakest are forgotten first)."""
 
 _PAD = bytes(13)
 _RPA_FIRST = frozenset("4567")
@@ -56,9 +73,15 @@ def rpa_parts(address: str) -> tuple[bytes, bytes] | None:
 class IrkCache:
     """Resolves resolvable private addresses against IRKs; caches both kinds of answer."""
 
-    def __init__(self, *, max_entries: int, ttl_s: float) -> None:
+    def __init__(self, *, max_entries: int, ttl_s: float, trials_per_s: int | None = None
+                 ) -> None:
         self._cap = max_entries
         self._ttl = ttl_s
+        self._budget = trials_per_s  # None: every new address is tried at once
+        self._window: int | None = None  # the second (of the callers' clock) being spent
+        self._spent = 0  # trials spent (or reserved for granted addresses) in that second
+        self._pending: dict[str, int] = {}  # address -> strongest RSSI heard while waiting
+        self._granted: set[str] = set()  # addresses whose trials this second's budget holds
         self._keys: list[IrkKey] = []
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
         self._by_contact: dict[str, list[IrkKey]] = {}
@@ -76,22 +99,38 @@ class IrkCache:
         self.misses = 0
         self.aes_ops = 0
         self.evicted = 0
+        self.deferred = 0  # resolve calls answered None for want of budget
+        self.pending_dropped = 0  # pending addresses forgotten (weakest, past PENDING_MAX)
+        self.granted_total = 0  # pending addresses granted a later second's budget
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def resolve(self, address: str, now: float) -> IrkKey | None:
-        """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached."""
+    @property
+    def pending(self) -> int:
+        """New addresses waiting for trial budget."""
+        return len(self._pending)
+
+    def resolve(self, address: str, now: float, rssi: int = -127) -> IrkKey | None:
+        """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached.
+
+        With a trial budget, None may also mean "not tried yet" (see the module docstring);
+        ``rssi`` ranks such an address among the others waiting.
+        """
         slot = self._slot_of.get(address)
         if slot is not None:
             if now - self._time[slot] < self._ttl:
                 self.hits += 1
                 return self._answer[slot]
             self._forget(slot)
-        self.misses += 1
         parts = rpa_parts(address)
         if parts is None:
+            self.misses += 1
             return None
+        if self._budget is not None and not self._may_try(address, now, rssi):
+            self.deferred += 1
+            return None
+        self.misses += 1
         prand, want = parts
         block = _PAD + prand
         found: IrkKey | None = None
@@ -104,6 +143,48 @@ class IrkCache:
         self.aes_ops += tried
         self._store(address, found, now, block, want)
         return found
+
+    def _may_try(self, address: str, now: float, rssi: int) -> bool:
+        """Spend this second's budget on ``address``, or note it as pending; True to try."""
+        assert self._budget is not None
+        window = int(now) if math.isfinite(now) and abs(now) < 1e15 else 0
+        if window != self._window:
+            self._next_window(window)
+        cost = max(1, self.key_count)
+        if address in self._granted:
+            self._granted.discard(address)  # its trials were reserved when it was granted
+            self._pending.pop(address, None)
+            return True
+        if self._spent < self._budget and not self._pending:
+            # Nobody stronger is waiting: first come, first tried while the budget lasts.
+            self._spent += cost
+            return True
+        pending = self._pending
+        if rssi > pending.get(address, -1000):
+            pending[address] = rssi
+            if len(pending) > PENDING_MAX:
+                keep = sorted(pending.items(), key=lambda item: item[1], reverse=True)
+                keep = keep[: PENDING_MAX // 2]
+                self.pending_dropped += len(pending) - len(keep)
+                self._pending = dict(keep)
+        return False
+
+    def _next_window(self, window: int) -> None:
+        """A new second: grant its budget to the strongest pending addresses first."""
+        assert self._budget is not None
+        self._window = window
+        self._granted.clear()
+        self._spent = 0
+        if not self._pending:
+            return
+        cost = max(1, self.key_count)
+        slots = max(1, self._budget // cost)
+        ranked = sorted(self._pending.items(), key=lambda item: item[1], reverse=True)
+        for address, _rssi in ranked[:slots]:
+            self._granted.add(address)
+            del self._pending[address]
+        self.granted_total += len(self._granted)
+        self._spent = len(self._granted) * cost
 
     def set_irks(self, contact_id: str, irks: Iterable[bytes]) -> None:
         """Replace a contact's IRKs (16 bytes, most significant first); re-checks "no one"."""
@@ -138,6 +219,8 @@ class IrkCache:
 
     def clear(self) -> None:
         """Drop every IRK and every cached answer."""
+        self._pending.clear()
+        self._granted.clear()
         self._keys = []
         self.key_count = 0
         self._by_contact.clear()

@@ -11,8 +11,9 @@ For each advertisement the resolver looks, in order, at:
    the answer cache; public and static random addresses (top bits ``11``) in the address keys.
 
 The first match whose contact is active at ``adv.ts`` wins. Every step is a dict lookup except
-an IRK cache miss (one AES block per IRK, once per address per cache life) and the AEM
-decryption of a matched EN frame (one block). The clock is ``adv.ts``; nothing reads the time.
+an IRK cache miss (one AES block per IRK, once per address per cache life, within a trial
+budget per second: see ``hallway.identity.irk``) and the AEM decryption of a matched EN frame
+(one block). The clock is ``adv.ts``; nothing reads the time.
 
 Measured power at 1 m (``Match.measured_power``), where the frame carries one: hallway-v1
 manufacturer data's optional int8; iBeacon's measured power byte; Eddystone-UID's 0 m power
@@ -100,7 +101,8 @@ class Resolver:
         self._tokens = TokenTable(
             skew_back=config.token_skew_back, skew_ahead=config.token_skew_ahead
         )
-        self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s)
+        self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s,
+                              trials_per_s=config.irk_trials_per_s or None)
         self._contacts: dict[str, Contact] = {}
         self._ibeacon: dict[bytes, str] = {}
         self._eddystone: dict[bytes, str] = {}
@@ -350,7 +352,7 @@ class Resolver:
             first = address[:1]
             if first in _RPA_FIRST:
                 if self._irks.key_count:
-                    irk_key = self._irks.resolve(address, ts)
+                    irk_key = self._irks.resolve(address, ts, adv.rssi)
                     if irk_key is not None:
                         return self._hit(irk_key.contact_id, KeyKind.IRK, None, ts)
                 return None
@@ -387,6 +389,9 @@ class Resolver:
             irk_cache_misses=self._irks.misses,
             irk_cache_entries=len(self._irks),
             irk_cache_evicted=self._irks.evicted,
+            irk_deferred=self._irks.deferred,
+            irk_pending=self._irks.pending,
+            irk_pending_dropped=self._irks.pending_dropped,
             aes_ops=self._tokens.aes_ops + self._irks.aes_ops + self._aem_ops,
             token_entries=len(self._tokens),
             token_keys=self._tokens.key_count,
