@@ -447,3 +447,47 @@ async def test_bluez_replaced_by_a_new_owner_without_a_gap(
                 assert source.last_error == "BlueZ (org.bluez) restarted"
             finally:
                 await successor.stop()
+
+
+async def test_flood_of_new_addresses_keeps_bluez_and_us_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strangers' device objects go after stranger_prune_s and never past max_devices, while
+    a contact's keeps being heard; the fake BlueZ's device count is sampled all along."""
+    resolver = Resolver(IdentityConfig())
+    badge = "C4:7C:8D:6A:12:34"
+    resolver.set_contacts([Contact(id="c", name="C", keys=(ContactKey(KeyKind.ADDRESS, badge),))],
+                          now=time.time())
+    async with bluez_env(monkeypatch) as env:
+        source = BleakSource(fast_config(max_devices=400, stranger_prune_s=0.5))
+        handoff = Handoff(100_000, screen=resolver.screen)
+        async with running(source, handoff):
+            await scanning(source)
+            badge_ads = [{"ts": 0, "address": badge, "address_type": "public", "rssi": -50}]
+            sampled: list[int] = []
+            flood = asyncio.create_task(env.fake.command(
+                "flood", count=6000, rate=600, seed=9, wait=True, timeout_s=60))
+            while not flood.done():
+                await env.fake.command("adv", ads=badge_ads)
+                sampled.append((await env.fake.command("stats"))["devices"])
+                await asyncio.sleep(0.1)
+            await flood
+            await wait_until(lambda: source.stats()["heard"] >= 5000, what="the flood heard")
+            await asyncio.sleep(1.5)  # past stranger_prune_s: the strangers' objects go
+            await env.fake.command("adv", ads=badge_ads)
+            await asyncio.sleep(0.6)
+            end = await env.fake.command("stats")
+            stats = source.stats()
+        contact_ads = [a for a in handoff._items if a.address == badge]
+        print(f"BlueZ devices during the flood: max {max(sampled)}, end {end['devices']}; "
+              f"pruned {stats['pruned']}")
+        assert len(contact_ads) >= len(sampled) // 2  # the contact kept being heard
+        assert stats["screened"] >= 5000
+        # max_devices plus the 10 % room and what arrives while a pass runs: RemoveDevice
+        # against the fake BlueZ (itself busy flooding, on 2 shared cores) goes at about
+        # 800-1,500 a second here, so allow two seconds of flood; 6,000 were sent.
+        assert max(sampled) <= 400 + 40 + 600 * 2.0
+        half = len(sampled) // 2
+        assert max(sampled[half:]) <= max(sampled[:half]) + 600  # not growing with time
+        assert end["devices"] <= 3  # the badge, and maybe a straggler
+        assert stats["tracked_devices"] <= 3
+        assert stats["pruned"] >= 5000

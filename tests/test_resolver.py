@@ -651,3 +651,16 @@ def test_resolver_budget_from_config_and_unlimited_with_zero() -> None:
                                 rssi=-60)
             assert resolver.resolve(adv) is None
         assert (resolver.stats()["irk_deferred"] > 0) is expect_deferred
+
+
+def test_screen_skips_a_resolvable_address_already_answered_no_one() -> None:
+    resolver = make_resolver(ada())
+    stranger = Advertisement(TS, STRANGER, "random", rssi=-60)
+    mine = Advertisement(TS, crypto.make_rpa(bytes.fromhex(IRK), b"\x44\x55\x66"), "random")
+    assert screened(resolver, stranger)
+    assert screened(resolver, mine)
+    assert resolver.resolve(stranger) is None
+    match = resolver.resolve(mine)
+    assert match is not None
+    assert not screened(resolver, stranger)  # a known stranger's: skipped from now on
+    assert screened(resolver, mine)  # a contact's cached answer still goes through

@@ -59,6 +59,10 @@ class ScannerConfig(_Section):
     silence_restart_s: float = Field(default=90.0, gt=0, le=3600)
     backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
     device_prune_s: float = Field(default=120.0, gt=0, le=86400)
+    # A device object whose advertisements the screen ruled out (a stranger's) goes after
+    # this much silence, and BlueZ holds at most max_devices objects (oldest strangers first).
+    stranger_prune_s: float = Field(default=10.0, gt=0, le=86400)
+    max_devices: int = Field(default=5000, ge=10, le=1_000_000)
     queue_size: int = Field(default=10000, ge=16, le=1_000_000)
 
 

@@ -111,6 +111,11 @@ class IrkCache:
         """New addresses waiting for trial budget."""
         return len(self._pending)
 
+    def known_stranger(self, address: str) -> bool:
+        """True if ``address`` has a cached "no one" answer (a look, counted nowhere)."""
+        slot = self._slot_of.get(address)
+        return slot is not None and self._answer[slot] is None
+
     def resolve(self, address: str, now: float, rssi: int = -127) -> IrkKey | None:
         """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached.
 

@@ -236,9 +236,11 @@ class Resolver:
         count: a look at the raw fields (membership tests, no parsing, no AES) that lets a
         source skip a stranger before building its record. True for anything the resolver
         examines: our frames (well formed or not), iBeacons, EN and Eddystone service data,
-        non-base service UUIDs, resolvable private addresses while IRKs are loaded, and
-        addresses of address keys. Case-insensitive where ``Advertisement`` normalises case;
-        the time is not looked at (``resolve`` checks consent at ``adv.ts``).
+        non-base service UUIDs, resolvable private addresses while IRKs are loaded (except
+        those whose cached answer is already "no one": known strangers, skipped without even
+        the cache hit being counted), and addresses of address keys. Case-insensitive where
+        ``Advertisement`` normalises case; the time is not looked at (``resolve`` checks
+        consent at ``adv.ts``).
         """
         if manufacturer_data:
             payload = manufacturer_data.get(self._company_id)
@@ -257,7 +259,9 @@ class Resolver:
         if address_type == "random":
             first = address[0] if address else ""  # an index is cheaper than a slice
             if first in _RPA_FIRST:
-                return self._irks.key_count > 0
+                # A resolvable address already answered "no one" is a known stranger's.
+                irks = self._irks
+                return irks.key_count > 0 and not irks.known_stranger(address.upper())
             if first not in _STATIC_FIRST:
                 return False
         return address.upper() in self._address

@@ -17,9 +17,12 @@ that keeps advertising keeps being reported (presence needs the steady stream). 
 the hand-off's ``screen`` lets through (all of them without one; a stranger's is only counted)
 becomes an ``Advertisement`` stamped with ``time.time()`` (bleak gives no time) and goes into
 the bounded ``Handoff`` without awaiting. bluetoothd keeps a device object for every address
-it has heard; with rotating addresses that grows until it stalls, so device objects of
-addresses not heard for ``device_prune_s`` are removed (``Adapter1.RemoveDevice``), never
-those that are paired, bonded, trusted or connected. No stranger's address is ever logged.
+it has heard; with rotating addresses that grows until it stalls, so device objects are
+removed (``Adapter1.RemoveDevice``, which also drops bleak's own per-device entries): those
+whose advertisements the screen ruled out (strangers') after ``stranger_prune_s`` of silence,
+the others after ``device_prune_s``, and past ``max_devices`` objects the longest silent
+strangers first; never those that are paired, bonded, trusted or connected. No stranger's
+address is ever logged.
 
 ``mode = "passive"`` registers an advertisement monitor for the frames hallway resolves
 (BlueZ >= 5.56 with ``--experimental``); without that support the source stays in BACKOFF
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import sys
 import time
@@ -60,10 +64,8 @@ _DEVICE_IFACE = "org.bluez.Device1"
 _STOP_TIMEOUT_S = 5.0
 _CALL_TIMEOUT_S = 5.0
 _BACKOFF_FIRST_S = 1.0
-_PRUNE_BATCH = 2000  # RemoveDevice calls per prune pass, at most
 _PRUNE_PASS_S = 5.0  # and the time one pass may take (a stalled BlueZ must not hold the watch)
-_MAX_TRACKED = 20_000  # past this many device objects, the least recently heard go early
-_PRUNE_PARALLEL = 16  # RemoveDevice calls in flight at once (BlueZ answers each in turn)
+_PRUNE_PARALLEL = 64  # RemoveDevice calls in flight at once
 _PROTECTING = ("Paired", "Bonded", "Trusted", "Connected")
 _FAULTS = {  # bus events that end a running scan, and how the log names them
     "bluez-gone": "BlueZ (org.bluez) left the bus",
@@ -280,10 +282,15 @@ class BleakSource:
         self._in_progress_streak = 0
         self._stale_session = False
         self._heard = 0
-        self._seen: dict[str, float] = {}  # device object path -> last heard (monotonic)
+        # device object path -> last heard (monotonic), in order of last hearing for
+        # strangers (their dict is re-inserted on each hearing, so its head is the oldest)
+        self._seen: dict[str, float] = {}
+        self._strangers: dict[str, float] = {}
         self._seeded = False
         self._next_prune = 0.0
-        self._prune_interval = max(0.25, min(config.device_prune_s / 2, 30.0))
+        self._max_devices = config.max_devices
+        self._prune_interval = max(0.25, min(config.device_prune_s / 2,
+                                             config.stranger_prune_s / 4, 30.0))
         self._stall_s = config.start_timeout_s + _STOP_TIMEOUT_S + 2 * _CALL_TIMEOUT_S + 5.0
         self._counts = dict.fromkeys(
             ("malformed", "rebuilds", "start_failures", "stop_errors", "pruned",
@@ -319,7 +326,8 @@ class BleakSource:
             **self._counts,
             "heard": self._heard,
             "screened": self._screened,
-            "tracked_devices": len(self._seen),
+            "tracked_devices": len(self._seen) + len(self._strangers),
+            "tracked_strangers": len(self._strangers),
             "silence_s": round(self._mono() - self._last_heard, 3),
         }
 
@@ -531,16 +539,8 @@ class BleakSource:
         try:
             path, props = data.platform_data
             get = props.get
-            if get("Connected") or get("Paired") or get("Bonded") or get("Trusted"):
-                self._seen.pop(path, None)
-            else:
-                seen = self._seen
-                seen[path] = now
-                if len(seen) > _MAX_TRACKED and self._next_prune > now:
-                    # A flood of new addresses: bleak and BlueZ hold every device object, so
-                    # memory is bounded only by pruning at once rather than at the next pass.
-                    self._next_prune = now
-                    self._wake.set()
+            protected = bool(get("Connected") or get("Paired") or get("Bonded")
+                             or get("Trusted"))
             address = device.address
             address_type = get("AddressType", "public")
             manufacturer_data = data.manufacturer_data
@@ -551,7 +551,28 @@ class BleakSource:
                 address, address_type, manufacturer_data, service_data, uuids
             ):
                 self._screened += 1
+                if not protected:
+                    # A stranger's device object: kept only for stranger_prune_s of silence.
+                    strangers = self._strangers
+                    strangers.pop(path, None)
+                    strangers[path] = now
+                    if (len(strangers) + len(self._seen) > self._max_devices
+                            and self._next_prune > now):
+                        # A flood of new addresses: bleak and BlueZ hold every device
+                        # object, so memory stays bounded only by pruning at once.
+                        self._next_prune = now
+                        self._wake.set()
                 return
+            if protected:
+                self._seen.pop(path, None)
+            else:
+                self._strangers.pop(path, None)
+                seen = self._seen
+                seen[path] = now
+                if len(seen) + len(self._strangers) > self._max_devices \
+                        and self._next_prune > now:
+                    self._next_prune = now
+                    self._wake.set()
             adv = Advertisement(  # positional, in field order: keywords cost twice as much
                 self._wall(),
                 address.upper(),
@@ -577,7 +598,9 @@ class BleakSource:
 
     # -- pruning --------------------------------------------------------------------------
     async def _prune(self, now: float) -> None:
-        """Remove BlueZ device objects of addresses not heard for ``device_prune_s``."""
+        """Remove BlueZ device objects: strangers' after ``stranger_prune_s`` of silence,
+        others' after ``device_prune_s``, and the oldest strangers' (then others') past
+        ``max_devices``."""
         self._next_prune = now + self._prune_interval
         before = self._counts["pruned"]
         try:
@@ -588,27 +611,60 @@ class BleakSource:
             log.debug("device pruning failed", source=self.name, error=_describe(exc))
         if removed := self._counts["pruned"] - before:
             log.debug("pruned BlueZ devices", source=self.name, removed=removed,
-                      tracked=len(self._seen))
+                      tracked=len(self._seen) + len(self._strangers))
+
+    def _prune_list(self, now: float) -> list[str]:
+        """The device objects due for removal now, strangers first."""
+        stranger_cutoff = now - self._cfg.stranger_prune_s
+        stale: list[str] = []
+        for path, heard in self._strangers.items():  # oldest first
+            if heard >= stranger_cutoff:
+                break
+            stale.append(path)
+        cutoff = now - self._cfg.device_prune_s
+        stale_known = [p for p, heard in self._seen.items() if heard < cutoff]
+        total = len(self._strangers) + len(self._seen)
+        excess = total - len(stale) - len(stale_known) - self._max_devices
+        if excess > 0:
+            excess += self._max_devices // 10  # room, so a flood does not prune on every tick
+            extra = list(itertools.islice(self._strangers, len(stale), len(stale) + excess))
+            stale.extend(extra)
+            excess -= len(extra)
+            if excess > 0:
+                fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
+                stale_known.extend(p for _h, p in fresh[:excess])
+        return stale + stale_known
 
     async def _prune_pass(self, now: float) -> None:
         if not self._seeded:
             for path in await self._watch.unprotected_devices():
-                self._seen.setdefault(path, now)
+                if path not in self._strangers:
+                    self._seen.setdefault(path, now)
             self._seeded = True
-        cutoff = now - self._cfg.device_prune_s
-        stale = [p for p, heard in self._seen.items() if heard < cutoff]
-        excess = len(self._seen) - len(stale) - _MAX_TRACKED
-        if excess > 0:
-            excess += _MAX_TRACKED // 10  # room, so a flood does not prune on every tick
-            fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
-            stale.extend(p for _h, p in fresh[:excess])
-        batch = stale[: max(_PRUNE_BATCH, excess)]
-        for begin in range(0, len(batch), _PRUNE_PARALLEL):
-            chunk = batch[begin : begin + _PRUNE_PARALLEL]
-            done = await asyncio.gather(*(self._watch.remove_device(p) for p in chunk),
-                                        return_exceptions=True)
-            for path in chunk:  # only now: a pass cut short retries the rest next time
-                self._seen.pop(path, None)
-            removed = sum(1 for result in done if result is True)
-            self._counts["pruned"] += removed
-            self._counts["prune_errors"] += len(done) - removed
+        batch = self._prune_list(now)
+        if not batch:
+            return
+        # A sliding window of RemoveDevice calls in flight (BlueZ answers each in turn; the
+        # system bus allows a connection 128 pending replies).
+        window = asyncio.Semaphore(_PRUNE_PARALLEL)
+
+        async def remove(path: str) -> None:
+            try:
+                removed = await self._watch.remove_device(path)
+            except Exception:  # noqa: BLE001 - counted; the next pass tries again
+                removed = False
+            finally:
+                window.release()
+            self._seen.pop(path, None)  # only now: a pass cut short retries the rest later
+            self._strangers.pop(path, None)
+            self._counts["pruned" if removed else "prune_errors"] += 1
+
+        tasks = []
+        try:
+            for path in batch:
+                await window.acquire()
+                tasks.append(asyncio.create_task(remove(path)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()

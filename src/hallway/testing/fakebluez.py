@@ -16,16 +16,17 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
 * ``FakeBlueZProcess`` runs ``python -m hallway.testing.fakebluez`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 
-Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
-``stats``; ``adv`` (``ads``: SPEC §2 objects, optional ``paired``); ``play`` (``path`` of a
-SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
-``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
-(``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
-``stop_jobs``; ``remove_adapter``; ``add_adapter``; ``delay`` (``method``, ``seconds``: carry
-out and answer that method late, like a slow bluetoothd);
-``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
-bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady`` and
-``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
+Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line): ``stats``; ``adv``
+(``ads``: SPEC §2 objects, optional ``paired``); ``play`` (``path`` of a SPEC §2 trace,
+``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``); ``steady``
+(``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage`` (``count``,
+``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``); ``flood``
+(``count``, ``rate``, ``kind`` "random" or "rpa", ``seed``: BLE spam, a new address every
+advertisement, see ``flood_stream``); ``stop_jobs``; ``remove_adapter``; ``add_adapter``;
+``delay`` (``method``, ``seconds``: carry out and answer that method late, like a slow
+bluetoothd); ``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a
+stalled bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady``
+and ``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
 to the bus every few dozen messages keeps dbus-fast's send buffer from filling (which would
 drop the connection).
 """
@@ -40,6 +41,7 @@ import os
 import random
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -289,6 +291,7 @@ class FakeBlueZ:
         else:
             bus = MessageBus(bus_address=bus_address)
         await bus.connect()
+        _roomy_send_buffer(bus)
         bus.add_message_handler(self._on_message)
         reply = await bus.call(Message(
             destination=_DBUS, path="/org/freedesktop/DBus", interface=_DBUS, member="AddMatch",
@@ -645,6 +648,26 @@ class FakeBlueZ:
         return Message.new_method_return(msg, "as", [sorted(_KNOWN_FILTERS)])
 
 
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SEND_BUFFER = 8 << 20
+
+
+def _roomy_send_buffer(bus: MessageBus) -> None:
+    """Give the bus socket a large send buffer (root may exceed wmem_max; else the usual).
+
+    dbus-fast drops its connection when a send would block, and under a flood with many
+    RemoveDevice calls the replies and InterfacesRemoved signals come faster than a loaded
+    dbus-daemon reads them; the paced emitters cannot see those.
+    """
+    sock = getattr(bus, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        return
+    for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, _SEND_BUFFER)
+            return
+
+
 def _check(reply: Message) -> None:
     if reply.message_type is MessageType.ERROR:
         raise RuntimeError(f"D-Bus error {reply.error_name}: {reply.body}")
@@ -712,6 +735,31 @@ def garbage_stream(*, seed: int = 1, start_ts: float | None = None, rate: float 
         ts += step
 
 
+def flood_stream(*, kind: str = "random", seed: int = 1, start_ts: float | None = None,
+                 rate: float = 100.0) -> Iterator[Advertisement]:
+    """Endless BLE spam: every advertisement from a new random address, as spam devices send.
+
+    ``kind`` "random": non-resolvable private addresses (top bits 00) carrying an Apple
+    proximity-pairing style frame (company 76, ``07 19 ...``, not an iBeacon); "rpa":
+    resolvable private addresses (top bits 01) that resolve with no one's IRK, so every one
+    costs a resolver a full IRK trial. RSSI is spread over -95..-35 dBm.
+    """
+    if kind not in ("random", "rpa"):
+        raise ValueError(f"unknown flood kind {kind!r}")
+    rng = random.Random(seed)
+    ts = time.time() if start_ts is None else start_ts
+    step = 1.0 / rate
+    top = 0x40 if kind == "rpa" else 0x00
+    while True:
+        raw = bytearray(rng.randbytes(6))
+        raw[0] = (raw[0] & 0x3F) | top
+        address = ":".join(f"{b:02X}" for b in raw)
+        mfr = {76: b"\x07\x19" + rng.randbytes(25)} if kind == "random" else {}
+        yield Advertisement(ts=ts, address=address, address_type="random",
+                            rssi=rng.randint(-95, -35), manufacturer_data=mfr)
+        ts += step
+
+
 def _random_address(rng: random.Random) -> str:
     octets = rng.randbytes(6)
     return ":".join(f"{b:02X}" for b in octets)
@@ -745,7 +793,7 @@ class _Controller:
             reported = sum(fake.report(adv, paired=bool(request.get("paired"))) for adv in ads)
             await fake.flush()
             return {"ok": True, "reported": reported}
-        if cmd in ("play", "steady", "garbage"):
+        if cmd in ("play", "steady", "garbage", "flood"):
             job = self._job(cmd, request)
             if request.get("wait"):
                 return {"ok": True, "sent": await job}
@@ -792,6 +840,9 @@ class _Controller:
             count = int(rate * float(request.get("duration_s", 1.0)))
             stream = steady_stream(int(request.get("devices", 1)), seed=seed, rate=rate,
                                    rotate_s=request.get("rotate_s"))
+        elif cmd == "flood":
+            count = int(request.get("count", 100))
+            stream = flood_stream(kind=str(request.get("kind", "random")), seed=seed, rate=rate)
         else:
             count = int(request.get("count", 100))
             stream = garbage_stream(seed=seed, rate=rate)
