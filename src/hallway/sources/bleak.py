@@ -39,6 +39,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 from bleak import BleakScanner
@@ -47,12 +48,13 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.bluezdbus.manager import get_global_bluez_manager
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from hallway.config import ScannerConfig
 from hallway.logs import get_logger
 from hallway.models import Advertisement
+from hallway.sources.adapter_reset import ResetUnavailable, reset_adapter
 from hallway.sources.base import Handoff, Screen, SourceState
 
 log = get_logger(__name__)
@@ -83,6 +85,7 @@ _STALE_SESSION_HINT = ("BlueZ holds a stale discovery session of this process; "
                        "restarting hallway clears it")
 _RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
 _NO_DATA: Mapping[str, bytes] = MappingProxyType({})
+_RUNGS = ("none", "rebuild", "power-cycle", "reset", "gave up")
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 
@@ -117,7 +120,13 @@ def _bus_driver(member: str, arg: str) -> Message:
 
 
 class _StartError(Exception):
-    """A start precondition failed; the message is fit for the status line."""
+    """A start precondition failed; the message is fit for the status line. ``external``:
+    the cause is outside the adapter (no bus, no BlueZ, no adapter, powered off by someone),
+    so the recovery ladder does not climb for it."""
+
+    def __init__(self, message: str, *, external: bool = False) -> None:
+        super().__init__(message)
+        self.external = external
 
 
 class _BusWatch:
@@ -165,16 +174,40 @@ class _BusWatch:
         self._watcher = asyncio.create_task(self._watch_disconnect(bus),
                                             name="hallway-bluez-bus-watch")
 
-    async def adapter_state(self) -> tuple[bool, bool]:
-        """``(present, powered)`` of our adapter, asked of BlueZ."""
+    async def adapter_state(self) -> tuple[bool, bool, str | None]:
+        """``(present, powered, controller address)`` of our adapter, asked of BlueZ."""
         assert self._bus is not None
         reply = await self._call(self._bus, Message(
             destination=_BLUEZ, path=self._adapter_path,
-            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
-            body=[_ADAPTER_IFACE, "Powered"]), check=False)
+            interface="org.freedesktop.DBus.Properties", member="GetAll", signature="s",
+            body=[_ADAPTER_IFACE]), check=False)
         if reply.message_type is not MessageType.METHOD_RETURN:
-            return False, False
-        return True, bool(reply.body[0].value)
+            return False, False, None
+        props = reply.body[0]
+        powered = props.get("Powered")
+        address = props.get("Address")
+        return (True, bool(powered.value) if powered is not None else False,
+                str(address.value) if address is not None else None)
+
+    async def set_powered(self, on: bool) -> None:
+        """``Adapter1.Powered = on``; raises ``_StartError`` if BlueZ refuses."""
+        assert self._bus is not None
+        await self._call(self._bus, Message(
+            destination=_BLUEZ, path=self._adapter_path,
+            interface="org.freedesktop.DBus.Properties", member="Set", signature="ssv",
+            body=[_ADAPTER_IFACE, "Powered", Variant("b", on)]))
+
+    async def find_adapter(self, address: str) -> str | None:
+        """The object path of the adapter whose controller address is ``address``, if any."""
+        assert self._bus is not None
+        reply = await self._call(self._bus, Message(
+            destination=_BLUEZ, path="/", interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects"))
+        for path, interfaces in reply.body[0].items():
+            props = interfaces.get(_ADAPTER_IFACE)
+            if props is not None and "Address" in props and props["Address"].value == address:
+                return str(path)
+        return None
 
     async def unprotected_devices(self) -> list[str]:
         """Object paths of our adapter's devices that are not paired, bonded or connected."""
@@ -254,9 +287,25 @@ class BleakSource:
 
     def __init__(self, config: ScannerConfig, *, company_id: int = 0xFFFF,
                  wall_clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sysfs: Path = Path("/sys"), dev: Path = Path("/dev")) -> None:
         self.name = f"bleak:{config.adapter}"
         self._cfg = config
+        self._adapter = config.adapter  # the name BlueZ gives it now (it may change)
+        self._adapter_address: str | None = None  # the controller's, learned at the first start
+        self._sysfs = sysfs
+        self._dev = dev
+        # The recovery ladder (see _climb): the next rung, what the last step did, and why
+        # a reset is not possible here (None: not tried yet, or it worked).
+        self._rung = 0
+        self._last_step: str | None = None
+        self._cleared_by: str | None = None
+        self._wedged_since: float | None = None
+        self._last_recovery_s: float | None = None
+        self._reset_unavailable: str | None = None
+        self._gave_up = False
+        self._external_failure = False
+        self._powering_on = False  # we powered the adapter off: power it on before starting
         self._company_id = company_id
         self._wall = wall_clock
         self._mono = monotonic
@@ -294,7 +343,8 @@ class BleakSource:
         self._stall_s = config.start_timeout_s + _STOP_TIMEOUT_S + 2 * _CALL_TIMEOUT_S + 5.0
         self._counts = dict.fromkeys(
             ("malformed", "rebuilds", "start_failures", "stop_errors", "pruned",
-             "prune_errors", "bluez_restarts"), 0)
+             "prune_errors", "bluez_restarts", "power_cycles", "resets", "gave_up",
+             "adapter_renamed"), 0)
 
     # -- AdvertisementSource ------------------------------------------------------------
     @property
@@ -314,7 +364,8 @@ class BleakSource:
         the scanner, and a scanner that started fine and still hears nothing is healthy. Not
         healthy once BlueZ holds a discovery session of ours that only a restart can clear.
         """
-        if not self._running or self._state is SourceState.FAILED or self._stale_session:
+        if (not self._running or self._state is SourceState.FAILED or self._stale_session
+                or self._gave_up):
             return False
         return now - self._progress <= self._stall_s
 
@@ -328,6 +379,11 @@ class BleakSource:
             "screened": self._screened,
             "tracked_devices": len(self._seen) + len(self._strangers),
             "tracked_strangers": len(self._strangers),
+            "adapter": self._adapter,
+            "recovery_rung": _RUNGS[min(self._rung, len(_RUNGS) - 1)],
+            "cleared_by": self._cleared_by or "",
+            "last_recovery_s": -1.0 if self._last_recovery_s is None else self._last_recovery_s,
+            "reset": self._reset_unavailable or "not needed yet",
             "silence_s": round(self._mono() - self._last_heard, 3),
         }
 
@@ -350,12 +406,22 @@ class BleakSource:
                     await self._release_dead_bus()
                     await self._stop_scanner()
                     self._note_fault(reason)
+                    if reason.startswith("nothing heard"):
+                        await self._climb(silence=True)
                     continue
                 self._failed_cycles += 1
+                if not self._external_failure:
+                    self._rung = max(self._rung, 1)  # the cycle was the rebuild
+                    if await self._climb(silence=False):
+                        continue
                 delay = min(self._cfg.backoff_max_s,
                             _BACKOFF_FIRST_S * 2 ** (self._failed_cycles - 1))
                 first = self._failed_cycles == 1
                 status = f"retrying in {delay:g} s: {self._last_error}"
+                if self._gave_up:
+                    status = (f"gave up on {self._adapter} after a rebuild, a power-cycle and "
+                              f"a reset ({self._reset_unavailable or 'done'}); the watchdog "
+                              f"decides; still retrying in {delay:g} s: {self._last_error}")
                 if self._stale_session:
                     status += f" ({_STALE_SESSION_HINT})"
                 self._set_state(SourceState.BACKOFF, status, quiet=not first)
@@ -424,9 +490,10 @@ class BleakSource:
         for attempt in range(1, retries + 1):
             self._progress = self._mono()
             self._set_state(SourceState.STARTING,
-                            f"starting on {self._cfg.adapter} (attempt {attempt}/{retries})",
+                            f"starting on {self._adapter} (attempt {attempt}/{retries})",
                             quiet=self._failed_cycles > 0 or self._fault_streak > 1)
             self._wake.clear()
+            self._external_failure = False
             try:
                 async with self._lock, asyncio.timeout(self._cfg.start_timeout_s):
                     await self._start_once()
@@ -434,16 +501,19 @@ class BleakSource:
                 error = f"start timed out after {self._cfg.start_timeout_s:g} s"
             except _StartError as exc:
                 error = str(exc)
+                self._external_failure = exc.external
             except Exception as exc:  # noqa: BLE001 - any radio fault means "retry", never "crash"
                 error = _describe(exc)
             else:
                 self._start_fail_streak = 0
                 self._in_progress_streak = 0
                 self._stale_session = False
-                self._set_state(SourceState.SCANNING, f"scanning on {self._cfg.adapter}",
+                self._set_state(SourceState.SCANNING, f"scanning on {self._adapter}",
                                 quiet=self._fault_streak > 1)
                 return True
             self._progress = self._mono()
+            if self._wedged_since is None:
+                self._wedged_since = self._mono()
             self._counts["start_failures"] += 1
             self._start_fail_streak += 1
             self._in_progress_streak = (self._in_progress_streak + 1
@@ -463,16 +533,27 @@ class BleakSource:
         try:
             await self._watch.ensure_connected()
         except OSError as exc:
-            raise _StartError(f"cannot reach the system bus: {exc.strerror or exc}") from None
+            raise _StartError(f"cannot reach the system bus: {exc.strerror or exc}",
+                              external=True) from None
         if self._watch.owner is None:
-            raise _StartError("BlueZ (org.bluez) is not on the system bus")
-        present, powered = await self._watch.adapter_state()
+            raise _StartError("BlueZ (org.bluez) is not on the system bus", external=True)
+        present, powered, address = await self._watch.adapter_state()
+        if not present and self._adapter_address is not None:
+            present, powered, address = await self._follow_adapter()
         if not present:
-            raise _StartError(f"adapter {self._cfg.adapter} not found")
+            raise _StartError(f"adapter {self._adapter} not found", external=True)
+        if not powered and self._powering_on:
+            # Our power-cycle was cut short between off and on (a stalled BlueZ answering
+            # late): finish it, or the adapter would stay off for good.
+            await self._watch.set_powered(True)
+            present, powered, address = await self._watch.adapter_state()
         if not powered:
-            raise _StartError(f"adapter {self._cfg.adapter} is powered off")
+            raise _StartError(f"adapter {self._adapter} is powered off", external=True)
+        self._powering_on = False
+        if address:
+            self._adapter_address = address
         self._seeded = False  # a (re)started bluetoothd may hold devices we never heard
-        bluez: BlueZScannerArgs = {"adapter": self._cfg.adapter}
+        bluez: BlueZScannerArgs = {"adapter": self._adapter}
         if self._cfg.mode == "passive":
             bluez["or_patterns"] = list(_passive_patterns(self._company_id))
         else:
@@ -480,7 +561,13 @@ class BleakSource:
         self._fault = None
         scanner = BleakScanner(self._on_detect, scanning_mode=self._cfg.mode, bluez=bluez)
         self._scanner = scanner
-        await scanner.start()
+        try:
+            await scanner.start()
+        except Exception as exc:
+            if self._cfg.mode == "passive" and "requires BlueZ" in str(exc):
+                # BlueZ lacks advertisement monitors: configuration, not a wedged adapter.
+                raise _StartError(_describe(exc), external=True) from None
+            raise
         now = self._mono()
         self._scan_started = now
         self._last_heard = now
@@ -534,7 +621,7 @@ class BleakSource:
         now = self._mono()
         self._last_heard = now
         self._heard += 1
-        if self._failed_cycles or self._fault_streak:
+        if self._failed_cycles or self._fault_streak or self._wedged_since is not None:
             self._recovered()
         try:
             path, props = data.platform_data
@@ -591,10 +678,125 @@ class BleakSource:
         self._put(adv)
 
     def _recovered(self) -> None:
-        took = self._mono() - self._scan_started
-        log.info("scanner hearing again", source=self.name, first_after_start_s=round(took, 3))
+        now = self._mono()
+        took = now - self._scan_started
+        fields: dict[str, object] = {"first_after_start_s": round(took, 3)}
+        if self._rung:
+            self._cleared_by = self._last_step or "rebuild"
+            fields["cleared_by"] = self._cleared_by
+            if self._wedged_since is not None:
+                self._last_recovery_s = round(now - self._wedged_since, 3)
+                fields["since_fault_s"] = self._last_recovery_s
+        log.info("scanner hearing again", source=self.name, **fields)
         self._failed_cycles = 0
         self._fault_streak = 0
+        self._rung = 0
+        self._last_step = None
+        self._wedged_since = None
+        self._gave_up = False
+
+    # -- the recovery ladder ----------------------------------------------------------------
+    async def _climb(self, *, silence: bool) -> bool:
+        """One rung up the ladder after a rebuild did not bring advertisements back.
+
+        Rungs: rebuild the scanner (what every start cycle does), power-cycle the adapter
+        (``Adapter1.Powered`` off and on), reset it below BlueZ (rfkill, else USB; see
+        ``adapter_reset``), give up: ``healthy()`` turns false so the service stops feeding
+        the systemd watchdog, which decides (restart, or not), while the source keeps
+        retrying. Silence alone never gives up (a silent room is legitimately idle): past the
+        reset it only rebuilds. Anything heard (``_recovered``) resets the ladder. True when
+        a step was taken (start again at once), False to back off.
+        """
+        if self._wedged_since is None:
+            self._wedged_since = self._mono() - (self._cfg.silence_restart_s if silence else 0)
+        rung = self._rung
+        self._rung = rung + 1
+        if rung == 0:
+            self._last_step = "rebuild"
+            return True
+        if rung == 1:
+            return await self._power_cycle()
+        if rung == 2:
+            return await self._reset()
+        if silence:
+            self._rung = 3  # rebuild only from here on
+            self._last_step = "rebuild"
+            return True
+        self._last_step = "retry after giving up"
+        if not self._gave_up:
+            self._gave_up = True
+            self._counts["gave_up"] += 1
+            log.error("scanner gave up", source=self.name, adapter=self._adapter,
+                      reason=self._last_error, reset=self._reset_unavailable or "done",
+                      hint="the adapter stays wedged after a rebuild, a power-cycle and a "
+                           "reset; the service watchdog decides (restart), or replug it")
+        return False
+
+    async def _power_cycle(self) -> bool:
+        self._last_step = "power-cycle"
+        self._counts["power_cycles"] += 1
+        self._set_state(SourceState.STARTING, f"power-cycling {self._adapter} (recovery)")
+        log.warning("power-cycling the adapter", source=self.name, adapter=self._adapter,
+                    reason=self._last_error)
+        try:
+            async with asyncio.timeout(self._cfg.start_timeout_s + 0.5):
+                await self._watch.ensure_connected()
+                self._powering_on = True
+                await self._watch.set_powered(False)
+                await asyncio.sleep(0.5)
+                await self._watch.set_powered(True)
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported; the ladder goes on
+            self._last_error = f"power-cycle failed: {_describe(exc)}"
+            log.warning("power-cycle failed", source=self.name, error=self._last_error)
+        return True
+
+    async def _reset(self) -> bool:
+        self._last_step = "reset"
+        self._set_state(SourceState.STARTING, f"resetting {self._adapter} (recovery)")
+        try:
+            done = await reset_adapter(self._adapter, sysfs=self._sysfs, dev=self._dev)
+        except ResetUnavailable as exc:
+            self._last_step = "rebuild after a reset that was not possible"
+            self._reset_unavailable = f"reset not possible: {exc}"
+            log.warning("adapter reset not possible", source=self.name, adapter=self._adapter,
+                        reason=str(exc))
+            if self._state_silence():
+                return True  # silence: rebuild again
+            return await self._climb(silence=False)  # starts keep failing: give up now
+        self._reset_unavailable = None
+        self._counts["resets"] += 1
+        log.warning("adapter reset", source=self.name, adapter=self._adapter, how=done)
+        # The controller comes back (maybe under another name): wait for BlueZ to show it.
+        deadline = self._mono() + self._cfg.start_timeout_s + 5.0
+        while self._mono() < deadline:
+            with contextlib.suppress(Exception):
+                present, powered, _ = await self._watch.adapter_state()
+                if not present and self._adapter_address is not None:
+                    present, powered, _ = await self._follow_adapter()
+                if present and powered:
+                    break
+                if present and not powered:
+                    await self._watch.set_powered(True)
+            await asyncio.sleep(0.2)
+        return True
+
+    def _state_silence(self) -> bool:
+        return self._last_error is not None and self._last_error.startswith("nothing heard")
+
+    async def _follow_adapter(self) -> tuple[bool, bool, str | None]:
+        """Our controller under another name (hci0 -> hci1 after a reset or replug)?"""
+        assert self._adapter_address is not None
+        path = await self._watch.find_adapter(self._adapter_address)
+        if path is None:
+            return False, False, None
+        old, self._adapter = self._adapter, path.rsplit("/", 1)[-1]
+        self._adapter_path = path
+        self._watch.close()
+        self._watch = _BusWatch(path, self._on_bus_event)
+        await self._watch.ensure_connected()
+        self._counts["adapter_renamed"] += 1
+        log.warning("adapter renamed", source=self.name, was=old, now=self._adapter)
+        return await self._watch.adapter_state()
 
     # -- pruning --------------------------------------------------------------------------
     async def _prune(self, now: float) -> None:

@@ -265,6 +265,9 @@ class FakeBlueZ:
         self._sessions: set[str] = set()
         self._filters: dict[str, dict[str, Any]] = {}
         self._frozen = False
+        self._wedge: str | None = None  # see wedge()
+        self._wedge_clears = "power"
+        self._rfkill_blocked = False
         self._held: list[Message] = []
         self._delays: dict[str, float] = {}
         self._counts = dict.fromkeys(
@@ -340,6 +343,9 @@ class FakeBlueZ:
             "powered": self._powered,
             "frozen": self._frozen,
             "owns_name": self._owns_name,
+            "wedge": self._wedge,
+            "adapter_name": self.adapter,
+            "rfkill_blocked": self._rfkill_blocked,
         }
 
     def freeze(self) -> None:
@@ -381,8 +387,12 @@ class FakeBlueZ:
         """Power the adapter on or off; powering off ends every discovery session."""
         if not self._has_adapter or on == self._powered:
             return
+        if on and self._rfkill_blocked:
+            return  # a soft-blocked radio stays off until unblocked
         was_discovering = self._discovering()
         self._powered = on
+        if not on and self._wedge_clears == "power":
+            self._wedge = None  # powering the controller off is what clears this wedge
         changed: dict[str, Variant] = {"Powered": Variant("b", on)}
         if not on:
             self._sessions.clear()
@@ -390,9 +400,40 @@ class FakeBlueZ:
                 changed["Discovering"] = Variant("b", False)
         self._send_props_changed(self.adapter_path, ADAPTER_IFACE, changed)
 
+    # -- failure modes of real controllers (for the recovery ladder) --------------------
+    def wedge(self, mode: str | None, *, clears: str = "power") -> None:
+        """Make the adapter misbehave until ``clears`` happens ("power": it is powered off;
+        "reset": an rfkill block, see ``rfkill_event``). ``mode`` "silent": discovery starts
+        fine but nothing is ever reported (a stuck controller); "start-fails": StartDiscovery
+        fails with ``org.bluez.Error.Failed``; None: clear."""
+        if mode not in (None, "silent", "start-fails") or clears not in ("power", "reset"):
+            raise ValueError(f"unknown wedge {mode!r} / clears {clears!r}")
+        self._wedge = mode
+        self._wedge_clears = clears
+
+    def rename_adapter(self, name: str) -> None:
+        """The adapter disappears and returns under another name (hci0 -> hci1), as after a
+        USB reset or a replug: its devices and discovery sessions are gone."""
+        self.remove_adapter()
+        self.adapter = name
+        self.adapter_path = f"/org/bluez/{name}"
+        self.add_adapter()
+
+    def rfkill_event(self, soft_blocked: bool) -> None:
+        """The kernel's rfkill soft block (True) or unblock (False) of our controller: blocked,
+        it powers off and stays off, and any wedge is cleared (the controller was reset)."""
+        if soft_blocked:
+            self._wedge = None
+            self.set_powered(False)
+            self._rfkill_blocked = True
+        elif self._rfkill_blocked:
+            self._rfkill_blocked = False
+            self.set_powered(True)
+
     def report(self, adv: Advertisement, *, paired: bool = False) -> bool:
         """Receive one advertisement over the air; False when nobody is discovering."""
-        if self._frozen or self._bus is None or not self._discovering():
+        if (self._frozen or self._bus is None or not self._discovering()
+                or self._wedge == "silent"):
             self._counts["missed"] += 1
             return False
         path = device_path(self.adapter, adv.address)
@@ -614,6 +655,8 @@ class FakeBlueZ:
         self._counts["start_discovery"] += 1
         if not self._powered:
             raise _DBusFault("org.bluez.Error.NotReady", "Resource Not Ready")
+        if self._wedge == "start-fails":
+            raise _DBusFault("org.bluez.Error.Failed", "Input/output error")
         sender = msg.sender or ""
         if sender in self._sessions:
             raise _DBusFault("org.bluez.Error.InProgress", "Operation already in progress")
@@ -811,6 +854,9 @@ class _Controller:
             "freeze": fake.freeze, "thaw": fake.thaw, "quit": self.quit.set,
             "power": lambda: fake.set_powered(bool(request.get("on", True))),
             "delay": lambda: fake.delay(str(request["method"]), float(request["seconds"])),
+            "wedge": lambda: fake.wedge(request.get("mode"),
+                                        clears=str(request.get("clears", "power"))),
+            "rename_adapter": lambda: fake.rename_adapter(str(request["name"])),
         }
         action = simple.get(str(cmd))
         if action is None:
@@ -888,6 +934,31 @@ def _take(stream: Iterator[Advertisement], count: int) -> Iterator[Advertisement
         yield next(stream)
 
 
+_RFKILL_EVENT = struct.Struct("<IBBBB")  # idx, type, op, soft, hard (linux/rfkill.h)
+_RFKILL_OP_CHANGE = 2
+_RFKILL_OP_CHANGE_ALL = 3
+
+
+def _listen_rfkill(path: Path, fake: FakeBlueZ) -> None:
+    """Stand in for ``/dev/rfkill``: a FIFO at ``path`` whose rfkill change events (as the
+    kernel takes them) soft-block and unblock the fake adapter (``FakeBlueZ.rfkill_event``)."""
+    _unlink(path)
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # RDWR: no EOF when a writer closes
+    pending = bytearray()
+
+    def readable() -> None:
+        with contextlib.suppress(BlockingIOError):
+            pending.extend(os.read(fd, 4096))
+        while len(pending) >= _RFKILL_EVENT.size:
+            _idx, _type, op, soft, _hard = _RFKILL_EVENT.unpack_from(pending)
+            del pending[: _RFKILL_EVENT.size]
+            if op in (_RFKILL_OP_CHANGE, _RFKILL_OP_CHANGE_ALL):
+                fake.rfkill_event(bool(soft))
+
+    asyncio.get_running_loop().add_reader(fd, readable)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     fake = FakeBlueZ(adapter=args.adapter, with_adapter=not args.no_adapter,
                      powered=not args.powered_off)
@@ -899,6 +970,8 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, controller.quit.set)
+    if args.rfkill:
+        _listen_rfkill(Path(args.rfkill), fake)
     print(f"READY {os.getpid()}", flush=True)
     gone = asyncio.create_task(fake.wait_disconnected())
     quit_ = asyncio.create_task(controller.quit.wait())
@@ -923,6 +996,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adapter", default="hci0")
     parser.add_argument("--no-adapter", action="store_true", help="start without an adapter")
     parser.add_argument("--powered-off", action="store_true")
+    parser.add_argument("--rfkill", help="make a FIFO here that takes rfkill events "
+                        "(a stand-in for /dev/rfkill)")
     args = parser.parse_args(argv)
     if not args.bus:
         parser.error("--bus or DBUS_SYSTEM_BUS_ADDRESS is required")
@@ -933,7 +1008,8 @@ class FakeBlueZProcess:
     """``python -m hallway.testing.fakebluez`` as a child process, driven over its socket."""
 
     def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
-                 with_adapter: bool = True, powered: bool = True) -> None:
+                 with_adapter: bool = True, powered: bool = True,
+                 rfkill: str | Path | None = None) -> None:
         self.bus_address = bus_address
         self.control_path = Path(control_path)
         self._argv = [sys.executable, "-m", "hallway.testing.fakebluez", "--bus", bus_address,
@@ -942,6 +1018,8 @@ class FakeBlueZProcess:
             self._argv.append("--no-adapter")
         if not powered:
             self._argv.append("--powered-off")
+        if rfkill is not None:
+            self._argv += ["--rfkill", str(rfkill)]
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
