@@ -64,6 +64,9 @@ class ScannerConfig(_Section):
     stranger_prune_s: float = Field(default=10.0, gt=0, le=86400)
     max_devices: int = Field(default=5000, ge=10, le=1_000_000)
     queue_size: int = Field(default=10000, ge=16, le=1_000_000)
+    # The live daemon follows a source's clock (a replayed trace keeps its time) only this
+    # close to the wall clock; beyond it the source is flagged and its timestamps clamped.
+    max_clock_skew_s: float = Field(default=60.0, gt=0, le=86400)
 
 
 class IdentityConfig(_Section):

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import signal
 import sys
@@ -109,6 +110,8 @@ class Service:
         self._rates = _Rates()
         self._loop_lag_s = 0.0
         self._clock_offset_s = 0.0
+        self._clamped = 0  # advertisements whose timestamp ran away from the wall clock
+        self._clock_runaway_s: float | None = None  # the latest such offset (source - wall)
         self.tcp_port: int | None = None
         self.tokens: list[str] = []
         self.announced_name: str | None = None
@@ -206,6 +209,10 @@ class Service:
             "loop_lag_ms": round(self._loop_lag_s * 1000, 1),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
+            # A source whose clock ran away from the wall clock: how many timestamps were
+            # clamped, and the latest offset seen (seconds, source minus wall).
+            "clock_clamped": self._clamped,
+            "clock_runaway_s": self._clock_runaway_s,
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
@@ -334,22 +341,45 @@ class Service:
         """Hand-off -> pipeline -> hub, in loop callbacks as advertisements arrive."""
         assert self._handoff is not None
         feed, publish = self.pipeline.feed, self._publish
+        skew = self.config.scanner.max_clock_skew_s
 
         def consume(batch: list[Advertisement]) -> None:
             self._last_drain = time.monotonic()
             events: list[PresenceEvent] = []
+            wall = time.time()
+            low, high = wall - skew, wall + skew
+            last = wall
             for adv in batch:
+                if not low <= (last := adv.ts) <= high:  # also NaN
+                    adv = self._clamp(adv, wall)  # noqa: PLW2901 - the clamped record goes on
+                    last = wall
                 if found := feed(adv):
                     events.extend(found)
             # The pipeline's clock is the advertisements' clock (a replayed trace keeps its own
-            # time); timeouts are ticked on the same clock.
-            self._clock_offset_s = batch[-1].ts - time.time()
+            # time) within max_clock_skew_s of the wall clock; timeouts tick on the same clock.
+            self._clock_offset_s = last - wall
             if events:
                 publish(events)
 
         if not self._wedged.is_set():
             await self._handoff.drain(consume, max_items=512)
         await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
+
+    def _clamp(self, adv: Advertisement, wall: float) -> Advertisement:
+        """An advertisement stamped too far from the wall clock, moved onto it (and flagged).
+
+        Without this a replayed trace with a far-future ``ts`` would move the daemon's clock
+        and expire time-limited consent; one from the far past would revive expired consent.
+        """
+        offset = adv.ts - wall
+        self._clamped += 1
+        self._clock_runaway_s = round(offset, 3) if math.isfinite(offset) else None
+        if self._clamped == 1 or self._clamped % 10_000 == 0:
+            log.warning("source clock runs away from the wall clock; its timestamps are clamped",
+                        source=self.config.scanner.source, offset_s=self._clock_runaway_s,
+                        clamped=self._clamped,
+                        max_clock_skew_s=self.config.scanner.max_clock_skew_s)
+        return adv._replace(ts=wall)
 
     async def _ticker(self) -> None:
         while True:
