@@ -23,9 +23,9 @@ trials are budgeted per second of the advertisements' clock: while the second's 
 a new address is tried at once (the quiet case costs no delay); past it, the address is only
 noted as pending with the strongest RSSI heard from it, and ``resolve`` answers None without
 caching anything. When the next second begins, the strongest pending addresses are granted
-that second's budget first (as many as it pays for), and each is tried the next time it is
-heard (a phone advertises several times a second); the rest wait for their turn or are
-forgotten. So a contact's phone near the scanner resolves within about a second plus one
+that second's budget first (as many as it pays for, less the grants still outstanding), and
+each is tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their
+turn or are forgotten. So a contact's phone near the scanner resolves within about a second plus one
 advertising interval of being heard, unless more than a second's budget of stronger new
 addresses arrive every second; an address already answered (cache hit) costs nothing and is
 never delayed. Pending addresses are bounded (``PENDING_MAX``; the weakest go first).
@@ -44,6 +44,9 @@ RECHECK_LIMIT = 2_000_000
 
 PENDING_MAX = 8192
 """Most new addresses waiting for trial budget at once (the weakest are forgotten first)."""
+
+GRANT_TTL_S = 30.0
+"""How long a granted address keeps its reserved trials waiting to be heard again."""
 
 _PAD = bytes(13)
 _RPA_FIRST = frozenset("4567")
@@ -81,7 +84,7 @@ class IrkCache:
         self._window: int | None = None  # the second (of the callers' clock) being spent
         self._spent = 0  # trials spent (or reserved for granted addresses) in that second
         self._pending: dict[str, int] = {}  # address -> strongest RSSI heard while waiting
-        self._granted: set[str] = set()  # addresses whose trials this second's budget holds
+        self._granted: dict[str, int] = {}  # address -> the second its trials were reserved
         self._keys: list[IrkKey] = []
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
         self._by_contact: dict[str, list[IrkKey]] = {}
@@ -156,9 +159,8 @@ class IrkCache:
         if window != self._window:
             self._next_window(window)
         cost = max(1, self.key_count)
-        if address in self._granted:
-            self._granted.discard(address)  # its trials were reserved when it was granted
-            self._pending.pop(address, None)
+        if self._granted.pop(address, None) is not None:
+            self._pending.pop(address, None)  # its trials were reserved when it was granted
             return True
         if self._spent < self._budget and not self._pending:
             # Nobody stronger is waiting: first come, first tried while the budget lasts.
@@ -175,21 +177,29 @@ class IrkCache:
         return False
 
     def _next_window(self, window: int) -> None:
-        """A new second: grant its budget to the strongest pending addresses first."""
+        """A new second: its budget goes to the strongest pending addresses first.
+
+        A granted address keeps its reserved trials until it is heard again (a phone may
+        advertise only every second or two) or ``GRANT_TTL_S`` passes; the grants still
+        outstanding count against each second's budget, so the trials stay within it.
+        """
         assert self._budget is not None
         self._window = window
-        self._granted.clear()
-        self._spent = 0
-        if not self._pending:
-            return
+        granted = self._granted
+        if granted:
+            horizon = window - GRANT_TTL_S
+            for address in [a for a, when in granted.items() if when < horizon]:
+                del granted[address]
         cost = max(1, self.key_count)
         slots = max(1, self._budget // cost)
-        ranked = sorted(self._pending.items(), key=lambda item: item[1], reverse=True)
-        for address, _rssi in ranked[:slots]:
-            self._granted.add(address)
-            del self._pending[address]
-        self.granted_total += len(self._granted)
-        self._spent = len(self._granted) * cost
+        free = slots - len(granted)
+        if free > 0 and self._pending:
+            ranked = sorted(self._pending.items(), key=lambda item: item[1], reverse=True)
+            for address, _rssi in ranked[:free]:
+                granted[address] = window
+                del self._pending[address]
+                self.granted_total += 1
+        self._spent = len(granted) * cost
 
     def set_irks(self, contact_id: str, irks: Iterable[bytes]) -> None:
         """Replace a contact's IRKs (16 bytes, most significant first); re-checks "no one"."""
