@@ -36,6 +36,7 @@ from zeroconf.asyncio import AsyncZeroconf
 
 from hallway.config import INSTALLED_CONFIG, Config, find_config_path, load_config
 from hallway.errors import ConfigError
+from hallway.sources.adapter_reset import ResetUnavailable, reset_method
 from hallway.store import SCHEMA_VERSION
 
 SERVICE_USER = "hallway"
@@ -126,6 +127,8 @@ class DoctorOptions:
     user: str | None = None
     timeout_s: float = 5.0
     rfkill_root: Path = RFKILL_ROOT
+    sysfs_root: Path = Path("/sys")  # where the recovery ladder's reset finds the adapter
+    dev_root: Path = Path("/dev")
     now: Callable[[], float] = time.time
     clock_synchronised: Callable[[], bool | None] = field(
         default=lambda: kernel_clock_synced())  # noqa: PLW0108 - defined further down
@@ -202,8 +205,24 @@ async def diagnose(options: DoctorOptions) -> Report:
         checks.append(await _check_unix_socket(config, account))
         checks.append(await _check_tcp(config, options.timeout_s))
         checks.append(await _check_mdns(config, options.timeout_s))
+    checks.append(_check_reset(config or Config(), options))
     checks.append(_check_clock(options))
     return Report(path, account.name, checks)
+
+
+def _check_reset(config: Config, options: DoctorOptions) -> Check:
+    """Whether the scanner's recovery ladder can reset the adapter (its third step)."""
+    title = "adapter reset possible (recovery)"
+    adapter = config.scanner.adapter
+    try:
+        how = reset_method(adapter, sysfs=options.sysfs_root, dev=options.dev_root)
+    except ResetUnavailable as exc:
+        status = Status.WARN if config.scanner.source == "bleak" else Status.OK
+        return Check("reset", title, status,
+                     f"no: {exc}; a wedged adapter that a power-cycle does not clear makes "
+                     "hallway give up and leave it to the watchdog",
+                     "see docs/install.md, 'Recovering a wedged adapter'")
+    return Check("reset", title, Status.OK, f"yes: {how}")
 
 
 # -- config and database -----------------------------------------------------------------------

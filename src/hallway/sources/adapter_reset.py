@@ -68,6 +68,32 @@ def _usb_node(device: Path, dev: Path) -> Path | None:
     return None
 
 
+def reset_method(adapter: str, *, sysfs: Path = Path("/sys"), dev: Path = Path("/dev")
+                 ) -> str:
+    """Which reset this process could do for ``adapter`` (looked at, nothing written), e.g.
+    ``"rfkill 0 via /dev/rfkill"``; raises ``ResetUnavailable`` with the reason otherwise."""
+    device = sysfs / "class" / "bluetooth" / adapter
+    if not device.exists():
+        raise ResetUnavailable(f"no {device}: the adapter is not a kernel device on this host")
+    reasons = []
+    index = _rfkill_index(device)
+    if index is not None:
+        path = dev / "rfkill"
+        if os.access(path, os.W_OK):
+            return f"rfkill {index} via {path}"
+        reasons.append(f"not permitted: cannot write {path} (root or a udev rule, and "
+                       "DeviceAllow=/dev/rfkill rw)")
+    node = _usb_node(device, dev)
+    if node is not None:
+        if os.access(node, os.W_OK):
+            return f"USB reset via {node}"
+        reasons.append(f"not permitted: cannot write {node} (root or a udev rule for the "
+                       "dongle, and DeviceAllow for it)")
+    if not reasons:
+        reasons.append(f"{adapter} has neither an rfkill switch nor a USB parent")
+    raise ResetUnavailable("; ".join(reasons))
+
+
 async def reset_adapter(adapter: str, *, sysfs: Path = Path("/sys"),
                         dev: Path = Path("/dev")) -> str:
     """Reset ``adapter`` (``hci0``) below BlueZ; return what was done. Raises
