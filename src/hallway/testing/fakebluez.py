@@ -695,20 +695,48 @@ _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SEND_BUFFER = 8 << 20
 
 
-def _roomy_send_buffer(bus: MessageBus) -> None:
-    """Give the bus socket a large send buffer (root may exceed wmem_max; else the usual).
+class _PatientSocket:
+    """A socket whose sends answer 0 bytes instead of raising when they would block, so
+    dbus-fast's writer waits for the socket to drain rather than dropping the connection."""
 
-    dbus-fast drops its connection when a send would block, and under a flood with many
-    RemoveDevice calls the replies and InterfacesRemoved signals come faster than a loaded
-    dbus-daemon reads them; the paced emitters cannot see those.
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: Any) -> int:
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    def sendmsg(self, *args: Any) -> int:
+        try:
+            return self._sock.sendmsg(*args)
+        except BlockingIOError:
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _roomy_send_buffer(bus: MessageBus) -> None:
+    """Keep the fake's connection through a flood: a large send buffer (root may exceed
+    wmem_max), and a writer that waits when the socket is full.
+
+    dbus-fast drops its connection when a send would block; under a flood the signals, the
+    replies to RemoveDevice and InterfacesRemoved come faster than a loaded dbus-daemon (or a
+    slow client behind it) takes them, and the paced emitters cannot see all of those.
     """
-    sock = getattr(bus, "_sock", None)
-    if not isinstance(sock, socket.socket):
+    raw = getattr(bus, "_sock", None)
+    if not isinstance(raw, socket.socket):
         return
+    sock: socket.socket = raw
     for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, _SEND_BUFFER)
-            return
+            break
+    writer = getattr(bus, "_writer", None)
+    if writer is not None and getattr(writer, "sock", None) is sock:
+        writer.sock = _PatientSocket(sock)
 
 
 def _check(reply: Message) -> None:
