@@ -681,3 +681,20 @@ def test_irk_budget_grant_waits_for_a_slow_advertiser() -> None:
     key = cache.resolve(mine, 26.2, -50)  # heard again six seconds later: its grant held
     assert key is not None
     assert key.contact_id == "c"
+
+
+def test_irk_budget_ranks_a_repeated_address_above_one_shot_spam() -> None:
+    """BLE spam uses each address once; a phone repeats its address: heard twice, even weakly,
+    it goes before any number of stronger one-shot addresses."""
+    rng = random.Random(16)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=10_000, ttl_s=1800.0, trials_per_s=2)
+    cache.set_irks("c", [irk])
+    mine = rpa_of(rng.randbytes(6), irk)
+    for n in range(300):
+        cache.resolve(rpa_of(rng.randbytes(6)), 40.0 + n / 400, -35)  # strong, once each
+    assert cache.resolve(mine, 40.5, -88) is None
+    assert cache.resolve(mine, 40.9, -90) is None  # heard twice now
+    key = cache.resolve(mine, 41.4, -89)
+    assert key is not None
+    assert key.contact_id == "c"

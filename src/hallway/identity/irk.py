@@ -19,16 +19,18 @@ the answer, so that:
 
 Trying a new address costs one AES block per IRK: with 30,000 IRKs about 6 ms here, so a flood
 of strangers' fresh resolvable addresses could take the whole CPU. With ``trials_per_s`` the
-trials are budgeted per second of the advertisements' clock: while the second's budget lasts,
-a new address is tried at once (the quiet case costs no delay); past it, the address is only
-noted as pending with the strongest RSSI heard from it, and ``resolve`` answers None without
-caching anything. When the next second begins, the strongest pending addresses are granted
-that second's budget first (as many as it pays for, less the grants still outstanding), and
-each is tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their
-turn or are forgotten. So a contact's phone near the scanner resolves within about a second plus one
-advertising interval of being heard, unless more than a second's budget of stronger new
-addresses arrive every second; an address already answered (cache hit) costs nothing and is
-never delayed. Pending addresses are bounded (``PENDING_MAX``; the weakest go first).
+trials are budgeted per second of the advertisements' clock: while the second's budget lasts, a
+new address is tried at once (the quiet case costs no delay); past it, the address is only
+noted as pending, and ``resolve`` answers None without caching anything. Pending addresses rank
+by how often they were heard (a phone repeats its address for minutes; BLE spam uses each
+address once), then by the strongest RSSI heard. When the next second begins, the best ranked
+pending addresses are granted that second's budget first (as many as it pays for, less the
+grants still outstanding), and each is tried the next time it is heard (within
+``GRANT_TTL_S``); the rest wait for their turn or are forgotten. So a contact's phone resolves
+within about a second plus one or two advertising intervals of being heard, unless more than a
+second's budget of new addresses that were also heard repeatedly (and more strongly) arrive
+every second; an address already answered (cache hit) costs nothing and is never delayed.
+Pending addresses are bounded (``PENDING_MAX``; the weakest go first).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class IrkCache:
         self._budget = trials_per_s  # None: every new address is tried at once
         self._window: int | None = None  # the second (of the callers' clock) being spent
         self._spent = 0  # trials spent (or reserved for granted addresses) in that second
-        self._pending: dict[str, int] = {}  # address -> strongest RSSI heard while waiting
+        # address -> its rank while waiting: times heard (up to 3) * 1000 + strongest RSSI + 500
+        self._pending: dict[str, int] = {}
         self._granted: dict[str, int] = {}  # address -> the second its trials were reserved
         self._keys: list[IrkKey] = []
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
@@ -167,13 +170,17 @@ class IrkCache:
             self._spent += cost
             return True
         pending = self._pending
-        if rssi > pending.get(address, -1000):
-            pending[address] = rssi
-            if len(pending) > PENDING_MAX:
-                keep = sorted(pending.items(), key=lambda item: item[1], reverse=True)
-                keep = keep[: PENDING_MAX // 2]
-                self.pending_dropped += len(pending) - len(keep)
-                self._pending = dict(keep)
+        old = pending.get(address)
+        rank = max(0, min(rssi, 127) + 500)
+        if old is None:
+            pending[address] = 1000 + rank
+        else:
+            pending[address] = min(old // 1000 + 1, 3) * 1000 + max(old % 1000, rank)
+        if old is None and len(pending) > PENDING_MAX:
+            keep = sorted(pending.items(), key=lambda item: item[1], reverse=True)
+            keep = keep[: PENDING_MAX // 2]
+            self.pending_dropped += len(pending) - len(keep)
+            self._pending = dict(keep)
         return False
 
     def _next_window(self, window: int) -> None:
