@@ -213,10 +213,17 @@ class Service:
             # clamped, and the latest offset seen (seconds, source minus wall).
             "clock_clamped": self._clamped,
             "clock_runaway_s": self._clock_runaway_s,
+            # The IRK trial budget under a flood of new resolvable addresses.
+            "resolver": self._resolver_figures(),
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
         }
+
+    def _resolver_figures(self) -> dict[str, int]:
+        stats = self._pipeline.stats() if self._pipeline is not None else {}
+        return {key: int(stats.get(key, 0)) for key in (
+            "irk_keys", "irk_cache_misses", "irk_deferred", "irk_pending", "irk_pending_dropped")}
 
     def _status_line(self) -> str:
         s = self.status()

@@ -47,8 +47,10 @@ RECHECK_LIMIT = 2_000_000
 PENDING_MAX = 8192
 """Most new addresses waiting for trial budget at once (the weakest are forgotten first)."""
 
-GRANT_TTL_S = 30.0
-"""How long a granted address keeps its reserved trials waiting to be heard again."""
+GRANT_TTL_S = 2.0
+"""How long a granted address keeps its reserved trials waiting to be heard again (a phone
+advertises at least every second or so; a spam address never comes back, and its grant must
+not hold the budget for long)."""
 
 _PAD = bytes(13)
 _RPA_FIRST = frozenset("4567")
