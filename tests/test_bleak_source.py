@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 from bleak import BleakScanner
+from bleak.backends.bluezdbus.manager import get_global_bluez_manager
 
 from hallway.config import IdentityConfig, ScannerConfig
 from hallway.identity.resolver import Resolver
@@ -476,6 +477,12 @@ async def test_flood_of_new_addresses_keeps_bluez_and_us_bounded(
                 await asyncio.sleep(0.1)
             await flood
             await wait_until(lambda: source.stats()["heard"] >= 5000, what="the flood heard")
+            # bleak itself held nothing of the strangers' devices (forget_strangers)
+            manager = await get_global_bluez_manager()
+            # (what is left of a forgotten device until BlueZ removes it: the empty entries
+            # of its other interfaces, announced after Device1)
+            bleak_devices = sum(1 for p, interfaces in manager._properties.items()
+                                if "/dev_" in p and "org.bluez.Device1" in interfaces)
             await asyncio.sleep(1.5)  # past stranger_prune_s: the strangers' objects go
             await env.fake.command("adv", ads=badge_ads)
             await asyncio.sleep(0.6)
@@ -486,6 +493,8 @@ async def test_flood_of_new_addresses_keeps_bluez_and_us_bounded(
               f"pruned {stats['pruned']}")
         assert len(contact_ads) >= len(sampled) // 2  # the contact kept being heard
         assert stats["screened"] >= 5000
+        assert stats["forgetting_strangers"] == 1
+        assert bleak_devices <= 5, bleak_devices  # the badge (a contact) and stragglers
         # max_devices plus the 10 % room and what arrives while a pass runs: RemoveDevice
         # against the fake BlueZ (itself busy flooding, on 2 shared cores) goes at 500-1,500
         # a second here depending on the load, so allow up to half the flood; 6,000 were

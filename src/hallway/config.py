@@ -63,6 +63,9 @@ class ScannerConfig(_Section):
     # this much silence, and BlueZ holds at most max_devices objects (oldest strangers first).
     stranger_prune_s: float = Field(default=10.0, gt=0, le=86400)
     max_devices: int = Field(default=5000, ge=10, le=1_000_000)
+    # Drop bleak's own per-device entries of a stranger's device at its first advertisement
+    # (its repeats are then not even parsed until BlueZ's object is pruned and made anew).
+    forget_strangers: bool = True
     queue_size: int = Field(default=10000, ge=16, le=1_000_000)
     # The live daemon follows a source's clock (a replayed trace keeps its time) only this
     # close to the wall clock; beyond it the source is flagged and its timestamps clamped.

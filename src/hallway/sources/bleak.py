@@ -335,6 +335,10 @@ class BleakSource:
         # strangers (their dict is re-inserted on each hearing, so its head is the oldest)
         self._seen: dict[str, float] = {}
         self._strangers: dict[str, float] = {}
+        # bleak's own per-device dicts (its BlueZ manager's properties, the scanner's seen
+        # devices), where a stranger's entry is dropped at once (scanner.forget_strangers)
+        self._bleak_props: dict[str, object] | None = None
+        self._bleak_seen: dict[str, object] | None = None
         self._seeded = False
         self._next_prune = 0.0
         self._max_devices = config.max_devices
@@ -379,6 +383,7 @@ class BleakSource:
             "screened": self._screened,
             "tracked_devices": len(self._seen) + len(self._strangers),
             "tracked_strangers": len(self._strangers),
+            "forgetting_strangers": int(self._bleak_props is not None),
             "adapter": self._adapter,
             "recovery_rung": _RUNGS[min(self._rung, len(_RUNGS) - 1)],
             "cleared_by": self._cleared_by or "",
@@ -572,6 +577,17 @@ class BleakSource:
         self._scan_started = now
         self._last_heard = now
         self._next_prune = now + self._prune_interval
+        self._bleak_props = self._bleak_seen = None
+        if self._cfg.forget_strangers:
+            # bleak keeps every device's properties and last advertisement until BlueZ
+            # removes its object; a stranger's are dropped at its first advertisement (its
+            # repeats then go unparsed: bleak ignores changes of objects it does not know).
+            # Private attributes: if a bleak release renames them, this stays off.
+            manager = await get_global_bluez_manager()
+            props = getattr(manager, "_properties", None)
+            seen = getattr(getattr(scanner, "_backend", None), "seen_devices", None)
+            if isinstance(props, dict) and isinstance(seen, dict):
+                self._bleak_props, self._bleak_seen = props, seen
 
     async def _scan(self) -> str:
         """Watch a running scan; return why it must be rebuilt."""
@@ -638,6 +654,9 @@ class BleakSource:
                 address, address_type, manufacturer_data, service_data, uuids
             ):
                 self._screened += 1
+                if self._bleak_props is not None and self._bleak_seen is not None:
+                    self._bleak_props.pop(path, None)
+                    self._bleak_seen.pop(path, None)
                 if not protected:
                     # A stranger's device object: kept only for stranger_prune_s of silence.
                     strangers = self._strangers
