@@ -108,10 +108,15 @@ def write_contacts(path: Path, irk_contacts: int) -> None:
                 {"kind": "irk", "irk": irk_of(i).hex()}]}) + "\n")
 
 
+FORGET_STRANGERS = True
+
+
 def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path:
     config = directory / "hallway.toml"
+    forget = "true" if FORGET_STRANGERS else "false"
     config.write_text(
         f'[scanner]\nname = "bench"\nsource = "bleak"\nstart_timeout_s = 2.0\n'
+        f"forget_strangers = {forget}\n"
         f"start_retries = 2\nbackoff_max_s = 2.0\nsilence_restart_s = 3.0\n"
         f'[storage]\ndatabase = "{db}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
@@ -618,9 +623,13 @@ def main() -> None:
                         default=[250.0, 500.0, 1000.0, 1500.0])
     parser.add_argument("--core-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep-strangers-in-bleak", action="store_true",
+                        help="scanner.forget_strangers = false (to measure what it saves)")
     args = parser.parse_args()
     if shutil.which("dbus-daemon") is None:
         raise SystemExit("dbus-daemon is needed (apt-get install dbus)")
+    global FORGET_STRANGERS  # noqa: PLW0603 - one switch for the whole run
+    FORGET_STRANGERS = not args.keep_strangers_in_bleak
     results = asyncio.run(main_async(args))
     print(f"\nhallway flood bench: {args.minutes:g} min per flood, {args.irk_contacts:,} IRK "
           f"contacts, {args.subscribers} subscribers, {os.cpu_count()} cores")

@@ -201,7 +201,7 @@ def render(by: dict[str, list[dict[str, Any]]], tests: dict[str, str], *, when: 
             notes.append(
                 f"- **Memory under a sustained flood of fresh addresses is not bounded.** bleak "
                 f"and BlueZ keep one object per address heard; the daemon removes them "
-                f"(`RemoveDevice`) past {n(20_000)} tracked, but while the flood saturates the "
+                f"(`RemoveDevice`) past `scanner.max_devices`, but while the flood saturates the "
                 f"loop it removed only {n(rf['pruned'])} of {n(rf['flood_heard'])} "
                 f"({n(rf['tracked_devices'])} still tracked at the end) and the peak RSS reached "
                 f"{n(rf['peak_rss_mib'])} MiB. Short floods (the CI's 4 s) stay under 400 MiB.")
