@@ -19,7 +19,9 @@ becomes an ``Advertisement`` stamped with ``time.time()`` (bleak gives no time) 
 the bounded ``Handoff`` without awaiting. bluetoothd keeps a device object for every address
 it has heard; with rotating addresses that grows until it stalls, so device objects are
 removed (``Adapter1.RemoveDevice``, which also drops bleak's own per-device entries): those
-whose advertisements the screen ruled out (strangers') after ``stranger_prune_s`` of silence,
+whose advertisements the screen ruled out (strangers') and those of resolvable private
+addresses (which rotate; a phone present keeps refreshing its own) after ``stranger_prune_s``
+of silence,
 the others after ``device_prune_s``, and past ``max_devices`` objects the longest silent
 strangers first; never those that are paired, bonded, trusted or connected. No stranger's
 address is ever logged.
@@ -86,6 +88,7 @@ _STALE_SESSION_HINT = ("BlueZ holds a stale discovery session of this process; "
 _RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
 _NO_DATA: Mapping[str, bytes] = MappingProxyType({})
 _RUNGS = ("none", "rebuild", "power-cycle", "reset", "gave up")
+_RPA_FIRST = frozenset("4567")  # first hex digit of a resolvable private address
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 
@@ -671,6 +674,18 @@ class BleakSource:
                 return
             if protected:
                 self._seen.pop(path, None)
+            elif address_type == "random" and address[:1] in _RPA_FIRST:
+                # A resolvable private address rotates every 15 minutes or so and a phone
+                # present keeps refreshing it: its object is pruned on the strangers'
+                # schedule (a flood of new RPAs must not wait device_prune_s), but bleak
+                # keeps it (it may be a contact's, resolved by IRK).
+                strangers = self._strangers
+                strangers.pop(path, None)
+                strangers[path] = now
+                if (len(strangers) + len(self._seen) > self._max_devices
+                        and self._next_prune > now):
+                    self._next_prune = now
+                    self._wake.set()
             else:
                 self._strangers.pop(path, None)
                 seen = self._seen
@@ -836,7 +851,7 @@ class BleakSource:
 
     def _prune_list(self, now: float) -> list[str]:
         """The device objects due for removal now, strangers first."""
-        stranger_cutoff = now - self._cfg.stranger_prune_s
+        stranger_cutoff = now - min(self._cfg.stranger_prune_s, self._cfg.device_prune_s)
         stale: list[str] = []
         for path, heard in self._strangers.items():  # oldest first
             if heard >= stranger_cutoff:
