@@ -82,7 +82,7 @@ class IdentityConfig(_Section):
     irk_cache_ttl_s: float = Field(default=1800.0, gt=0, le=86400)
     # AES trials a second for new resolvable private addresses (each costs one per IRK); the
     # strongest waiting addresses get the next second's budget first. 0: no limit.
-    irk_trials_per_s: int = Field(default=1_000_000, ge=0, le=1_000_000_000)
+    irk_trials_per_s: int = Field(default=250_000, ge=0, le=1_000_000_000)
 
 
 _KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
