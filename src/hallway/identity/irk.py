@@ -19,22 +19,24 @@ the answer, so that:
 
 Trying a new address costs one AES block per IRK: with 30,000 IRKs about 6 ms here, so a flood
 of strangers' fresh resolvable addresses could take the whole CPU. With ``trials_per_s`` the
-trials are budgeted per second of the advertisements' clock: while the second's budget lasts, a
-new address is tried at once (the quiet case costs no delay); past it, the address is only
-noted as pending, and ``resolve`` answers None without caching anything. Pending addresses rank
-by how often they were heard (a phone repeats its address for minutes; BLE spam uses each
-address once), then by the strongest RSSI heard. When the next second begins, the best ranked
-pending addresses are granted that second's budget first (as many as it pays for, less the
-grants still outstanding), and each is tried the next time it is heard (within
-``GRANT_TTL_S``); the rest wait for their turn or are forgotten. So a contact's phone resolves
-within about a second plus one or two advertising intervals of being heard, unless more than a
-second's budget of new addresses that were also heard repeatedly (and more strongly) arrive
-every second; an address already answered (cache hit) costs nothing and is never delayed.
-Pending addresses are bounded (``PENDING_MAX``; the weakest go first).
+trials are budgeted per window of the advertisements' clock (``window_s``: a second, or a
+tenth of one in the resolver, so the trials do not come in one burst): while the window's
+budget lasts, a new address is tried at once (the quiet case costs no delay); past it, the
+address is only noted as pending, and ``resolve`` answers None without caching anything.
+Pending addresses rank by how often they were heard (a phone repeats its address for minutes;
+BLE spam uses each address once), then by the strongest RSSI heard. When the next window
+begins, the best ranked pending addresses are granted its budget (as many as it pays for), and
+each is tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their turn
+or are forgotten. Over any stretch of time the trials average the budget. So a contact's phone
+resolves within about one or two of its advertising intervals of being heard, unless more
+new addresses than the budget pays for, each also heard repeatedly (and more strongly), keep
+arriving; an address already answered (cache hit) costs nothing and is never delayed. Pending
+addresses are bounded (``PENDING_MAX``; the weakest go first).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from hallway.identity.crypto import BlockEncryptor, ecb_encryptor
 RECHECK_LIMIT = 2_000_000
 """Most AES blocks spent re-checking cached "no one" answers when IRKs are added."""
 
-PENDING_MAX = 8192
+PENDING_MAX = 2048
 """Most new addresses waiting for trial budget at once (the weakest are forgotten first)."""
 
 GRANT_TTL_S = 2.0
@@ -80,11 +82,14 @@ def rpa_parts(address: str) -> tuple[bytes, bytes] | None:
 class IrkCache:
     """Resolves resolvable private addresses against IRKs; caches both kinds of answer."""
 
-    def __init__(self, *, max_entries: int, ttl_s: float, trials_per_s: int | None = None
-                 ) -> None:
+    def __init__(self, *, max_entries: int, ttl_s: float, trials_per_s: int | None = None,
+                 window_s: float = 1.0) -> None:
         self._cap = max_entries
         self._ttl = ttl_s
-        self._budget = trials_per_s  # None: every new address is tried at once
+        # trials per window of window_s seconds (None: every new address is tried at once);
+        # short windows spread the trials over the second instead of one burst at its start
+        self._window_s = window_s
+        self._budget = None if trials_per_s is None else max(1, int(trials_per_s * window_s))
         self._window: int | None = None  # the second (of the callers' clock) being spent
         self._spent = 0  # trials spent (or reserved for granted addresses) in that second
         # address -> its rank while waiting: times heard (up to 3) * 1000 + strongest RSSI + 500
@@ -160,12 +165,13 @@ class IrkCache:
     def _may_try(self, address: str, now: float, rssi: int) -> bool:
         """Spend this second's budget on ``address``, or note it as pending; True to try."""
         assert self._budget is not None
-        window = int(now) if math.isfinite(now) and abs(now) < 1e15 else 0
+        window = int(now / self._window_s) if math.isfinite(now) and abs(now) < 1e15 else 0
         if window != self._window:
             self._next_window(window)
         cost = max(1, self.key_count)
         if self._granted.pop(address, None) is not None:
-            self._pending.pop(address, None)  # its trials were reserved when it was granted
+            self._pending.pop(address, None)
+            self._spent += cost  # charged to this window: first come waits for the next
             return True
         if self._spent < self._budget and not self._pending:
             # Nobody stronger is waiting: first come, first tried while the budget lasts.
@@ -186,29 +192,29 @@ class IrkCache:
         return False
 
     def _next_window(self, window: int) -> None:
-        """A new second: its budget goes to the strongest pending addresses first.
+        """A new window: its budget goes to the best ranked pending addresses first.
 
-        A granted address keeps its reserved trials until it is heard again (a phone may
-        advertise only every second or two) or ``GRANT_TTL_S`` passes; the grants still
-        outstanding count against each second's budget, so the trials stay within it.
+        A granted address may be tried when it is next heard (a phone may advertise only
+        every second or so) until ``GRANT_TTL_S`` passes; its trials are charged to the window
+        it is heard in. Each window grants as many as its budget pays for, so over any stretch
+        of time the trials average the budget (one-shot spam never comes back to use its
+        grant); a window can exceed it only when earlier grants come back together.
         """
         assert self._budget is not None
         self._window = window
+        self._spent = 0
         granted = self._granted
         if granted:
-            horizon = window - GRANT_TTL_S
+            horizon = window - GRANT_TTL_S / self._window_s
             for address in [a for a, when in granted.items() if when < horizon]:
                 del granted[address]
-        cost = max(1, self.key_count)
-        slots = max(1, self._budget // cost)
-        free = slots - len(granted)
-        if free > 0 and self._pending:
-            ranked = sorted(self._pending.items(), key=lambda item: item[1], reverse=True)
-            for address, _rssi in ranked[:free]:
+        if self._pending:
+            slots = max(1, self._budget // max(1, self.key_count))
+            best = heapq.nlargest(slots, self._pending.items(), key=lambda item: item[1])
+            for address, _rank in best:
                 granted[address] = window
                 del self._pending[address]
-                self.granted_total += 1
-        self._spent = len(granted) * cost
+            self.granted_total += len(best)
 
     def set_irks(self, contact_id: str, irks: Iterable[bytes]) -> None:
         """Replace a contact's IRKs (16 bytes, most significant first); re-checks "no one"."""

@@ -63,6 +63,9 @@ from hallway.parsing.frames import (
 )
 
 _RPA_FIRST = frozenset("4567")
+IRK_BUDGET_WINDOW_S = 0.1
+"""The IRK trial budget is spent per tenth of a second (a tenth of irk_trials_per_s each), so
+a small computer's CPU quota does not meet the whole second's trials in one burst."""
 _STATIC_FIRST = frozenset("CDEFcdef")
 _FRAME_SERVICES = frozenset((EN_SERVICE_UUID, EDDYSTONE_SERVICE_UUID))
 
@@ -102,7 +105,8 @@ class Resolver:
             skew_back=config.token_skew_back, skew_ahead=config.token_skew_ahead
         )
         self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s,
-                              trials_per_s=config.irk_trials_per_s or None)
+                              trials_per_s=config.irk_trials_per_s or None,
+                              window_s=IRK_BUDGET_WINDOW_S)
         self._contacts: dict[str, Contact] = {}
         self._ibeacon: dict[bytes, str] = {}
         self._eddystone: dict[bytes, str] = {}
