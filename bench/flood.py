@@ -534,9 +534,11 @@ async def run_ladder(args: argparse.Namespace, db: Path) -> dict[str, Any]:
             await asyncio.sleep(3)  # scanning and hearing before the fault
             started = time.monotonic()
             await rig.command("wedge", mode=mode, clears=clears)
-            if end_scan:  # a running scan ends (the controller dropped it)
-                await rig.command("power", on=False)
-                await rig.command("power", on=True)
+            if end_scan:  # the running scan ends: the controller drops off and comes back
+                # (not by powering it off, which would clear a wedge that clears that way)
+                await rig.command("remove_adapter")
+                await asyncio.sleep(0.5)
+                await rig.command("add_adapter")
             gave_up_status = None
             if unclear:
                 deadline = time.monotonic() + 60
