@@ -19,17 +19,17 @@ the answer, so that:
 
 Trying a new address costs one AES block per IRK: with 30,000 IRKs about 6 ms here, so a flood
 of strangers' fresh resolvable addresses could take the whole CPU. With ``trials_per_s`` the
-trials are budgeted per window of the advertisements' clock (``window_s``: a second, or a
-tenth of one in the resolver, so the trials do not come in one burst): while the window's
-budget lasts, a new address is tried at once (the quiet case costs no delay); past it, the
-address is only noted as pending, and ``resolve`` answers None without caching anything.
-Pending addresses rank by how often they were heard (a phone repeats its address for minutes;
-BLE spam uses each address once), then by the strongest RSSI heard. When the next window
-begins, the best ranked pending addresses are granted its budget (as many as it pays for), and
-each is tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their turn
-or are forgotten. Over any stretch of time the trials average the budget. So a contact's phone
-resolves within about one or two of its advertising intervals of being heard, unless more
-new addresses than the budget pays for, each also heard repeatedly (and more strongly), keep
+trials are budgeted per window of the advertisements' clock (``window_s``: a second, or a tenth
+of one in the resolver, so the trials do not come in one burst): while the window's budget
+lasts, a new address is tried at once (the quiet case costs no delay); past it, the address is
+only noted as pending, and ``resolve`` answers None without caching anything. Pending addresses
+heard more than once (a phone repeats its address for minutes; BLE spam uses each address once)
+rank before those heard once, then by the strongest RSSI heard. When the next window begins,
+the best ranked pending addresses are granted its budget (as many as it pays for), and each is
+tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their turn or are
+forgotten. Over any stretch of time the trials average the budget. So a contact's phone
+resolves within about one or two of its advertising intervals of being heard, unless more new
+addresses than the budget pays for, each also heard repeatedly (and more strongly), keep
 arriving; an address already answered (cache hit) costs nothing and is never delayed. Pending
 addresses are bounded (``PENDING_MAX``; the weakest go first).
 """
@@ -92,7 +92,8 @@ class IrkCache:
         self._budget = None if trials_per_s is None else max(1, int(trials_per_s * window_s))
         self._window: int | None = None  # the second (of the callers' clock) being spent
         self._spent = 0  # trials spent (or reserved for granted addresses) in that second
-        # address -> its rank while waiting: times heard (up to 3) * 1000 + strongest RSSI + 500
+        # address -> its rank while waiting: 1000 if heard once, 2000 if more (a phone repeats
+        # its address, BLE spam does not), plus the strongest RSSI heard + 500
         self._pending: dict[str, int] = {}
         self._granted: dict[str, int] = {}  # address -> the second its trials were reserved
         self._keys: list[IrkKey] = []
@@ -183,7 +184,7 @@ class IrkCache:
         if old is None:
             pending[address] = 1000 + rank
         else:
-            pending[address] = min(old // 1000 + 1, 3) * 1000 + max(old % 1000, rank)
+            pending[address] = 2000 + max(old % 1000, rank)
         if old is None and len(pending) > PENDING_MAX:
             keep = sorted(pending.items(), key=lambda item: item[1], reverse=True)
             keep = keep[: PENDING_MAX // 2]
