@@ -698,3 +698,22 @@ def test_irk_budget_ranks_a_repeated_address_above_one_shot_spam() -> None:
     key = cache.resolve(mine, 41.4, -89)
     assert key is not None
     assert key.contact_id == "c"
+
+
+def test_irk_budget_a_phone_heard_twice_ranks_repeated_even_after_a_flood() -> None:
+    """A flood pushes the phone's first hearing out of the bounded pending; its second still
+    ranks it as repeated, ahead of every one-shot spam address."""
+    rng = random.Random(17)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, trials_per_s=1)
+    cache.set_irks("c", [irk])
+    mine = rpa_of(rng.randbytes(6), irk)
+    cache.resolve(rpa_of(rng.randbytes(6)), 60.0, -40)  # the second's budget, spent
+    assert cache.resolve(mine, 60.1, -60) is None
+    for n in range(irk_module.PENDING_MAX * 3):  # strong one-shot spam, same second
+        cache.resolve(rpa_of(rng.randbytes(6)), 60.2 + n / 100_000, -30)
+    assert cache.pending_dropped > 0
+    assert cache.resolve(mine, 60.9, -60) is None  # heard again: now ranked as repeated
+    key = cache.resolve(mine, 61.5, -60)
+    assert key is not None
+    assert key.contact_id == "c"

@@ -49,6 +49,10 @@ RECHECK_LIMIT = 2_000_000
 PENDING_MAX = 2048
 """Most new addresses waiting for trial budget at once (the weakest are forgotten first)."""
 
+ONCE_MAX = 65_536
+"""Addresses remembered as heard once (oldest forgotten first), so that a phone's second
+advertisement ranks it as repeated even after a flood pushed its first out of the pending."""
+
 GRANT_TTL_S = 2.0
 """How long a granted address keeps its reserved trials waiting to be heard again (a phone
 advertises at least every second or so; a spam address never comes back, and its grant must
@@ -95,7 +99,8 @@ class IrkCache:
         # address -> its rank while waiting: 1000 if heard once, 2000 if more (a phone repeats
         # its address, BLE spam does not), plus the strongest RSSI heard + 500
         self._pending: dict[str, int] = {}
-        self._granted: dict[str, int] = {}  # address -> the second its trials were reserved
+        self._granted: dict[str, int] = {}  # address -> the window its grant was made in
+        self._once: dict[str, None] = {}  # heard once, insertion-ordered: the oldest first
         self._keys: list[IrkKey] = []
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
         self._by_contact: dict[str, list[IrkKey]] = {}
@@ -181,10 +186,16 @@ class IrkCache:
         pending = self._pending
         old = pending.get(address)
         rank = max(0, min(rssi, 127) + 500)
-        if old is None:
-            pending[address] = 1000 + rank
-        else:
+        if old is not None:
             pending[address] = 2000 + max(old % 1000, rank)
+        elif address in self._once:
+            pending[address] = 2000 + rank  # heard before, though dropped from pending since
+        else:
+            pending[address] = 1000 + rank
+            once = self._once
+            once[address] = None
+            if len(once) > ONCE_MAX:
+                del once[next(iter(once))]
         if old is None and len(pending) > PENDING_MAX:
             keep = sorted(pending.items(), key=lambda item: item[1], reverse=True)
             keep = keep[: PENDING_MAX // 2]
@@ -252,6 +263,7 @@ class IrkCache:
         """Drop every IRK and every cached answer."""
         self._pending.clear()
         self._granted.clear()
+        self._once.clear()
         self._keys = []
         self.key_count = 0
         self._by_contact.clear()
