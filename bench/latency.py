@@ -137,7 +137,9 @@ def write_setup(directory: Path, port: int, subscribers: int) -> Path:
         for i in range(BADGES)))
     config = directory / "hallway.toml"
     config.write_text(
-        f'[scanner]\nname = "bench"\nsource = "bleak"\n'
+        # forget_strangers off: the daemon parses (and counts) every advertisement the bare
+        # scanner hears, so CPU per advertisement compares like for like
+        f'[scanner]\nname = "bench"\nsource = "bleak"\nforget_strangers = false\n'
         f'[storage]\ndatabase = "{directory / "hallway.db"}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
         f"max_connections = {subscribers + 16}\nmax_connections_per_token = {subscribers + 8}\n"

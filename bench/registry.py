@@ -50,9 +50,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # the test doubles in tests/support
 
 import aiomqtt  # noqa: E402
-from hallway.testing.mosquitto import (  # noqa: E402
+from tests.support.mosquitto import (  # noqa: E402
     MosquittoBroker,
     add_passwords,
     docs_broker_config,

@@ -480,3 +480,24 @@ async def test_clock(tmp_path: Path, short_dir: Path, monkeypatch: pytest.Monkey
     assert text in found["clock"].detail
     if status is not Status.OK:
         assert "timedatectl set-ntp true" in (found["clock"].fix or "")
+
+
+# -- the recovery ladder's reset -----------------------------------------------------------------
+
+
+async def test_reset_check_names_the_method_or_why_there_is_none(
+        tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={short_dir}/no-bus")
+    config = write_config(tmp_path)
+    sysfs, dev = tmp_path / "sys", tmp_path / "dev"
+    found = checks(await diagnose(options(config, sysfs_root=sysfs, dev_root=dev)))
+    assert found["reset"].status is Status.WARN
+    assert "not a kernel device" in found["reset"].detail
+    assert "docs/install.md" in str(found["reset"].fix)
+    (sysfs / "class/bluetooth/hci0/rfkill2").mkdir(parents=True)
+    (sysfs / "class/bluetooth/hci0/rfkill2/index").write_text("2\n")
+    dev.mkdir()
+    (dev / "rfkill").write_bytes(b"")
+    found = checks(await diagnose(options(config, sysfs_root=sysfs, dev_root=dev)))
+    assert found["reset"].status is Status.OK
+    assert found["reset"].detail == f"yes: rfkill 2 via {dev / 'rfkill'}"

@@ -567,3 +567,153 @@ def test_screen_only_skips_what_resolve_would_pass_over(adv: Advertisement, irks
         assert match is None
         del before["advertisements"], after["advertisements"]
         assert after == before
+
+
+# -- the IRK trial budget ------------------------------------------------------------------------
+
+
+def test_irk_budget_tries_at_once_while_it_lasts_then_defers() -> None:
+    rng = random.Random(11)
+    irks = [rng.randbytes(16) for _ in range(10)]
+    cache = IrkCache(max_entries=1000, ttl_s=1800.0, trials_per_s=50)  # 5 addresses a second
+    cache.add_many([(f"c{i}", [irk]) for i, irk in enumerate(irks)])
+    strangers = [rpa_of(rng.randbytes(6)) for _ in range(20)]
+    for address in strangers[:5]:
+        assert cache.resolve(address, 100.2, -60) is None
+    assert cache.misses == 5
+    assert cache.deferred == 0
+    assert cache.aes_ops == 50
+    for address in strangers[5:]:
+        assert cache.resolve(address, 100.5, -60) is None
+    assert cache.deferred == 15
+    assert cache.pending == 15
+    assert cache.aes_ops == 50  # nothing tried past the budget
+    # A contact's new address in the same second waits too: None now, not cached as "no one".
+    mine = rpa_of(rng.randbytes(6), irks[3])
+    assert cache.resolve(mine, 100.9, -40) is None
+    assert len(cache) == 5
+    # Next second: the strongest waiting (the contact's, -40 dBm) is granted first.
+    key = cache.resolve(mine, 101.1, -41)
+    assert key is not None
+    assert key.contact_id == "c3"
+    assert cache.aes_ops <= 50 + 10
+
+
+def test_irk_budget_grants_the_strongest_pending_first() -> None:
+    rng = random.Random(12)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=1000, ttl_s=1800.0, trials_per_s=3)  # 3 addresses a second
+    cache.set_irks("c", [irk])
+    flood = [rpa_of(rng.randbytes(6)) for _ in range(200)]
+    for n, address in enumerate(flood):
+        cache.resolve(address, 10.0 + n / 400, -90 + n % 20)  # -90..-71 dBm
+    mine = rpa_of(rng.randbytes(6), irk)
+    assert cache.resolve(mine, 10.6, -55) is None
+    # Second 11: three slots; the contact's is strongest, so it is among them.
+    assert cache.resolve(flood[0], 11.0, -90) is None  # tried in second 10: a cached "no one"
+    key = cache.resolve(mine, 11.3, -55)
+    assert key is not None
+    assert key.contact_id == "c"
+    # Once answered it is a cache hit: no budget needed, never deferred again.
+    deferred = cache.deferred
+    for t in range(50):
+        assert cache.resolve(mine, 11.5 + t / 100, -55) is key
+    assert cache.deferred == deferred
+
+
+def test_irk_budget_bounds_trials_per_second_under_any_flood() -> None:
+    rng = random.Random(13)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, trials_per_s=400)
+    cache.add_many([(f"c{i}", [rng.randbytes(16)]) for i in range(40)])  # 10 addresses/s
+    per_second: dict[int, int] = {}
+    for n in range(20_000):  # 2,000 new addresses a second for 10 s, each heard twice
+        now = 50.0 + n / 2000
+        address = rpa_of(rng.randbytes(6))
+        before = cache.aes_ops
+        cache.resolve(address, now, rng.randint(-100, -30))
+        cache.resolve(address, now + 0.0001, -100)
+        per_second[int(now)] = per_second.get(int(now), 0) + cache.aes_ops - before
+    assert max(per_second.values()) <= 400 + 40
+    assert cache.pending <= irk_module.PENDING_MAX
+    assert cache.deferred > 19_000
+
+
+def test_resolver_budget_from_config_and_unlimited_with_zero() -> None:
+    rng = random.Random(14)
+    contacts = [
+        Contact(id=f"p{i}", name=f"P{i}", keys=(ContactKey(KeyKind.IRK, rng.randbytes(16).hex()),))
+        for i in range(20)
+    ]
+    for trials, expect_deferred in ((40, True), (0, False)):
+        resolver = make_resolver(*contacts, irk_trials_per_s=trials)
+        for _ in range(30):
+            adv = Advertisement(ts=TS, address=rpa_of(rng.randbytes(6)), address_type="random",
+                                rssi=-60)
+            assert resolver.resolve(adv) is None
+        assert (resolver.stats()["irk_deferred"] > 0) is expect_deferred
+
+
+def test_screen_skips_a_resolvable_address_already_answered_no_one() -> None:
+    resolver = make_resolver(ada())
+    stranger = Advertisement(TS, STRANGER, "random", rssi=-60)
+    mine = Advertisement(TS, crypto.make_rpa(bytes.fromhex(IRK), b"\x44\x55\x66"), "random")
+    assert screened(resolver, stranger)
+    assert screened(resolver, mine)
+    assert resolver.resolve(stranger) is None
+    match = resolver.resolve(mine)
+    assert match is not None
+    assert not screened(resolver, stranger)  # a known stranger's: skipped from now on
+    assert screened(resolver, mine)  # a contact's cached answer still goes through
+
+
+def test_irk_budget_grant_waits_for_a_slow_advertiser() -> None:
+    """A phone heard only every second or so keeps its grant until it is heard again."""
+    rng = random.Random(15)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=10_000, ttl_s=1800.0, trials_per_s=5)
+    cache.set_irks("c", [irk])
+    mine = rpa_of(rng.randbytes(6), irk)
+    for t in range(2):  # a flood keeps the budget spent every second
+        for _ in range(50):
+            cache.resolve(rpa_of(rng.randbytes(6)), 20.0 + t + rng.random(), -80)
+        if t == 0:
+            assert cache.resolve(mine, 20.5, -50) is None  # waiting
+    key = cache.resolve(mine, 21.8, -50)  # heard again 1.3 s later: its grant held
+    assert key is not None
+    assert key.contact_id == "c"
+
+
+def test_irk_budget_ranks_a_repeated_address_above_one_shot_spam() -> None:
+    """BLE spam uses each address once; a phone repeats its address: heard twice, even weakly,
+    it goes before any number of stronger one-shot addresses."""
+    rng = random.Random(16)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=10_000, ttl_s=1800.0, trials_per_s=2)
+    cache.set_irks("c", [irk])
+    mine = rpa_of(rng.randbytes(6), irk)
+    for n in range(300):
+        cache.resolve(rpa_of(rng.randbytes(6)), 40.0 + n / 400, -35)  # strong, once each
+    assert cache.resolve(mine, 40.5, -88) is None
+    assert cache.resolve(mine, 40.9, -90) is None  # heard twice now
+    key = cache.resolve(mine, 41.4, -89)
+    assert key is not None
+    assert key.contact_id == "c"
+
+
+def test_irk_budget_a_phone_heard_twice_ranks_repeated_even_after_a_flood() -> None:
+    """A flood pushes the phone's first hearing out of the bounded pending; its second still
+    ranks it as repeated, ahead of every one-shot spam address."""
+    rng = random.Random(17)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, trials_per_s=1)
+    cache.set_irks("c", [irk])
+    mine = rpa_of(rng.randbytes(6), irk)
+    cache.resolve(rpa_of(rng.randbytes(6)), 60.0, -40)  # the second's budget, spent
+    assert cache.resolve(mine, 60.1, -60) is None
+    for n in range(irk_module.PENDING_MAX * 3):  # strong one-shot spam, same second
+        cache.resolve(rpa_of(rng.randbytes(6)), 60.2 + n / 100_000, -30)
+    assert cache.pending_dropped > 0
+    assert cache.resolve(mine, 60.9, -60) is None  # heard again: now ranked as repeated
+    key = cache.resolve(mine, 61.5, -60)
+    assert key is not None
+    assert key.contact_id == "c"

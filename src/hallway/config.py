@@ -65,7 +65,17 @@ class ScannerConfig(_Section):
     silence_restart_s: float = Field(default=90.0, gt=0, le=3600)
     backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
     device_prune_s: float = Field(default=120.0, gt=0, le=86400)
+    # A device object whose advertisements the screen ruled out (a stranger's) goes after
+    # this much silence, and BlueZ holds at most max_devices objects (oldest strangers first).
+    stranger_prune_s: float = Field(default=10.0, gt=0, le=86400)
+    max_devices: int = Field(default=5000, ge=10, le=1_000_000)
+    # Drop bleak's own per-device entries of a stranger's device at its first advertisement
+    # (its repeats are then not even parsed until BlueZ's object is pruned and made anew).
+    forget_strangers: bool = True
     queue_size: int = Field(default=10000, ge=16, le=1_000_000)
+    # The live daemon follows a source's clock (a replayed trace keeps its time) only this
+    # close to the wall clock; beyond it the source is flagged and its timestamps clamped.
+    max_clock_skew_s: float = Field(default=60.0, gt=0, le=86400)
 
 
 class IdentityConfig(_Section):
@@ -76,6 +86,9 @@ class IdentityConfig(_Section):
     token_skew_ahead: int = Field(default=1, ge=0, le=6)
     irk_cache_size: int = Field(default=100_000, ge=16, le=10_000_000)
     irk_cache_ttl_s: float = Field(default=1800.0, gt=0, le=86400)
+    # AES trials a second for new resolvable private addresses (each costs one per IRK); the
+    # strongest waiting addresses get the next second's budget first. 0: no limit.
+    irk_trials_per_s: int = Field(default=250_000, ge=0, le=1_000_000_000)
 
 
 _KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")

@@ -41,6 +41,7 @@ from hallway.commands._common import state_dir
 from hallway.config import INSTALLED_CONFIG, Config, find_config_path, load_config
 from hallway.errors import ConfigError
 from hallway.files import loose_bits
+from hallway.sources.adapter_reset import ResetUnavailable, reset_method
 from hallway.store import SCHEMA_VERSION
 
 SERVICE_USER = "hallway"
@@ -134,6 +135,8 @@ class DoctorOptions:
     role: str | None = None  # "scanner" or "venue"; None: venue when the config has rooms
     timeout_s: float = 5.0
     rfkill_root: Path = RFKILL_ROOT
+    sysfs_root: Path = Path("/sys")  # where the recovery ladder's reset finds the adapter
+    dev_root: Path = Path("/dev")
     now: Callable[[], float] = time.time
     clock_synchronised: Callable[[], bool | None] = field(
         default=lambda: kernel_clock_synced())  # noqa: PLW0108 - defined further down
@@ -266,6 +269,8 @@ async def diagnose(options: DoctorOptions) -> Report:
         checks.append(_check_tls(config, commands))
         checks.append(await _check_mdns(config, options.timeout_s))
         checks.extend(await mqtt_check.mqtt_checks(config, options.timeout_s))
+    if role != "venue":  # the recovery ladder's reset: a scanner's adapter
+        checks.append(_check_reset(config or Config(), options))
     checks.append(_check_clock(options))
     return Report(path, account.name, checks, role)
 
@@ -286,6 +291,21 @@ def _check_tls(config: Config, commands: Commands) -> Check:
                  "contact data cross it in clear",
                  "set server.tls = true (and server.require_tls_off_loopback = true), then "
                  f"give apps the URI from `{commands.service('tls show')}`")
+
+
+def _check_reset(config: Config, options: DoctorOptions) -> Check:
+    """Whether the scanner's recovery ladder can reset the adapter (its third step)."""
+    title = "adapter reset possible (recovery)"
+    adapter = config.scanner.adapter
+    try:
+        how = reset_method(adapter, sysfs=options.sysfs_root, dev=options.dev_root)
+    except ResetUnavailable as exc:
+        status = Status.WARN if config.scanner.source == "bleak" else Status.OK
+        return Check("reset", title, status,
+                     f"no: {exc}; a wedged adapter that a power-cycle does not clear makes "
+                     "hallway give up and leave it to the watchdog",
+                     "see docs/install.md, 'Recovering a wedged adapter'")
+    return Check("reset", title, Status.OK, f"yes: {how}")
 
 
 # -- config and database -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import math
 import os
 import signal
 import sys
@@ -133,6 +134,8 @@ class Service:
         self._busy_over_10ms = 0
         self._clock_offset_s = 0.0
         self._clock_known = False
+        self._clamped = 0  # advertisements whose timestamp ran away from the wall clock
+        self._clock_runaway_s: float | None = None  # the latest such offset (source - wall)
         # Built in run():
         self._pipeline: Pipeline | None = None
         self._mqtt: MqttPublisher | None = None
@@ -263,6 +266,12 @@ class Service:
                 "loop_busy_over_10ms": self._busy_over_10ms}),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
+            # A source whose clock ran away from the wall clock: how many timestamps were
+            # clamped, and the latest offset seen (seconds, source minus wall).
+            "clock_clamped": self._clamped,
+            "clock_runaway_s": self._clock_runaway_s,
+            # The IRK trial budget under a flood of new resolvable addresses.
+            "resolver": self._resolver_figures(),
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
@@ -301,6 +310,11 @@ class Service:
                 self._stalls_over_10ms += 1
             if busy > 0.010:
                 self._busy_over_10ms += 1
+
+    def _resolver_figures(self) -> dict[str, int]:
+        stats = self._pipeline.stats() if self._pipeline is not None else {}
+        return {key: int(stats.get(key, 0)) for key in (
+            "irk_keys", "irk_cache_misses", "irk_deferred", "irk_pending", "irk_pending_dropped")}
 
     def _status_line(self) -> str:
         s = self.status()
@@ -528,16 +542,23 @@ class Service:
         """Hand-off -> pipeline -> hub, in loop callbacks as advertisements arrive."""
         assert self._handoff is not None
         feed, publish = self.pipeline.feed, self._publish
+        skew = self.config.scanner.max_clock_skew_s
 
         def consume(batch: list[Advertisement]) -> None:
             self._last_drain = time.monotonic()
             events: list[PresenceEvent] = []
+            wall = time.time()
+            low, high = wall - skew, wall + skew
+            last = wall
             for adv in batch:
+                if not low <= (last := adv.ts) <= high:  # also NaN
+                    adv = self._clamp(adv, wall)  # noqa: PLW2901 - the clamped record goes on
+                    last = wall
                 if found := feed(adv):
                     events.extend(found)
             # The pipeline's clock is the advertisements' clock (a replayed trace keeps its own
-            # time); timeouts are ticked on the same clock.
-            self._clock_offset_s = batch[-1].ts - time.time()
+            # time) within max_clock_skew_s of the wall clock; timeouts tick on the same clock.
+            self._clock_offset_s = last - wall
             self._clock_known = True
             if events:
                 publish(events)
@@ -545,6 +566,22 @@ class Service:
         if not self._wedged.is_set():
             await self._handoff.drain(consume, max_items=512)
         await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
+
+    def _clamp(self, adv: Advertisement, wall: float) -> Advertisement:
+        """An advertisement stamped too far from the wall clock, moved onto it (and flagged).
+
+        Without this a replayed trace with a far-future ``ts`` would move the daemon's clock
+        and expire time-limited consent; one from the far past would revive expired consent.
+        """
+        offset = adv.ts - wall
+        self._clamped += 1
+        self._clock_runaway_s = round(offset, 3) if math.isfinite(offset) else None
+        if self._clamped == 1 or self._clamped % 10_000 == 0:
+            log.warning("source_clock_clamped",
+                        source=self.config.scanner.source, offset_s=self._clock_runaway_s,
+                        clamped=self._clamped,
+                        max_clock_skew_s=self.config.scanner.max_clock_skew_s)
+        return adv._replace(ts=wall)
 
     async def _ticker(self) -> None:
         while True:

@@ -28,9 +28,10 @@ Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
 SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
 ``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
 (``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
-``stop_jobs``; ``central`` (a simulated central connects and writes to a registered GATT
-application: ``address``, ``values`` (hex), ``type`` ``request``|``command``, ``rate``,
-``reconnect``; answers the tally of replies); ``hostile`` (``centrals`` attackers writing
+``flood`` (``count``, ``rate``, ``kind`` "random" or "rpa", ``seed``: BLE spam, a new address
+every advertisement, see ``flood_stream``); ``stop_jobs``; ``central`` (a simulated central
+connects and writes to a registered GATT application: ``address``, ``values`` (hex), ``type``
+``request``|``command``, ``rate``, ``reconnect``; answers the tally of replies); ``hostile`` (``centrals`` attackers writing
 ``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version, unknown
 identifiers; answers the tally); ``remove_adapter``; ``add_adapter``; ``delay``
 (``method``, ``seconds``: carry out and answer that method late, like a slow bluetoothd);
@@ -51,6 +52,7 @@ import os
 import random
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -286,6 +288,9 @@ class FakeBlueZ:
         self._sessions: set[str] = set()
         self._filters: dict[str, dict[str, Any]] = {}
         self._frozen = False
+        self._wedge: str | None = None  # see wedge()
+        self._wedge_clears = "power"
+        self._rfkill_blocked = False
         self._held: list[Message] = []
         self._delays: dict[str, float] = {}
         self._counts = dict.fromkeys(
@@ -325,6 +330,7 @@ class FakeBlueZ:
         else:
             bus = MessageBus(bus_address=bus_address)
         await bus.connect()
+        _roomy_send_buffer(bus)
         bus.add_message_handler(self._on_message)
         reply = await bus.call(Message(
             destination=_DBUS, path="/org/freedesktop/DBus", interface=_DBUS, member="AddMatch",
@@ -380,6 +386,9 @@ class FakeBlueZ:
             "applications": [{"characteristics": {u: f for u, (_p, f) in chars.items()}}
                              for chars in self._apps.values()],
             "central": dict(self._central_counts),
+            "wedge": self._wedge,
+            "adapter_name": self.adapter,
+            "rfkill_blocked": self._rfkill_blocked,
         }
 
     def freeze(self) -> None:
@@ -426,8 +435,12 @@ class FakeBlueZ:
         """Power the adapter on or off; powering off ends every discovery session."""
         if not self._has_adapter or on == self._powered:
             return
+        if on and self._rfkill_blocked:
+            return  # a soft-blocked radio stays off until unblocked
         was_discovering = self._discovering()
         self._powered = on
+        if not on and self._wedge_clears == "power":
+            self._wedge = None  # powering the controller off is what clears this wedge
         changed: dict[str, Variant] = {"Powered": Variant("b", on)}
         if not on:
             self._sessions.clear()
@@ -435,9 +448,40 @@ class FakeBlueZ:
                 changed["Discovering"] = Variant("b", False)
         self._send_props_changed(self.adapter_path, ADAPTER_IFACE, changed)
 
+    # -- failure modes of real controllers (for the recovery ladder) --------------------
+    def wedge(self, mode: str | None, *, clears: str = "power") -> None:
+        """Make the adapter misbehave until ``clears`` happens ("power": it is powered off;
+        "reset": an rfkill block, see ``rfkill_event``). ``mode`` "silent": discovery starts
+        fine but nothing is ever reported (a stuck controller); "start-fails": StartDiscovery
+        fails with ``org.bluez.Error.Failed``; None: clear."""
+        if mode not in (None, "silent", "start-fails") or clears not in ("power", "reset"):
+            raise ValueError(f"unknown wedge {mode!r} / clears {clears!r}")
+        self._wedge = mode
+        self._wedge_clears = clears
+
+    def rename_adapter(self, name: str) -> None:
+        """The adapter disappears and returns under another name (hci0 -> hci1), as after a
+        USB reset or a replug: its devices and discovery sessions are gone."""
+        self.remove_adapter()
+        self.adapter = name
+        self.adapter_path = f"/org/bluez/{name}"
+        self.add_adapter()
+
+    def rfkill_event(self, soft_blocked: bool) -> None:
+        """The kernel's rfkill soft block (True) or unblock (False) of our controller: blocked,
+        it powers off and stays off, and any wedge is cleared (the controller was reset)."""
+        if soft_blocked:
+            self._wedge = None
+            self.set_powered(False)
+            self._rfkill_blocked = True
+        elif self._rfkill_blocked:
+            self._rfkill_blocked = False
+            self.set_powered(True)
+
     def report(self, adv: Advertisement, *, paired: bool = False) -> bool:
         """Receive one advertisement over the air; False when nobody is discovering."""
-        if self._frozen or self._bus is None or not self._discovering():
+        if (self._frozen or self._bus is None or not self._discovering()
+                or self._wedge == "silent"):
             self._counts["missed"] += 1
             return False
         path = device_path(self.adapter, adv.address)
@@ -685,6 +729,8 @@ class FakeBlueZ:
         self._counts["start_discovery"] += 1
         if not self._powered:
             raise _DBusFault("org.bluez.Error.NotReady", "Resource Not Ready")
+        if self._wedge == "start-fails":
+            raise _DBusFault("org.bluez.Error.Failed", "Input/output error")
         sender = msg.sender or ""
         if sender in self._sessions:
             raise _DBusFault("org.bluez.Error.InProgress", "Operation already in progress")
@@ -1173,6 +1219,54 @@ class _PhoneAdapter:
             self.fake._tally("phone_write_ok")
 
 
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SEND_BUFFER = 8 << 20
+
+
+class _PatientSocket:
+    """A socket whose sends answer 0 bytes instead of raising when they would block, so
+    dbus-fast's writer waits for the socket to drain rather than dropping the connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: Any) -> int:
+        try:
+            return self._sock.send(data)
+        except BlockingIOError:
+            return 0
+
+    def sendmsg(self, *args: Any) -> int:
+        try:
+            return self._sock.sendmsg(*args)
+        except BlockingIOError:
+            return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _roomy_send_buffer(bus: MessageBus) -> None:
+    """Keep the fake's connection through a flood: a large send buffer (root may exceed
+    wmem_max), and a writer that waits when the socket is full.
+
+    dbus-fast drops its connection when a send would block; under a flood the signals, the
+    replies to RemoveDevice and InterfacesRemoved come faster than a loaded dbus-daemon (or a
+    slow client behind it) takes them, and the paced emitters cannot see all of those.
+    """
+    raw = getattr(bus, "_sock", None)
+    if not isinstance(raw, socket.socket):
+        return
+    sock: socket.socket = raw
+    for option in (_SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, _SEND_BUFFER)
+            break
+    writer = getattr(bus, "_writer", None)
+    if writer is not None and getattr(writer, "sock", None) is sock:
+        writer.sock = _PatientSocket(sock)
+
+
 def _check(reply: Message) -> None:
     if reply.message_type is MessageType.ERROR:
         raise RuntimeError(f"D-Bus error {reply.error_name}: {reply.body}")
@@ -1240,6 +1334,31 @@ def garbage_stream(*, seed: int = 1, start_ts: float | None = None, rate: float 
         ts += step
 
 
+def flood_stream(*, kind: str = "random", seed: int = 1, start_ts: float | None = None,
+                 rate: float = 100.0) -> Iterator[Advertisement]:
+    """Endless BLE spam: every advertisement from a new random address, as spam devices send.
+
+    ``kind`` "random": non-resolvable private addresses (top bits 00) carrying an Apple
+    proximity-pairing style frame (company 76, ``07 19 ...``, not an iBeacon); "rpa":
+    resolvable private addresses (top bits 01) that resolve with no one's IRK, so every one
+    costs a resolver a full IRK trial. RSSI is spread over -95..-35 dBm.
+    """
+    if kind not in ("random", "rpa"):
+        raise ValueError(f"unknown flood kind {kind!r}")
+    rng = random.Random(seed)
+    ts = time.time() if start_ts is None else start_ts
+    step = 1.0 / rate
+    top = 0x40 if kind == "rpa" else 0x00
+    while True:
+        raw = bytearray(rng.randbytes(6))
+        raw[0] = (raw[0] & 0x3F) | top
+        address = ":".join(f"{b:02X}" for b in raw)
+        mfr = {76: b"\x07\x19" + rng.randbytes(25)} if kind == "random" else {}
+        yield Advertisement(ts=ts, address=address, address_type="random",
+                            rssi=rng.randint(-95, -35), manufacturer_data=mfr)
+        ts += step
+
+
 def _random_address(rng: random.Random) -> str:
     octets = rng.randbytes(6)
     return ":".join(f"{b:02X}" for b in octets)
@@ -1273,7 +1392,7 @@ class _Controller:
             reported = sum(fake.report(adv, paired=bool(request.get("paired"))) for adv in ads)
             await fake.flush()
             return {"ok": True, "reported": reported}
-        if cmd in ("play", "steady", "garbage"):
+        if cmd in ("play", "steady", "garbage", "flood"):
             job = self._job(cmd, request)
             if request.get("wait"):
                 return {"ok": True, "sent": await job}
@@ -1304,6 +1423,9 @@ class _Controller:
             "freeze": fake.freeze, "thaw": fake.thaw, "quit": self.quit.set,
             "power": lambda: fake.set_powered(bool(request.get("on", True))),
             "delay": lambda: fake.delay(str(request["method"]), float(request["seconds"])),
+            "wedge": lambda: fake.wedge(request.get("mode"),
+                                        clears=str(request.get("clears", "power"))),
+            "rename_adapter": lambda: fake.rename_adapter(str(request["name"])),
         }
         action = simple.get(str(cmd))
         if action is None:
@@ -1344,6 +1466,9 @@ class _Controller:
             count = int(rate * float(request.get("duration_s", 1.0)))
             stream = steady_stream(int(request.get("devices", 1)), seed=seed, rate=rate,
                                    rotate_s=request.get("rotate_s"))
+        elif cmd == "flood":
+            count = int(request.get("count", 100))
+            stream = flood_stream(kind=str(request.get("kind", "random")), seed=seed, rate=rate)
         else:
             count = int(request.get("count", 100))
             stream = garbage_stream(seed=seed, rate=rate)
@@ -1389,6 +1514,31 @@ def _take(stream: Iterator[Advertisement], count: int) -> Iterator[Advertisement
         yield next(stream)
 
 
+_RFKILL_EVENT = struct.Struct("<IBBBB")  # idx, type, op, soft, hard (linux/rfkill.h)
+_RFKILL_OP_CHANGE = 2
+_RFKILL_OP_CHANGE_ALL = 3
+
+
+def _listen_rfkill(path: Path, fake: FakeBlueZ) -> None:
+    """Stand in for ``/dev/rfkill``: a FIFO at ``path`` whose rfkill change events (as the
+    kernel takes them) soft-block and unblock the fake adapter (``FakeBlueZ.rfkill_event``)."""
+    _unlink(path)
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # RDWR: no EOF when a writer closes
+    pending = bytearray()
+
+    def readable() -> None:
+        with contextlib.suppress(BlockingIOError):
+            pending.extend(os.read(fd, 4096))
+        while len(pending) >= _RFKILL_EVENT.size:
+            _idx, _type, op, soft, _hard = _RFKILL_EVENT.unpack_from(pending)
+            del pending[: _RFKILL_EVENT.size]
+            if op in (_RFKILL_OP_CHANGE, _RFKILL_OP_CHANGE_ALL):
+                fake.rfkill_event(bool(soft))
+
+    asyncio.get_running_loop().add_reader(fd, readable)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     fake = FakeBlueZ(adapter=args.adapter, with_adapter=not args.no_adapter,
                      powered=not args.powered_off, advertising=not args.no_advertising,
@@ -1401,6 +1551,8 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, controller.quit.set)
+    if args.rfkill:
+        _listen_rfkill(Path(args.rfkill), fake)
     print(f"READY {os.getpid()}", flush=True)
     gone = asyncio.create_task(fake.wait_disconnected())
     quit_ = asyncio.create_task(controller.quit.wait())
@@ -1429,6 +1581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a second adapter standing for a phone (hears our advertisements)")
     parser.add_argument("--no-advertising", action="store_true",
                         help="an adapter without LEAdvertisingManager1 and GattManager1")
+    parser.add_argument("--rfkill", help="make a FIFO here that takes rfkill events "
+                        "(a stand-in for /dev/rfkill)")
     args = parser.parse_args(argv)
     if not args.bus:
         parser.error("--bus or DBUS_SYSTEM_BUS_ADDRESS is required")
@@ -1440,7 +1594,7 @@ class FakeBlueZProcess:
 
     def __init__(self, bus_address: str, control_path: str | Path, *, adapter: str = "hci0",
                  with_adapter: bool = True, powered: bool = True, advertising: bool = True,
-                 phone_adapter: str | None = None) -> None:
+                 phone_adapter: str | None = None, rfkill: str | Path | None = None) -> None:
         self.bus_address = bus_address
         self.control_path = Path(control_path)
         self._argv = [sys.executable, str(Path(__file__).resolve()), "--bus", bus_address,
@@ -1453,6 +1607,8 @@ class FakeBlueZProcess:
             self._argv.append("--no-advertising")
         if phone_adapter:
             self._argv += ["--phone-adapter", phone_adapter]
+        if rfkill is not None:
+            self._argv += ["--rfkill", str(rfkill)]
         self._proc: asyncio.subprocess.Process | None = None
 
     @property

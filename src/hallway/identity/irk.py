@@ -16,10 +16,28 @@ the answer, so that:
   instead of a Python loop over them. When a bulk load would cost more than ``RECHECK_LIMIT``
   blocks, the "no one" answers are dropped instead and recomputed when next seen;
 - removing an IRK drops every address it resolved, at once.
+
+Trying a new address costs one AES block per IRK: with 30,000 IRKs about 6 ms here, so a flood
+of strangers' fresh resolvable addresses could take the whole CPU. With ``trials_per_s`` the
+trials are budgeted per window of the advertisements' clock (``window_s``: a second, or a tenth
+of one in the resolver, so the trials do not come in one burst): while the window's budget
+lasts, a new address is tried at once (the quiet case costs no delay); past it, the address is
+only noted as pending, and ``resolve`` answers None without caching anything. Pending addresses
+heard more than once (a phone repeats its address for minutes; BLE spam uses each address once)
+rank before those heard once, then by the strongest RSSI heard. When the next window begins,
+the best ranked pending addresses are granted its budget (as many as it pays for), and each is
+tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their turn or are
+forgotten. Over any stretch of time the trials average the budget. So a contact's phone
+resolves within about one or two of its advertising intervals of being heard, unless more new
+addresses than the budget pays for, each also heard repeatedly (and more strongly), keep
+arriving; an address already answered (cache hit) costs nothing and is never delayed. Pending
+addresses are bounded (``PENDING_MAX``; the weakest go first).
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,6 +45,18 @@ from hallway.identity.crypto import BlockEncryptor, ecb_encryptor
 
 RECHECK_LIMIT = 2_000_000
 """Most AES blocks spent re-checking cached "no one" answers when IRKs are added."""
+
+PENDING_MAX = 2048
+"""Most new addresses waiting for trial budget at once (the weakest are forgotten first)."""
+
+ONCE_MAX = 65_536
+"""Addresses remembered as heard once (oldest forgotten first), so that a phone's second
+advertisement ranks it as repeated even after a flood pushed its first out of the pending."""
+
+GRANT_TTL_S = 2.0
+"""How long a granted address keeps its reserved trials waiting to be heard again (a phone
+advertises at least every second or so; a spam address never comes back, and its grant must
+not hold the budget for long)."""
 
 _PAD = bytes(13)
 _RPA_FIRST = frozenset("4567")
@@ -56,9 +86,21 @@ def rpa_parts(address: str) -> tuple[bytes, bytes] | None:
 class IrkCache:
     """Resolves resolvable private addresses against IRKs; caches both kinds of answer."""
 
-    def __init__(self, *, max_entries: int, ttl_s: float) -> None:
+    def __init__(self, *, max_entries: int, ttl_s: float, trials_per_s: int | None = None,
+                 window_s: float = 1.0) -> None:
         self._cap = max_entries
         self._ttl = ttl_s
+        # trials per window of window_s seconds (None: every new address is tried at once);
+        # short windows spread the trials over the second instead of one burst at its start
+        self._window_s = window_s
+        self._budget = None if trials_per_s is None else max(1, int(trials_per_s * window_s))
+        self._window: int | None = None  # the second (of the callers' clock) being spent
+        self._spent = 0  # trials spent (or reserved for granted addresses) in that second
+        # address -> its rank while waiting: 1000 if heard once, 2000 if more (a phone repeats
+        # its address, BLE spam does not), plus the strongest RSSI heard + 500
+        self._pending: dict[str, int] = {}
+        self._granted: dict[str, int] = {}  # address -> the window its grant was made in
+        self._once: dict[str, None] = {}  # heard once, insertion-ordered: the oldest first
         # every IRK, in the order added (a dict: removing one contact's is O(its keys))
         self._keys: dict[IrkKey, None] = {}
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
@@ -77,22 +119,43 @@ class IrkCache:
         self.misses = 0
         self.aes_ops = 0
         self.evicted = 0
+        self.deferred = 0  # resolve calls answered None for want of budget
+        self.pending_dropped = 0  # pending addresses forgotten (weakest, past PENDING_MAX)
+        self.granted_total = 0  # pending addresses granted a later second's budget
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def resolve(self, address: str, now: float) -> IrkKey | None:
-        """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached."""
+    @property
+    def pending(self) -> int:
+        """New addresses waiting for trial budget."""
+        return len(self._pending)
+
+    def known_stranger(self, address: str) -> bool:
+        """True if ``address`` has a cached "no one" answer (a look, counted nowhere)."""
+        slot = self._slot_of.get(address)
+        return slot is not None and self._answer[slot] is None
+
+    def resolve(self, address: str, now: float, rssi: int = -127) -> IrkKey | None:
+        """The key that resolves ``address`` (an RPA in ``AA:..`` form), or None; cached.
+
+        With a trial budget, None may also mean "not tried yet" (see the module docstring);
+        ``rssi`` ranks such an address among the others waiting.
+        """
         slot = self._slot_of.get(address)
         if slot is not None:
             if now - self._time[slot] < self._ttl:
                 self.hits += 1
                 return self._answer[slot]
             self._forget(slot)
-        self.misses += 1
         parts = rpa_parts(address)
         if parts is None:
+            self.misses += 1
             return None
+        if self._budget is not None and not self._may_try(address, now, rssi):
+            self.deferred += 1
+            return None
+        self.misses += 1
         prand, want = parts
         block = _PAD + prand
         found: IrkKey | None = None
@@ -105,6 +168,66 @@ class IrkCache:
         self.aes_ops += tried
         self._store(address, found, now, block, want)
         return found
+
+    def _may_try(self, address: str, now: float, rssi: int) -> bool:
+        """Spend this second's budget on ``address``, or note it as pending; True to try."""
+        assert self._budget is not None
+        window = int(now / self._window_s) if math.isfinite(now) and abs(now) < 1e15 else 0
+        if window != self._window:
+            self._next_window(window)
+        cost = max(1, self.key_count)
+        if self._granted.pop(address, None) is not None:
+            self._pending.pop(address, None)
+            self._spent += cost  # charged to this window: first come waits for the next
+            return True
+        if self._spent < self._budget and not self._pending:
+            # Nobody stronger is waiting: first come, first tried while the budget lasts.
+            self._spent += cost
+            return True
+        pending = self._pending
+        old = pending.get(address)
+        rank = max(0, min(rssi, 127) + 500)
+        if old is not None:
+            pending[address] = 2000 + max(old % 1000, rank)
+        elif address in self._once:
+            pending[address] = 2000 + rank  # heard before, though dropped from pending since
+        else:
+            pending[address] = 1000 + rank
+            once = self._once
+            once[address] = None
+            if len(once) > ONCE_MAX:
+                del once[next(iter(once))]
+        if old is None and len(pending) > PENDING_MAX:
+            keep = sorted(pending.items(), key=lambda item: item[1], reverse=True)
+            keep = keep[: PENDING_MAX // 2]
+            self.pending_dropped += len(pending) - len(keep)
+            self._pending = dict(keep)
+        return False
+
+    def _next_window(self, window: int) -> None:
+        """A new window: its budget goes to the best ranked pending addresses first.
+
+        A granted address may be tried when it is next heard (a phone may advertise only
+        every second or so) until ``GRANT_TTL_S`` passes; its trials are charged to the window
+        it is heard in. Each window grants as many as its budget pays for, so over any stretch
+        of time the trials average the budget (one-shot spam never comes back to use its
+        grant); a window can exceed it only when earlier grants come back together.
+        """
+        assert self._budget is not None
+        self._window = window
+        self._spent = 0
+        granted = self._granted
+        if granted:
+            horizon = window - GRANT_TTL_S / self._window_s
+            for address in [a for a, when in granted.items() if when < horizon]:
+                del granted[address]
+        if self._pending:
+            slots = max(1, self._budget // max(1, self.key_count))
+            best = heapq.nlargest(slots, self._pending.items(), key=lambda item: item[1])
+            for address, _rank in best:
+                granted[address] = window
+                del self._pending[address]
+            self.granted_total += len(best)
 
     def set_irks(self, contact_id: str, irks: Iterable[bytes]) -> None:
         """Replace a contact's IRKs (16 bytes, most significant first); re-checks "no one"."""
@@ -140,6 +263,9 @@ class IrkCache:
 
     def clear(self) -> None:
         """Drop every IRK and every cached answer."""
+        self._pending.clear()
+        self._granted.clear()
+        self._once.clear()
         self._keys = {}
         self.key_count = 0
         self._by_contact.clear()

@@ -11,8 +11,9 @@ For each advertisement the resolver looks, in order, at:
    the answer cache; public and static random addresses (top bits ``11``) in the address keys.
 
 The first match whose contact is active at ``adv.ts`` wins. Every step is a dict lookup except
-an IRK cache miss (one AES block per IRK, once per address per cache life) and the AEM
-decryption of a matched EN frame (one block). The clock is ``adv.ts``; nothing reads the time.
+an IRK cache miss (one AES block per IRK, once per address per cache life, within a trial
+budget per second: see ``hallway.identity.irk``) and the AEM decryption of a matched EN frame
+(one block). The clock is ``adv.ts``; nothing reads the time.
 
 Measured power at 1 m (``Match.measured_power``), where the frame carries one: hallway-v1
 manufacturer data's optional int8; iBeacon's measured power byte; Eddystone-UID's 0 m power
@@ -62,6 +63,9 @@ from hallway.parsing.frames import (
 )
 
 _RPA_FIRST = frozenset("4567")
+IRK_BUDGET_WINDOW_S = 0.1
+"""The IRK trial budget is spent per tenth of a second (a tenth of irk_trials_per_s each), so
+a small computer's CPU quota does not meet the whole second's trials in one burst."""
 _STATIC_FIRST = frozenset("CDEFcdef")
 _FRAME_SERVICES = frozenset((EN_SERVICE_UUID, EDDYSTONE_SERVICE_UUID))
 
@@ -100,7 +104,9 @@ class Resolver:
         self._tokens = TokenTable(
             skew_back=config.token_skew_back, skew_ahead=config.token_skew_ahead
         )
-        self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s)
+        self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s,
+                              trials_per_s=config.irk_trials_per_s or None,
+                              window_s=IRK_BUDGET_WINDOW_S)
         self._contacts: dict[str, Contact] = {}
         self._ibeacon: dict[bytes, str] = {}
         self._eddystone: dict[bytes, str] = {}
@@ -263,9 +269,11 @@ class Resolver:
         count: a look at the raw fields (membership tests, no parsing, no AES) that lets a
         source skip a stranger before building its record. True for anything the resolver
         examines: our frames (well formed or not), iBeacons, EN and Eddystone service data,
-        non-base service UUIDs, resolvable private addresses while IRKs are loaded, and
-        addresses of address keys. Case-insensitive where ``Advertisement`` normalises case;
-        the time is not looked at (``resolve`` checks consent at ``adv.ts``).
+        non-base service UUIDs, resolvable private addresses while IRKs are loaded (except
+        those whose cached answer is already "no one": known strangers, skipped without even
+        the cache hit being counted), and addresses of address keys. Case-insensitive where
+        ``Advertisement`` normalises case; the time is not looked at (``resolve`` checks
+        consent at ``adv.ts``).
         """
         if manufacturer_data:
             payload = manufacturer_data.get(self._company_id)
@@ -284,7 +292,9 @@ class Resolver:
         if address_type == "random":
             first = address[0] if address else ""  # an index is cheaper than a slice
             if first in _RPA_FIRST:
-                return self._irks.key_count > 0
+                # A resolvable address already answered "no one" is a known stranger's.
+                irks = self._irks
+                return irks.key_count > 0 and not irks.known_stranger(address.upper())
             if first not in _STATIC_FIRST:
                 return False
         return address.upper() in self._address
@@ -379,7 +389,7 @@ class Resolver:
             first = address[:1]
             if first in _RPA_FIRST:
                 if self._irks.key_count:
-                    irk_key = self._irks.resolve(address, ts)
+                    irk_key = self._irks.resolve(address, ts, adv.rssi)
                     if irk_key is not None:
                         return self._hit(irk_key.contact_id, KeyKind.IRK, None, ts)
                 return None
@@ -416,6 +426,9 @@ class Resolver:
             irk_cache_misses=self._irks.misses,
             irk_cache_entries=len(self._irks),
             irk_cache_evicted=self._irks.evicted,
+            irk_deferred=self._irks.deferred,
+            irk_pending=self._irks.pending,
+            irk_pending_dropped=self._irks.pending_dropped,
             aes_ops=self._tokens.aes_ops + self._irks.aes_ops + self._aem_ops,
             token_entries=len(self._tokens),
             token_keys=self._tokens.key_count,

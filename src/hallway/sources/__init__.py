@@ -7,6 +7,8 @@ the bleak source is built.
 
 from __future__ import annotations
 
+import os
+
 from hallway.config import Config
 from hallway.errors import SourceError
 from hallway.sources.base import AdvertisementSource, Handoff, SourceState
@@ -18,9 +20,15 @@ def make_source(config: Config) -> AdvertisementSource:
     """The source ``config.scanner.source`` names; SourceError if it cannot be built."""
     scanner = config.scanner
     if scanner.source == "bleak":
+        from pathlib import Path  # noqa: PLC0415
+
         from hallway.sources.bleak import BleakSource  # noqa: PLC0415 - bleak only when used
 
-        return BleakSource(scanner, company_id=config.identity.hallway_company_id)
+        # Test hooks: where the recovery ladder's reset looks for sysfs and /dev (a bench or
+        # test points them at a stand-in tree; see hallway.sources.adapter_reset).
+        return BleakSource(scanner, company_id=config.identity.hallway_company_id,
+                           sysfs=Path(os.environ.get("HALLWAY_TEST_SYSFS", "/sys")),
+                           dev=Path(os.environ.get("HALLWAY_TEST_DEV", "/dev")))
     if scanner.source == "replay":
         from hallway.sources.replay import ReplaySource  # noqa: PLC0415
 

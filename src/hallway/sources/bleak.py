@@ -17,9 +17,14 @@ that keeps advertising keeps being reported (presence needs the steady stream). 
 the hand-off's ``screen`` lets through (all of them without one; a stranger's is only counted)
 becomes an ``Advertisement`` stamped with ``time.time()`` (bleak gives no time) and goes into
 the bounded ``Handoff`` without awaiting. bluetoothd keeps a device object for every address
-it has heard; with rotating addresses that grows until it stalls, so device objects of
-addresses not heard for ``device_prune_s`` are removed (``Adapter1.RemoveDevice``), never
-those that are paired, bonded, trusted or connected. No stranger's address is ever logged.
+it has heard; with rotating addresses that grows until it stalls, so device objects are
+removed (``Adapter1.RemoveDevice``, which also drops bleak's own per-device entries): those
+whose advertisements the screen ruled out (strangers') and those of resolvable private
+addresses (which rotate; a phone present keeps refreshing its own) after ``stranger_prune_s``
+of silence,
+the others after ``device_prune_s``, and past ``max_devices`` objects the longest silent
+strangers first; never those that are paired, bonded, trusted or connected. No stranger's
+address is ever logged.
 
 ``mode = "passive"`` registers an advertisement monitor for the frames hallway resolves
 (BlueZ >= 5.56 with ``--experimental``); without that support the source stays in BACKOFF
@@ -31,10 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 from bleak import BleakScanner
@@ -43,12 +50,13 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.bluezdbus.manager import get_global_bluez_manager
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from hallway.config import ScannerConfig
 from hallway.logs import FailureStreak, get_logger
 from hallway.models import Advertisement
+from hallway.sources.adapter_reset import ResetUnavailable, reset_adapter
 from hallway.sources.base import Handoff, Screen, SourceState
 
 log = get_logger(__name__)
@@ -60,10 +68,8 @@ _DEVICE_IFACE = "org.bluez.Device1"
 _STOP_TIMEOUT_S = 5.0
 _CALL_TIMEOUT_S = 5.0
 _BACKOFF_FIRST_S = 1.0
-_PRUNE_BATCH = 2000  # RemoveDevice calls per prune pass, at most
 _PRUNE_PASS_S = 5.0  # and the time one pass may take (a stalled BlueZ must not hold the watch)
-_MAX_TRACKED = 20_000  # past this many device objects, the least recently heard go early
-_PRUNE_PARALLEL = 16  # RemoveDevice calls in flight at once (BlueZ answers each in turn)
+_PRUNE_PARALLEL = 64  # RemoveDevice calls in flight at once
 _PROTECTING = ("Paired", "Bonded", "Trusted", "Connected")
 _FAULTS = {  # bus events that end a running scan, and how the log names them
     "bluez-gone": "BlueZ (org.bluez) left the bus",
@@ -81,6 +87,8 @@ _STALE_SESSION_HINT = ("BlueZ holds a stale discovery session of this process; "
                        "restarting hallway clears it")
 _RECOVERIES = frozenset({"bluez-appeared", "adapter-added", "powered-on"})
 _NO_DATA: Mapping[str, bytes] = MappingProxyType({})
+_RUNGS = ("none", "rebuild", "power-cycle", "reset", "gave up")
+_RPA_FIRST = frozenset("4567")  # first hex digit of a resolvable private address
 _ADDRESS_RE = re.compile(r"(?:[0-9A-Fa-f]{2}[:_-]){5}[0-9A-Fa-f]{2}")
 
 
@@ -115,7 +123,13 @@ def _bus_driver(member: str, arg: str) -> Message:
 
 
 class _StartError(Exception):
-    """A start precondition failed; the message is fit for the status line."""
+    """A start precondition failed; the message is fit for the status line. ``external``:
+    the cause is outside the adapter (no bus, no BlueZ, no adapter, powered off by someone),
+    so the recovery ladder does not climb for it."""
+
+    def __init__(self, message: str, *, external: bool = False) -> None:
+        super().__init__(message)
+        self.external = external
 
 
 class _BusWatch:
@@ -163,16 +177,40 @@ class _BusWatch:
         self._watcher = asyncio.create_task(self._watch_disconnect(bus),
                                             name="hallway-bluez-bus-watch")
 
-    async def adapter_state(self) -> tuple[bool, bool]:
-        """``(present, powered)`` of our adapter, asked of BlueZ."""
+    async def adapter_state(self) -> tuple[bool, bool, str | None]:
+        """``(present, powered, controller address)`` of our adapter, asked of BlueZ."""
         assert self._bus is not None
         reply = await self._call(self._bus, Message(
             destination=_BLUEZ, path=self._adapter_path,
-            interface="org.freedesktop.DBus.Properties", member="Get", signature="ss",
-            body=[_ADAPTER_IFACE, "Powered"]), check=False)
+            interface="org.freedesktop.DBus.Properties", member="GetAll", signature="s",
+            body=[_ADAPTER_IFACE]), check=False)
         if reply.message_type is not MessageType.METHOD_RETURN:
-            return False, False
-        return True, bool(reply.body[0].value)
+            return False, False, None
+        props = reply.body[0]
+        powered = props.get("Powered")
+        address = props.get("Address")
+        return (True, bool(powered.value) if powered is not None else False,
+                str(address.value) if address is not None else None)
+
+    async def set_powered(self, on: bool) -> None:
+        """``Adapter1.Powered = on``; raises ``_StartError`` if BlueZ refuses."""
+        assert self._bus is not None
+        await self._call(self._bus, Message(
+            destination=_BLUEZ, path=self._adapter_path,
+            interface="org.freedesktop.DBus.Properties", member="Set", signature="ssv",
+            body=[_ADAPTER_IFACE, "Powered", Variant("b", on)]))
+
+    async def find_adapter(self, address: str) -> str | None:
+        """The object path of the adapter whose controller address is ``address``, if any."""
+        assert self._bus is not None
+        reply = await self._call(self._bus, Message(
+            destination=_BLUEZ, path="/", interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects"))
+        for path, interfaces in reply.body[0].items():
+            props = interfaces.get(_ADAPTER_IFACE)
+            if props is not None and "Address" in props and props["Address"].value == address:
+                return str(path)
+        return None
 
     async def unprotected_devices(self) -> list[str]:
         """Object paths of our adapter's devices that are not paired, bonded or connected."""
@@ -252,9 +290,25 @@ class BleakSource:
 
     def __init__(self, config: ScannerConfig, *, company_id: int = 0xFFFF,
                  wall_clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sysfs: Path = Path("/sys"), dev: Path = Path("/dev")) -> None:
         self.name = f"bleak:{config.adapter}"
         self._cfg = config
+        self._adapter = config.adapter  # the name BlueZ gives it now (it may change)
+        self._adapter_address: str | None = None  # the controller's, learned at the first start
+        self._sysfs = sysfs
+        self._dev = dev
+        # The recovery ladder (see _climb): the next rung, what the last step did, and why
+        # a reset is not possible here (None: not tried yet, or it worked).
+        self._rung = 0
+        self._last_step: str | None = None
+        self._cleared_by: str | None = None
+        self._wedged_since: float | None = None
+        self._last_recovery_s: float | None = None
+        self._reset_unavailable: str | None = None
+        self._gave_up = False
+        self._external_failure = False
+        self._powering_on = False  # we powered the adapter off: power it on before starting
         self._company_id = company_id
         self._wall = wall_clock
         self._mono = monotonic
@@ -281,14 +335,24 @@ class BleakSource:
         self._in_progress_streak = 0
         self._stale_session = False
         self._heard = 0
-        self._seen: dict[str, float] = {}  # device object path -> last heard (monotonic)
+        # device object path -> last heard (monotonic), in order of last hearing for
+        # strangers (their dict is re-inserted on each hearing, so its head is the oldest)
+        self._seen: dict[str, float] = {}
+        self._strangers: dict[str, float] = {}
+        # bleak's own per-device dicts (its BlueZ manager's properties, the scanner's seen
+        # devices), where a stranger's entry is dropped at once (scanner.forget_strangers)
+        self._bleak_props: dict[str, object] | None = None
+        self._bleak_seen: dict[str, object] | None = None
         self._seeded = False
         self._next_prune = 0.0
-        self._prune_interval = max(0.25, min(config.device_prune_s / 2, 30.0))
+        self._max_devices = config.max_devices
+        self._prune_interval = max(0.25, min(config.device_prune_s / 2,
+                                             config.stranger_prune_s / 4, 30.0))
         self._stall_s = config.start_timeout_s + _STOP_TIMEOUT_S + 2 * _CALL_TIMEOUT_S + 5.0
         self._counts = dict.fromkeys(
             ("malformed", "rebuilds", "start_failures", "stop_errors", "pruned",
-             "prune_errors", "bluez_restarts"), 0)
+             "prune_errors", "bluez_restarts", "power_cycles", "resets", "gave_up",
+             "adapter_renamed"), 0)
 
     # -- AdvertisementSource ------------------------------------------------------------
     @property
@@ -308,7 +372,8 @@ class BleakSource:
         the scanner, and a scanner that started fine and still hears nothing is healthy. Not
         healthy once BlueZ holds a discovery session of ours that only a restart can clear.
         """
-        if not self._running or self._state is SourceState.FAILED or self._stale_session:
+        if (not self._running or self._state is SourceState.FAILED or self._stale_session
+                or self._gave_up):
             return False
         return now - self._progress <= self._stall_s
 
@@ -320,7 +385,14 @@ class BleakSource:
             **self._counts,
             "heard": self._heard,
             "screened": self._screened,
-            "tracked_devices": len(self._seen),
+            "tracked_devices": len(self._seen) + len(self._strangers),
+            "tracked_strangers": len(self._strangers),
+            "forgetting_strangers": int(self._bleak_props is not None),
+            "adapter": self._adapter,
+            "recovery_rung": _RUNGS[min(self._rung, len(_RUNGS) - 1)],
+            "cleared_by": self._cleared_by or "",
+            "last_recovery_s": -1.0 if self._last_recovery_s is None else self._last_recovery_s,
+            "reset": self._reset_unavailable or "not needed yet",
             "silence_s": round(self._mono() - self._last_heard, 3),
         }
 
@@ -344,12 +416,22 @@ class BleakSource:
                     await self._release_dead_bus()
                     await self._stop_scanner()
                     self._note_fault(reason)
+                    if reason.startswith("nothing heard"):
+                        await self._climb(silence=True)
                     continue
                 self._failed_cycles += 1
+                if not self._external_failure:
+                    self._rung = max(self._rung, 1)  # the cycle was the rebuild
+                    if await self._climb(silence=False):
+                        continue
                 delay = min(self._cfg.backoff_max_s,
                             _BACKOFF_FIRST_S * 2 ** (self._failed_cycles - 1))
                 first = self._failed_cycles == 1
                 status = f"retrying in {delay:g} s: {self._last_error}"
+                if self._gave_up:
+                    status = (f"gave up on {self._adapter} after a rebuild, a power-cycle and "
+                              f"a reset ({self._reset_unavailable or 'done'}); the watchdog "
+                              f"decides; still retrying in {delay:g} s: {self._last_error}")
                 if self._stale_session:
                     status += f" ({_STALE_SESSION_HINT})"
                 self._set_state(SourceState.BACKOFF, status, quiet=not first)
@@ -416,9 +498,10 @@ class BleakSource:
         for attempt in range(1, retries + 1):
             self._progress = self._mono()
             self._set_state(SourceState.STARTING,
-                            f"starting on {self._cfg.adapter} (attempt {attempt}/{retries})",
+                            f"starting on {self._adapter} (attempt {attempt}/{retries})",
                             quiet=self._failed_cycles > 0 or self._faults.count > 1)
             self._wake.clear()
+            self._external_failure = False
             try:
                 async with self._lock, asyncio.timeout(self._cfg.start_timeout_s):
                     await self._start_once()
@@ -426,16 +509,19 @@ class BleakSource:
                 error = f"start timed out after {self._cfg.start_timeout_s:g} s"
             except _StartError as exc:
                 error = str(exc)
+                self._external_failure = exc.external
             except Exception as exc:  # noqa: BLE001 - any radio fault means "retry", never "crash"
                 error = _describe(exc)
             else:
                 self._start_failures.ended()
                 self._in_progress_streak = 0
                 self._stale_session = False
-                self._set_state(SourceState.SCANNING, f"scanning on {self._cfg.adapter}",
+                self._set_state(SourceState.SCANNING, f"scanning on {self._adapter}",
                                 quiet=self._faults.count > 1)
                 return True
             self._progress = self._mono()
+            if self._wedged_since is None:
+                self._wedged_since = self._mono()
             self._counts["start_failures"] += 1
             self._in_progress_streak = (self._in_progress_streak + 1
                                         if _IN_PROGRESS in error else 0)
@@ -454,16 +540,27 @@ class BleakSource:
         try:
             await self._watch.ensure_connected()
         except OSError as exc:
-            raise _StartError(f"cannot reach the system bus: {exc.strerror or exc}") from None
+            raise _StartError(f"cannot reach the system bus: {exc.strerror or exc}",
+                              external=True) from None
         if self._watch.owner is None:
-            raise _StartError("BlueZ (org.bluez) is not on the system bus")
-        present, powered = await self._watch.adapter_state()
+            raise _StartError("BlueZ (org.bluez) is not on the system bus", external=True)
+        present, powered, address = await self._watch.adapter_state()
+        if not present and self._adapter_address is not None:
+            present, powered, address = await self._follow_adapter()
         if not present:
-            raise _StartError(f"adapter {self._cfg.adapter} not found")
+            raise _StartError(f"adapter {self._adapter} not found", external=True)
+        if not powered and self._powering_on:
+            # Our power-cycle was cut short between off and on (a stalled BlueZ answering
+            # late): finish it, or the adapter would stay off for good.
+            await self._watch.set_powered(True)
+            present, powered, address = await self._watch.adapter_state()
         if not powered:
-            raise _StartError(f"adapter {self._cfg.adapter} is powered off")
+            raise _StartError(f"adapter {self._adapter} is powered off", external=True)
+        self._powering_on = False
+        if address:
+            self._adapter_address = address
         self._seeded = False  # a (re)started bluetoothd may hold devices we never heard
-        bluez: BlueZScannerArgs = {"adapter": self._cfg.adapter}
+        bluez: BlueZScannerArgs = {"adapter": self._adapter}
         if self._cfg.mode == "passive":
             bluez["or_patterns"] = list(_passive_patterns(self._company_id))
         else:
@@ -471,11 +568,28 @@ class BleakSource:
         self._fault = None
         scanner = BleakScanner(self._on_detect, scanning_mode=self._cfg.mode, bluez=bluez)
         self._scanner = scanner
-        await scanner.start()
+        try:
+            await scanner.start()
+        except Exception as exc:
+            if self._cfg.mode == "passive" and "requires BlueZ" in str(exc):
+                # BlueZ lacks advertisement monitors: configuration, not a wedged adapter.
+                raise _StartError(_describe(exc), external=True) from None
+            raise
         now = self._mono()
         self._scan_started = now
         self._last_heard = now
         self._next_prune = now + self._prune_interval
+        self._bleak_props = self._bleak_seen = None
+        if self._cfg.forget_strangers:
+            # bleak keeps every device's properties and last advertisement until BlueZ
+            # removes its object; a stranger's are dropped at its first advertisement (its
+            # repeats then go unparsed: bleak ignores changes of objects it does not know).
+            # Private attributes: if a bleak release renames them, this stays off.
+            manager = await get_global_bluez_manager()
+            props = getattr(manager, "_properties", None)
+            seen = getattr(getattr(scanner, "_backend", None), "seen_devices", None)
+            if isinstance(props, dict) and isinstance(seen, dict):
+                self._bleak_props, self._bleak_seen = props, seen
 
     async def _scan(self) -> str:
         """Watch a running scan; return why it must be rebuilt."""
@@ -525,21 +639,13 @@ class BleakSource:
         now = self._mono()
         self._last_heard = now
         self._heard += 1
-        if self._failed_cycles or self._faults.count:
+        if self._failed_cycles or self._faults.count or self._wedged_since is not None:
             self._recovered()
         try:
             path, props = data.platform_data
             get = props.get
-            if get("Connected") or get("Paired") or get("Bonded") or get("Trusted"):
-                self._seen.pop(path, None)
-            else:
-                seen = self._seen
-                seen[path] = now
-                if len(seen) > _MAX_TRACKED and self._next_prune > now:
-                    # A flood of new addresses: bleak and BlueZ hold every device object, so
-                    # memory is bounded only by pruning at once rather than at the next pass.
-                    self._next_prune = now
-                    self._wake.set()
+            protected = bool(get("Connected") or get("Paired") or get("Bonded")
+                             or get("Trusted"))
             address = device.address
             address_type = get("AddressType", "public")
             manufacturer_data = data.manufacturer_data
@@ -553,7 +659,43 @@ class BleakSource:
                 heard = self._on_screened
                 if heard is not None:
                     heard(self._wall())
+                if self._bleak_props is not None and self._bleak_seen is not None:
+                    self._bleak_props.pop(path, None)
+                    self._bleak_seen.pop(path, None)
+                if not protected:
+                    # A stranger's device object: kept only for stranger_prune_s of silence.
+                    strangers = self._strangers
+                    strangers.pop(path, None)
+                    strangers[path] = now
+                    if (len(strangers) + len(self._seen) > self._max_devices
+                            and self._next_prune > now):
+                        # A flood of new addresses: bleak and BlueZ hold every device
+                        # object, so memory stays bounded only by pruning at once.
+                        self._next_prune = now
+                        self._wake.set()
                 return
+            if protected:
+                self._seen.pop(path, None)
+            elif address_type == "random" and address[:1] in _RPA_FIRST:
+                # A resolvable private address rotates every 15 minutes or so and a phone
+                # present keeps refreshing it: its object is pruned on the strangers'
+                # schedule (a flood of new RPAs must not wait device_prune_s), but bleak
+                # keeps it (it may be a contact's, resolved by IRK).
+                strangers = self._strangers
+                strangers.pop(path, None)
+                strangers[path] = now
+                if (len(strangers) + len(self._seen) > self._max_devices
+                        and self._next_prune > now):
+                    self._next_prune = now
+                    self._wake.set()
+            else:
+                self._strangers.pop(path, None)
+                seen = self._seen
+                seen[path] = now
+                if len(seen) + len(self._strangers) > self._max_devices \
+                        and self._next_prune > now:
+                    self._next_prune = now
+                    self._wake.set()
             adv = Advertisement(  # positional, in field order: keywords cost twice as much
                 self._wall(),
                 address.upper(),
@@ -572,14 +714,131 @@ class BleakSource:
         self._put(adv)
 
     def _recovered(self) -> None:
-        took = self._mono() - self._scan_started
-        log.info("scanner_hearing_again", source=self.name, first_after_start_s=round(took, 3))
+        now = self._mono()
+        took = now - self._scan_started
+        fields: dict[str, object] = {"first_after_start_s": round(took, 3)}
+        if self._rung:
+            self._cleared_by = self._last_step or "rebuild"
+            fields["cleared_by"] = self._cleared_by
+            if self._wedged_since is not None:
+                self._last_recovery_s = round(now - self._wedged_since, 3)
+                fields["since_fault_s"] = self._last_recovery_s
+        log.info("scanner_hearing_again", source=self.name, **fields)
         self._failed_cycles = 0
         self._faults.ended()
+        self._rung = 0
+        self._last_step = None
+        self._wedged_since = None
+        self._gave_up = False
+
+    # -- the recovery ladder ----------------------------------------------------------------
+    async def _climb(self, *, silence: bool) -> bool:
+        """One rung up the ladder after a rebuild did not bring advertisements back.
+
+        Rungs: rebuild the scanner (what every start cycle does), power-cycle the adapter
+        (``Adapter1.Powered`` off and on), reset it below BlueZ (rfkill, else USB; see
+        ``adapter_reset``), give up: ``healthy()`` turns false so the service stops feeding
+        the systemd watchdog, which decides (restart, or not), while the source keeps
+        retrying. Silence alone never gives up (a silent room is legitimately idle): past the
+        reset it only rebuilds. Anything heard (``_recovered``) resets the ladder. True when
+        a step was taken (start again at once), False to back off.
+        """
+        if self._wedged_since is None:
+            self._wedged_since = self._mono() - (self._cfg.silence_restart_s if silence else 0)
+        rung = self._rung
+        self._rung = rung + 1
+        if rung == 0:
+            self._last_step = "rebuild"
+            return True
+        if rung == 1:
+            return await self._power_cycle()
+        if rung == 2:
+            return await self._reset()
+        if silence:
+            self._rung = 3  # rebuild only from here on
+            self._last_step = "rebuild"
+            return True
+        self._last_step = "retry after giving up"
+        if not self._gave_up:
+            self._gave_up = True
+            self._counts["gave_up"] += 1
+            log.error("scanner_gave_up", source=self.name, adapter=self._adapter,
+                      reason=self._last_error, reset=self._reset_unavailable or "done",
+                      hint="the adapter stays wedged after a rebuild, a power-cycle and a "
+                           "reset; the service watchdog decides (restart), or replug it")
+        return False
+
+    async def _power_cycle(self) -> bool:
+        self._last_step = "power-cycle"
+        self._counts["power_cycles"] += 1
+        self._set_state(SourceState.STARTING, f"power-cycling {self._adapter} (recovery)")
+        log.warning("adapter_power_cycling", source=self.name, adapter=self._adapter,
+                    reason=self._last_error)
+        try:
+            async with asyncio.timeout(self._cfg.start_timeout_s + 0.5):
+                await self._watch.ensure_connected()
+                self._powering_on = True
+                await self._watch.set_powered(False)
+                await asyncio.sleep(0.5)
+                await self._watch.set_powered(True)
+        except Exception as exc:  # noqa: BLE001 - a failed step is reported; the ladder goes on
+            self._last_error = f"power-cycle failed: {_describe(exc)}"
+            log.warning("adapter_power_cycle_failed", source=self.name, error=self._last_error)
+        return True
+
+    async def _reset(self) -> bool:
+        self._last_step = "reset"
+        self._set_state(SourceState.STARTING, f"resetting {self._adapter} (recovery)")
+        try:
+            done = await reset_adapter(self._adapter, sysfs=self._sysfs, dev=self._dev)
+        except ResetUnavailable as exc:
+            self._last_step = "rebuild after a reset that was not possible"
+            self._reset_unavailable = f"reset not possible: {exc}"
+            log.warning("adapter_reset_not_possible", source=self.name, adapter=self._adapter,
+                        reason=str(exc))
+            if self._state_silence():
+                return True  # silence: rebuild again
+            return await self._climb(silence=False)  # starts keep failing: give up now
+        self._reset_unavailable = None
+        self._counts["resets"] += 1
+        log.warning("adapter_reset", source=self.name, adapter=self._adapter, how=done)
+        # The controller comes back (maybe under another name): wait for BlueZ to show it.
+        deadline = self._mono() + self._cfg.start_timeout_s + 5.0
+        while self._mono() < deadline:
+            with contextlib.suppress(Exception):
+                present, powered, _ = await self._watch.adapter_state()
+                if not present and self._adapter_address is not None:
+                    present, powered, _ = await self._follow_adapter()
+                if present and powered:
+                    break
+                if present and not powered:
+                    await self._watch.set_powered(True)
+            await asyncio.sleep(0.2)
+        return True
+
+    def _state_silence(self) -> bool:
+        return self._last_error is not None and self._last_error.startswith("nothing heard")
+
+    async def _follow_adapter(self) -> tuple[bool, bool, str | None]:
+        """Our controller under another name (hci0 -> hci1 after a reset or replug)?"""
+        assert self._adapter_address is not None
+        path = await self._watch.find_adapter(self._adapter_address)
+        if path is None:
+            return False, False, None
+        old, self._adapter = self._adapter, path.rsplit("/", 1)[-1]
+        self._adapter_path = path
+        self._watch.close()
+        self._watch = _BusWatch(path, self._on_bus_event)
+        await self._watch.ensure_connected()
+        self._counts["adapter_renamed"] += 1
+        log.warning("adapter_renamed", source=self.name, was=old, now=self._adapter)
+        return await self._watch.adapter_state()
 
     # -- pruning --------------------------------------------------------------------------
     async def _prune(self, now: float) -> None:
-        """Remove BlueZ device objects of addresses not heard for ``device_prune_s``."""
+        """Remove BlueZ device objects: strangers' after ``stranger_prune_s`` of silence,
+        others' after ``device_prune_s``, and the oldest strangers' (then others') past
+        ``max_devices``."""
         self._next_prune = now + self._prune_interval
         before = self._counts["pruned"]
         try:
@@ -590,27 +849,60 @@ class BleakSource:
             log.debug("device_pruning_failed", source=self.name, error=_describe(exc))
         if removed := self._counts["pruned"] - before:
             log.debug("bluez_devices_pruned", source=self.name, removed=removed,
-                      tracked=len(self._seen))
+                      tracked=len(self._seen) + len(self._strangers))
+
+    def _prune_list(self, now: float) -> list[str]:
+        """The device objects due for removal now, strangers first."""
+        stranger_cutoff = now - min(self._cfg.stranger_prune_s, self._cfg.device_prune_s)
+        stale: list[str] = []
+        for path, heard in self._strangers.items():  # oldest first
+            if heard >= stranger_cutoff:
+                break
+            stale.append(path)
+        cutoff = now - self._cfg.device_prune_s
+        stale_known = [p for p, heard in self._seen.items() if heard < cutoff]
+        total = len(self._strangers) + len(self._seen)
+        excess = total - len(stale) - len(stale_known) - self._max_devices
+        if excess > 0:
+            excess += self._max_devices // 10  # room, so a flood does not prune on every tick
+            extra = list(itertools.islice(self._strangers, len(stale), len(stale) + excess))
+            stale.extend(extra)
+            excess -= len(extra)
+            if excess > 0:
+                fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
+                stale_known.extend(p for _h, p in fresh[:excess])
+        return stale + stale_known
 
     async def _prune_pass(self, now: float) -> None:
         if not self._seeded:
             for path in await self._watch.unprotected_devices():
-                self._seen.setdefault(path, now)
+                if path not in self._strangers:
+                    self._seen.setdefault(path, now)
             self._seeded = True
-        cutoff = now - self._cfg.device_prune_s
-        stale = [p for p, heard in self._seen.items() if heard < cutoff]
-        excess = len(self._seen) - len(stale) - _MAX_TRACKED
-        if excess > 0:
-            excess += _MAX_TRACKED // 10  # room, so a flood does not prune on every tick
-            fresh = sorted((h, p) for p, h in self._seen.items() if h >= cutoff)
-            stale.extend(p for _h, p in fresh[:excess])
-        batch = stale[: max(_PRUNE_BATCH, excess)]
-        for begin in range(0, len(batch), _PRUNE_PARALLEL):
-            chunk = batch[begin : begin + _PRUNE_PARALLEL]
-            done = await asyncio.gather(*(self._watch.remove_device(p) for p in chunk),
-                                        return_exceptions=True)
-            for path in chunk:  # only now: a pass cut short retries the rest next time
-                self._seen.pop(path, None)
-            removed = sum(1 for result in done if result is True)
-            self._counts["pruned"] += removed
-            self._counts["prune_errors"] += len(done) - removed
+        batch = self._prune_list(now)
+        if not batch:
+            return
+        # A sliding window of RemoveDevice calls in flight (BlueZ answers each in turn; the
+        # system bus allows a connection 128 pending replies).
+        window = asyncio.Semaphore(_PRUNE_PARALLEL)
+
+        async def remove(path: str) -> None:
+            try:
+                removed = await self._watch.remove_device(path)
+            except Exception:  # noqa: BLE001 - counted; the next pass tries again
+                removed = False
+            finally:
+                window.release()
+            self._seen.pop(path, None)  # only now: a pass cut short retries the rest later
+            self._strangers.pop(path, None)
+            self._counts["pruned" if removed else "prune_errors"] += 1
+
+        tasks = []
+        try:
+            for path in batch:
+                await window.acquire()
+                tasks.append(asyncio.create_task(remove(path)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()

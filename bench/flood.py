@@ -1,0 +1,659 @@
+"""BLE spam, a small computer's CPU budget and wedged radios, against the whole daemon.
+
+``hallway run`` (a real subprocess, source = bleak) scans a fake BlueZ on a private
+dbus-daemon. Enrolled: 30,000 IRK contacts, of which 100 are phones that come and go with a new
+resolvable private address at each visit, and 100 badges (address keys) that come and go. The
+venue's normal traffic (``--venue-rate``, 500/s: 40 % from those 200, about one advertisement a
+second each, 60 % from 3,000 strangers' resolvable addresses) plays throughout; 100 subscribers
+read every event over TCP (one in this process, which also times arrivals; the rest in 4 worker
+processes from bench/latency.py).
+
+Runs (``--runs``, all by default):
+
+- ``flood-random``: plus ``--flood-rate`` (1,000/s) advertisements each from a NEW
+  non-resolvable random address (BLE spam) for ``--minutes``;
+- ``flood-rpa``: the same with new resolvable private addresses, so each costs the resolver a
+  trial against every IRK (the IRK budget decides what happens);
+- ``quarter-core``: no flood; the daemon confined to one core with a quarter of it (see
+  ``confine``), at each of ``--core-rates`` of normal traffic for ``--core-seconds``;
+- ``ladder``: wedges injected into the fake BlueZ while the venue plays; the time from each to
+  the daemon scanning (and hearing) again, and which step cleared it.
+
+Figures: daemon RSS over time (and its spread after the first 5 minutes, or after the first
+third of a shorter run), BlueZ device objects (max), contacts' arrival delay (first
+advertisement of a visit -> the subscriber's read of ``arrived``; p50/p99, badges and IRK
+phones apart), subscriber latency (advertisement received -> read, p50/p99 over all 100),
+drops at the hand-off, the resolver's deferred IRK trials.
+
+Confinement: ``systemd-run --scope -p CPUQuota=25% -p AllowedCPUs=0 CMD`` where systemd runs
+the machine; else a cgroup made directly: v2 (``cpu.max`` = ``25000 100000``, ``cpuset.cpus``
+= 0) or v1 (``cpu.cfs_quota_us`` = 25000 of ``cpu.cfs_period_us`` = 100000; cpuset 0), the
+daemon placed in it before it execs. Needs root (or a delegated cgroup).
+
+Usage (full scale; needs about 75 minutes):
+  .venv/bin/python bench/flood.py --minutes 30
+Reduced (what the docs' figures say they used):
+  nice -n 10 .venv/bin/python bench/flood.py --minutes 4 --core-seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # the test doubles in tests/support
+
+from tests.support.fakebluez import FakeBlueZProcess, PrivateBus  # noqa: E402
+
+from hallway.identity.crypto import make_rpa  # noqa: E402
+
+TOKEN = "bench-token-0123456789abcdef"
+BADGES = 100  # address-key contacts that come and go
+PHONES = 100  # IRK contacts that come and go (a new RPA each visit)
+WORKERS = 4
+CGROUP_NAME = "hallway-flood-bench"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def badge_address(i: int) -> str:
+    return f"C0:DE:00:00:{i >> 8:02X}:{i & 0xFF:02X}"
+
+
+def irk_of(i: int) -> bytes:
+    return random.Random(f"irk-{i}").randbytes(16)
+
+
+# -- setup ---------------------------------------------------------------------------------
+
+
+def write_contacts(path: Path, irk_contacts: int) -> None:
+    with path.open("w") as out:
+        for i in range(BADGES):
+            out.write(json.dumps({"id": f"badge-{i}", "name": f"Badge {i}", "keys": [
+                {"kind": "address", "address": badge_address(i)}]}) + "\n")
+        for i in range(irk_contacts):
+            out.write(json.dumps({"id": f"phone-{i}", "name": f"Phone {i}", "keys": [
+                {"kind": "irk", "irk": irk_of(i).hex()}]}) + "\n")
+
+
+FORGET_STRANGERS = True
+
+
+def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path:
+    config = directory / "hallway.toml"
+    forget = "true" if FORGET_STRANGERS else "false"
+    config.write_text(
+        f'[scanner]\nname = "bench"\nsource = "bleak"\nstart_timeout_s = 2.0\n'
+        f"forget_strangers = {forget}\n"
+        f"start_retries = 2\nbackoff_max_s = 2.0\nsilence_restart_s = 3.0\n"
+        f'[storage]\ndatabase = "{db}"\n'
+        f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
+        f"max_connections = {subscribers + 16}\nqueue_size = 100000\n"
+        f'[mdns]\nenabled = false\n[logging]\nlevel = "info"\nformat = "json"\n'
+        f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n")
+    return config
+
+
+@dataclass
+class Venue:
+    path: Path
+    lines: int
+    visits: list[tuple[float, str]]  # (trace time a visit's first advertisement, contact id)
+
+
+def make_venue(path: Path, *, rate: float, seconds: float, seed: int = 7,
+               share: float = 0.4) -> Venue:
+    """Badges and IRK phones cycling through visits (``share`` of the advertisements);
+    strangers' RPAs filling the rest."""
+    rng = random.Random(seed)
+    rows: list[tuple[float, str, str, int]] = []
+    visits: list[tuple[float, str]] = []
+    people = BADGES + PHONES
+    gap = people / (rate * share)  # seconds between one person's advertisements
+    for i in range(people):
+        t = rng.uniform(0, 6)
+        while t < seconds:
+            if i < BADGES:
+                who, address, kind = f"badge-{i}", badge_address(i), "public"
+            else:
+                k = i - BADGES
+                prand = bytes([0x40 | rng.randrange(0x40)]) + rng.randbytes(2)
+                who, address, kind = f"phone-{k}", make_rpa(irk_of(k), prand), "random"
+            visits.append((t, who))
+            stay = rng.uniform(10, 16)
+            for end, rssi in ((t + stay * 0.5, -52), (t + stay, -68), (t + stay + 6, -100)):
+                while t < min(end, seconds):
+                    rows.append((t, address, kind, rssi + rng.randint(-2, 2)))
+                    t += gap * rng.uniform(0.8, 1.2)
+            t += rng.uniform(4, 10)  # gone, silent
+    strangers = [make_rpa(rng.randbytes(16), bytes([0x40 | rng.randrange(0x40)])
+                          + rng.randbytes(2)) for _ in range(3000)]
+    for n in range(int(rate * (1 - share) * seconds)):
+        rows.append((n / (rate * (1 - share)), rng.choice(strangers), "random",
+                     rng.randint(-95, -60)))
+    rows.sort()
+    with path.open("w") as out:
+        for ts, address, kind, rssi in rows:
+            out.write(json.dumps({"ts": ts, "address": address, "address_type": kind,
+                                  "rssi": rssi}) + "\n")
+    return Venue(path, len(rows), visits)
+
+
+# -- confinement -----------------------------------------------------------------------------
+
+
+def _systemd_usable() -> bool:
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemd-run") is not None
+
+
+def confine_argv(argv: list[str]) -> tuple[list[str], Callable[[], None] | None, str]:
+    """``(argv, preexec, how)`` running ``argv`` on one core with a quarter of it."""
+    if _systemd_usable():
+        return (["systemd-run", "--scope", "--quiet", "-p", "CPUQuota=25%",
+                 "-p", "AllowedCPUs=0", *argv], None, "systemd-run --scope CPUQuota=25% "
+                "AllowedCPUs=0")
+    v2 = Path("/sys/fs/cgroup")
+    if (v2 / "cgroup.controllers").is_file() and "cpu" in (v2 / "cgroup.controllers").read_text():
+        group = v2 / CGROUP_NAME
+        group.mkdir(exist_ok=True)
+        (group / "cpu.max").write_text("25000 100000")
+        with contextlib.suppress(OSError):
+            (group / "cpuset.cpus").write_text("0")
+        procs = [group / "cgroup.procs"]
+        how = f"cgroup v2 {group}: cpu.max 25000 100000, cpuset.cpus 0"
+    else:
+        cpu = Path("/sys/fs/cgroup/cpu") / CGROUP_NAME
+        cpuset = Path("/sys/fs/cgroup/cpuset") / CGROUP_NAME
+        cpu.mkdir(exist_ok=True)
+        (cpu / "cpu.cfs_period_us").write_text("100000")
+        (cpu / "cpu.cfs_quota_us").write_text("25000")
+        cpuset.mkdir(exist_ok=True)
+        (cpuset / "cpuset.cpus").write_text("0")
+        (cpuset / "cpuset.mems").write_text("0")
+        procs = [cpu / "cgroup.procs", cpuset / "cgroup.procs"]
+        how = (f"cgroup v1 {cpu} (cpu.cfs_quota_us 25000 of cpu.cfs_period_us 100000) and "
+               f"{cpuset} (cpuset.cpus 0)")
+
+    def enter() -> None:
+        for path in procs:
+            path.write_text(str(os.getpid()))
+
+    return argv, enter, how
+
+
+def unconfine() -> None:
+    for base in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu"),
+                 Path("/sys/fs/cgroup/cpuset")):
+        with contextlib.suppress(OSError):
+            (base / CGROUP_NAME).rmdir()
+
+
+# -- the daemon and its clients ----------------------------------------------------------------
+
+
+async def status(port: int) -> dict[str, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.readline()
+        writer.write((json.dumps({"type": "status", "token": TOKEN}) + "\n").encode())
+        await writer.drain()
+        reply: dict[str, Any] = json.loads(await reader.readline())
+        return reply
+    finally:
+        writer.close()
+
+
+@dataclass
+class Watcher:
+    """One subscriber in this process: event read times and latencies."""
+
+    arrivals: list[tuple[float, str]] = field(default_factory=list)  # (read time, contact)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (read time, latency)
+    events: int = 0
+
+    async def run(self, port: int, ready: asyncio.Event) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        await reader.readline()
+        writer.write((json.dumps({"type": "subscribe", "token": TOKEN}) + "\n").encode())
+        await writer.drain()
+        await reader.readline()
+        ready.set()
+        try:
+            while line := await reader.readline():
+                now = time.time()
+                msg = json.loads(line)
+                kind = msg.get("type")
+                if kind in ("arrived", "zone", "departed"):
+                    self.events += 1
+                    self.latencies.append((now, now - msg["ts"]))
+                    if kind == "arrived":
+                        self.arrivals.append((now, msg["contact"]["id"]))
+        finally:
+            writer.close()
+
+
+class Rig:
+    """Private bus, fake BlueZ, the daemon, 100 subscribers."""
+
+    def __init__(self, directory: Path, db: Path, subscribers: int, *, confined: bool,
+                 rfkill: bool = False) -> None:
+        self.directory = directory
+        self.db = db
+        self.subscribers = subscribers
+        self.confined = confined
+        self.rfkill = rfkill
+        self.confinement = ""
+        self.bus = PrivateBus(directory / "bus")
+        self.fake: FakeBlueZProcess | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.watcher = Watcher()
+        self.watch_task: asyncio.Task[None] | None = None
+        self.port = 0
+        self.log_path = directory / "daemon.log"
+
+    async def start(self) -> None:
+        self.bus.start()
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus.address
+        rfkill = self.directory / "dev" / "rfkill" if self.rfkill else None
+        if rfkill is not None:
+            rfkill.parent.mkdir(exist_ok=True)
+            index = self.directory / "sys/class/bluetooth/hci0/rfkill0/index"
+            index.parent.mkdir(parents=True, exist_ok=True)
+            index.write_text("0\n")
+        self.fake = FakeBlueZProcess(self.bus.address, self.directory / "control",
+                                     rfkill=rfkill)
+        await self.fake.start()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = write_config(self.directory, self.port, self.subscribers, self.db)
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        if self.rfkill:
+            env["HALLWAY_TEST_SYSFS"] = str(self.directory / "sys")
+            env["HALLWAY_TEST_DEV"] = str(self.directory / "dev")
+        argv = [sys.executable, "-m", "hallway", "run", "--config", str(config)]
+        preexec = None
+        if self.confined:
+            argv, preexec, self.confinement = confine_argv(argv)
+        with self.log_path.open("ab") as log:
+            self.daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=log,
+                                           preexec_fn=preexec)  # noqa: PLW1509
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if (await status(self.port)).get("source_state") == "scanning":
+                    break
+            if time.monotonic() > deadline or self.daemon.poll() is not None:
+                raise RuntimeError(f"the daemon did not start scanning; see {self.log_path}")
+            await asyncio.sleep(0.25)
+        ready = asyncio.Event()
+        self.watch_task = asyncio.create_task(self.watcher.run(self.port, ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        others = self.subscribers - 1
+        per = -(-others // WORKERS)
+        for w in range(WORKERS):
+            count = min(per, others - w * per)
+            if count <= 0:
+                break
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "latency.py"), "--worker",
+                 str(self.directory / f"w{w}.json"), "--port", str(self.port),
+                 "--subscribers", str(count)],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.workers.append(proc)
+        for proc in self.workers:
+            assert proc.stdout is not None
+            await asyncio.to_thread(proc.stdout.readline)
+
+    async def command(self, cmd: str, **args: Any) -> dict[str, Any]:
+        assert self.fake is not None
+        return await self.fake.command(cmd, **args)
+
+    async def stop(self) -> list[float]:
+        """Stop everything; the workers' latencies (seconds)."""
+        latencies: list[float] = []
+        for w, proc in enumerate(self.workers):
+            if proc.stdin is not None and proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.write(b"stop\n")
+                    proc.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, 30)
+            with contextlib.suppress(OSError, ValueError):
+                for item in json.loads((self.directory / f"w{w}.json").read_text()):
+                    latencies.extend(item["latencies"])
+        if self.watch_task is not None:
+            self.watch_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.watch_task
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                await asyncio.to_thread(self.daemon.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        if self.fake is not None:
+            await self.fake.stop()
+        self.bus.stop()
+        os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+        if self.confined:
+            unconfine()
+        return latencies
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+
+def arrival_delays(visits: list[tuple[float, str]], play_start: float,
+                   arrivals: list[tuple[float, str]]) -> dict[str, list[float]]:
+    """For each ``arrived`` read, the delay from the start of that contact's latest visit."""
+    starts: dict[str, list[float]] = {}
+    for t, who in visits:
+        starts.setdefault(who, []).append(play_start + t)
+    out: dict[str, list[float]] = {"badge": [], "phone": []}
+    for read, who in arrivals:
+        begun = [s for s in starts.get(who, []) if s <= read + 0.05]
+        if begun:
+            out["badge" if who.startswith("badge") else "phone"].append(read - begun[-1])
+    return out
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, Any]:
+    seconds = args.minutes * 60
+    directory = Path(tempfile.mkdtemp(prefix="hw-flood-"))
+    venue = make_venue(directory / "venue.jsonl", rate=args.venue_rate, seconds=seconds + 5)
+    rig = Rig(directory, db, args.subscribers, confined=False)
+    samples: list[dict[str, float]] = []
+    try:
+        await rig.start()
+        assert rig.daemon is not None
+        before = await status(rig.port)
+        cpu0 = cpu_s(rig.daemon.pid)
+        play_start = time.time()
+        await rig.command("play", path=str(venue.path), rate=None)
+        await rig.command("flood", kind=kind, rate=args.flood_rate,
+                          count=int(args.flood_rate * seconds), seed=11)
+        t0 = time.monotonic()
+        while (elapsed := time.monotonic() - t0) < seconds:
+            await asyncio.sleep(min(5.0, seconds - elapsed))
+            fake = await rig.command("stats")
+            st = await status(rig.port)
+            samples.append({"t": round(time.monotonic() - t0, 1),
+                            "rss_mib": round(rss_mib(rig.daemon.pid), 1),
+                            "devices": fake["devices"],
+                            "tracked": st["source_stats"].get("tracked_devices", 0),
+                            "dropped": st["dropped"] - before["dropped"],
+                            "advertisements": st["advertisements"]})
+        cpu = cpu_s(rig.daemon.pid) - cpu0
+        after = await status(rig.port)
+        fake = await rig.command("stats")
+        await rig.command("stop_jobs")
+        wall = time.monotonic() - t0
+    finally:
+        worker_latencies = await rig.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    delays = arrival_delays(venue.visits, play_start, rig.watcher.arrivals)
+    lat = worker_latencies + [x for _, x in rig.watcher.latencies]
+    settle = 300.0 if seconds > 600 else seconds / 3
+    later = [s["rss_mib"] for s in samples if s["t"] >= settle]
+    pruned = after["source_stats"].get("pruned", 0) - before["source_stats"].get("pruned", 0)
+    return {
+        "run": f"flood-{kind}",
+        "seconds": round(wall),
+        "venue_rate": args.venue_rate,
+        "flood_rate": args.flood_rate,
+        "advertisements": after["advertisements"] - before["advertisements"],
+        "reported_by_bluez": fake["reported"],
+        "dropped": after["dropped"] - before["dropped"],
+        "rss_start_mib": samples[0]["rss_mib"] if samples else float("nan"),
+        "rss_max_mib": max(s["rss_mib"] for s in samples),
+        "rss_after_settle_min_mib": min(later) if later else float("nan"),
+        "rss_after_settle_max_mib": max(later) if later else float("nan"),
+        "settle_s": settle,
+        "devices_max": max(s["devices"] for s in samples),
+        "devices_end": samples[-1]["devices"],
+        "pruned": pruned,
+        "cpu_cores": round(cpu / wall, 3),
+        "events": rig.watcher.events,
+        "arrivals_badge": len(delays["badge"]),
+        "arrivals_phone": len(delays["phone"]),
+        "arrival_badge_p50_s": pct(delays["badge"], 0.5),
+        "arrival_badge_p99_s": pct(delays["badge"], 0.99),
+        "arrival_phone_p50_s": pct(delays["phone"], 0.5),
+        "arrival_phone_p99_s": pct(delays["phone"], 0.99),
+        "subscriber_p50_ms": pct(lat, 0.5) * 1e3,
+        "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
+        "samples": samples,
+    }
+
+
+async def run_quarter_core(args: argparse.Namespace, db: Path) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix="hw-core-"))
+    rig = Rig(directory, db, args.subscribers, confined=True)
+    rows = []
+    try:
+        await rig.start()
+        assert rig.daemon is not None
+        for rate in args.core_rates:
+            venue = make_venue(directory / f"venue-{rate:.0f}.jsonl", rate=rate,
+                               seconds=args.core_seconds, seed=int(rate))
+            before = await status(rig.port)
+            cpu0 = cpu_s(rig.daemon.pid)
+            mark = time.time()
+            t0 = time.monotonic()
+            await rig.command("play", path=str(venue.path), rate=None, wait=True,
+                              timeout_s=args.core_seconds * 4 + 60)
+            wall = time.monotonic() - t0
+            await asyncio.sleep(2.0)
+            after = await status(rig.port)
+            cpu = cpu_s(rig.daemon.pid) - cpu0
+            lat = [x for read, x in rig.watcher.latencies if read >= mark]
+            rows.append({
+                "rate": rate,
+                "sent": venue.lines,
+                "advertisements": after["advertisements"] - before["advertisements"],
+                "dropped": after["dropped"] - before["dropped"],
+                "events": len(lat),
+                "subscriber_p50_ms": pct(lat, 0.5) * 1e3,
+                "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
+                "cpu_cores": round(cpu / wall, 3),
+                "loop_lag_ms": after.get("loop_lag_ms"),
+            })
+            print(f"  quarter core at {rate:.0f}/s: {rows[-1]}", flush=True)
+    finally:
+        await rig.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    holds = [r["rate"] for r in rows if r["dropped"] == 0 and r["subscriber_p99_ms"] <= 100]
+    return {"run": "quarter-core", "confinement": rig.confinement, "rows": rows,
+            "highest_rate_that_holds": max(holds) if holds else None}
+
+
+async def run_ladder(args: argparse.Namespace, db: Path) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix="hw-ladder-"))
+    rig = Rig(directory, db, args.subscribers, confined=False, rfkill=True)
+    results = []
+    try:
+        await rig.start()
+        venue = make_venue(directory / "venue.jsonl", rate=200, seconds=600)
+        await rig.command("play", path=str(venue.path), rate=None)
+
+        async def hearing_again(since: float, timeout_s: float = 90
+                                ) -> tuple[float, dict[str, Any]]:
+            base = (await status(rig.port))["advertisements"]
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                st = await status(rig.port)
+                if (st["source_state"] == "scanning" and st["advertisements"] > base + 20
+                        and st["source_stats"].get("recovery_rung") == "none"):
+                    return time.monotonic() - since, st
+                await asyncio.sleep(0.1)
+            raise RuntimeError(f"no recovery: {st}")
+
+        async def inject(name: str, *, mode: str, clears: str, end_scan: bool,
+                         unclear: bool = False) -> None:
+            await asyncio.sleep(3)  # scanning and hearing before the fault
+            started = time.monotonic()
+            await rig.command("wedge", mode=mode, clears=clears)
+            if end_scan:  # the running scan ends: the controller drops off and comes back
+                # (not by powering it off, which would clear a wedge that clears that way)
+                await rig.command("remove_adapter")
+                await asyncio.sleep(0.5)
+                await rig.command("add_adapter")
+            gave_up_status = None
+            if unclear:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    st = await status(rig.port)
+                    if st["source_stats"].get("recovery_rung") == "gave up":
+                        gave_up_status = st
+                        break
+                    await asyncio.sleep(0.2)
+                await rig.command("wedge", mode=None)  # someone replugs the adapter
+            took, st = await hearing_again(started)
+            results.append({"wedge": name, "seconds_to_scanning": round(took, 2),
+                            "cleared_by": st["source_stats"].get("cleared_by"),
+                            "gave_up_status": None if gave_up_status is None else
+                            gave_up_status["source_stats"].get("status")})
+            print(f"  {results[-1]}", flush=True)
+
+        await inject("silent until powered off", mode="silent", clears="power", end_scan=False)
+        await inject("StartDiscovery failing until powered off", mode="start-fails",
+                     clears="power", end_scan=True)
+        await inject("StartDiscovery failing until reset (rfkill)", mode="start-fails",
+                     clears="reset", end_scan=True)
+        # No reset possible (the stand-in rfkill is taken away): the daemon gives up.
+        shutil.rmtree(directory / "sys")
+        await inject("StartDiscovery failing, no reset possible", mode="start-fails",
+                     clears="reset", end_scan=True, unclear=True)
+        started = time.monotonic()
+        await rig.command("rename_adapter", name="hci1")
+        took, st = await hearing_again(started)
+        results.append({"wedge": "adapter gone, back as hci1",
+                        "seconds_to_scanning": round(took, 2),
+                        "cleared_by": f"followed to {st['source_stats'].get('adapter')}"})
+        print(f"  {results[-1]}", flush=True)
+    finally:
+        await rig.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"run": "ladder", "silence_restart_s": 3.0, "rows": results}
+
+
+async def prepare_db(directory: Path, irk_contacts: int) -> tuple[Path, float]:
+    db = directory / "hallway.db"
+    contacts = directory / "contacts.jsonl"
+    write_contacts(contacts, irk_contacts)
+    started = time.monotonic()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "hallway", "contacts", "import", str(contacts), "--db", str(db)],
+        check=True, env=env, capture_output=True)
+    return db, time.monotonic() - started
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    shared = Path(tempfile.mkdtemp(prefix="hw-flood-db-"))
+    results: list[dict[str, Any]] = []
+    try:
+        db, took = await prepare_db(shared, args.irk_contacts)
+        print(f"{args.irk_contacts:,} IRK contacts + {BADGES} badges imported in {took:.1f} s",
+              flush=True)
+        for run in args.runs:
+            print(f"run {run} ...", flush=True)
+            if run in ("flood-random", "flood-rpa"):
+                results.append(await run_flood(run.split("-")[1], args, db))
+            elif run == "quarter-core":
+                results.append(await run_quarter_core(args, db))
+            elif run == "ladder":
+                results.append(await run_ladder(args, db))
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "samples"}),
+                  flush=True)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", default=["flood-random", "flood-rpa",
+                                                      "quarter-core", "ladder"])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--flood-rate", type=float, default=1000.0)
+    parser.add_argument("--venue-rate", type=float, default=500.0)
+    parser.add_argument("--irk-contacts", type=int, default=30_000)
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--core-rates", type=float, nargs="+",
+                        default=[250.0, 500.0, 1000.0, 1500.0])
+    parser.add_argument("--core-seconds", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep-strangers-in-bleak", action="store_true",
+                        help="scanner.forget_strangers = false (to measure what it saves)")
+    args = parser.parse_args()
+    if shutil.which("dbus-daemon") is None:
+        raise SystemExit("dbus-daemon is needed (apt-get install dbus)")
+    global FORGET_STRANGERS  # noqa: PLW0603 - one switch for the whole run
+    FORGET_STRANGERS = not args.keep_strangers_in_bleak
+    results = asyncio.run(main_async(args))
+    print(f"\nhallway flood bench: {args.minutes:g} min per flood, {args.irk_contacts:,} IRK "
+          f"contacts, {args.subscribers} subscribers, {os.cpu_count()} cores")
+    for result in results:
+        print(f"\n== {result['run']}")
+        for key, value in result.items():
+            if key in ("run", "samples", "rows"):
+                continue
+            print(f"  {key:<28} {value:.2f}" if isinstance(value, float)
+                  else f"  {key:<28} {value}")
+        for row in result.get("rows", []):
+            print(f"  {row}")
+        if "samples" in result:
+            step = max(1, len(result["samples"]) // 12)
+            series = ", ".join(f"{s['t']:.0f}s {s['rss_mib']:.0f}MiB/{s['devices']}dev"
+                               for s in result["samples"][::step])
+            print(f"  RSS/devices over time: {series}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
