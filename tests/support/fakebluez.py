@@ -31,8 +31,8 @@ SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed`
 ``flood`` (``count``, ``rate``, ``kind`` "random" or "rpa", ``seed``: BLE spam, a new address
 every advertisement, see ``flood_stream``); ``stop_jobs``; ``central`` (a simulated central
 connects and writes to a registered GATT application: ``address``, ``values`` (hex), ``type``
-``request``|``command``, ``rate``, ``reconnect``; answers the tally of replies); ``hostile`` (``centrals`` attackers writing
-``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version, unknown
+``request``|``command``, ``rate``, ``reconnect``; answers the tally of replies); ``hostile``
+(``centrals`` attackers writing ``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version, unknown
 identifiers; answers the tally); ``remove_adapter``; ``add_adapter``; ``delay``
 (``method``, ``seconds``: carry out and answer that method late, like a slow bluetoothd);
 ``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
