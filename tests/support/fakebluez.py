@@ -23,23 +23,23 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
 * ``FakeBlueZProcess`` runs ``python tests/support/fakebluez.py`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 
-Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line):
-``stats``; ``adv`` (``ads``: SPEC §2 objects, optional ``paired``); ``play`` (``path`` of a
-SPEC §2 trace, ``rate`` per second or null for the trace's own timing, ``speed``, ``repeat``);
-``steady`` (``devices``, ``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage``
-(``count``, ``rate``, ``seed``) (these three take ``"stamp": true``, see ``FakeBlueZ.play``);
-``flood`` (``count``, ``rate``, ``kind`` "random" or "rpa", ``seed``: BLE spam, a new address
-every advertisement, see ``flood_stream``); ``stop_jobs``; ``central`` (a simulated central
-connects and writes to a registered GATT application: ``address``, ``values`` (hex), ``type``
-``request``|``command``, ``rate``, ``reconnect``; answers the tally of replies); ``hostile``
-(``centrals`` attackers writing ``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version, unknown
-identifiers; answers the tally); ``remove_adapter``; ``add_adapter``; ``delay``
+Control commands (``{"cmd": NAME, ...}``, each answered with one JSON line): ``stats``; ``adv``
+(``ads``: SPEC §2 objects, optional ``paired``); ``play`` (``path`` of a SPEC §2 trace, ``rate``
+per second or null for the trace's own timing, ``speed``, ``repeat``); ``steady`` (``devices``,
+``rate``, ``duration_s``, ``rotate_s``, ``seed``); ``garbage`` (``count``, ``rate``, ``seed``)
+(these three take ``"stamp": true``, see ``FakeBlueZ.play``); ``flood`` (``count``, ``rate``,
+``kind`` "random" or "rpa", ``seed``: BLE spam, a new address every advertisement, see
+``flood_stream``); ``stop_jobs``; ``central`` (a simulated central connects and writes to a
+registered GATT application: ``address``, ``values`` (hex), ``type`` ``request``|``command``,
+``rate``, ``reconnect``; answers the tally of replies); ``hostile`` (``centrals`` attackers
+writing ``rate`` bad check-ins a second in all for ``duration_s``: wrong length, version,
+unknown identifiers; answers the tally); ``remove_adapter``; ``add_adapter``; ``delay``
 (``method``, ``seconds``: carry out and answer that method late, like a slow bluetoothd);
 ``power`` (``on``); ``freeze`` (hold calls unanswered and report nothing, like a stalled
 bluetoothd); ``thaw`` (answer the held calls in order); ``quit``. ``play``, ``steady`` and
-``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip
-to the bus every few dozen messages keeps dbus-fast's send buffer from filling (which would
-drop the connection).
+``garbage`` run in the background unless ``"wait": true``. Emitters are paced: a round trip to
+the bus every few dozen messages keeps dbus-fast's send buffer from filling (which would drop
+the connection).
 """
 
 from __future__ import annotations
