@@ -383,10 +383,14 @@ class EventServer:
         self._unix_inode: tuple[int, int] | None = None
         self._conns: dict[int, _Connection] = {}
         # Kept as connections change, so that admitting one under a flood costs no scan of
-        # all the others: how many are open (not closing), and the ones admitted but not yet
-        # authenticated by address, oldest first (insertion order).
+        # all the others: how many are open (not closing); the ones admitted but not yet
+        # authenticated, oldest first (insertion order), in all and by address; and how many
+        # addresses hold each number of them, with the highest such number.
         self._open = 0
+        self._waiting_all: dict[int, _Connection] = {}
         self._waiting: dict[str, dict[int, _Connection]] = {}
+        self._holding: collections.Counter[int] = collections.Counter()
+        self._most = 0
         self._next_ident = 1
         self._n = _Counters()
         self._tcp_port: int | None = None
@@ -591,15 +595,16 @@ class EventServer:
     def _admit(self, conn: _Connection) -> bool:
         if self._open < self._config.max_connections:
             return True
-        if not self._waiting:
+        if not self._waiting_all:
             self._n.refused_busy += 1
             conn.reject("busy", "too many connections")
             return False
         # The oldest waiting connection of the address holding the most: one address's flood
         # (of handshakes or idle sockets) evicts itself, never the others' clients.
-        most = max(len(conns) for conns in self._waiting.values())
-        oldest = min((next(iter(conns.values())) for conns in self._waiting.values()
-                      if len(conns) == most), key=lambda c: c.opened)
+        # (Idents grow with the opening time: the first found is the oldest. Under a flood
+        # from one address it is near the front; from many, every address holds as many.)
+        most, waiting = self._most, self._waiting
+        oldest = next(c for c in self._waiting_all.values() if len(waiting[c.peer]) == most)
         self._n.evicted += 1
         if oldest.in_handshake:
             oldest.abort()  # no line can be said in the middle of a TLS handshake
@@ -629,7 +634,7 @@ class EventServer:
         self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
         if admitted:
             self._open += 1
-            self._waiting.setdefault(peer, {})[ident] = conn
+            self._wait(conn)
             conn.on_closing = self._on_closing
             if conn.authenticated:  # no token asked (auth "none"): nothing to wait for
                 self._unwait(conn)
@@ -657,11 +662,29 @@ class EventServer:
         self._open -= 1
         self._unwait(conn)
 
+    def _wait(self, conn: _Connection) -> None:
+        """``conn`` waits to authenticate."""
+        conns = self._waiting.setdefault(conn.peer, {})
+        conns[conn.ident] = conn
+        self._waiting_all[conn.ident] = conn
+        held = len(conns)
+        self._holding[held - 1] -= 1
+        self._holding[held] += 1
+        self._most = max(self._most, held)
+
     def _unwait(self, conn: _Connection) -> None:
         """``conn`` no longer waits to authenticate (it did, or it is closing)."""
-        conns = self._waiting.get(conn.peer)
-        if conns is not None and conns.pop(conn.ident, None) is not None and not conns:
+        if self._waiting_all.pop(conn.ident, None) is None:
+            return
+        conns = self._waiting[conn.peer]
+        held = len(conns)
+        del conns[conn.ident]
+        if not conns:
             del self._waiting[conn.peer]
+        self._holding[held] -= 1
+        self._holding[held - 1] += 1
+        while self._most and self._holding[self._most] <= 0:
+            self._most -= 1
 
     async def _start_tls(self, conn: _Connection, context: ssl.SSLContext) -> bool:
         """The TLS handshake, within the connection's auth deadline; False (aborted) if it
