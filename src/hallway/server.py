@@ -218,9 +218,16 @@ class _Connection:
         """The stream now runs over TLS: write through the new transport."""
         self._transport = self.writer.transport
 
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The stream's transport, or the last one known when asyncio left the stream without
+        one (a connection lost just as its TLS handshake ended)."""
+        current: asyncio.WriteTransport | None = self.writer.transport
+        return self._transport if current is None else current
+
     def send(self, data: bytes) -> bool:
         """Queue bytes for the peer; False once the connection is closing."""
-        if self.closing or self.writer.transport.is_closing():
+        if self.closing or self.transport.is_closing():
             return False
         self.writer.write(data)
         self.last_sent = time.monotonic()
@@ -248,7 +255,7 @@ class _Connection:
     @property
     def unsent(self) -> int:
         """Bytes written but not yet handed to the kernel."""
-        return self.writer.transport.get_write_buffer_size()
+        return self.transport.get_write_buffer_size()
 
     def close(self, *, grace_s: float = CLOSE_GRACE_S, linger: bool = False) -> None:
         """Stop sending: flush what is queued, then close; abort if not done within ``grace_s``.
@@ -262,7 +269,7 @@ class _Connection:
         self._mark_closing()
         if self.subscription is not None:
             self.subscription.close()
-        transport = self.writer.transport
+        transport = self.transport
         self._expiry = asyncio.get_running_loop().call_later(grace_s, transport.abort)
         if transport.is_closing():
             return
@@ -283,9 +290,12 @@ class _Connection:
                     if not data:
                         break
                     discarded += len(data)
-        self.writer.transport.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()  # bounded: the expiry timer aborts the transport
+        self.transport.close()
+        # Bounded: the expiry timer aborts the transport (and a stream asyncio left without
+        # one may never hear of its close: the timeout).
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE_S + CLOSE_TIMEOUT_S):
+                await self.writer.wait_closed()
         if self._expiry is not None:
             self._expiry.cancel()
 
@@ -311,7 +321,7 @@ class _Connection:
         self._mark_closing()
         if self.subscription is not None:
             self.subscription.close()
-        self.writer.transport.abort()
+        self.transport.abort()
 
 
 @dataclass(slots=True)
@@ -710,6 +720,15 @@ class EventServer:
                     limit = min(HANDSHAKE_SLOT_S, deadline - time.monotonic())
                     await conn.writer.start_tls(context,
                                                 ssl_handshake_timeout=max(limit, 0.1))
+        except AttributeError as exc:
+            # asyncio's start_tls gives the stream no transport when the connection is lost
+            # just as the handshake ends, and the stream then fails on it: a failed handshake.
+            if conn.writer.transport is not None:
+                raise
+            self._n.tls_failed += 1
+            log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
+            conn.abort()
+            return False
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             self._n.tls_failed += 1
             log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
