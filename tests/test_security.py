@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import socket
 import ssl
 import stat
@@ -65,12 +66,14 @@ def _venue(tmp: Path, *, duration_s: float = 120.0) -> Path:
 def daemon_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[Daemon] = []
 
-    def make(server_extra: str = "") -> tuple[Daemon, Path]:
+    def make(server_extra: str = "", mdns: str | None = None) -> tuple[Daemon, Path]:
         import_contacts(tmp_path, CONTACTS)
         port = free_port()
         config = write_config(tmp_path, port=port, trace=_venue(tmp_path))
         text = config.read_text().replace("ping_interval_s = 2.0\n",
                                           "ping_interval_s = 2.0\n" + server_extra)
+        if mdns is not None:
+            text = text.replace("[mdns]\nenabled = false\n", f"[mdns]\n{mdns}")
         config.write_text(text)
         daemon = start_daemon(tmp_path, config, port=port)
         started.append(daemon)
@@ -231,6 +234,37 @@ def _subscribe(port: int, token: str, **fields: Any) -> tuple[Line, dict[str, An
     assert (client.read() or {})["type"] == "hello"
     client.send({"type": "subscribe", "token": token, **fields})
     return client, client.read() or {}
+
+
+def test_a_tls_daemon_announces_tls_by_mdns_and_serves_the_printed_certificate(
+    daemon_factory: Any,
+) -> None:
+    """A running daemon with ``server.tls = true`` says ``tls=1`` in its mDNS TXT record (on
+    loopback, read by python-zeroconf in another process), and the port it announces serves
+    the certificate whose fingerprint ``hallway tls show`` prints."""
+    name = f"hw tls {os.getpid()}-{secrets.token_hex(3)}"
+    daemon, config = daemon_factory(
+        "tls = true\n", mdns=f'enabled = true\ninterfaces = ["127.0.0.1"]\n'
+                             f'instance_name = "{name}"\n')
+    browse = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "netns_helper.py"), "browse", "--iface",
+         "127.0.0.1", "--name", name], capture_output=True, text=True, env=ENV, timeout=60,
+        check=False)
+    assert browse.returncode == 0, browse.stderr
+    found = json.loads(browse.stdout.splitlines()[0])
+    assert found["stage"] == "found", found
+    assert found["txt"]["tls"] == "1", found
+    assert found["txt"]["auth"] == "token"
+    assert found["port"] == daemon.port
+    assert "127.0.0.1" in found["addresses"]
+    fingerprint = tls_show(config)["fingerprint"]
+    client = pinned(found["port"], fingerprint)  # raises PinMismatch if another is served
+    hello = client.read()
+    assert hello is not None
+    assert hello["type"] == "hello"
+    client.close()
+    with pytest.raises(PinMismatch):  # (and the pin check does tell certificates apart)
+        pinned(found["port"], "sha256:" + "f" * 64)
 
 
 def test_scoped_tokens_see_only_their_scope_and_revocation_cuts_them(

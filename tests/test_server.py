@@ -12,6 +12,7 @@ import stat
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hallway.config import ServerConfig
 from hallway.errors import ConfigError
 from hallway.hub import Hub
 from hallway.models import Contact, DepartReason, EventType, KeyKind, PresenceEvent
-from hallway.server import EventServer, load_tokens
+from hallway.server import EventServer, _PeerPace, _TurnGate, load_tokens
 from hallway.session import AUTH_BURST
 from hallway.store import SqliteStore
 
@@ -431,6 +432,81 @@ async def test_connection_limit_evicts_oldest_unauthenticated(rig_factory: Any) 
         assert rig.server.stats()["evicted"] == 1
     finally:
         await rig.stop()
+
+
+async def test_eviction_takes_from_the_address_holding_the_most_oldest_first(
+    rig_factory: Any,
+) -> None:
+    """At the limit the oldest waiting connection of the address holding the most waiting is
+    evicted (on a tie, the oldest of the tied addresses'); one that authenticated no longer
+    counts for its address. TCP clients here are one address, Unix clients another."""
+    rig: Rig = rig_factory(max_connections=4, max_connections_per_token=4)
+    await rig.start()
+    try:
+
+        async def opened(client: Any) -> Any:
+            assert (await client.line() or {}).get("type") == "hello"
+            return client
+
+        a = await opened(await rig.tcp())
+        b, c, d = [await opened(await rig.unix()) for _ in range(3)]
+        e = await opened(await rig.tcp())  # Unix holds 3 waiting: its oldest goes
+        assert [m["code"] for m in await b.rest()] == ["unauthorized"]
+        f = await opened(await rig.unix())  # 2 and 2: the older of the two oldest goes
+        assert [m["code"] for m in await a.rest()] == ["unauthorized"]
+        await c.send({"type": "subscribe", "token": TOKEN})  # Unix: 3 open, 2 waiting
+        assert (await c.event())["type"] == "subscribed"
+        g = await opened(await rig.tcp())  # TCP holds 1 waiting, Unix 2: Unix's oldest goes
+        assert [m["code"] for m in await d.rest()] == ["unauthorized"]
+        for client in (e, f, g):
+            await client.send({"type": "subscribe", "token": TOKEN})
+            assert (await client.event())["type"] == "subscribed"
+        assert rig.server.stats()["evicted"] == 3
+        busy = await rig.tcp()  # every connection authenticated: nobody to evict
+        assert [m["code"] for m in await busy.rest()] == ["busy"]
+    finally:
+        await rig.stop()
+
+
+def test_handshake_pace_per_address_burst_then_rate() -> None:
+    pace = _PeerPace(20.0, burst=3)
+    # A burst at once; then each next pass booked 1/20 s after the one before.
+    assert [pace.take("a", 100.0, 110.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    waits = [pace.take("a", 100.0, 110.0) for _ in range(3)]
+    assert waits == pytest.approx([0.05, 0.10, 0.15])
+    # Another address has its own burst.
+    assert pace.take("b", 100.0, 110.0) == 0.0
+    # A pass that would come after the deadline is not booked (nor does it push the others).
+    assert pace.take("a", 100.0, 100.1) is None
+    assert pace.take("a", 100.0, 110.0) == pytest.approx(0.20)
+    # Time refills the bucket, up to the burst.
+    assert pace.take("a", 200.0, 210.0) == 0.0
+    assert [pace.take("a", 200.0, 210.0) for _ in range(2)] == [0.0, 0.0]
+    assert pace.take("a", 200.0, 210.0) == pytest.approx(0.05)
+
+
+async def test_turn_gate_lets_a_few_through_per_loop_turn() -> None:
+    gate = _TurnGate(2)
+    loop = asyncio.get_running_loop()
+    turn = 0
+    passed: list[tuple[int, int]] = []
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if turn < 20:
+            loop.call_soon(tick)
+
+    async def one(n: int) -> None:
+        await gate.wait()
+        passed.append((n, turn))
+
+    loop.call_soon(tick)
+    await asyncio.gather(*(one(n) for n in range(7)))
+    assert [n for n, _ in passed] == list(range(7))  # first come, first served
+    per_turn = Counter(t for _, t in passed)
+    assert max(per_turn.values()) <= 2
+    assert len(per_turn) >= 4
 
 
 # -- delivery, backpressure and resume ------------------------------------------------------

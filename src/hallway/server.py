@@ -22,6 +22,7 @@ so these bounds hold per client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import os
@@ -33,7 +34,6 @@ import stat
 import struct
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +84,12 @@ HANDSHAKES_AT_ONCE = 8
 """TLS handshakes the server runs at the same time (each is a few ms of CPU on the loop)."""
 HANDSHAKES_PER_ADDRESS = 3
 """... of which one address may run at most this many; its others wait their turn."""
+HANDSHAKE_RATE_PER_ADDRESS = 20.0
+"""After a burst of ``max_connections``, one address starts at most this many handshakes a
+second; its next waits (a wait past its deadline ends the connection at once)."""
+HANDSHAKES_PER_TURN = 2
+"""... and at most this many start in one turn of the event loop: a burst of ClientHellos is
+spread over turns, so event delivery runs between them (each costs about half a ms)."""
 HANDSHAKE_SLOT_S = 2.0
 """A TLS handshake must finish within this long of its ClientHello."""
 TOKEN_FILE_NAME = "token"  # noqa: S105 - a file name, not a secret
@@ -203,6 +209,7 @@ class _Connection:
         self.subscription: Subscription | None = None
         self.in_handshake = False
         self.closing = False
+        self.on_closing: Callable[[_Connection], None] | None = None
         self.task: asyncio.Task[Any] | None = None
         self._lingering = False
         self._expiry: asyncio.TimerHandle | None = None
@@ -211,9 +218,16 @@ class _Connection:
         """The stream now runs over TLS: write through the new transport."""
         self._transport = self.writer.transport
 
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The stream's transport, or the last one known when asyncio left the stream without
+        one (a connection lost just as its TLS handshake ended)."""
+        current: asyncio.WriteTransport | None = self.writer.transport
+        return self._transport if current is None else current
+
     def send(self, data: bytes) -> bool:
         """Queue bytes for the peer; False once the connection is closing."""
-        if self.closing or self.writer.transport.is_closing():
+        if self.closing or self.transport.is_closing():
             return False
         self.writer.write(data)
         self.last_sent = time.monotonic()
@@ -241,7 +255,7 @@ class _Connection:
     @property
     def unsent(self) -> int:
         """Bytes written but not yet handed to the kernel."""
-        return self.writer.transport.get_write_buffer_size()
+        return self.transport.get_write_buffer_size()
 
     def close(self, *, grace_s: float = CLOSE_GRACE_S, linger: bool = False) -> None:
         """Stop sending: flush what is queued, then close; abort if not done within ``grace_s``.
@@ -252,10 +266,10 @@ class _Connection:
         """
         if self.closing:
             return
-        self.closing = True
+        self._mark_closing()
         if self.subscription is not None:
             self.subscription.close()
-        transport = self.writer.transport
+        transport = self.transport
         self._expiry = asyncio.get_running_loop().call_later(grace_s, transport.abort)
         if transport.is_closing():
             return
@@ -276,9 +290,12 @@ class _Connection:
                     if not data:
                         break
                     discarded += len(data)
-        self.writer.transport.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()  # bounded: the expiry timer aborts the transport
+        self.transport.close()
+        # Bounded: the expiry timer aborts the transport (and a stream asyncio left without
+        # one may never hear of its close: the timeout).
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE_S + CLOSE_TIMEOUT_S):
+                await self.writer.wait_closed()
         if self._expiry is not None:
             self._expiry.cancel()
 
@@ -288,6 +305,12 @@ class _Connection:
         self.send_json({"type": "error", "code": code, "message": message, **(extra or {})})
         self.close(grace_s=grace_s, linger=True)
 
+    def _mark_closing(self) -> None:
+        if not self.closing:
+            self.closing = True
+            if self.on_closing is not None:
+                self.on_closing(self)
+
     @property
     def authenticated(self) -> bool:
         """True once the session accepted a token."""
@@ -295,10 +318,10 @@ class _Connection:
 
     def abort(self) -> None:
         """Drop the connection now."""
-        self.closing = True
+        self._mark_closing()
         if self.subscription is not None:
             self.subscription.close()
-        self.writer.transport.abort()
+        self.transport.abort()
 
 
 @dataclass(slots=True)
@@ -351,6 +374,8 @@ class EventServer:
         self._gate = Gate(max_connections_per_token=per_token)
         self._handshake_slots = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
         self._peer_slots = _PeerSlots(HANDSHAKES_PER_ADDRESS)
+        self._turns = _TurnGate(HANDSHAKES_PER_TURN)
+        self._pace = _PeerPace(HANDSHAKE_RATE_PER_ADDRESS, burst=config.max_connections)
         # Compared as SHA-256 digests: equal lengths, so the time taken tells nothing either.
         self._config_tokens = [
             (token_digest(t), Scope(f"{UNSCOPED}-{n}")) for n, t in enumerate(tokens, start=1)
@@ -367,6 +392,15 @@ class EventServer:
         self._unix_path: Path | None = None
         self._unix_inode: tuple[int, int] | None = None
         self._conns: dict[int, _Connection] = {}
+        # Kept as connections change, so that admitting one under a flood costs no scan of
+        # all the others: how many are open (not closing); the ones admitted but not yet
+        # authenticated, oldest first (insertion order), in all and by address; and how many
+        # addresses hold each number of them, with the highest such number.
+        self._open = 0
+        self._waiting_all: dict[int, _Connection] = {}
+        self._waiting: dict[str, dict[int, _Connection]] = {}
+        self._holding: collections.Counter[int] = collections.Counter()
+        self._most = 0
         self._next_ident = 1
         self._n = _Counters()
         self._tcp_port: int | None = None
@@ -569,19 +603,18 @@ class EventServer:
         await self._serve(reader, writer, listener="unix", peer=peer, loopback=True)
 
     def _admit(self, conn: _Connection) -> bool:
-        active = sum(1 for c in self._conns.values() if not c.closing)
-        if active < self._config.max_connections:
+        if self._open < self._config.max_connections:
             return True
-        waiting = [c for c in self._conns.values() if not c.authenticated and not c.closing]
-        if not waiting:
+        if not self._waiting_all:
             self._n.refused_busy += 1
             conn.reject("busy", "too many connections")
             return False
         # The oldest waiting connection of the address holding the most: one address's flood
         # (of handshakes or idle sockets) evicts itself, never the others' clients.
-        per_peer = Counter(c.peer for c in waiting)
-        most = max(per_peer.values())
-        oldest = min((c for c in waiting if per_peer[c.peer] == most), key=lambda c: c.opened)
+        # (Idents grow with the opening time: the first found is the oldest. Under a flood
+        # from one address it is near the front; from many, every address holds as many.)
+        most, waiting = self._most, self._waiting
+        oldest = next(c for c in self._waiting_all.values() if len(waiting[c.peer]) == most)
         self._n.evicted += 1
         if oldest.in_handshake:
             oldest.abort()  # no line can be said in the middle of a TLS handshake
@@ -609,6 +642,12 @@ class EventServer:
         self._n.accepted += 1
         admitted = not self._closed and self._admit(conn)
         self._conns[ident] = conn  # tracked until its socket is closed, admitted or not
+        if admitted:
+            self._open += 1
+            self._wait(conn)
+            conn.on_closing = self._on_closing
+            if conn.authenticated:  # no token asked (auth "none"): nothing to wait for
+                self._unwait(conn)
         try:
             if tls is not None:
                 admitted = admitted and await self._start_tls(conn, tls)
@@ -622,8 +661,40 @@ class EventServer:
             # cancelled handler as an error: the cancellation ends here.
             conn.abort()
         finally:
+            if not conn.closing and conn.on_closing is not None:
+                self._on_closing(conn)  # ended without a close (cancelled at shutdown)
             session.end()
             self._conns.pop(ident, None)
+
+    def _on_closing(self, conn: _Connection) -> None:
+        """An admitted connection starts closing: it is no longer open, nor waiting."""
+        conn.on_closing = None
+        self._open -= 1
+        self._unwait(conn)
+
+    def _wait(self, conn: _Connection) -> None:
+        """``conn`` waits to authenticate."""
+        conns = self._waiting.setdefault(conn.peer, {})
+        conns[conn.ident] = conn
+        self._waiting_all[conn.ident] = conn
+        held = len(conns)
+        self._holding[held - 1] -= 1
+        self._holding[held] += 1
+        self._most = max(self._most, held)
+
+    def _unwait(self, conn: _Connection) -> None:
+        """``conn`` no longer waits to authenticate (it did, or it is closing)."""
+        if self._waiting_all.pop(conn.ident, None) is None:
+            return
+        conns = self._waiting[conn.peer]
+        held = len(conns)
+        del conns[conn.ident]
+        if not conns:
+            del self._waiting[conn.peer]
+        self._holding[held] -= 1
+        self._holding[held - 1] += 1
+        while self._most and self._holding[self._most] <= 0:
+            self._most -= 1
 
     async def _start_tls(self, conn: _Connection, context: ssl.SSLContext) -> bool:
         """The TLS handshake, within the connection's auth deadline; False (aborted) if it
@@ -639,10 +710,25 @@ class EventServer:
             # cannot take every turn; each must finish within HANDSHAKE_SLOT_S.
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
                 await _readable(conn.writer.transport)
+                wait = self._pace.take(conn.peer, time.monotonic(), deadline)
+                if wait is None:
+                    raise TimeoutError  # its address's handshakes are booked past its deadline
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 async with self._peer_slots.slot(conn.peer), self._handshake_slots:
+                    await self._turns.wait()
                     limit = min(HANDSHAKE_SLOT_S, deadline - time.monotonic())
                     await conn.writer.start_tls(context,
                                                 ssl_handshake_timeout=max(limit, 0.1))
+        except AttributeError as exc:
+            # asyncio's start_tls gives the stream no transport when the connection is lost
+            # just as the handshake ends, and the stream then fails on it: a failed handshake.
+            if conn.writer.transport is not None:
+                raise
+            self._n.tls_failed += 1
+            log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
+            conn.abort()
+            return False
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             self._n.tls_failed += 1
             log.debug("tls_handshake_failed", peer=conn.peer, error=type(exc).__name__)
@@ -666,6 +752,8 @@ class EventServer:
 
     def _act(self, conn: _Connection, actions: list[Action]) -> None:
         """Do what the session asked, in order (the one dispatch of every request)."""
+        if conn.authenticated:
+            self._unwait(conn)
         for action in actions:
             if conn.closing:
                 return
@@ -884,6 +972,80 @@ class _PeerSlots:
             users[0] -= 1
             if not users[0]:
                 del self._slots[peer]
+
+
+class _PeerPace:
+    """Handshakes per address: a burst, then a steady rate (a token bucket whose passes are
+    booked ahead: a connection waits for its own, first come first served)."""
+
+    MAX_PEERS = 4096
+
+    def __init__(self, rate: float, *, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(max(burst, 1))
+        self._level: dict[str, tuple[float, float]] = {}  # peer -> (passes left, at)
+
+    def take(self, peer: str, now: float, deadline: float) -> float | None:
+        """Book ``peer``'s next pass: the seconds to wait for it, or None (nothing booked) if
+        that would be after ``deadline``."""
+        level, at = self._level.get(peer, (self._burst, now))
+        level = min(self._burst, level + (now - at) * self._rate)
+        wait = max(0.0, (1.0 - level) / self._rate)
+        if now + wait > deadline:
+            return None
+        if len(self._level) >= self.MAX_PEERS and peer not in self._level:
+            self._forget_full(now)
+        self._level[peer] = (level - 1.0, now)
+        return wait
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the addresses whose bucket has refilled (they start full again anyway)."""
+        full = [peer for peer, (level, at) in self._level.items()
+                if level + (now - at) * self._rate >= self._burst]
+        for peer in full:
+            del self._level[peer]
+        if len(self._level) >= self.MAX_PEERS:  # all busy: the oldest quarter starts afresh
+            for peer in list(self._level)[: self.MAX_PEERS // 4]:
+                del self._level[peer]
+
+
+class _TurnGate:
+    """At most ``per_turn`` passes in one turn of the event loop; the others wait, first come
+    first served, for later turns (I/O callbacks, e.g. event delivery, run in between)."""
+
+    def __init__(self, per_turn: int) -> None:
+        self._per_turn = per_turn
+        self._used = 0
+        self._resetting = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def _next_turn(self) -> None:
+        # Scheduled behind this turn's callbacks: it runs in the next turn.
+        if not self._resetting:
+            self._resetting = True
+            asyncio.get_running_loop().call_soon(self._reset)
+
+    def _reset(self) -> None:
+        self._resetting = False
+        self._used = 0
+        while self._waiters and self._used < self._per_turn:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._used += 1
+        if self._used:
+            self._next_turn()
+
+    async def wait(self) -> None:
+        """Return in a turn with a pass left (taking it), or once given one."""
+        if self._used < self._per_turn and not self._waiters:
+            self._used += 1
+            self._next_turn()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._next_turn()
+        await waiter
 
 
 async def _readable(transport: asyncio.BaseTransport) -> None:
