@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hallway.models import Contact, EventType, PresenceEvent, PresentInfo
+from hallway.network.links import profile_links
 
 
 def contact_public(contact: Contact | None, contact_id: str) -> dict[str, Any]:
@@ -18,6 +19,11 @@ def contact_public(contact: Contact | None, contact_id: str) -> dict[str, Any]:
         data["title"] = contact.title
     if contact.handles:
         data["handles"] = dict(contact.handles)
+        # The same handles as profile links where the service has one (https: or mailto:
+        # only), so an app can offer "reach out" without knowing every service's URL form.
+        links = profile_links(contact.handles)
+        if links:
+            data["links"] = links
     if contact.tags:
         data["tags"] = list(contact.tags)
     # SPEC §1 display/knows, left out at their defaults like the fields above; a subscriber's

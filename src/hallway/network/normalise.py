@@ -21,8 +21,6 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import phonenumbers
-
 _EMAIL = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+$")
 _SCREEN_NAME = re.compile(r"^[a-z0-9_]{1,50}$")
 _DIGITS = re.compile(r"^[0-9]{1,25}$")
@@ -62,6 +60,8 @@ def phone(value: str, region: str | None = None) -> str | None:
     international = text.startswith("+")
     if not international and region is None:
         return None
+    import phonenumbers  # noqa: PLC0415 - 60 ms of metadata: loaded only to read a number
+
     try:
         number = phonenumbers.parse(text, None if international or region is None
                                     else region.upper())
@@ -74,6 +74,8 @@ def phone(value: str, region: str | None = None) -> str | None:
 
 def valid_region(region: str) -> bool:
     """True for a region code libphonenumber knows (ISO 3166 alpha-2, e.g. ``GB``)."""
+    import phonenumbers  # noqa: PLC0415 - see phone()
+
     return region.upper() in phonenumbers.SUPPORTED_REGIONS
 
 
