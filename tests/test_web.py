@@ -502,6 +502,15 @@ async def test_scoped_tokens_from_the_token_table_and_their_revocation(tmp_path:
     assert tokens.recheck(full.ref) == full
 
 
+async def test_no_apps_are_served_without_an_apps_dir(
+    rig: tuple[Rig, TestClient[Any, Any]],
+) -> None:
+    _, client = rig
+    response = await client.get("/apps/who-is-here.html")
+    assert response.status == 404
+    assert b"<html" not in await response.read()
+
+
 async def test_a_scoped_token_opens_enrollment_only_with_the_enroll_scope(tmp_path: Path) -> None:
     """``hallway tokens add NAME --enroll``: that token may enroll (within its scope); a scoped
     token made without it gets the kiosk and the dashboard only."""

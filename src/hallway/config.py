@@ -466,8 +466,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     mqtt = config.mqtt.model_copy(
         update={key: fix(getattr(config.mqtt, key)) for key in ("ca_file", "cert_file", "key_file")}
     )
+    web = config.web.model_copy(update={"apps_dir": fix(config.web.apps_dir)})
     return config.model_copy(
-        update={"storage": storage, "server": server, "scanner": scanner, "mqtt": mqtt}
+        update={"storage": storage, "server": server, "scanner": scanner, "mqtt": mqtt,
+                "web": web}
     )
 
 
