@@ -93,14 +93,16 @@ class Venue:
 
 
 def make_venue(tmp: Path, count: int, *, every_s: float = 0.3, duration_s: float = 240.0,
-               near: set[int] | None = None, lead_s: float = 2.0) -> Venue:
+               near: set[int] | None = None, lead_s: float = 2.0,
+               apps_dir: Path | None = None) -> Venue:
     import_contacts(tmp, people(count))
     port, web_port = free_port(), free_port()
     trace = tmp / "trace.jsonl"
     venue_trace(trace, count, start=time.time() + lead_s, every_s=every_s, duration_s=duration_s,
                 near=near)
+    apps = f'apps_dir = "{apps_dir}"\n' if apps_dir is not None else ""
     config = write_config(tmp, port=port, trace=trace,
-                          extra=f"[web]\nenabled = true\nport = {web_port}\n")
+                          extra=f"[web]\nenabled = true\nport = {web_port}\n{apps}")
     return Venue(tmp, port, web_port, config)
 
 

@@ -502,6 +502,57 @@ async def test_scoped_tokens_from_the_token_table_and_their_revocation(tmp_path:
     assert tokens.recheck(full.ref) == full
 
 
+async def test_no_apps_are_served_without_an_apps_dir(
+    rig: tuple[Rig, TestClient[Any, Any]],
+) -> None:
+    _, client = rig
+    response = await client.get("/apps/who-is-here.html")
+    assert response.status == 404
+    assert b"<html" not in await response.read()
+
+
+async def test_a_scoped_token_opens_enrollment_only_with_the_enroll_scope(tmp_path: Path) -> None:
+    """``hallway tokens add NAME --enroll``: that token may enroll (within its scope); a scoped
+    token made without it gets the kiosk and the dashboard only."""
+    import argparse
+
+    from hallway.access import add_token, list_tokens, scope_of
+    from hallway.commands.tokens import register
+    from hallway.web.access import ServerTokens
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    assert parser.parse_args(["tokens", "add", "desk", "--enroll"]).enroll is True
+    assert parser.parse_args(["tokens", "add", "desk"]).enroll is False
+
+    db = tmp_path / "hallway.db"
+    await (await SqliteStore.open(db)).close()
+    reader = add_token(db, scope_of("staff-reader", tags=["staff"]))
+    desk = add_token(db, scope_of("staff-desk", tags=["staff"], enroll=True))
+    assert {i.name: i.scope.enroll for i in list_tokens(db)} == {
+        "staff-desk": True, "staff-reader": False}
+    r, client = await _rig(tmp_path, ServerTokens([TOKEN], token_db=db))
+    try:
+        assert await _login(client, reader) == 200
+        assert (await client.get("/api/session")).status == 200
+        assert (await client.get("/api/contacts")).status == 403
+        assert (await client.get("/api/stream/enroll")).status == 403
+        response = await client.post("/api/contacts", json={"name": "X", "tags": "staff"},
+                                     headers=HEADERS)
+        assert response.status == 403
+        client.session.cookie_jar.clear()
+        assert await _login(client, desk) == 200
+        session = await (await client.get("/api/session")).json()
+        assert "enroll" in session["access"]["pages"]
+        listed = await (await client.get("/api/contacts")).json()
+        assert [c["id"] for c in listed["contacts"]] == ["c-staff"]  # still within its scope
+    finally:
+        await client.close()
+        await r.server.close()
+        await r.hub.close()
+        await r.store.close()
+
+
 async def test_pages_are_served_over_tls_with_the_sockets_certificate(tmp_path: Path) -> None:
     import ssl
 

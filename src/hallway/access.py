@@ -59,7 +59,7 @@ def check_name(name: str) -> str:
 
 def scope_of(name: str, *, tags: Iterable[str] | None = None,
              contacts: Iterable[str] | None = None, history_s: float | None = None,
-             present: bool = True, fields: Iterable[str] = ()) -> Scope:
+             present: bool = True, fields: Iterable[str] = (), enroll: bool = False) -> Scope:
     """A scope from command-line values, checked."""
     extra = frozenset(fields)
     unknown = extra - EXTRA_FIELDS
@@ -75,6 +75,7 @@ def scope_of(name: str, *, tags: Iterable[str] | None = None,
         history_s=history_s,
         present=present,
         fields=extra,
+        enroll=enroll,
     )
 
 
@@ -92,6 +93,7 @@ def _scope_from(name: str, text: str) -> Scope:
         history_s=None if history is None else float(history),
         present=bool(data.get("present", True)),
         fields=frozenset(str(f) for f in data.get("fields", ())) & EXTRA_FIELDS,
+        enroll=data.get("enroll") is True,  # absent in rows made before the enroll scope
     )
 
 

@@ -394,6 +394,9 @@ class WebConfig(_Section):
     chart_hours: float = Field(default=3.0, gt=0, le=48)
     title: str = Field(default="Who is here", min_length=1, max_length=80)
     max_streams: int = Field(default=64, ge=1, le=10_000)
+    apps_dir: str | None = None
+    """A folder whose files are served at ``/apps/NAME`` (same origin as the pages: an app
+    there signs in with a token and reads the streams); None: nothing is served there."""
 
 
 class Config(_Section):
@@ -463,8 +466,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     mqtt = config.mqtt.model_copy(
         update={key: fix(getattr(config.mqtt, key)) for key in ("ca_file", "cert_file", "key_file")}
     )
+    web = config.web.model_copy(update={"apps_dir": fix(config.web.apps_dir)})
     return config.model_copy(
-        update={"storage": storage, "server": server, "scanner": scanner, "mqtt": mqtt}
+        update={"storage": storage, "server": server, "scanner": scanner, "mqtt": mqtt,
+                "web": web}
     )
 
 

@@ -198,6 +198,7 @@ class Edges:
             chart_hours=web.chart_hours, max_streams=web.max_streams, store=contacts,
             on_contacts_changed=on_contacts_changed, ssl_context=self._security.tls,
             role="venue" if role == "venue" else "scanner",
+            apps_dir=None if web.apps_dir is None else Path(web.apps_dir),
         )
         try:
             await server.start()

@@ -77,7 +77,8 @@ class Scope:
 
     ``tags``/``contacts`` bound the contacts (both given: both must match, as in a filter);
     ``history_s`` bounds how far back a resume may reach; ``present`` allows the ``present``
-    request; ``fields`` are the extra contact fields (of ``EXTRA_FIELDS``) it may see.
+    request; ``fields`` are the extra contact fields (of ``EXTRA_FIELDS``) it may see;
+    ``enroll`` lets it open the web enrollment page (the sockets do not use it).
     """
 
     name: str
@@ -86,6 +87,7 @@ class Scope:
     history_s: float | None = None
     present: bool = True
     fields: frozenset[str] = EXTRA_FIELDS
+    enroll: bool = False
 
     @property
     def filter(self) -> Filter | None:
@@ -133,6 +135,7 @@ class Scope:
             "history_s": self.history_s,
             "present": self.present,
             "fields": sorted(self.fields),
+            "enroll": self.enroll,
         }
 
 

@@ -53,6 +53,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not print the events here")
     parser.add_argument("--tls", action="store_true",
                         help="serve TLS on the TCP socket and print the connection URI")
+    parser.add_argument("--apps", metavar="DIR",
+                        help="also serve this folder's pages at /apps/NAME (e.g. docs/examples)")
     parser.set_defaults(func=run)
 
 
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"hallway: unknown scenario {args.scenario!r}; choose from "
               f"{', '.join(scenario_names())}", file=sys.stderr)
         return 2
+    if args.apps is not None and not Path(args.apps).is_dir():
+        print(f"hallway: --apps {args.apps}: not a folder", file=sys.stderr)
+        return 2
     base = config_from_args(args, setup_logging=False)
     if not args.config:
         # The demo prints events; keep the daemon's own log to warnings unless configured.
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         "mdns": MdnsConfig(instance_name=f"hallway demo {args.scenario}",
                            interfaces=(args.interface,)),
         "web": WebConfig(enabled=True, host=args.interface, port=web_port,
-                         title=f"Who is here · {args.scenario}"),
+                         title=f"Who is here · {args.scenario}",
+                         apps_dir=None if args.apps is None else str(Path(args.apps).resolve())),
     })
 
     async def main() -> int:
@@ -129,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
             scheme = "https" if args.tls else "http"  # the pages use the socket's certificate
             print(f"kiosk: {scheme}://{args.interface}:{service.web_port}/kiosk#token={token}",
                   flush=True)
+            if args.apps is not None:
+                print(f"apps: {scheme}://{args.interface}:{service.web_port}/apps/NAME"
+                      f"#token={token}", file=sys.stderr)
             print(f"hallway demo: simulated venue '{args.scenario}' with {len(contacts)} "
                   f"enrolled contacts, serving on {args.interface}:{service.tcp_port} and "
                   f"{unix_path}", file=sys.stderr)

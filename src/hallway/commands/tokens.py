@@ -36,6 +36,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="refuse the 'present' request (forbidden)")
     p.add_argument("--fields", type=_csv, default=[], metavar="F,...",
                    help="extra contact fields it may see: display, knows (default: none)")
+    p.add_argument("--enroll", action="store_true",
+                   help="may also open the web enrollment page (default: kiosk and dashboard)")
     p.set_defaults(func=run_add)
 
     p = actions.add_parser("list", help="names and scopes (never secrets)", parents=[common])
@@ -68,7 +70,7 @@ def run_add(args: argparse.Namespace) -> int:
     try:
         scope = scope_of(args.name, tags=args.tags, contacts=args.contacts,
                          history_s=args.history, present=not args.no_present,
-                         fields=args.fields)
+                         fields=args.fields, enroll=args.enroll)
         secret = add_token(_database(args), scope)
     except TokenError as exc:
         print(f"hallway: {exc}", file=sys.stderr)
@@ -98,7 +100,8 @@ def run_list(args: argparse.Namespace) -> int:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.created_at))
         print(f"{info.name}\ttags={_limit(shown['tags'])}\tcontacts={_limit(shown['contacts'])}"
               f"\thistory={history}\tpresent={'yes' if shown['present'] else 'no'}"
-              f"\tfields={','.join(shown['fields']) or '-'}\tcreated={created}")
+              f"\tfields={','.join(shown['fields']) or '-'}"
+              f"\tenroll={'yes' if shown['enroll'] else 'no'}\tcreated={created}")
     return 0
 
 

@@ -10,7 +10,8 @@ that is revoked or changes scope takes effect on open pages at once.
 The seam for tokens is ``TokenAuthority``: ``check(secret)`` for the login and
 ``recheck(ref)`` afterwards. ``ServerTokens`` is the daemon's: the config's tokens (every page,
 every contact) and the scoped tokens of ``hallway tokens`` (the kiosk and the dashboard, within
-the token's tags and contacts; no enrollment), read again from the token table at most once a
+the token's tags and contacts; the enrollment page too where the token was made with
+``--enroll``), read again from the token table at most once a
 second, so a revoked token's pages go blank within about two seconds. ``StaticTokens``: the
 config's tokens alone.
 """
@@ -113,7 +114,7 @@ class StaticTokens:
 
 
 SCOPED_PAGES = frozenset({"kiosk", "dashboard"})
-"""What a scoped token may open: it reads within its scope; enrolling is for the config's."""
+"""What a scoped token may open: it reads within its scope; enrolling needs ``--enroll``."""
 TABLE_READ_S = 1.0
 
 
@@ -140,7 +141,8 @@ class ServerTokens:
 
     @staticmethod
     def _access(ref: str, scope: Scope) -> Access:
-        return Access(name=scope.name, ref=ref, pages=SCOPED_PAGES, contacts=scope.contacts,
+        pages = SCOPED_PAGES | {"enroll"} if scope.enroll else SCOPED_PAGES
+        return Access(name=scope.name, ref=ref, pages=pages, contacts=scope.contacts,
                       tags=scope.tags)
 
     def check(self, secret: str) -> Access | None:

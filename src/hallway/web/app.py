@@ -26,11 +26,13 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -58,6 +60,8 @@ log = get_logger(__name__)
 PAGES = {"kiosk": "kiosk.html", "dashboard": "dashboard.html", "enroll": "enroll.html"}
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
                  ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
+APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""A file name ``/apps/`` serves from ``web.apps_dir`` (no folders, no hidden files)."""
 REQUEST_HEADER = "X-Hallway"
 """Every POST must carry it: a cross-site form or a script elsewhere cannot set it without a
 CORS preflight we never grant (with the SameSite=Strict cookie, against request forgery)."""
@@ -160,6 +164,7 @@ class WebServer:
         on_contacts_changed: Callable[[], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         role: Literal["scanner", "venue"] = "scanner",
+        apps_dir: Path | None = None,
     ) -> None:
         self._host, self._port = host, port
         self._hub = hub
@@ -177,6 +182,7 @@ class WebServer:
         self._on_contacts_changed = on_contacts_changed
         self._ssl = ssl_context
         self._role = role
+        self._apps_dir = apps_dir
         self._limiter = LoginLimiter()
         self._assets = _load_assets()
         self._streams: set[Subscription] = set()
@@ -199,6 +205,7 @@ class WebServer:
         for name in PAGES:
             app.router.add_get(f"/{name}", page)
         app.router.add_get("/static/{name}", self._asset)
+        app.router.add_get("/apps/{name}", self._app_file)
         app.router.add_post("/api/login", self._login)
         app.router.add_post("/api/logout", self._logout)
         app.router.add_get("/api/session", self._session)
@@ -319,6 +326,28 @@ class WebServer:
         response = web.Response(body=body, content_type=kind.split(";")[0])
         if kind.startswith("text/"):
             response.charset = "utf-8"
+        return response
+
+    async def _app_file(self, request: web.Request) -> web.StreamResponse:
+        """A file of ``web.apps_dir`` (same origin: it signs in and reads the streams as the
+        pages do, under the same headers). Only plain names of the folder itself, of the
+        page types; nothing when no folder is configured."""
+        name = request.match_info["name"]
+        suffix = name[name.rfind("."):] if "." in name else ""
+        if self._apps_dir is None or not APP_NAME.match(name) or suffix not in CONTENT_TYPES:
+            return _error(404, "no such file")
+        path = self._apps_dir / name
+        try:
+            if path.resolve().parent != self._apps_dir.resolve() or not path.is_file():
+                return _error(404, "no such file")
+            body = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            return _error(404, "no such file")
+        kind = CONTENT_TYPES[suffix]
+        response = web.Response(body=body, content_type=kind.split(";")[0])
+        if kind.startswith("text/"):
+            response.charset = "utf-8"
+        response.headers["Cache-Control"] = "no-cache"
         return response
 
     # -- sessions -----------------------------------------------------------------------------
