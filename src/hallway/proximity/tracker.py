@@ -53,8 +53,9 @@ beyond the depart radius depart (one alone when far beyond); it teaches nothing 
 advertising interval or reception share. Its level is its own (the long average
 would lag a walk by several check-ins), averaged with the previous check-in's when the two
 agree within ``_CHECKIN_AGREE_DB``. Each check-in promises the next: until
-``checkin_hold_s`` (or twice the phone's own latest check-in gap plus 5 s, if shorter) after
-it, the contact is treated as heard, so a check-in-only phone never goes quiet between
+``checkin_hold_s`` (or, if shorter, twice the phone's latest check-in gaps plus 5 s, but never
+less than the 30 s the SPEC allows between check-ins plus 5 s) after it, the contact is
+treated as heard, so a check-in-only phone never goes quiet between
 check-ins; once that has passed with nothing heard since, it departs (``timeout``). A contact
 seen both ways is one track, and its silences are judged as usual while it advertises.
 
@@ -672,7 +673,11 @@ class Tracker:
         if ts <= track.checkin_until and ts - track.checkin_ts > _MIN_GAP_S:
             track.checkin_gaps = (track.checkin_gaps[1], ts - track.checkin_ts)
         track.checkin_ts = max(track.checkin_ts, ts)
-        hold = min(self._checkin_hold_s, 2.0 * max(track.checkin_gaps) + _CHECKIN_SLACK_S)
+        # The SPEC lets a phone check in as seldom as every 30 s, whatever it did before, so
+        # the hold never ends sooner than that (plus slack); a phone that checks in more often
+        # is held twice its latest gaps, up to checkin_hold_s.
+        hold = min(self._checkin_hold_s,
+                   max(2.0 * max(track.checkin_gaps), _CHECKIN_PERIOD_S) + _CHECKIN_SLACK_S)
         track.checkin_until = max(track.checkin_until, ts + hold)
 
     def _quiet_after(self, track: _Track) -> float:
