@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import structlog
-from structlog.testing import capture_logs
 
 from hallway.logs import FailureStreak
 
@@ -59,15 +58,23 @@ def test_log_event_names_are_snake_case() -> None:
 
 
 def test_a_failure_streak_warns_once_then_debugs_and_says_how_long_it_was() -> None:
-    streak = FailureStreak(structlog.get_logger("t"))
-    with capture_logs() as logs:
-        streak.failed("broker_unavailable", error="refused")
-        streak.failed("broker_unavailable", error="refused")
-        streak.failed("broker_unavailable", error="timed out")
-        assert streak.count == 3
-        assert streak.ended() == 3
-        assert streak.ended() == 0
-        streak.failed("broker_unavailable", error="refused")
+    # A logger of its own that keeps every level: the process-wide structlog config (which
+    # another test may have set to INFO) must not decide what this test sees.
+    logs: list[dict[str, object]] = []
+
+    def keep(_logger: object, method: str, event: dict[str, object]) -> dict[str, object]:
+        logs.append({**event, "log_level": method})
+        raise structlog.DropEvent
+
+    streak = FailureStreak(structlog.wrap_logger(
+        None, processors=[keep], wrapper_class=structlog.make_filtering_bound_logger(0)))
+    streak.failed("broker_unavailable", error="refused")
+    streak.failed("broker_unavailable", error="refused")
+    streak.failed("broker_unavailable", error="timed out")
+    assert streak.count == 3
+    assert streak.ended() == 3
+    assert streak.ended() == 0
+    streak.failed("broker_unavailable", error="refused")
     assert [(e["log_level"], e.get("streak")) for e in logs] == [
         ("warning", None), ("debug", 2), ("debug", 3), ("warning", None)]
     assert [e["error"] for e in logs] == ["refused", "refused", "timed out", "refused"]

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from structlog.testing import capture_logs
 
 from hallway.config import Config, ServerConfig, StorageConfig, load_config
 from hallway.doctor import Commands, Status, _check_tls
@@ -379,14 +380,14 @@ def test_a_good_and_a_bad_client_on_one_address(daemon_factory: Any) -> None:
     assert TOKEN not in log
 
 
-def test_plain_tcp_off_loopback_warns_or_is_refused(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_tcp_off_loopback_warns_or_is_refused(tmp_path: Path) -> None:
     config = Config(server=ServerConfig(tcp_host="0.0.0.0", tokens=(TOKEN,)),
                     storage=StorageConfig(database=str(tmp_path / "h.db")))
     assert config.server.plain_off_loopback
-    secured = security(config, state_dir=tmp_path)
+    with capture_logs() as logs:  # the event, whatever output another test configured
+        secured = security(config, state_dir=tmp_path)
     assert secured.tls is None
-    assert "tcp_without_tls" in capsys.readouterr().out
+    assert [e["log_level"] for e in logs if e["event"] == "tcp_without_tls"] == ["warning"]
     commands = Commands("hallway", "", "", "hallway")
     check = _check_tls(config, commands)
     assert check.status is Status.WARN
