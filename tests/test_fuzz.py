@@ -559,9 +559,11 @@ def test_trace_parser_cache_agrees_on_odd_numbers(ts: str, rssi: str) -> None:
 # -- the socket protocol reader of a running daemon -------------------------------------------
 
 MAX_LINE = 2048
-ERROR_CODES = {"unauthorized", "bad_request", "too_large", "busy"}
+ERROR_CODES = {"unauthorized", "bad_request", "too_large", "busy", "rate_limited", "forbidden"}
+# "present" answers a present request (a valid token, no subscription needed); "revoked" is a
+# tombstone.
 REPLY_TYPES = {"hello", "error", "subscribed", "status", "ping", "arrived", "zone", "departed",
-               "resync"}
+               "resync", "present", "revoked"}
 
 
 @pytest.fixture(scope="module")

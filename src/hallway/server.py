@@ -465,8 +465,10 @@ class EventServer:
         # Bind inside a fresh directory only this process can enter (mkdtemp: 0700, a new
         # name), set the mode there, then rename into place: no one can swap the socket for a
         # symlink before the chmod, and the socket is never visible with a wider mode.
-        private = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        temp = private / "socket"
+        # Short names: a Unix socket's path is limited to 107 bytes, and this one is longer
+        # than the final path by only a few characters.
+        private = Path(tempfile.mkdtemp(prefix=".hw", dir=path.parent))
+        temp = private / "s"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(str(temp))

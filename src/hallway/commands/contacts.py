@@ -106,6 +106,8 @@ def _check_access(database: Path) -> None:
         blocked = database
     if blocked is None:
         return
+    if database.exists() and os.access(database, os.R_OK) and _read_only_mount(database):
+        return  # not a permission: the store says "read-only file system" itself
     owner = _owner(blocked)
     who = f"sudo -u {owner} " if owner and owner != "root" else "sudo "
     raise HallwayError(
@@ -113,6 +115,15 @@ def _check_access(database: Path) -> None:
         f"The service's database is its user's alone: run the command as that user, e.g. "
         f"`{who}hallway contacts list` (a file to import goes on stdin: "
         f"`{who}hallway contacts import - < contacts.jsonl`)")
+
+
+def _read_only_mount(path: Path) -> bool:
+    import os
+
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _owner(path: Path) -> str | None:
