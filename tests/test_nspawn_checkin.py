@@ -120,8 +120,10 @@ def box(tmp_path: Path) -> Iterator[Container]:
     preset = _write(tmp_path / "test.preset",
                     "disable hallway.service\ndisable fakebluez.service\n")
     policy = _write(tmp_path / "org.bluez.conf", POLICY)
-    fakebluez = Path(__file__).with_name("support") / "fakebluez.py"
-    fake_unit = _write(tmp_path / "fakebluez.service", FAKE_UNIT.format(fakebluez=fakebluez))
+    # The container sees the host's /usr and what is bound in: the test doubles' folder too.
+    support = Path(__file__).resolve().with_name("support")
+    fake_unit = _write(tmp_path / "fakebluez.service",
+                       FAKE_UNIT.format(fakebluez="/opt/hallway-test-support/fakebluez.py"))
     argv = ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
             "--private-network", "--console=pipe", "-b",
             f"--bind-ro={UNIT}:/etc/systemd/system/hallway.service",
@@ -131,7 +133,8 @@ def box(tmp_path: Path) -> Iterator[Container]:
             f"--bind-ro={preset}:/etc/systemd/system-preset/00-hallway-test.preset",
             f"--bind-ro={policy}:/etc/dbus-1/system.d/org.bluez.conf",
             f"--bind-ro={etc}:/etc/hallway",
-            f"--bind-ro={sys.prefix}:/opt/hallway"]
+            f"--bind-ro={sys.prefix}:/opt/hallway",
+            f"--bind-ro={support}:/opt/hallway-test-support"]
     argv += [f"--bind-ro={p}" for p in code_paths()]
     container = Container(argv, tmp_path / "nspawn.log")
     try:
