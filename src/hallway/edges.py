@@ -58,6 +58,32 @@ def _log_error(event: str, exc: BaseException) -> None:
     log.warning(event, error=str(exc))
 
 
+class EdgesFacade:
+    """What a composition root tells about its edges once started (both roots alike)."""
+
+    _edges: Edges
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port listened on (once started; None without TCP)."""
+        return self._edges.tcp_port
+
+    @property
+    def web_port(self) -> int | None:
+        """The bound port of the web pages (None when ``[web]`` is off)."""
+        return self._edges.web_port
+
+    @property
+    def tokens(self) -> list[str]:
+        """The subscriber tokens in force."""
+        return self._edges.tokens
+
+    @property
+    def announced_name(self) -> str | None:
+        """The mDNS instance name registered (None before, or without mDNS)."""
+        return self._edges.announced_name
+
+
 class Edges:
     """Store, hub, server, announcer, notifier and watchdog for one composition root."""
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from hallway import __version__, codec
 from hallway.config import Config
-from hallway.edges import Edges, raise_fatal
+from hallway.edges import Edges, EdgesFacade, raise_fatal
 from hallway.errors import HallwayError
 from hallway.events import present_json
 from hallway.hub import Hub
@@ -98,7 +98,7 @@ class _Rates:
         self.last, self.last_at = dict(counters), now
 
 
-class Service:
+class Service(EdgesFacade):
     """The daemon: one instance per process; ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
@@ -173,26 +173,6 @@ class Service:
         if self._edges.hub is None:
             raise RuntimeError("service not started")
         return self._edges.hub
-
-    @property
-    def tcp_port(self) -> int | None:
-        """The TCP port listened on (once started; None without TCP)."""
-        return self._edges.tcp_port
-
-    @property
-    def web_port(self) -> int | None:
-        """The bound port of the web pages (None when ``[web]`` is off)."""
-        return self._edges.web_port
-
-    @property
-    def tokens(self) -> list[str]:
-        """The subscriber tokens in force."""
-        return self._edges.tokens
-
-    @property
-    def announced_name(self) -> str | None:
-        """The mDNS instance name registered (None before, or without mDNS)."""
-        return self._edges.announced_name
 
     # -- control from outside -----------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import aiomqtt
 
 from hallway import __version__, codec
 from hallway.config import Config
-from hallway.edges import Edges, raise_fatal
+from hallway.edges import Edges, EdgesFacade, raise_fatal
 from hallway.errors import BrokerError, HallwayError
 from hallway.hub import Hub
 from hallway.lifecycle import bounded
@@ -65,7 +65,7 @@ MAX_PAYLOAD_BYTES = 65_536
 _REASONS = {reason.value: reason for reason in DepartReason}
 
 
-class VenueService:
+class VenueService(EdgesFacade):
     """``hallway venue``: one instance per process; ``await run(stop)`` until ``stop`` is set."""
 
     def __init__(
@@ -108,26 +108,6 @@ class VenueService:
         self.publisher: MqttPublisher | None = None
         self.registry: RegistryPublisher | None = None
         self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def tcp_port(self) -> int | None:
-        """The TCP port listened on (once started; None without TCP)."""
-        return self._edges.tcp_port
-
-    @property
-    def web_port(self) -> int | None:
-        """The bound port of the web pages (None when ``[web]`` is off)."""
-        return self._edges.web_port
-
-    @property
-    def tokens(self) -> list[str]:
-        """The subscriber tokens in force."""
-        return self._edges.tokens
-
-    @property
-    def announced_name(self) -> str | None:
-        """The mDNS instance name registered (None before, or without mDNS)."""
-        return self._edges.announced_name
 
     @property
     def store(self) -> SqliteStore:
