@@ -176,13 +176,34 @@ def test_restart_under_the_page_loses_and_repeats_nothing(
             assert applied == sorted(set(applied)), "an event was applied twice"
             start, end = applied[0], applied[-1]
             assert applied == [s for s in truth if start <= s <= end], "an event was lost"
-        # And the state shown is the daemon's state.
-        present = _present_ids(venue.port)
-        shown = {n.split()[0] for n in _shown_names(kiosk.page)}
-        assert shown == {f"Person{int(i[2:]):03d}" for i in present if int(i[2:]) % 2 == 0}
-        assert kiosk.page.text_content("#count") == str(len(present))
-        rows = dashboard.page.eval_on_selector_all("#present tr", "rs => rs.map(r => r.dataset.id)")
-        assert set(rows) == set(present)
+        # And the state shown is the daemon's state. The venue keeps moving while the pages
+        # and the daemon are read one after the other, so a read that straddles an event is
+        # read again; pages that never settle on the daemon's state fail.
+        mismatches: list[str] = []
+
+        def pages_match_daemon() -> bool:
+            present = _present_ids(venue.port)
+            shown = {n.split()[0] for n in _shown_names(kiosk.page)}
+            count_text = kiosk.page.text_content("#count")
+            rows = dashboard.page.eval_on_selector_all(
+                "#present tr", "rs => rs.map(r => r.dataset.id)")
+            if present != _present_ids(venue.port):
+                return False  # an event landed during the reads: read again
+            expected = {f"Person{int(i[2:]):03d}" for i in present if int(i[2:]) % 2 == 0}
+            problems = []
+            if shown != expected:
+                problems.append(f"kiosk shows {sorted(shown)}, daemon {sorted(expected)}")
+            if count_text != str(len(present)):
+                problems.append(f"kiosk count {count_text}, daemon {len(present)}")
+            if set(rows) != present:
+                problems.append(f"dashboard rows {sorted(rows)}, daemon {sorted(present)}")
+            mismatches[:] = problems
+            return not problems
+
+        try:
+            _wait(pages_match_daemon, 15, "the pages show the daemon's state")
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {mismatches}") from None
         # The only complaints: the browser's retries while the daemon was down.
         for watched in (kiosk, dashboard):
             assert all("ERR_CONNECTION_REFUSED" in e for e in watched.errors), watched.errors
