@@ -10,6 +10,12 @@ Times are CPU time of this thread (``thread_time``), which other processes on a 
 do not inflate; wall-clock figures are printed next to them where they can differ.
 
     .venv/bin/python bench/resolve.py [--advertisements N] [--big-contacts N]
+
+IRK resolution alone, per number of IRKs enrolled (each size in a fresh process, so that its
+RSS is its own): the CPU cost of a new address tried against every IRK (no match: the whole
+scan), the longest single trial, and the memory the IRKs add:
+
+    .venv/bin/python bench/resolve.py --irk-scale 5000,30000,50000,100000
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ import argparse
 import random
 import resource
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
 
 from hallway.config import IdentityConfig
 from hallway.identity import crypto
+from hallway.identity.irk import IrkCache
 from hallway.identity.resolver import Resolver
 from hallway.models import Advertisement, Contact, ContactKey, KeyKind
 from hallway.parsing.frames import EN_SERVICE_UUID
@@ -298,6 +307,47 @@ def irk_bench(args: argparse.Namespace) -> None:
           f"CPU; revoking it {remove_s * 1e6:.0f} µs")
 
 
+def irk_scale_one(n: int, seed: int) -> None:
+    """One size of ``--irk-scale`` (run in its own process): prints one line."""
+    rng = random.Random(seed)
+    keys = [rng.randbytes(16) for _ in range(n)]
+    items = [(f"c-{i:06d}", [key]) for i, key in enumerate(keys)]
+    base_rss = rss_mb()
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0)
+    t = time.thread_time()
+    cache.add_many(items)
+    build_s = time.thread_time() - t
+    irk_mb = rss_mb() - base_rss
+    # Strangers' addresses (no IRK matches them: every trial scans every key), enough for
+    # about 2e7 trials (at least 50 addresses).
+    count = max(50, 20_000_000 // n)
+    addresses = [rpa(rng) for _ in range(count)]
+    longest = 0.0
+    start = time.thread_time()
+    for k, address in enumerate(addresses):
+        t = time.thread_time()
+        found = cache.resolve(address, T0 + k)
+        longest = max(longest, time.thread_time() - t)
+        assert found is None or found.contact_id.startswith("c-")
+    cold_s = time.thread_time() - start
+    hit_address = crypto.make_rpa(keys[n // 2], b"\x45\x67\x89")
+    assert (found_key := cache.resolve(hit_address, T0)) is not None
+    assert found_key.contact_id == f"c-{n // 2:06d}"
+    per_address_us = 1e6 * cold_s / count
+    print(f"  {n:>7,} IRKs [{cache.backend}]: new address {per_address_us:8.0f} µs CPU "
+          f"({1e3 * per_address_us / n:.1f} ns a trial; longest {longest * 1e3:.2f} ms; "
+          f"{count} addresses); IRK memory {irk_mb:.1f} MB RSS "
+          f"({1e6 * irk_mb / n:.0f} bytes an IRK), add_many {build_s * 1e3:.0f} ms CPU; "
+          f"{1.0 / (per_address_us * 1e-6):,.0f} new addresses a CPU-second")
+
+
+def irk_scale(sizes: list[int], seed: int) -> None:
+    print("IRK resolution of new addresses by IRKs enrolled (IrkCache alone, fresh process each):")
+    for n in sizes:
+        subprocess.run([sys.executable, __file__, "--irk-scale-one", str(n), "--seed", str(seed)],
+                       check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--advertisements", type=int, default=400_000)
@@ -308,7 +358,15 @@ def main() -> None:
     parser.add_argument("--big-contacts", type=int, default=100_000)
     parser.add_argument("--budget-s", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--irk-scale", help="only the IRK scaling figures, e.g. 5000,30000")
+    parser.add_argument("--irk-scale-one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.irk_scale_one:
+        irk_scale_one(args.irk_scale_one, args.seed)
+        return
+    if args.irk_scale:
+        irk_scale([int(n) for n in args.irk_scale.split(",")], args.seed)
+        return
     stream = stream_bench(args)
     big = big_bench(args)
     irk_bench(args)

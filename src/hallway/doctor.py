@@ -41,6 +41,7 @@ from hallway.commands._common import state_dir
 from hallway.config import INSTALLED_CONFIG, Config, find_config_path, load_config
 from hallway.errors import ConfigError
 from hallway.files import loose_bits
+from hallway.identity.irk import available_backends
 from hallway.sources.adapter_reset import ResetUnavailable, reset_method
 from hallway.store import SCHEMA_VERSION
 
@@ -271,6 +272,7 @@ async def diagnose(options: DoctorOptions) -> Report:
         checks.extend(await mqtt_check.mqtt_checks(config, options.timeout_s))
     if role != "venue":  # the recovery ladder's reset: a scanner's adapter
         checks.append(_check_reset(config or Config(), options))
+        checks.append(check_irk_scan(config or Config()))
     checks.append(_check_clock(options))
     return Report(path, account.name, checks, role)
 
@@ -831,6 +833,28 @@ def kernel_clock_synced() -> bool | None:
     if state < 0:
         return None
     return state != _TIME_ERROR
+
+
+def check_irk_scan(config: Config, offered: tuple[str, ...] | None = None) -> Check:
+    """Which IRK scan the daemon will run (``offered``: this build's, fastest first)."""
+    title = "IRK resolution backend"
+    offered = available_backends() if offered is None else offered
+    if config.identity.irk_backend == "python":
+        return Check("irk_scan", title, Status.OK,
+                     'python (identity.irk_backend = "python"): cryptography\'s AES from a '
+                     "Python loop, about 40 times slower per key than AES-NI")
+    if offered[0] == "aes-ni":
+        return Check("irk_scan", title, Status.OK,
+                     "aes-ni: the C extension hallway._irkscan with the CPU's AES instructions")
+    if offered[0] == "portable":
+        return Check("irk_scan", title, Status.OK,
+                     "portable: the C extension hallway._irkscan with its own table AES (this "
+                     "CPU has no AES-NI), about 6 times slower per key than AES-NI")
+    return Check("irk_scan", title, Status.WARN,
+                 "python: the C extension hallway._irkscan is not built, so each new resolvable "
+                 "address costs about 40 times the CPU per IRK (the trial budget is lower)",
+                 "install a C compiler and the Python headers (`sudo apt-get install gcc "
+                 "python3-dev`), then install hallway again (`scripts/setup` in a checkout)")
 
 
 def _check_clock(options: DoctorOptions) -> Check:

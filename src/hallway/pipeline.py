@@ -214,6 +214,11 @@ class Pipeline:
         """The present contacts (see ``Tracker.present``)."""
         return self.tracker.present()
 
+    @property
+    def irk_backend(self) -> str:
+        """How the resolver tries new resolvable addresses (see ``Resolver.irk_backend``)."""
+        return self._resolver.irk_backend
+
     def stats(self) -> dict[str, int]:
         """Counters: the resolver's, plus what reached the tracker and what it decided."""
         out = dict(self._resolver.stats())

@@ -291,10 +291,15 @@ class Service(EdgesFacade):
             if busy > 0.010:
                 self._busy_over_10ms += 1
 
-    def _resolver_figures(self) -> dict[str, int]:
+    def _resolver_figures(self) -> dict[str, int | str]:
         stats = self._pipeline.stats() if self._pipeline is not None else {}
-        return {key: int(stats.get(key, 0)) for key in (
-            "irk_keys", "irk_cache_misses", "irk_deferred", "irk_pending", "irk_pending_dropped")}
+        figures: dict[str, int | str] = {key: int(stats.get(key, 0)) for key in (
+            "irk_keys", "irk_cache_misses", "irk_deferred", "irk_pending", "irk_pending_dropped",
+            "irk_trials_per_s")}
+        # aes-ni, portable (C) or python: which IRK scan runs (docs/performance.md)
+        figures["irk_backend"] = (self._pipeline.irk_backend if self._pipeline is not None
+                                  else "")
+        return figures
 
     def _status_line(self) -> str:
         s = self.status()
@@ -637,7 +642,8 @@ class Service(EdgesFacade):
         assert self._source is not None
         assert self._handoff is not None
         log.info("starting", scanner=self.config.scanner.name, source=self.config.scanner.source,
-                 tcp_port=self.tcp_port, unix_socket=self.config.server.unix_socket)
+                 tcp_port=self.tcp_port, unix_socket=self.config.server.unix_socket,
+                 irk_backend=self._pipeline.irk_backend if self._pipeline is not None else None)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from hallway.config import IdentityConfig
 from hallway.errors import KeyFormatError
 from hallway.identity.crypto import aem_crypt, interval_number
-from hallway.identity.irk import IrkCache
+from hallway.identity.irk import DEFAULT_TRIALS_PER_S, IrkCache, choose_backend
 from hallway.identity.tokens import TokenTable
 from hallway.keys import normalize_address, parse_hallway_key, parse_irk
 from hallway.models import Advertisement, Contact, KeyKind, Match
@@ -104,9 +104,15 @@ class Resolver:
         self._tokens = TokenTable(
             skew_back=config.token_skew_back, skew_ahead=config.token_skew_ahead
         )
+        backend = choose_backend(config.irk_backend)
+        trials = config.irk_trials_per_s
+        if trials is None:
+            trials = DEFAULT_TRIALS_PER_S[backend]
+        self.irk_trials_per_s = trials
+        """The IRK trial budget in force (0: no limit)."""
         self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s,
-                              trials_per_s=config.irk_trials_per_s or None,
-                              window_s=IRK_BUDGET_WINDOW_S)
+                              trials_per_s=trials or None, window_s=IRK_BUDGET_WINDOW_S,
+                              backend=backend)
         self._contacts: dict[str, Contact] = {}
         self._ibeacon: dict[bytes, str] = {}
         self._eddystone: dict[bytes, str] = {}
@@ -410,6 +416,11 @@ class Resolver:
         more_irk = self._irks.sweep(now, max_items=1024)
         return more_tokens or more_irk
 
+    @property
+    def irk_backend(self) -> str:
+        """How new resolvable addresses are tried: ``aes-ni``, ``portable`` or ``python``."""
+        return self._irks.backend
+
     def stats(self) -> dict[str, int]:
         """Counters and sizes; the names are stable."""
         out = {
@@ -434,6 +445,7 @@ class Resolver:
             token_keys=self._tokens.key_count,
             token_sync_builds=self._tokens.sync_builds,
             irk_keys=self._irks.key_count,
+            irk_trials_per_s=self.irk_trials_per_s,
             contacts=len(self._contacts),
             bad_keys=self._bad_keys,
             internal_errors=self._internal_errors,
