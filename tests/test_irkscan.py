@@ -17,10 +17,15 @@ from hallway.identity.irk import (
     choose_backend,
 )
 
-_irkscan = pytest.importorskip("hallway._irkscan", reason="the C extension is not built here")
+try:
+    from hallway import _irkscan
+except ImportError:  # not built: the KeySet tests skip, IrkCache's run on pure Python
+    _irkscan = None  # type: ignore[assignment]
 
-SCANS = [False, True] if _irkscan.HARDWARE_AES else [True]
-SCAN_IDS = ["aes-ni", "portable"] if _irkscan.HARDWARE_AES else ["portable"]
+needs_c = pytest.mark.skipif(_irkscan is None, reason="the C extension is not built here")
+HARDWARE = _irkscan is not None and bool(_irkscan.HARDWARE_AES)
+SCANS = [False, True] if HARDWARE else [True]
+SCAN_IDS = ["aes-ni", "portable"] if HARDWARE else ["portable"]
 
 
 def aes(key: bytes, block: bytes) -> bytes:
@@ -49,13 +54,14 @@ def portable(request: pytest.FixtureRequest) -> bool:
 def test_backends_offered_here() -> None:
     offered = available_backends()
     assert offered[-1] == "python"
-    assert ("aes-ni" in offered) == bool(_irkscan.HARDWARE_AES)
-    assert "portable" in offered
+    assert ("aes-ni" in offered) == HARDWARE
+    assert ("portable" in offered) == (_irkscan is not None)
     assert choose_backend("auto") == offered[0]
     assert choose_backend("python") == "python"
     assert set(DEFAULT_TRIALS_PER_S) == {"aes-ni", "portable", "python"}
 
 
+@needs_c
 @pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 15, 16, 17, 100])
 def test_find_agrees_with_cryptography(portable: bool, count: int) -> None:
     """Every size around the 8-key groups of the AES-NI scan, keys hit at every index."""
@@ -74,6 +80,7 @@ def test_find_agrees_with_cryptography(portable: bool, count: int) -> None:
         assert scan.find(prand, want) == first_match(keys, prand, want)
 
 
+@needs_c
 def test_find_random_keys_against_cryptography(portable: bool) -> None:
     rng = random.Random(7)
     scan = _irkscan.KeySet(portable=portable)
@@ -88,6 +95,7 @@ def test_find_random_keys_against_cryptography(portable: bool) -> None:
         assert scan.find(prand, want) == first_match(keys, prand, want)
 
 
+@needs_c
 def test_find_agrees_with_bluetooth_data_tools(portable: bool) -> None:
     """The independent oracle: the address resolves under exactly the keys it says."""
     rng = random.Random(11)
@@ -105,6 +113,7 @@ def test_find_agrees_with_bluetooth_data_tools(portable: bool) -> None:
         assert found == (oracle[0] if oracle else -1)
 
 
+@needs_c
 def test_find_range_is_bounded(portable: bool) -> None:
     rng = random.Random(3)
     keys = [rng.randbytes(16) for _ in range(40)]
@@ -125,6 +134,7 @@ def test_find_range_is_bounded(portable: bool) -> None:
     assert found == 21
 
 
+@needs_c
 def test_remove_moves_the_last_key_into_the_hole(portable: bool) -> None:
     rng = random.Random(5)
     keys = [rng.randbytes(16) for _ in range(20)]
@@ -152,6 +162,7 @@ def test_remove_moves_the_last_key_into_the_hole(portable: bool) -> None:
         scan.remove(0)
 
 
+@needs_c
 def test_clear_and_reuse(portable: bool) -> None:
     scan = _irkscan.KeySet(portable=portable)
     keys = [bytes([n]) * 16 for n in range(100)]  # grows past the first allocation (64 keys)
@@ -166,6 +177,7 @@ def test_clear_and_reuse(portable: bool) -> None:
     assert scan.find(b"\x40\x00\x00", ah(keys[9], b"\x40\x00\x00")) == 0
 
 
+@needs_c
 def test_match_agrees_with_cryptography(portable: bool) -> None:
     rng = random.Random(9)
     keys = [rng.randbytes(16) for _ in range(3)]
@@ -184,6 +196,7 @@ def test_match_agrees_with_cryptography(portable: bool) -> None:
         assert expected == list(range(0, count, 3))
 
 
+@needs_c
 def test_bad_arguments_never_show_the_key(portable: bool) -> None:
     secret = bytes(range(0xA0, 0xB0))
     scan = _irkscan.KeySet(portable=portable)
@@ -341,7 +354,7 @@ def test_doctor_names_the_backend() -> None:
 
     config = Config()
     here = check_irk_scan(config)
-    assert here.status is Status.OK
+    assert here.status is (Status.OK if _irkscan is not None else Status.WARN)
     assert here.detail.startswith(available_backends()[0])
     assert check_irk_scan(config, ("aes-ni", "portable", "python")).detail.startswith("aes-ni")
     portable = check_irk_scan(config, ("portable", "python"))
