@@ -175,6 +175,11 @@ def test_clear_and_reuse(portable: bool) -> None:
     assert scan.find(b"\x40\x00\x00", ah(keys[0], b"\x40\x00\x00")) == -1
     assert scan.add(keys[9]) == 0
     assert scan.find(b"\x40\x00\x00", ah(keys[9], b"\x40\x00\x00")) == 0
+    scan.reserve(1000)  # a bulk load's one allocation; the key held survives it
+    assert scan.nbytes == 1000 * 176
+    scan.reserve(10)
+    assert scan.nbytes == 1000 * 176
+    assert scan.find(b"\x40\x00\x00", ah(keys[9], b"\x40\x00\x00")) == 0
 
 
 @needs_c

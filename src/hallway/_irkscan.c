@@ -286,10 +286,9 @@ static PyObject *keyset_repr(KeySet *self)
 
 static Py_ssize_t keyset_len(KeySet *self) { return self->count; }
 
-static int grow(KeySet *self)
+static int resize(KeySet *self, Py_ssize_t cap)
 {
-    Py_ssize_t cap = self->capacity ? self->capacity * 2 : 64;
-    if (cap > PY_SSIZE_T_MAX / SCHED) {
+    if (cap < self->count || cap > PY_SSIZE_T_MAX / SCHED) {
         PyErr_NoMemory();
         return -1;
     }
@@ -318,13 +317,24 @@ static PyObject *keyset_add(KeySet *self, PyObject *arg)
         PyErr_SetString(PyExc_ValueError, "an IRK must be 16 bytes");
         return NULL;
     }
-    if (self->count == self->capacity && grow(self) < 0) {
+    if (self->count == self->capacity
+        && resize(self, self->capacity ? self->capacity * 2 : 64) < 0) {
         PyBuffer_Release(&key);
         return NULL;
     }
     expand_key((const uint8_t *)key.buf, self->keys + (size_t)self->count * SCHED);
     PyBuffer_Release(&key);
     return PyLong_FromSsize_t(self->count++);
+}
+
+static PyObject *keyset_reserve(KeySet *self, PyObject *arg)
+{
+    Py_ssize_t want = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (want == -1 && PyErr_Occurred())
+        return NULL;
+    if (want > self->capacity && resize(self, want) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *keyset_remove(KeySet *self, PyObject *arg)
@@ -465,6 +475,8 @@ static PyObject *keyset_get_nbytes(KeySet *self, void *Py_UNUSED(closure))
 static PyMethodDef keyset_methods[] = {
     {"add", (PyCFunction)keyset_add, METH_O,
      "add(irk) -> index: append a 16-byte IRK (most significant byte first)."},
+    {"reserve", (PyCFunction)keyset_reserve, METH_O,
+     "reserve(count): room for count keys in all, so a bulk load allocates once."},
     {"remove", (PyCFunction)keyset_remove, METH_O,
      "remove(index): drop a key; the last key moves into its index."},
     {"clear", (PyCFunction)keyset_clear, METH_NOARGS, "clear(): drop every key."},

@@ -160,7 +160,7 @@ class IrkCache:
         self._granted: dict[str, int] = {}  # address -> the window its grant was made in
         self._once: dict[str, None] = {}  # heard once, insertion-ordered: the oldest first
         self.key_count = 0  # IRKs held (read for every random address: kept, not counted)
-        self._by_contact: dict[str, list[IrkKey]] = {}
+        self._by_contact: dict[str, tuple[IrkKey, ...]] = {}
         self._slot_of: dict[str, int] = {}  # address -> ring slot
         # the ring, grown up to _cap slots, then reused oldest first
         self._addr: list[str | None] = []
@@ -298,19 +298,20 @@ class IrkCache:
     def add_many(self, items: Iterable[tuple[str, list[bytes]]]) -> None:
         """``set_irks`` for many contacts, re-checking the "no one" answers once for all."""
         added: list[IrkKey] = []
+        items = list(items)
+        if self._scan is not None:  # one allocation for a bulk load, not a doubling series
+            self._scan.reserve(len(self._list) + sum(len(irks) for _, irks in items))
         for contact_id, irks in items:
             if any(len(irk) != 16 for irk in irks):
                 raise ValueError("an IRK must be 16 bytes")  # never the key itself
             self.remove(contact_id)
-            new: list[IrkKey] = []
+            new = tuple(IrkKey(contact_id, len(self._list) + n) for n in range(len(irks)))
             for irk in irks:
-                key = IrkKey(contact_id, len(self._list))
                 if self._scan is not None:
                     self._scan.add(irk)
                 else:
                     self._enc.append(ecb_encryptor(irk))
-                self._list.append(key)
-                new.append(key)
+            self._list.extend(new)
             if new:
                 self._by_contact[contact_id] = new
                 self.key_count = len(self._list)
