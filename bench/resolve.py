@@ -15,7 +15,9 @@ IRK resolution alone, per number of IRKs enrolled (each size in a fresh process,
 RSS is its own): the CPU cost of a new address tried against every IRK (no match: the whole
 scan), the longest single trial, and the memory the IRKs add:
 
-    .venv/bin/python bench/resolve.py --irk-scale 5000,30000,50000,100000
+    .venv/bin/python bench/resolve.py --irk-scale 5000,30000,50000,100000 [--irk-backend B]
+
+(B: auto, aes-ni, portable or python; see src/hallway/identity/irk.py.)
 """
 
 from __future__ import annotations
@@ -307,13 +309,13 @@ def irk_bench(args: argparse.Namespace) -> None:
           f"CPU; revoking it {remove_s * 1e6:.0f} µs")
 
 
-def irk_scale_one(n: int, seed: int) -> None:
+def irk_scale_one(n: int, seed: int, backend: str) -> None:
     """One size of ``--irk-scale`` (run in its own process): prints one line."""
     rng = random.Random(seed)
     keys = [rng.randbytes(16) for _ in range(n)]
     items = [(f"c-{i:06d}", [key]) for i, key in enumerate(keys)]
     base_rss = rss_mb()
-    cache = IrkCache(max_entries=100_000, ttl_s=1800.0)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, backend=backend)
     t = time.thread_time()
     cache.add_many(items)
     build_s = time.thread_time() - t
@@ -341,11 +343,11 @@ def irk_scale_one(n: int, seed: int) -> None:
           f"{1.0 / (per_address_us * 1e-6):,.0f} new addresses a CPU-second")
 
 
-def irk_scale(sizes: list[int], seed: int) -> None:
+def irk_scale(sizes: list[int], seed: int, backend: str) -> None:
     print("IRK resolution of new addresses by IRKs enrolled (IrkCache alone, fresh process each):")
     for n in sizes:
-        subprocess.run([sys.executable, __file__, "--irk-scale-one", str(n), "--seed", str(seed)],
-                       check=True)
+        subprocess.run([sys.executable, __file__, "--irk-scale-one", str(n), "--seed", str(seed),
+                        "--irk-backend", backend], check=True)
 
 
 def main() -> None:
@@ -359,13 +361,15 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=0.005)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--irk-scale", help="only the IRK scaling figures, e.g. 5000,30000")
+    parser.add_argument("--irk-backend", default="auto",
+                        help="with --irk-scale: auto, aes-ni, portable or python")
     parser.add_argument("--irk-scale-one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.irk_scale_one:
-        irk_scale_one(args.irk_scale_one, args.seed)
+        irk_scale_one(args.irk_scale_one, args.seed, args.irk_backend)
         return
     if args.irk_scale:
-        irk_scale([int(n) for n in args.irk_scale.split(",")], args.seed)
+        irk_scale([int(n) for n in args.irk_scale.split(",")], args.seed, args.irk_backend)
         return
     stream = stream_bench(args)
     big = big_bench(args)

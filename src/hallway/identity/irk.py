@@ -7,11 +7,12 @@ Two ways to try the IRKs (``backend``), the same answers:
 
 - the C extension ``hallway._irkscan`` (built with hallway where a C compiler is present):
   every IRK's expanded AES-128 key schedule in one contiguous buffer, 176 bytes a key, scanned
-  in C, with AES-NI where the CPU has it (``aes-ni``: about 8 ns a key here, 8 keys at a time)
-  and a portable C AES elsewhere (``portable``: about 50 ns a key; table lookups, whose timing
-  depends on the key through the CPU cache, see docs/performance.md);
-- pure Python (``python``): one ``cryptography`` ECB context per IRK (about 0.9 KB each) and a
-  Python loop, about 0.3 µs a key here. Used when the extension is not built, or when
+  in C, with AES-NI where the CPU has it (``aes-ni``: 4-5 ns a key here up to 50,000 keys, 8
+  keys at a time; 10 ns at 100,000, whose 17.6 MB of schedules outgrow the CPU's caches) and a
+  portable C AES elsewhere (``portable``: 55-65 ns a key; table lookups, whose timing depends
+  on the key through the CPU cache, see docs/performance.md). About 350 bytes an IRK in all;
+- pure Python (``python``): one ``cryptography`` ECB context per IRK (about 1 KB an IRK in all)
+  and a Python loop, 0.33-0.5 µs a key here. Used when the extension is not built, or when
   ``identity.irk_backend = "python"``.
 
 The IRKs sit in a dense array in both: key ``i`` of the scan is ``IrkKey.index == i``; removing
@@ -24,15 +25,17 @@ ring, and the ring is all the memory the cache ever holds. An answer is also for
 covers an address's whole use). A slot keeps the address's AES input block and hash next to
 the answer, so that:
 
-- adding an IRK re-checks every cached "no one" with a single AES call over the whole ring and
-  a byte-wise comparison done on big integers, a few milliseconds for 100k cached addresses
-  instead of a Python loop over them. When a bulk load would cost more than ``RECHECK_LIMIT``
-  blocks, the "no one" answers are dropped instead and recomputed when next seen;
+- adding an IRK re-checks every cached "no one" with a single call over the whole ring: in C,
+  ``KeySet.match`` reads the ring's blocks and hashes in place; in Python, one AES call and a
+  byte-wise comparison done on big integers; a few milliseconds for 100k cached addresses
+  either way, instead of a Python loop over them. When a bulk load would cost more than
+  ``RECHECK_LIMIT`` blocks, the "no one" answers are dropped instead and recomputed when next
+  seen;
 - removing an IRK drops every address it resolved, at once.
 
-Trying a new address costs one AES block per IRK: with 30,000 IRKs about 0.25 ms here with
-AES-NI (10 ms in pure Python), so a flood
-of strangers' fresh resolvable addresses could take the whole CPU. With ``trials_per_s`` the
+Trying a new address costs one AES block per IRK: with 30,000 IRKs about 0.12 ms here with
+AES-NI (10 ms in pure Python), so a flood of strangers' fresh resolvable addresses could take
+the whole CPU. With ``trials_per_s`` the
 trials are budgeted per window of the advertisements' clock (``window_s``: a second, or a tenth
 of one in the resolver, so the trials do not come in one burst): while the window's budget
 lasts, a new address is tried at once (the quiet case costs no delay); past it, the address is
