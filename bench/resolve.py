@@ -343,11 +343,30 @@ def irk_scale_one(n: int, seed: int, backend: str) -> None:
           f"{1.0 / (per_address_us * 1e-6):,.0f} new addresses a CPU-second")
 
 
+def irk_recheck(seed: int, backend: str) -> None:
+    """Adding IRKs while the answer cache is full of strangers' "no one" answers."""
+    rng = random.Random(seed + 3)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, backend=backend)
+    cache.set_irks("first", [rng.randbytes(16)])
+    for n in range(100_000):
+        cache.resolve(rpa(rng), T0 + n * 1e-3)
+    figures = []
+    for count in (1, 20):  # 20 x 100,000 blocks: RECHECK_LIMIT, the most done in one call
+        items = [(f"new-{count}-{i}", [rng.randbytes(16)]) for i in range(count)]
+        t = time.thread_time()
+        cache.add_many(items)
+        took_ms = (time.thread_time() - t) * 1e3
+        figures.append(f"{count} IRK{'s' if count > 1 else ''} {took_ms:.1f} ms")
+    print(f"  [{cache.backend}] adding IRKs with {len(cache):,} addresses cached as no one "
+          f"(each re-checked): " + ", ".join(figures) + " CPU")
+
+
 def irk_scale(sizes: list[int], seed: int, backend: str) -> None:
     print("IRK resolution of new addresses by IRKs enrolled (IrkCache alone, fresh process each):")
     for n in sizes:
         subprocess.run([sys.executable, __file__, "--irk-scale-one", str(n), "--seed", str(seed),
                         "--irk-backend", backend], check=True)
+    irk_recheck(seed, backend)
 
 
 def main() -> None:
