@@ -717,3 +717,51 @@ def test_irk_budget_a_phone_heard_twice_ranks_repeated_even_after_a_flood() -> N
     key = cache.resolve(mine, 61.5, -60)
     assert key is not None
     assert key.contact_id == "c"
+
+
+def test_irk_budget_a_phone_resolves_at_its_second_hearing_under_one_shot_spam() -> None:
+    """Grants go to repeated addresses only: one-shot spam holds none of the budget, so a
+    phone heard again is tried at once (not at the next grant and the hearing after it)."""
+    rng = random.Random(18)
+    irk = rng.randbytes(16)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, trials_per_s=5)
+    cache.set_irks("c", [irk])
+    mine = rpa_of(rng.randbytes(6), irk)
+    for second in range(3):  # 200 strong one-shot spam addresses a second
+        for n in range(200):
+            cache.resolve(rpa_of(rng.randbytes(6)), 70.0 + second + n / 200, -30)
+    assert cache.granted_total == 0  # never a grant to an address heard once
+    assert cache.resolve(mine, 72.5, -70) is None  # first hearing: waits
+    key = cache.resolve(mine, 73.2, -70)  # heard again in a new window: tried at once
+    assert key is not None
+    assert key.contact_id == "c"
+
+
+def test_irk_budget_grants_hold_their_share_of_the_window() -> None:
+    """Addresses heard again during a window are tried at once only with budget that the
+    window's grants do not hold."""
+    rng = random.Random(19)
+    cache = IrkCache(max_entries=100_000, ttl_s=1800.0, trials_per_s=3)
+    cache.set_irks("c", [rng.randbytes(16)])
+    for n in range(3):  # the first three: first come, first tried; the budget is spent
+        cache.resolve(rpa_of(rng.randbytes(6)), 80.0 + n / 100, -50)
+    waiting = [rpa_of(rng.randbytes(6)) for _ in range(4)]
+    for rssi, address in zip((-40, -41, -42, -90), waiting, strict=True):
+        assert cache.resolve(address, 80.5, rssi) is None
+        assert cache.resolve(address, 80.6, rssi) is None  # repeated, but nothing left
+    assert cache.pending == 4
+    ops = cache.aes_ops
+    # Second 81: the three strongest are granted the whole budget; the weakest, heard again,
+    # still waits, and each granted one is tried when it is heard.
+    assert cache.resolve(waiting[3], 81.1, -90) is None
+    assert cache.aes_ops == ops
+    assert cache.granted_total == 3
+    for address in waiting[:3]:
+        assert cache.resolve(address, 81.2, -40) is None  # tried: a stranger's
+    assert cache.aes_ops == ops + 3
+    assert cache.resolve(waiting[3], 81.5, -90) is None
+    assert cache.aes_ops == ops + 3
+    # Second 82: it is granted (or tried at once), within that second's budget.
+    assert cache.resolve(waiting[3], 82.1, -90) is None
+    assert cache.aes_ops == ops + 4
+    assert cache.known_stranger(waiting[3])

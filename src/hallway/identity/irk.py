@@ -42,13 +42,15 @@ lasts, a new address is tried at once (the quiet case costs no delay); past it, 
 only noted as pending, and ``resolve`` answers None without caching anything. Pending addresses
 heard more than once (a phone repeats its address for minutes; BLE spam uses each address once)
 rank before those heard once, then by the strongest RSSI heard. When the next window begins,
-the best ranked pending addresses are granted its budget (as many as it pays for), and each is
-tried the next time it is heard (within ``GRANT_TTL_S``); the rest wait for their turn or are
-forgotten. Over any stretch of time the trials average the budget. So a contact's phone
-resolves within about one or two of its advertising intervals of being heard, unless more new
-addresses than the budget pays for, each also heard repeatedly (and more strongly), keep
-arriving; an address already answered (cache hit) costs nothing and is never delayed. Pending
-addresses are bounded (``PENDING_MAX``; the weakest go first).
+the best ranked pending addresses heard more than once are granted its budget (as many as it
+pays for), and each is tried the next time it is heard (within ``GRANT_TTL_S``); a pending
+address heard again while its window has budget its grants do not hold is tried at once; the
+rest wait for their turn or are forgotten. Over any stretch of time the trials average the
+budget. So a contact's phone resolves at about its second advertisement (one advertising
+interval after it is first heard), unless more new addresses than the budget pays for, each
+also heard repeatedly (and more strongly), keep arriving; an address already answered (cache
+hit) costs nothing and is never delayed. Pending addresses are bounded (``PENDING_MAX``; the
+weakest go first).
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ class IrkCache:
         self._window_s = window_s
         self._budget = None if trials_per_s is None else max(1, int(trials_per_s * window_s))
         self._window: int | None = None  # the second (of the callers' clock) being spent
-        self._spent = 0  # trials spent (or reserved for granted addresses) in that second
+        self._spent = 0  # trials spent in that window
+        self._fresh = 0  # grants made at that window's start, not yet used (budget reserved)
         # address -> its rank while waiting: 1000 if heard once, 2000 if more (a phone repeats
         # its address, BLE spam does not), plus the strongest RSSI heard + 500
         self._pending: dict[str, int] = {}
@@ -241,8 +244,11 @@ class IrkCache:
         if window != self._window:
             self._next_window(window)
         cost = max(1, self.key_count)
-        if self._granted.pop(address, None) is not None:
+        when = self._granted.pop(address, None)
+        if when is not None:
             self._pending.pop(address, None)
+            if when == window:
+                self._fresh -= 1
             self._spent += cost  # charged to this window: first come waits for the next
             return True
         if self._spent < self._budget and not self._pending:
@@ -251,6 +257,13 @@ class IrkCache:
             return True
         pending = self._pending
         old = pending.get(address)
+        if ((old is not None or address in self._once)
+                and self._spent + cost * (self._fresh + 1) <= self._budget):
+            # Heard again (a device that repeats its address, not one-shot spam), and the
+            # window has budget its grants do not hold: tried now, not at the next grant.
+            pending.pop(address, None)
+            self._spent += cost
+            return True
         rank = max(0, min(rssi, 127) + 500)
         if old is not None:
             pending[address] = 2000 + max(old % 1000, rank)
@@ -270,17 +283,22 @@ class IrkCache:
         return False
 
     def _next_window(self, window: int) -> None:
-        """A new window: its budget goes to the best ranked pending addresses first.
+        """A new window: its budget goes to the best ranked repeated pending addresses first.
 
-        A granted address may be tried when it is next heard (a phone may advertise only
-        every second or so) until ``GRANT_TTL_S`` passes; its trials are charged to the window
-        it is heard in. Each window grants as many as its budget pays for, so over any stretch
-        of time the trials average the budget (one-shot spam never comes back to use its
-        grant); a window can exceed it only when earlier grants come back together.
+        Only addresses heard more than once are granted (one-shot spam would never come back
+        to use a grant, and the budget it held would go unspent). A granted address may be
+        tried when it is next heard (a phone may advertise only every second or so) until
+        ``GRANT_TTL_S`` passes; its trials are charged to the window it is heard in, and the
+        window's grants hold their share of its budget until then. What they leave is for
+        pending addresses heard again during the window (tried at once, see ``_may_try``).
+        Each window grants no more than its budget pays for, so over any stretch of time the
+        trials average the budget; a window can exceed it only when earlier grants come back
+        together.
         """
         assert self._budget is not None
         self._window = window
         self._spent = 0
+        self._fresh = 0
         granted = self._granted
         if granted:
             horizon = window - GRANT_TTL_S / self._window_s
@@ -289,9 +307,11 @@ class IrkCache:
         if self._pending:
             slots = max(1, self._budget // max(1, self.key_count))
             best = heapq.nlargest(slots, self._pending.items(), key=lambda item: item[1])
+            best = [(address, rank) for address, rank in best if rank >= 2000]  # repeated
             for address, _rank in best:
                 granted[address] = window
                 del self._pending[address]
+            self._fresh = len(best)
             self.granted_total += len(best)
 
     def set_irks(self, contact_id: str, irks: Iterable[bytes]) -> None:
