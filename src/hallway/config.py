@@ -88,7 +88,7 @@ class IdentityConfig(_Section):
     irk_cache_ttl_s: float = Field(default=1800.0, gt=0, le=86400)
     # AES trials a second for new resolvable private addresses (each costs one per IRK); the
     # strongest waiting addresses get the next second's budget first. 0: no limit. Unset: by
-    # the IRK backend in use (2,500,000 with AES-NI, 1,000,000 portable C, 250,000 Python).
+    # the IRK backend in use (5,000,000 with AES-NI, 1,000,000 portable C, 250,000 Python).
     irk_trials_per_s: int | None = Field(default=None, ge=0, le=1_000_000_000)
     # How new addresses are tried against the IRKs: "auto" is the C extension hallway._irkscan
     # (AES-NI where the CPU has it, else portable C) when it was built, else pure Python;

@@ -71,12 +71,13 @@ except ImportError:  # not built (no C compiler where hallway was installed): pu
 Backend = Literal["aes-ni", "portable", "python"]
 
 DEFAULT_TRIALS_PER_S: dict[str, int] = {
-    "aes-ni": 2_500_000,
+    "aes-ni": 5_000_000,
     "portable": 1_000_000,
     "python": 250_000,
 }
-"""The trial budget when ``identity.irk_trials_per_s`` is not set, by backend: about the same
-CPU (some 0.02-0.08 s of this machine's core a second) buys 10x the trials with AES-NI."""
+"""The trial budget when ``identity.irk_trials_per_s`` is not set, by backend. On this machine
+(docs/performance.md) a full budget costs about 0.02 s of a core a second with AES-NI, 0.06 s
+portable and 0.08 s in Python: 20 times the trials for a quarter of the CPU with AES-NI."""
 
 
 def available_backends() -> tuple[Backend, ...]:
