@@ -30,6 +30,10 @@ the machine; else a cgroup made directly: v2 (``cpu.max`` = ``25000 100000``, ``
 = 0) or v1 (``cpu.cfs_quota_us`` = 25000 of ``cpu.cfs_period_us`` = 100000; cpuset 0), the
 daemon placed in it before it execs. Needs root (or a delegated cgroup).
 
+``--resolver-only TRIALS...`` replays the same venue and RPA flood through the resolver alone
+(no daemon): each IRK phone's delay from its first advertisement to its address resolving, at
+each IRK trial budget, and the resolver's CPU.
+
 Usage (full scale; needs about 75 minutes):
   .venv/bin/python bench/flood.py --minutes 30
 Reduced (what the docs' figures say they used):
@@ -616,6 +620,65 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def resolver_only(args: argparse.Namespace) -> None:
+    """The same venue and RPA flood through the resolver alone (no daemon, no bus): how long
+    after its first advertisement each IRK phone's address resolves, by trial budget."""
+    from hallway.config import IdentityConfig
+    from hallway.identity.resolver import Resolver
+    from hallway.models import Advertisement, Contact, ContactKey, KeyKind
+
+    seconds = args.minutes * 60
+    directory = Path(tempfile.mkdtemp(prefix="hw-flood-resolver-"))
+    try:
+        make_venue(directory / "venue.jsonl", rate=args.venue_rate, seconds=seconds + 5)
+        with (directory / "venue.jsonl").open() as lines:
+            rows = [json.loads(line) for line in lines]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    rng = random.Random(11)
+    for n in range(int(args.flood_rate * seconds)):
+        raw = bytes([0x40 | rng.randrange(0x40)]) + rng.randbytes(5)
+        rows.append({"ts": n / args.flood_rate, "address": ":".join(f"{b:02X}" for b in raw),
+                     "address_type": "random", "rssi": rng.randint(-90, -40)})
+    rows.sort(key=lambda row: row["ts"])
+    stream = [Advertisement(row["ts"], row["address"], row["address_type"], rssi=row["rssi"])
+              for row in rows if row["address_type"] == "random"]
+    others = random.Random(5)
+    contacts = [Contact(f"phone-{k}", "x", keys=(ContactKey(KeyKind.IRK, irk_of(k).hex()),))
+                for k in range(PHONES)]
+    contacts += [Contact(f"other-{k}", "x",
+                         keys=(ContactKey(KeyKind.IRK, others.randbytes(16).hex()),))
+                 for k in range(args.irk_contacts - PHONES)]
+    print(f"resolver alone: the venue's {len(stream) - int(args.flood_rate * seconds):,} "
+          f"resolvable-address advertisements and {int(args.flood_rate * seconds):,} flood "
+          f"addresses over {seconds:g} s, {args.irk_contacts:,} IRKs")
+    for trials in args.resolver_only:
+        resolver = Resolver(IdentityConfig(irk_trials_per_s=trials,
+                                           irk_backend=args.irk_backend))
+        resolver.set_contacts(contacts, now=0.0)
+        first: dict[str, float] = {}
+        done: set[str] = set()
+        delays: list[float] = []
+        cpu = time.thread_time()
+        for adv in stream:
+            if adv.address in done:
+                continue
+            first.setdefault(adv.address, adv.ts)
+            match = resolver.resolve(adv)
+            if match is not None and match.contact_id.startswith("phone-"):
+                delays.append(adv.ts - first.pop(adv.address))
+                done.add(adv.address)
+        cpu = time.thread_time() - cpu
+        delays.sort()
+        stats = resolver.stats()
+        print(f"  [{resolver.irk_backend}] budget {stats['irk_trials_per_s']:,} trials/s: "
+              f"{len(delays)} phone addresses resolved, first advertisement -> resolved "
+              f"p50 {delays[len(delays) // 2]:.2f} s, p99 {delays[len(delays) * 99 // 100]:.2f} s, "
+              f"max {delays[-1]:.2f} s; {stats['irk_cache_misses']:,} trials of "
+              f"{args.irk_contacts:,} IRKs, resolver CPU {cpu:.1f} s "
+              f"({cpu / seconds:.3f} of a core)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=["flood-random", "flood-rpa",
@@ -631,7 +694,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep-strangers-in-bleak", action="store_true",
                         help="scanner.forget_strangers = false (to measure what it saves)")
+    parser.add_argument("--resolver-only", type=int, nargs="+", metavar="TRIALS_PER_S",
+                        help="replay the venue and the RPA flood through the resolver alone "
+                        "at these IRK budgets (0: none) and print the phones' resolve delays")
+    parser.add_argument("--irk-backend", default="auto", choices=["auto", "python"],
+                        help="with --resolver-only")
     args = parser.parse_args()
+    if args.resolver_only:
+        resolver_only(args)
+        return
     if shutil.which("dbus-daemon") is None:
         raise SystemExit("dbus-daemon is needed (apt-get install dbus)")
     global FORGET_STRANGERS  # noqa: PLW0603 - one switch for the whole run

@@ -328,6 +328,9 @@ def test_cache_rejects_a_bad_irk_without_showing_it() -> None:
             cache.set_irks("d", [bad])
         assert bad.hex() not in str(caught.value)
         assert cache.key_count == 1
+        with pytest.raises(ValueError, match="16 bytes"):  # a bulk load changes nothing
+            cache.add_many([("e", [bytes(range(16))]), ("c", [bad[:15]])])
+        assert cache.key_count == 1
         assert "IrkKey(contact_id='c', index=0)" in repr(cache.resolve(
             address_of(b"\x40\x00\x01", ah(bytes(16), b"\x40\x00\x01")), 0.0))
 

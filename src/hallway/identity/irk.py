@@ -35,11 +35,11 @@ the answer, so that:
 
 Trying a new address costs one AES block per IRK: with 30,000 IRKs about 0.12 ms here with
 AES-NI (10 ms in pure Python), so a flood of strangers' fresh resolvable addresses could take
-the whole CPU. With ``trials_per_s`` the
-trials are budgeted per window of the advertisements' clock (``window_s``: a second, or a tenth
-of one in the resolver, so the trials do not come in one burst): while the window's budget
-lasts, a new address is tried at once (the quiet case costs no delay); past it, the address is
-only noted as pending, and ``resolve`` answers None without caching anything. Pending addresses
+the whole CPU. With ``trials_per_s`` the trials are budgeted per window of the advertisements'
+clock (``window_s``: a second, or a tenth of one in the resolver, so the trials do not come in
+one burst): while the window's budget lasts, a new address is tried at once (the quiet case
+costs no delay); past it, the address is only noted as pending, and ``resolve`` answers None
+without caching anything. Pending addresses
 heard more than once (a phone repeats its address for minutes; BLE spam uses each address once)
 rank before those heard once, then by the strongest RSSI heard. When the next window begins,
 the best ranked pending addresses heard more than once are granted its budget (as many as it
@@ -323,11 +323,11 @@ class IrkCache:
         """``set_irks`` for many contacts, re-checking the "no one" answers once for all."""
         added: list[IrkKey] = []
         items = list(items)
+        if any(len(irk) != 16 for _, irks in items for irk in irks):
+            raise ValueError("an IRK must be 16 bytes")  # never the key itself; nothing changed
         if self._scan is not None:  # one allocation for a bulk load, not a doubling series
             self._scan.reserve(len(self._list) + sum(len(irks) for _, irks in items))
         for contact_id, irks in items:
-            if any(len(irk) != 16 for irk in irks):
-                raise ValueError("an IRK must be 16 bytes")  # never the key itself
             self.remove(contact_id)
             new = tuple(IrkKey(contact_id, len(self._list) + n) for n in range(len(irks)))
             for irk in irks:
