@@ -352,6 +352,7 @@ def irk_recheck(seed: int, backend: str) -> None:
         cache.resolve(rpa(rng), T0 + n * 1e-3)
     figures = []
     for count in (1, 20):  # 20 x 100,000 blocks: RECHECK_LIMIT, the most done in one call
+        # (the portable scan's limit is 2 x 100,000: past it the "no one" answers are dropped)
         items = [(f"new-{count}-{i}", [rng.randbytes(16)]) for i in range(count)]
         t = time.thread_time()
         cache.add_many(items)

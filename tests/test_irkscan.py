@@ -374,3 +374,31 @@ def test_doctor_names_the_backend() -> None:
     assert "python3-dev" in (missing.fix or "")
     chosen = config.model_copy(update={"identity": IdentityConfig(irk_backend="python")})
     assert check_irk_scan(chosen, ("aes-ni", "portable", "python")).status is Status.OK
+
+
+@needs_c
+def test_portable_scan_rechecks_less_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portable scan's re-check limit is its own (it is about 10 times slower a block)."""
+    from hallway.identity import irk as irk_module
+
+    monkeypatch.setattr(irk_module, "PORTABLE_RECHECK_LIMIT", 10)
+    rng = random.Random(8)
+    newcomer = rng.randbytes(16)
+    prand = b"\x40\x01\x02"
+    address = address_of(prand, ah(newcomer, prand))
+    kept = {}
+    for backend in available_backends():
+        cache = IrkCache(max_entries=100, ttl_s=1800.0, backend=backend)
+        cache.set_irks("x", [rng.randbytes(16)])
+        cache.resolve(address, 1.0)
+        for n in range(20):
+            cache.resolve(address_of(bytes([0x41, 0, n]), rng.randbytes(3)), 1.0)
+        cache.add_many([("new", [newcomer])])
+        kept[backend] = len(cache)
+        key = cache.resolve(address, 2.0)  # re-checked, or tried afresh: either way, found
+        assert key is not None
+        assert key.contact_id == "new"
+    assert kept["portable"] == 0  # 21 blocks > 10: the "no one" answers were dropped
+    assert kept["python"] == 21
+    if "aes-ni" in kept:
+        assert kept["aes-ni"] == 21
