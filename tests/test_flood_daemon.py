@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from hallway.identity.crypto import make_rpa
+from hallway.identity.irk import available_backends
 from tests.bluez_env import bluez_env, needs_dbus
 from tests.daemon_env import Client, free_port, import_contacts, start_daemon, write_config
 
@@ -106,6 +107,8 @@ async def test_rpa_flood_keeps_the_contact_and_the_bounds(
     assert took < 6.0  # two advertisements (0.5 s apart), the next second's grant, confirm
     resolver = status["resolver"]
     assert resolver["irk_keys"] == IRKS
+    assert resolver["irk_trials_per_s"] == TRIALS_PER_S  # as configured, whatever the backend
+    assert resolver["irk_backend"] == available_backends()[0]  # the fastest this build has
     assert resolver["irk_deferred"] > 2000  # strangers' addresses waited, not tried
     # misses (full trials) stay within the budget: 10 a second, plus the first second's
     assert resolver["irk_cache_misses"] <= 10 * 45
