@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from hallway.errors import ConfigError, Problem
+from hallway.errors import ConfigError, KeyFormatError, Problem
+from hallway.keys import eddystone_value, ibeacon_value, normalize_address
 
 ENV_CONFIG = "HALLWAY_CONFIG"
 INSTALLED_CONFIG = Path("/etc/hallway/config.toml")
@@ -96,10 +97,70 @@ _KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
 
 class ReferenceConfig(_Section):
     """A reference beacon at a known distance from the scanner (``[[proximity.reference]]``):
-    the contact whose sightings it makes (a badge imported as a contact)."""
+    either the contact whose sightings it makes (``contact``), or a badge named by its own key,
+    as a contacts file's CSV columns write it (``address``, ``ibeacon`` = ``uuid/major/minor``,
+    ``eddystone_uid`` = ``namespace/instance``), which need not be imported at all. A scanner's
+    own advertised beacon (``[scanner.beacon]``) is such a badge to the other scanners."""
 
-    contact: str = Field(min_length=1, max_length=200)
+    contact: str | None = Field(default=None, min_length=1, max_length=200)
+    address: str | None = None
+    ibeacon: str | None = None
+    eddystone_uid: str | None = None
     distance_m: float = Field(gt=0, le=100)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _badge_value("address", value)
+
+    @field_validator("ibeacon")
+    @classmethod
+    def _ibeacon(cls, value: str | None) -> str | None:
+        return None if value is None else _badge_value("ibeacon", value)
+
+    @field_validator("eddystone_uid")
+    @classmethod
+    def _eddystone(cls, value: str | None) -> str | None:
+        return None if value is None else _badge_value("eddystone-uid", value)
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> ReferenceConfig:
+        named = [k for k in ("contact", "address", "ibeacon", "eddystone_uid")
+                 if getattr(self, k) is not None]
+        if len(named) != 1:
+            raise ValueError("a reference names exactly one of contact, address, ibeacon or "
+                             f"eddystone_uid (this one names {', '.join(named) or 'none'})")
+        return self
+
+    @property
+    def key(self) -> str:
+        """What identifies it: ``contact:ID`` or ``KIND:VALUE`` (canonical key text)."""
+        if self.contact is not None:
+            return f"contact:{self.contact}"
+        if self.address is not None:
+            return f"address:{self.address}"
+        if self.ibeacon is not None:
+            return f"ibeacon:{self.ibeacon}"
+        return f"eddystone-uid:{self.eddystone_uid}"
+
+
+def _badge_value(kind: str, value: str) -> str:
+    """A badge key's canonical text (``hallway.keys``), or ValueError with the reason."""
+    try:
+        if kind == "address":
+            return normalize_address(value)
+        parts = value.strip().split("/")
+        if kind == "ibeacon":
+            if len(parts) != 3 or not all(p.strip().isdigit() for p in parts[1:]):
+                raise KeyFormatError("ibeacon must be written uuid/major/minor (major and minor "
+                                     "whole numbers)")
+            return ibeacon_value(parts[0].strip(), int(parts[1]), int(parts[2]))
+        if len(parts) != 2:
+            raise KeyFormatError("eddystone_uid must be written namespace/instance (20 and 12 "
+                                 "hex digits)")
+        return eddystone_value(parts[0], parts[1])
+    except KeyFormatError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class ProximityConfig(_Section):
@@ -143,9 +204,9 @@ class ProximityConfig(_Section):
     ) -> tuple[ReferenceConfig, ...]:
         seen = set()
         for ref in value:
-            if ref.contact in seen:
-                raise ValueError(f"reference contact {ref.contact!r} is listed twice")
-            seen.add(ref.contact)
+            if ref.key in seen:
+                raise ValueError(f"reference {ref.key} is listed twice")
+            seen.add(ref.key)
         return value
 
     @field_validator("pausing_kinds")

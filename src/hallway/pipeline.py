@@ -23,6 +23,7 @@ from hallway.models import (
     Sighting,
 )
 from hallway.parsing.checkin import CheckinFrame, Refusal
+from hallway.proximity.references import badge_contacts
 from hallway.proximity.tracker import Tracker
 
 _UNKNOWN_RSSI = -127
@@ -41,6 +42,10 @@ class Pipeline:
         # source may skip a stranger before building its record; ``feed`` would drop it anyway.
         self.screen = self._resolver.screen
         self.tracker = Tracker(config.proximity, checkin_hold_s=config.checkin.hold_s)
+        # Reference beacons named by badge: resolved as contacts of their own, never stored.
+        self._badges = badge_contacts(config.proximity.reference)
+        if resolving and self._badges:
+            self._resolver.set_contacts(self._badges, now=0.0)
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
         self._forgotten: list[str] = []
@@ -62,7 +67,7 @@ class Pipeline:
         for contact_id in sorted(self._contacts.keys() - active.keys()):
             events.extend(self._forget(contact_id, now))
         if self._resolving:
-            self._resolver.set_contacts(active.values(), now=now)
+            self._resolver.set_contacts([*active.values(), *self._badges], now=now)
         self._contacts = active
         self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
         heapq.heapify(self._expiries)

@@ -56,10 +56,12 @@ READING_SIGMA_DB = 1.5  # a reference's own unknown power error, on top of its s
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """A reference beacon: the contact whose sightings it makes, and its distance."""
+    """A reference beacon: the contact whose sightings it makes, and its distance; ``key`` is
+    how the config names it (``contact:ID`` or a badge's ``KIND:VALUE``)."""
 
     contact_id: str
     distance_m: float
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +244,8 @@ class Calibrator:
                 worst = (off, k)
         if worst is not None and worst[0] > OUTLIER_DB:
             ref = usable[worst[1]][0]
-            self._problem = f"reference {ref.contact_id} lies {worst[0]:.0f} dB off, left out"
+            name = ref.key if ref.key and not ref.key.startswith("contact:") else ref.contact_id
+            self._problem = f"reference {name} lies {worst[0]:.0f} dB off, left out"
             return usable[: worst[1]] + usable[worst[1] + 1 :]
         return usable
 
@@ -253,7 +256,9 @@ class Calibrator:
         usable = {r.contact_id for r, _, _ in self._usable(now)}
         for cid, ref in self._refs.items():
             if ref.last_ts == -math.inf:
-                state = "never heard (is the contact imported and its badge on?)"
+                state = ("never heard (is the badge on, and within reach?)"
+                         if ref.reference.key and not ref.reference.key.startswith("contact:")
+                         else "never heard (is the contact imported and its badge on?)")
             elif now - ref.last_ts > SILENT_S:
                 state = "silent"
             elif ref.moved_ts is not None:
@@ -262,9 +267,12 @@ class Calibrator:
                 state = "ok"
             else:
                 state = "learning"
-            entry: dict[str, object] = {
-                "contact": cid, "distance_m": ref.reference.distance_m, "state": state,
-            }
+            entry: dict[str, object] = {"distance_m": ref.reference.distance_m, "state": state}
+            key = ref.reference.key
+            if key and not key.startswith("contact:"):
+                entry["badge"] = key
+            else:
+                entry["contact"] = cid
             if ref.minutes:
                 entry["level_db"] = round(statistics.median(list(ref.minutes)[-WINDOW_MINUTES:]), 1)
             refs.append(entry)

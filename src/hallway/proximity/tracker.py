@@ -117,6 +117,7 @@ from hallway.proximity.calibration import Calibrator, Reference
 from hallway.proximity.distance import db_factor
 from hallway.proximity.filter import LevelFilter
 from hallway.proximity.receiver import ReceiverMonitor
+from hallway.proximity.references import reference_id
 from hallway.proximity.zones import Zone, ZoneMap
 
 
@@ -301,7 +302,7 @@ class Tracker:
         self._checkin_hold_s = checkin_hold_s
         self._set_radio(config.path_loss_exponent, 0.0)
         self._calibrator = Calibrator(
-            [Reference(r.contact, r.distance_m) for r in config.reference],
+            [Reference(reference_id(r), r.distance_m, r.key) for r in config.reference],
             exponent=config.path_loss_exponent,
         )
         self._next_fit = -math.inf
