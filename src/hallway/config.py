@@ -49,6 +49,20 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BeaconConfig(_Section):
+    """``[scanner.beacon]``: this scanner advertises a reference beacon of its own, an iBeacon
+    (``uuid/major/minor``) whose 1 m power byte is ``measured_power_dbm``, through BlueZ's LE
+    advertising API; the venue's other scanners calibrate against it (docs/venue.md)."""
+
+    ibeacon: str
+    measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
+
+    @field_validator("ibeacon")
+    @classmethod
+    def _ibeacon(cls, value: str) -> str:
+        return _badge_value("ibeacon", value)
+
+
 class ScannerConfig(_Section):
     """Where advertisements come from."""
 
@@ -77,6 +91,8 @@ class ScannerConfig(_Section):
     # The live daemon follows a source's clock (a replayed trace keeps its time) only this
     # close to the wall clock; beyond it the source is flagged and its timestamps clamped.
     max_clock_skew_s: float = Field(default=60.0, gt=0, le=86400)
+    # Advertise a reference beacon of our own (BeaconConfig); None: this scanner only listens.
+    beacon: BeaconConfig | None = None
 
 
 class IdentityConfig(_Section):
@@ -170,6 +186,9 @@ class ProximityConfig(_Section):
     near_m: float = Field(default=4.0, gt=0, le=100)
     presence_radius_m: float = Field(default=12.0, gt=0, le=200)
     path_loss_exponent: float = Field(default=2.0, ge=1.0, le=6.0)
+    # The receiver's own gain error (dB; a site survey's, `hallway calibrate --venue`): what
+    # the tracker uses while no reference beacon says otherwise.
+    receive_offset_db: float = Field(default=0.0, ge=-20, le=10)
     default_measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
     measured_power_dbm: dict[str, int] = Field(default_factory=dict)
     rssi_time_constant_s: float = Field(default=2.0, gt=0, le=120)

@@ -300,10 +300,10 @@ class Tracker:
         """``checkin_hold_s``: the longest a check-in keeps its contact heard (see above)."""
         self._config = config
         self._checkin_hold_s = checkin_hold_s
-        self._set_radio(config.path_loss_exponent, 0.0)
+        self._set_radio(config.path_loss_exponent, config.receive_offset_db)
         self._calibrator = Calibrator(
             [Reference(reference_id(r), r.distance_m, r.key) for r in config.reference],
-            exponent=config.path_loss_exponent,
+            exponent=config.path_loss_exponent, offset_db=config.receive_offset_db,
         )
         self._next_fit = -math.inf
         default_power = config.default_measured_power_dbm
