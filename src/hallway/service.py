@@ -48,7 +48,7 @@ from hallway.models import (
     KeyKind,
     PresenceEvent,
 )
-from hallway.mqtt import MqttPublisher, follow_hub
+from hallway.mqtt import MqttPublisher, calibration_payload, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.parsing.checkin import CheckinFrame, Refusal
 from hallway.pipeline import Pipeline
@@ -276,6 +276,12 @@ class Service(EdgesFacade):
             "calibration": tracker.calibration_status(self._now()),
         }
 
+    def _calibration_payload(self) -> dict[str, Any]:
+        """What this scanner tells the venue of its reference beacons (MQTT, retained)."""
+        beacon = self.config.scanner.beacon
+        return calibration_payload(self.pipeline.tracker.calibration_status(self._now()),
+                                   None if beacon is None else beacon.ibeacon)
+
     def _socket_status(self) -> dict[str, Any]:
         """``status`` for a socket client; the loop probe's maximum starts again after it."""
         result = self.status()
@@ -361,6 +367,8 @@ class Service(EdgesFacade):
                 # With the venue registry: nothing goes out until it has caught up (a contact
                 # revoked meanwhile has its logged events purged first).
                 ready=self._registry_current if config.registry.enabled else None,
+                calibration=self._calibration_payload if (
+                    config.proximity.reference or config.scanner.beacon) else None,
             )
         await edges.start_server(status_provider=self._socket_status,
                                  present_provider=self._present_json, clock=self._now)

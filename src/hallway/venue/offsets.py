@@ -1,0 +1,132 @@
+"""Per-scanner receive offsets in the venue service, from the scanners' reference figures.
+
+Every scanner with reference beacons publishes, retained on ``<scanner>/calibration``
+(``hallway.mqtt.calibration_payload``), the iBeacon it advertises itself (``[scanner.beacon]``)
+and its level of each badge reference it hears. A reference badge that is another scanner's
+beacon makes a pair: the receiver heard the transmitter at the distance its config names.
+``ScannerOffsets`` keeps the latest message per scanner and solves all pairs together
+(``hallway.proximity.scanners.solve``): each scanner's receive offset, bounded, with a
+confidence, and the pairs left out named: those the receiving scanner itself no longer trusts
+(its calibrator's state for that reference: ``moved``, ``silent`` ...; see
+``hallway.proximity.calibration``) and, with four or more scanners, a pair lying far off the
+others' fit (with three, six readings leave too little slack to single one out: a scanner
+that moved is caught by the others' calibrators, whose reference to it jumps).
+
+The venue applies them to each scanner's distances before it compares rooms: a scanner turns a
+level into a distance with the offset its own tracker uses (``receive_offset_db`` in its
+message), so the venue moves that scanner's levels by ``used - fitted``, and only once the
+fit's confidence reaches ``MIN_CONFIDENCE`` (else 0: no worse than without references). A
+scanner whose message is older than ``STALE_S`` (by the venue's clock) is left out.
+
+Pure: no clock or I/O; every method takes ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from hallway.proximity.scanners import PairReading, Solution, solve
+
+MIN_CONFIDENCE = 0.5
+STALE_S = 1800.0
+_PAIR_STATES = ("ok",)
+
+
+class ScannerOffsets:
+    """The scanners' calibration messages in; per-scanner corrections and status out."""
+
+    def __init__(self, *, exponent: float) -> None:
+        self._exponent = exponent
+        self._messages: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._solution = Solution({}, {})
+        self._corrections: dict[str, float] = {}
+        self.malformed = 0
+
+    def receive(self, scanner: str, payload: bytes, *, now: float) -> bool:
+        """One scanner's retained message (empty: it has none now); True if it was read."""
+        if not payload:
+            self._messages.pop(scanner, None)
+            self._refit(now)
+            return True
+        try:
+            message = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            self.malformed += 1
+            return False
+        if not isinstance(message, dict) or not isinstance(message.get("references", []), list):
+            self.malformed += 1
+            return False
+        self._messages[scanner] = (now, message)
+        self._refit(now)
+        return True
+
+    def correction_db(self, scanner: str) -> float:
+        """How much to add to this scanner's levels (dB; 0 while not confident)."""
+        return self._corrections.get(scanner, 0.0)
+
+    @property
+    def corrections(self) -> Mapping[str, float]:
+        """Every scanner's correction (dB)."""
+        return self._corrections
+
+    def status(self) -> dict[str, Any]:
+        """Per scanner: the fitted offset, its confidence, the offset its tracker uses and the
+        correction applied; the pairs left out and why."""
+        out: dict[str, Any] = {}
+        for name, fit in sorted(self._solution.offsets.items()):
+            used = self._used(name)
+            out[name] = {
+                "receive_offset_db": round(fit.offset_db, 2),
+                "standard_error_db": round(fit.standard_error_db, 2),
+                "confidence": round(fit.confidence, 2),
+                "pairs": fit.readings,
+                "scanner_uses_db": None if used is None else round(used, 2),
+                "correction_db": round(self._corrections.get(name, 0.0), 2),
+            }
+        return {
+            "scanners": out,
+            "left_out": {f"{rx} hears {tx}": why
+                         for (rx, tx), why in sorted(self._solution.left_out.items())},
+            "no_beacon": sorted(n for n, (_, m) in self._messages.items()
+                                if not isinstance(m.get("beacon"), str)),
+        }
+
+    def _used(self, scanner: str) -> float | None:
+        entry = self._messages.get(scanner)
+        value = None if entry is None else entry[1].get("receive_offset_db")
+        return float(value) if isinstance(value, int | float) else None
+
+    def _refit(self, now: float) -> None:
+        fresh = {n: m for n, (at, m) in self._messages.items() if now - at <= STALE_S}
+        beacons = {m["beacon"].lower(): n for n, m in fresh.items()
+                   if isinstance(m.get("beacon"), str)}
+        readings = []
+        skipped: dict[tuple[str, str], str] = {}
+        for receiver, message in fresh.items():
+            for ref in message.get("references", []):
+                if not isinstance(ref, dict):
+                    continue
+                badge = str(ref.get("badge", ""))
+                kind, _, value = badge.partition(":")
+                transmitter = beacons.get(value.lower()) if kind == "ibeacon" else None
+                level, distance = ref.get("level_db"), ref.get("distance_m")
+                if transmitter is not None and transmitter != receiver \
+                        and ref.get("state") not in _PAIR_STATES:
+                    skipped[(receiver, transmitter)] = f"the receiver says: {ref.get('state')}"
+                    continue
+                if (transmitter is None or transmitter == receiver
+                        or not isinstance(level, int | float)
+                        or not isinstance(distance, int | float) or distance <= 0):
+                    continue
+                readings.append(PairReading(receiver, transmitter, float(distance),
+                                            float(level)))
+        solution = solve(readings, exponent=self._exponent)
+        self._solution = Solution(solution.offsets, {**skipped, **solution.left_out})
+        corrections = {}
+        for name, fit in self._solution.offsets.items():
+            used = self._used(name)
+            if used is not None and fit.confidence >= MIN_CONFIDENCE:
+                corrections[name] = used - fit.offset_db
+        self._corrections = corrections
