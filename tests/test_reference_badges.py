@@ -56,10 +56,18 @@ def test_badge_references_parse_to_canonical_keys() -> None:
     ('address = "C0:11:22:33:44:55"', "proximity.reference.0.distance_m", "required"),
 ])
 def test_bad_badge_references_are_named(body: str, key: str, reason: str) -> None:
+    good = '[[proximity.reference]]\ncontact = "fine"\ndistance_m = 2\n'
+    key = key.replace("reference.0", "reference.1")
     with pytest.raises(ConfigError) as info:
-        parse_config(f"[[proximity.reference]]\n{body}\n", file="venue.toml")
-    problems = [(p.key, p.reason) for p in info.value.problems]
-    assert any(k == key and reason in r for k, r in problems), problems
+        parse_config(f"{good}[[proximity.reference]]\n{body}\n", file="venue.toml")
+    problems = [(p.key, p.reason, p.line) for p in info.value.problems]
+    assert any(k == key and reason in r for k, r, _ in problems), problems
+    # The line: the key's own, or the entry's header (line 4) for the entry as a whole.
+    (line,) = [n for k, _, n in problems if k == key]
+    body_lines = body.splitlines()
+    field = key.rsplit(".", 1)[1]
+    own = [i for i, text in enumerate(body_lines) if text.startswith(f"{field} =")]
+    assert line == (5 + own[0] if own else 4), problems
 
 
 def test_the_same_badge_twice_is_an_error_in_any_spelling(

@@ -171,3 +171,61 @@ async def test_three_scanners_find_the_one_offset_receiver(tmp_path: Path) -> No
         for bus in buses.values():
             bus.stop()
         shutil.rmtree(short, ignore_errors=True)
+
+
+async def _until(predicate: Any, what: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+async def test_the_beacon_is_registered_again_and_a_broken_one_is_said(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No peripheral role: status says why the beacon is off, the scanner goes on. The adapter
+    unplugged and back (BlueZ's Release), then bluetoothd restarted: registered again."""
+    from hallway.config import BeaconConfig
+    from hallway.sources.beacon import BeaconAdvertiser
+
+    short = Path(tempfile.mkdtemp(prefix="hw-bcn-"))
+    bus = PrivateBus(short)
+    bus.start()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+    fake = FakeBlueZ(advertising=False)
+    advertiser = BeaconAdvertiser(BeaconConfig(ibeacon=f"{BEACON_UUID}/7/1"), adapter="hci0")
+    task: asyncio.Task[None] | None = None
+    try:
+        await fake.connect(bus.address)
+        task = asyncio.create_task(advertiser.run())
+        await _until(lambda: advertiser.stats()["register_failures"] > 0, "no failure")
+        stats = advertiser.stats()
+        assert stats["state"] in ("backoff", "registering"), stats
+        assert "RegisterAdvertisement failed" in str(stats["last_error"]), stats
+        # A BlueZ with the peripheral role takes over the name (bluetoothd restarted).
+        await fake.close()
+        fake = FakeBlueZ()
+        await fake.connect(bus.address)
+        await _until(lambda: len(fake.registered_advertisements()) == 1, "not registered")
+        (props,) = fake.registered_advertisements()
+        assert props["Type"] == "broadcast"
+        payload = bytes(props["ManufacturerData"][0x004C].value)
+        assert payload == ibeacon_payload(f"{BEACON_UUID}/7/1", -59)
+        assert advertiser.stats()["state"] == "registered"
+        assert advertiser.stats()["last_error"] is None
+        # The adapter unplugged (BlueZ releases the advertisement) and plugged back in.
+        fake.remove_adapter()
+        await _until(lambda: advertiser.stats()["released"] == 1, "no Release")
+        fake.add_adapter()
+        await _until(lambda: len(fake.registered_advertisements()) == 1, "not again")
+        assert advertiser.stats()["registrations"] >= 2
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # A clean stop unregisters (the fake answers on this loop).
+        assert fake.registered_advertisements() == []
+        await fake.close()
+        bus.stop()
+        shutil.rmtree(short, ignore_errors=True)

@@ -506,13 +506,23 @@ class Config(_Section):
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?$")
 _ASSIGN = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+_ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\-]+)\s*\]\]\s*(#.*)?$")
 
 
 def _key_lines(text: str) -> dict[str, int]:
-    """Dotted key -> 1-based line number, for simple TOML (headers and ``key = value``)."""
+    """Dotted key -> 1-based line number, for simple TOML (headers, ``[[arrays]]`` of tables
+    as ``name.INDEX``, and ``key = value``)."""
     lines: dict[str, int] = {}
     section = ""
+    counts: dict[str, int] = {}  # array of tables ([[name]]) -> entries so far
     for number, line in enumerate(text.splitlines(), start=1):
+        array = _ARRAY_HEADER.match(line)
+        if array:
+            index = counts.get(array.group(1), 0)
+            counts[array.group(1)] = index + 1
+            section = f"{array.group(1)}.{index}"
+            lines.setdefault(section, number)
+            continue
         header = _HEADER.match(line)
         if header:
             section = header.group(1)

@@ -20,6 +20,11 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
   hands each write to the application as BlueZ would hand a central's write, with a central
   device (the phone adapter's address) connected on the first adapter. So a real bleak client
   (``hallway checkin``) talks to the daemon's real peripheral through it.
+* ``Air`` links several ``FakeBlueZ`` (one per scanner, each on its own bus, as each scanner is
+  its own machine): every advertisement registered on one through
+  ``LEAdvertisingManager1.RegisterAdvertisement`` is heard by the others, a few times a
+  second, at the level their positions, the beacon's stated power, the receiver's offset and
+  some noise give; so scanner daemons advertising reference beacons hear each other.
 * ``FakeBlueZProcess`` runs ``python tests/support/fakebluez.py`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 

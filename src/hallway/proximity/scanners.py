@@ -10,13 +10,15 @@ them, reads the level (RSSI minus the 1 m power the beacon states)
 ``j``'s beacon is off the power it states (its transmit error). One scanner alone cannot tell
 its own ``r`` from the others' ``t``; pairs can: ``L(i, j) - L(j, i)`` is
 ``r(i) - r(j) - (t(i) - t(j))``, and with three or more scanners every ``r`` and ``t`` is
-over-determined but for one shared constant, which the priors settle (receive offsets within
-``RX_PRIOR_SD_DB`` of 0, beacons within ``TX_PRIOR_SD_DB`` of what they state).
+over-determined but for one shared constant, which the priors settle: beacons within
+``TX_PRIOR_SD_DB`` of what they state, receive offsets loosely within ``RX_PRIOR_SD_DB`` of 0
+(loose, so that the receivers' shared offset comes from the beacons, not from a pull to 0).
 
 ``solve`` is that weighted least-squares fit with the priors (a small dense system): each
 scanner's offset, bounded to ``OFFSET_BOUNDS``, with its standard error and a confidence (the
-share of the prior's variance the readings removed: 0 for a scanner nobody's pairs reach, near
-1 for one heard and hearing well). A pair lying more than ``OUTLIER_DB`` off the fit of the
+share of ``CONFIDENCE_SD_DB``'s variance the readings removed, as the single-scanner
+calibrator counts it: 0 for a scanner nobody's pairs reach, near 1 for one heard and hearing
+well). A pair lying more than ``OUTLIER_DB`` off the fit of the
 rest (a scanner moved, a beacon broken or blocked) is left out and named; so is a reading of
 a scanner the positions do not know.
 """
@@ -27,8 +29,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-RX_PRIOR_SD_DB = 4.0
+RX_PRIOR_SD_DB = 10.0  # loose: the receivers' shared offset is settled by the beacons' prior
 TX_PRIOR_SD_DB = 2.0
+CONFIDENCE_SD_DB = 4.0  # confidence: the share of this variance the readings removed
 OFFSET_BOUNDS = (-20.0, 10.0)
 OUTLIER_DB = 8.0
 
@@ -125,7 +128,7 @@ def _fit(readings: Sequence[PairReading], exponent: float
         offsets[name] = ScannerOffset(
             offset_db=min(max(solution[k], OFFSET_BOUNDS[0]), OFFSET_BOUNDS[1]),
             standard_error_db=math.sqrt(variance),
-            confidence=max(0.0, 1.0 - variance / RX_PRIOR_SD_DB ** 2),
+            confidence=max(0.0, 1.0 - variance / CONFIDENCE_SD_DB ** 2),
             readings=in_pairs,
         )
     return offsets, residuals

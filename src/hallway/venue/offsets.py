@@ -16,9 +16,9 @@ The venue applies them to each scanner's distances before it compares rooms: a s
 level into a distance with the offset its own tracker uses (``receive_offset_db`` in its
 message), so the venue moves that scanner's levels by ``used - fitted``, and only once the
 fit's confidence reaches ``MIN_CONFIDENCE`` (else 0: no worse than without references). A
-scanner whose message is older than ``STALE_S`` (by the venue's clock) is left out.
+scanner's message stays until it sends another or clears it (retained, like its presence).
 
-Pure: no clock or I/O; every method takes ``now``.
+Pure: no clock or I/O.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any
 from hallway.proximity.scanners import PairReading, Solution, solve
 
 MIN_CONFIDENCE = 0.5
-STALE_S = 1800.0
 _PAIR_STATES = ("ok",)
 
 
@@ -39,16 +38,16 @@ class ScannerOffsets:
 
     def __init__(self, *, exponent: float) -> None:
         self._exponent = exponent
-        self._messages: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._messages: dict[str, dict[str, Any]] = {}
         self._solution = Solution({}, {})
         self._corrections: dict[str, float] = {}
         self.malformed = 0
 
-    def receive(self, scanner: str, payload: bytes, *, now: float) -> bool:
+    def receive(self, scanner: str, payload: bytes) -> bool:
         """One scanner's retained message (empty: it has none now); True if it was read."""
         if not payload:
             self._messages.pop(scanner, None)
-            self._refit(now)
+            self._refit()
             return True
         try:
             message = json.loads(payload)
@@ -58,8 +57,8 @@ class ScannerOffsets:
         if not isinstance(message, dict) or not isinstance(message.get("references", []), list):
             self.malformed += 1
             return False
-        self._messages[scanner] = (now, message)
-        self._refit(now)
+        self._messages[scanner] = message
+        self._refit()
         return True
 
     def correction_db(self, scanner: str) -> float:
@@ -89,17 +88,17 @@ class ScannerOffsets:
             "scanners": out,
             "left_out": {f"{rx} hears {tx}": why
                          for (rx, tx), why in sorted(self._solution.left_out.items())},
-            "no_beacon": sorted(n for n, (_, m) in self._messages.items()
+            "no_beacon": sorted(n for n, m in self._messages.items()
                                 if not isinstance(m.get("beacon"), str)),
         }
 
     def _used(self, scanner: str) -> float | None:
         entry = self._messages.get(scanner)
-        value = None if entry is None else entry[1].get("receive_offset_db")
+        value = None if entry is None else entry.get("receive_offset_db")
         return float(value) if isinstance(value, int | float) else None
 
-    def _refit(self, now: float) -> None:
-        fresh = {n: m for n, (at, m) in self._messages.items() if now - at <= STALE_S}
+    def _refit(self) -> None:
+        fresh = self._messages
         beacons = {m["beacon"].lower(): n for n, m in fresh.items()
                    if isinstance(m.get("beacon"), str)}
         readings = []

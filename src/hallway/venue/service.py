@@ -302,7 +302,7 @@ class VenueService(EdgesFacade):
         if parts[1:] == ["events"]:
             return self._on_event(scanner, payload, now)
         if parts[1:] == ["calibration"]:
-            if not self.offsets.receive(scanner, payload, now=now):
+            if not self.offsets.receive(scanner, payload):
                 self._n["malformed"] += 1
             self.arbiter.corrections = self.offsets.corrections
             return []
