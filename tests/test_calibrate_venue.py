@@ -80,6 +80,19 @@ def test_a_survey_fits_the_venue_and_writes_the_config(tmp_path: Path) -> None:
         assert dry.returncode == 0, dry.stderr
         assert "not written (--dry-run)" in dry.stdout
         assert config.read_text() == before
+        # On a terminal's stead, the questions answered through stdin: one typo corrected.
+        asked = subprocess.run(
+            [sys.executable, "-m", "hallway", "calibrate", "--venue", "--config", str(config),
+             "--seconds", "2", "--dry-run"],
+            input=f"ref-near\n1\nibeacon=nope\n3\naddress={FAR}\n4\n\n\n\n",
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "HALLWAY_TOKEN": TOKEN})
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        assert "reference 1: " in asked.stdout
+        assert "ibeacon: Value error" in asked.stderr
+        assert "again, please" in asked.stderr
+        assert f"[2/2] put address {FAR} at 4 m from the scanner" in asked.stdout
+        assert "fit: fitted" in asked.stdout
         done = survey(config, answers, "--seconds", "4", "--yes")
         assert done.returncode == 0, done.stdout + done.stderr
     finally:

@@ -138,3 +138,27 @@ async def test_a_scanner_publishes_its_calibration_retained_and_the_venue_may_re
             assert json.loads(held[topics.calibration]) == second
         finally:
             await store.close()
+
+
+def test_the_venues_positions_give_the_distances_and_a_wrong_one_is_said(
+        tmp_path: Path) -> None:
+    config = Config.model_validate({
+        "storage": {"database": str(tmp_path / "venue.db")},
+        "mqtt": {"enabled": True, "venue": "expo"},
+        "venue": {"positions": {name: list(where) for name, where in POS.items()}},
+    })
+    venue = VenueService(config, clock=lambda: 1000.0)
+    # kiosk-a's config says kiosk-b is 9 m away; the floor plan says 5 m (as the air did).
+    wrong = json.loads(message("kiosk-a"))
+    for ref in wrong["references"]:
+        if ref["badge"].endswith("/7/2"):
+            ref["distance_m"] = 9.0
+    venue.handle(f"{BASE}/kiosk-a/calibration", dumps(wrong))
+    venue.handle(f"{BASE}/kiosk-b/calibration", message("kiosk-b"))
+    venue.handle(f"{BASE}/kiosk-c/calibration", message("kiosk-c"))
+    offsets = venue.status()["scanner_offsets"]
+    assert list(offsets["distance_mismatch"]) == ["kiosk-a hears kiosk-b"]
+    assert "9 m" in offsets["distance_mismatch"]["kiosk-a hears kiosk-b"]
+    got = {n: o["receive_offset_db"] for n, o in offsets["scanners"].items()}
+    assert abs(got["kiosk-b"] + 8.0) < 1.5, got  # the positions' 5 m was used
+    assert abs(got["kiosk-a"]) < 1.5, got

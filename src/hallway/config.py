@@ -444,6 +444,18 @@ class VenueConfig(_Section):
     return_window_s: float = Field(default=60.0, ge=0, le=3600)
     depart_grace_s: float = Field(default=15.0, ge=0, le=600)
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    # Where each scanner stands (metres, [x, y] on the floor plan): the distance between two
+    # scanners that hear each other's reference beacons, for their receive offsets.
+    positions: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("positions")
+    @classmethod
+    def _finite_positions(cls, value: dict[str, tuple[float, float]]
+                          ) -> dict[str, tuple[float, float]]:
+        for name, (x, y) in value.items():
+            if not (abs(x) <= 100_000 and abs(y) <= 100_000):
+                raise ValueError(f"position of {name!r} must be finite metres")
+        return value
 
 
 class CheckinConfig(_Section):

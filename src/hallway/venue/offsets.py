@@ -12,6 +12,10 @@ confidence, and the pairs left out named: those the receiving scanner itself no 
 others' fit (with three, six readings leave too little slack to single one out: a scanner
 that moved is caught by the others' calibrators, whose reference to it jumps).
 
+Where ``venue.positions`` places both scanners of a pair, the distance between the positions is
+used (a scanner's own ``distance_m`` differing by more than 20 % is reported:
+``distance_mismatch``); otherwise the receiving scanner's.
+
 The venue applies them to each scanner's distances before it compares rooms: a scanner turns a
 level into a distance with the offset its own tracker uses (``receive_offset_db`` in its
 message), so the venue moves that scanner's levels by ``used - fitted``, and only once the
@@ -24,6 +28,7 @@ Pure: no clock or I/O.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,11 +41,16 @@ _PAIR_STATES = ("ok",)
 class ScannerOffsets:
     """The scanners' calibration messages in; per-scanner corrections and status out."""
 
-    def __init__(self, *, exponent: float) -> None:
+    def __init__(self, *, exponent: float,
+                 positions: Mapping[str, tuple[float, float]] | None = None) -> None:
+        """``positions``: where the scanners stand (``venue.positions``); a pair of scanners
+        with both known is taken at the distance between them."""
         self._exponent = exponent
+        self._positions = dict(positions or {})
         self._messages: dict[str, dict[str, Any]] = {}
         self._solution = Solution({}, {})
         self._corrections: dict[str, float] = {}
+        self._mismatch: dict[str, str] = {}
         self.malformed = 0
 
     def receive(self, scanner: str, payload: bytes) -> bool:
@@ -90,6 +100,7 @@ class ScannerOffsets:
                          for (rx, tx), why in sorted(self._solution.left_out.items())},
             "no_beacon": sorted(n for n, m in self._messages.items()
                                 if not isinstance(m.get("beacon"), str)),
+            "distance_mismatch": dict(sorted(self._mismatch.items())),
         }
 
     def _used(self, scanner: str) -> float | None:
@@ -103,6 +114,7 @@ class ScannerOffsets:
                    if isinstance(m.get("beacon"), str)}
         readings = []
         skipped: dict[tuple[str, str], str] = {}
+        mismatch: dict[str, str] = {}
         for receiver, message in fresh.items():
             for ref in message.get("references", []):
                 if not isinstance(ref, dict):
@@ -119,8 +131,17 @@ class ScannerOffsets:
                         or not isinstance(level, int | float)
                         or not isinstance(distance, int | float) or distance <= 0):
                     continue
+                a, b = self._positions.get(receiver), self._positions.get(transmitter)
+                if a is not None and b is not None:
+                    known = math.dist(a, b)
+                    if known > 0 and abs(float(distance) - known) > 0.2 * known:
+                        mismatch[f"{receiver} hears {transmitter}"] = (
+                            f"its config says {float(distance):g} m, the venue's positions "
+                            f"{known:.1f} m; the positions are used")
+                    distance = known or float(distance)
                 readings.append(PairReading(receiver, transmitter, float(distance),
                                             float(level)))
+        self._mismatch = mismatch
         solution = solve(readings, exponent=self._exponent)
         self._solution = Solution(solution.offsets, {**skipped, **solution.left_out})
         corrections = {}

@@ -90,7 +90,8 @@ class VenueService(EdgesFacade):
         self.arbiter = Arbiter(config.venue, path_loss_exponent=config.proximity.path_loss_exponent)
         # Per-scanner receive offsets from the scanners' reference beacons (their
         # <scanner>/calibration messages), applied to their levels by the arbiter.
-        self.offsets = ScannerOffsets(exponent=config.proximity.path_loss_exponent)
+        self.offsets = ScannerOffsets(exponent=config.proximity.path_loss_exponent,
+                                      positions=config.venue.positions)
         self._contacts: dict[str, Contact] = {}
         self._forgetting: list[str] = []  # revoked: still to forget in the hub and the log
         self._forget_wake = asyncio.Event()
