@@ -15,6 +15,7 @@ import pytest
 
 from hallway.config import Config
 from hallway.mqtt import MqttPublisher, Topics, calibration_payload, dumps
+from hallway.proximity.scanners import reference_digest
 from hallway.store import SqliteStore
 from hallway.venue.service import VenueService
 from tests.mqtt_env import Collector, collecting, publishing, retained, running_site, scanner_config
@@ -53,7 +54,10 @@ def message(scanner: str, *, moved: float = 0.0, state: str = "ok") -> bytes:
     refs.append({"contact": "badge-desk", "distance_m": 1.0, "state": "ok", "level_db": -1.0})
     status = {"receive_offset_db": 0.0, "references": refs}
     payload = calibration_payload(status, f"{UUID}/7/{MINOR[scanner]}")
-    assert all("contact" not in r for r in payload["references"])  # no contact id leaves
+    # No contact id and no badge key leaves: references go by digest.
+    assert [set(r) for r in payload["references"]] == [
+        {"ref", "distance_m", "level_db", "state"}] * 2
+    assert UUID not in json.dumps(payload["references"])
     return dumps(payload)
 
 
@@ -132,7 +136,9 @@ async def test_a_scanner_publishes_its_calibration_retained_and_the_venue_may_re
                 await collector.until(lambda: len(collector.messages) >= 2, 10)
             first, second = (json.loads(m.payload) for m in collector.messages)
             assert first == {"beacon": f"{UUID}/7/1", "receive_offset_db": -1.5,
-                             "references": figures["references"]}
+                             "references": [{"ref": reference_digest(f"ibeacon:{UUID}/7/2"),
+                                             "distance_m": 5.0, "state": "ok",
+                                             "level_db": -15.2}]}
             assert second["receive_offset_db"] == -2.0
             held = await retained(site.port, topics.calibration, topics.status)
             assert json.loads(held[topics.calibration]) == second
@@ -151,7 +157,7 @@ def test_the_venues_positions_give_the_distances_and_a_wrong_one_is_said(
     # kiosk-a's config says kiosk-b is 9 m away; the floor plan says 5 m (as the air did).
     wrong = json.loads(message("kiosk-a"))
     for ref in wrong["references"]:
-        if ref["badge"].endswith("/7/2"):
+        if ref["ref"] == reference_digest(f"ibeacon:{UUID}/7/2"):
             ref["distance_m"] = 9.0
     venue.handle(f"{BASE}/kiosk-a/calibration", dumps(wrong))
     venue.handle(f"{BASE}/kiosk-b/calibration", message("kiosk-b"))

@@ -9,9 +9,9 @@ and ``<topic_prefix>/<venue>`` for ``hallway venue``:
 - ``<base>/status``: retained ``online``; the broker publishes the last will ``offline`` when
   the connection dies, and a clean stop publishes ``offline`` itself.
 - ``<base>/calibration`` (scanners with reference beacons): retained, what the scanner hears
-  of the venue's reference badges (``calibration_payload``), for the venue's per-scanner
-  receive offsets (``hallway.proximity.scanners``); republished when it changes, at most every
-  ``present_interval_s``.
+  of the venue's reference badges, named by digest (``calibration_payload``), for the venue's
+  per-scanner receive offsets (``hallway.proximity.scanners``); republished when it changes,
+  at most every ``present_interval_s``.
 
 Topic levels made from names and contact ids are escaped with ``topic_level`` (``%``, ``/``,
 ``+``, ``#`` become ``%25``, ``%2F``, ``%2B``, ``%23``).
@@ -50,6 +50,7 @@ from hallway import codec
 from hallway.config import MqttConfig
 from hallway.errors import BrokerError, StoreError
 from hallway.logs import FailureStreak, get_logger
+from hallway.proximity.scanners import reference_digest
 from hallway.store import SqliteStore
 
 log = get_logger(__name__)
@@ -127,14 +128,16 @@ class Topics:
 
 
 def calibration_payload(status: Mapping[str, Any], beacon: str | None) -> dict[str, Any]:
-    """What a scanner tells the venue of its references: its own beacon (``uuid/major/minor``
-    or None), the receive offset its tracker uses, and its level of each badge reference it
-    hears (badge key, distance, level, state). References named by contact id are left out:
-    no contact id leaves this way."""
+    """What a scanner tells the venue of its references: its own beacon (``uuid/major/minor``,
+    which it broadcasts for this purpose, or None), the receive offset its tracker uses, and
+    its level of each badge reference it hears (the badge's ``reference_digest``, distance,
+    level, state). References named by contact id are left out: no contact id and no badge
+    key leaves this way."""
     refs = []
     for entry in status.get("references") or ():
         if "badge" in entry and isinstance(entry.get("level_db"), int | float):
-            refs.append({"badge": entry["badge"], "distance_m": entry.get("distance_m"),
+            refs.append({"ref": reference_digest(str(entry["badge"])),
+                         "distance_m": entry.get("distance_m"),
                          "level_db": entry["level_db"], "state": entry.get("state")})
     return {"beacon": beacon, "receive_offset_db": status.get("receive_offset_db", 0.0),
             "references": refs}

@@ -25,6 +25,7 @@ a scanner the positions do not know.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ TX_PRIOR_SD_DB = 2.0
 CONFIDENCE_SD_DB = 4.0  # confidence: the share of this variance the readings removed
 OFFSET_BOUNDS = (-20.0, 10.0)
 OUTLIER_DB = 8.0
+
+
+def reference_digest(badge_key: str) -> str:
+    """What a reference badge is called on the venue's broker: a digest of its key text
+    (``KIND:VALUE``), so the venue can match scanners' beacons without any badge key leaving
+    a scanner."""
+    return hashlib.sha256(f"hallway-reference:{badge_key.lower()}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)

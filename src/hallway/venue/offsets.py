@@ -2,8 +2,10 @@
 
 Every scanner with reference beacons publishes, retained on ``<scanner>/calibration``
 (``hallway.mqtt.calibration_payload``), the iBeacon it advertises itself (``[scanner.beacon]``)
-and its level of each badge reference it hears. A reference badge that is another scanner's
-beacon makes a pair: the receiver heard the transmitter at the distance its config names.
+and its level of each badge reference it hears, the badge named by a digest of its key
+(``reference_digest``): the venue matches the digest of each scanner's beacon against them.
+A reference badge that is another scanner's beacon makes a pair: the receiver heard the
+transmitter at the distance its config names.
 ``ScannerOffsets`` keeps the latest message per scanner and solves all pairs together
 (``hallway.proximity.scanners.solve``): each scanner's receive offset, bounded, with a
 confidence, and the pairs left out named: those the receiving scanner itself no longer trusts
@@ -32,7 +34,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from hallway.proximity.scanners import PairReading, Solution, solve
+from hallway.proximity.scanners import PairReading, Solution, reference_digest, solve
 
 MIN_CONFIDENCE = 0.5
 _PAIR_STATES = ("ok",)
@@ -110,7 +112,7 @@ class ScannerOffsets:
 
     def _refit(self) -> None:
         fresh = self._messages
-        beacons = {m["beacon"].lower(): n for n, m in fresh.items()
+        beacons = {reference_digest(f"ibeacon:{m['beacon']}"): n for n, m in fresh.items()
                    if isinstance(m.get("beacon"), str)}
         readings = []
         skipped: dict[tuple[str, str], str] = {}
@@ -119,9 +121,7 @@ class ScannerOffsets:
             for ref in message.get("references", []):
                 if not isinstance(ref, dict):
                     continue
-                badge = str(ref.get("badge", ""))
-                kind, _, value = badge.partition(":")
-                transmitter = beacons.get(value.lower()) if kind == "ibeacon" else None
+                transmitter = beacons.get(str(ref.get("ref", "")))
                 level, distance = ref.get("level_db"), ref.get("distance_m")
                 if transmitter is not None and transmitter != receiver \
                         and ref.get("state") not in _PAIR_STATES:
