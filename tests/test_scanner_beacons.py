@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
-from hallway.config import load_config
+from hallway.config import Config, load_config
 from hallway.proximity.scanners import PairReading, solve
 from hallway.sources.beacon import ibeacon_payload
+from hallway.venue.service import VenueService
 from tests.bluez_env import needs_dbus
 from tests.daemon_env import TOKEN, Daemon, free_port, start_daemon
+from tests.mqtt_env import PASSWORDS, VENUE, Site, retained, running_site
 from tests.support.fakebluez import Air, FakeBlueZ, PrivateBus
 
 pytestmark = [needs_dbus, pytest.mark.system]
@@ -38,7 +40,7 @@ RX_OFFSET = {"a": 0.0, "b": -8.0, "c": 0.0}
 MINOR = {"a": 1, "b": 2, "c": 3}
 
 
-def _config(tmp: Path, name: str, port: int) -> Path:
+def _config(tmp: Path, name: str, port: int, broker_port: int) -> Path:
     refs = "".join(
         f'[[proximity.reference]]\nibeacon = "{BEACON_UUID}/7/{MINOR[peer]}"\n'
         f"distance_m = {math.dist(SCANNERS[name], SCANNERS[peer]):g}\n"
@@ -46,13 +48,16 @@ def _config(tmp: Path, name: str, port: int) -> Path:
     path = tmp / name / "hallway.toml"
     path.parent.mkdir()
     path.write_text(
-        f'[scanner]\nname = "scanner-{name}"\nsource = "bleak"\n'
+        f'[scanner]\nname = "kiosk-{name}"\nsource = "bleak"\n'
         f'[scanner.beacon]\nibeacon = "{BEACON_UUID}/7/{MINOR[name]}"\n'
         "measured_power_dbm = -59\n"
         f'[storage]\ndatabase = "{tmp / name / "hallway.db"}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = "{tmp / name / "hallway.sock"}"\n'
         f'tokens = ["{TOKEN}"]\n[mdns]\nenabled = false\n'
         '[logging]\nlevel = "info"\nformat = "json"\n'
+        f'[mqtt]\nenabled = true\nport = {broker_port}\nusername = "kiosk-{name}"\n'
+        f'password = "{PASSWORDS["kiosk-" + name]}"\nvenue = "{VENUE}"\n'
+        "present_interval_s = 1.0\nreconnect_max_s = 1.0\n"
         "[proximity]\npath_loss_exponent = 2.0\n" + refs)
     load_config(path)  # the config as written is valid
     return path
@@ -86,6 +91,11 @@ def test_the_fake_air_hears_an_ibeacon_frame_as_stated() -> None:
 
 @pytest.mark.timeout(420)
 async def test_three_scanners_find_the_one_offset_receiver(tmp_path: Path) -> None:
+    with running_site(tmp_path / "broker") as site:
+        await _three_scanners(tmp_path, site)
+
+
+async def _three_scanners(tmp_path: Path, site: Site) -> None:
     short = Path(tempfile.mkdtemp(prefix="hw-air-"))  # Unix socket paths are short
     buses: dict[str, PrivateBus] = {}
     fakes: dict[str, FakeBlueZ] = {}
@@ -102,7 +112,7 @@ async def test_three_scanners_find_the_one_offset_receiver(tmp_path: Path) -> No
         air_task = asyncio.create_task(air.run())
         for name in SCANNERS:
             port = free_port()
-            config = _config(tmp_path, name, port)
+            config = _config(tmp_path, name, port, site.port)
             daemons[name] = start_daemon(tmp_path / name, config, port=port,
                                          watchdog_usec=5_000_000,
                                          env_extra={"DBUS_SYSTEM_BUS_ADDRESS":
@@ -159,6 +169,28 @@ async def test_three_scanners_find_the_one_offset_receiver(tmp_path: Path) -> No
         assert abs(offsets["c"]) < 2.0, offsets
         assert not solution.left_out
         assert min(o.confidence for o in solution.offsets.values()) > 0.7
+        # The same through the broker: each scanner's retained calibration message (no badge
+        # key in it), handled by the venue service as its MQTT reader hands messages over.
+        base = f"hallway/{VENUE}/scanners"
+        deadline = time.monotonic() + 30
+        while True:
+            held = await retained(site.port, f"{base}/+/calibration", f"{base}/kiosk-a/status")
+            messages = {t.split("/")[-2]: json.loads(p) for t, p in held.items()}
+            if len(messages) == 3 and all(len(m["references"]) == 2
+                                          for m in messages.values()):
+                break
+            assert time.monotonic() < deadline, messages
+            await asyncio.sleep(1.0)
+        assert BEACON_UUID not in json.dumps([m["references"] for m in messages.values()])
+        venue = VenueService(Config.model_validate({
+            "storage": {"database": str(tmp_path / "venue.db")},
+            "mqtt": {"enabled": True, "venue": VENUE}}))
+        for topic, payload in held.items():
+            assert venue.handle(topic, payload) == []
+        found = venue.status()["scanner_offsets"]["scanners"]
+        assert abs(found["kiosk-b"]["receive_offset_db"] + 8.0) < 2.0, found
+        assert abs(found["kiosk-a"]["receive_offset_db"]) < 2.0, found
+        assert found["kiosk-b"]["correction_db"] > 3.0, found  # what b's tracker lacks
     finally:
         # Stopped from threads: the fakes on this loop must answer their goodbyes.
         await asyncio.gather(*(asyncio.to_thread(d.stop) for d in daemons.values()))
