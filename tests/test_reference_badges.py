@@ -4,6 +4,7 @@ the real resolver."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import uuid
@@ -151,3 +152,46 @@ def test_a_moved_badge_is_said_and_left_out() -> None:
     assert states[f"ibeacon:{BEACON_UUID}/1/2"] == "moved: left out until it reads as before"
     assert states["address:C0:11:22:33:44:55"] == "ok"
     assert status["state"] == "offset only"
+
+
+@pytest.mark.parametrize("reader_process", [False, True])
+def test_a_replay_reader_resolves_badge_references_too(reader_process: bool) -> None:
+    """``hallway replay``'s reader resolves in its own resolver (in a child process by
+    default): badge references must reach the calibrator there too. A venue with exponent 3.0
+    configured as 2.0: an attendee 9 m away reads 27 m (outside R = 12 m) until the two badges
+    fit the exponent; then it arrives."""
+    from hallway.replay import replay
+    from hallway.trace import advertisement_json
+
+    config = parse_config(
+        "[proximity]\npath_loss_exponent = 2.0\n"
+        f"[[proximity.reference]]\nibeacon = \"{BEACON_UUID}/1/2\"\ndistance_m = 1.0\n"
+        "[[proximity.reference]]\naddress = \"C0:11:22:33:44:55\"\ndistance_m = 8\n")
+    attendee = Contact("c-1", "Ada", keys=(ContactKey(KeyKind.ADDRESS, "C0:AA:BB:CC:DD:EE"),))
+    rng = random.Random(4)
+    lines = []
+    for step in range(2 * 1500):
+        t = T0 + step * 0.5
+
+        def rssi(d: float) -> int:
+            return round(-59 - 30 * math.log10(d) + rng.gauss(0, 2))
+
+        for ad in (
+            Advertisement(t, "11:22:33:44:55:66", rssi=rssi(1.0),
+                          manufacturer_data={76: ibeacon_payload(1, 2, -59)}),
+            Advertisement(t, "C0:11:22:33:44:55", address_type="random", rssi=rssi(8.0)),
+            Advertisement(t, "C0:AA:BB:CC:DD:EE", address_type="random", rssi=rssi(9.0)),
+        ):
+            lines.append((json.dumps(advertisement_json(ad)) + "\n").encode())
+    out: list[str] = []
+    summary = replay(lines, [attendee], config, out.append, reader_process=reader_process)
+    assert summary.advertisements == len(lines)
+    events = [json.loads(line) for line in out]
+    assert {e["contact"]["id"] for e in events} == {"c-1"}  # the badges are nobody
+    assert events[0]["type"] == "arrived"
+    assert events[0]["ts"] > T0 + 60  # once the fit had two minute medians of each
+    # Without the references, the attendee never reads inside the radius.
+    plain = parse_config("[proximity]\npath_loss_exponent = 2.0\n")
+    unfitted: list[str] = []
+    replay(lines, [attendee], plain, unfitted.append, reader_process=reader_process)
+    assert unfitted == []
