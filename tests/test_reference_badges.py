@@ -195,3 +195,22 @@ def test_a_replay_reader_resolves_badge_references_too(reader_process: bool) -> 
     unfitted: list[str] = []
     replay(lines, [attendee], plain, unfitted.append, reader_process=reader_process)
     assert unfitted == []
+
+
+def test_a_badge_also_imported_as_a_contact_is_said_and_given_back_when_revoked() -> None:
+    pipeline = Pipeline(_config())
+    holder = Contact("c-badge", "Front desk badge",
+                     keys=(ContactKey(KeyKind.ADDRESS, "C0:11:22:33:44:55"),))
+    pipeline.load_contacts([holder], now=T0)
+    end = _feed(pipeline, 400, true_n=2.0, offset=0.0)
+    refs = pipeline.tracker.calibration_status(end)["references"]
+    states = {r["badge"]: r["state"] for r in refs}  # type: ignore[union-attr,index]
+    assert states["address:C0:11:22:33:44:55"].startswith(
+        'taken: contact c-badge holds this badge\'s key')
+    assert 'contact = "c-badge"' in states["address:C0:11:22:33:44:55"]
+    assert [p.contact_id for p in pipeline.present()] == ["c-badge"]  # the contact's now
+    # Revoked: the badge is the reference's again, and is heard as such.
+    pipeline.remove_contact("c-badge", now=end)
+    later = _feed(pipeline, 400, true_n=2.0, offset=0.0, start=end + 0.5, seed=5)
+    refs = pipeline.tracker.calibration_status(later)["references"]
+    assert [r["state"] for r in refs] == ["ok", "ok"]  # type: ignore[union-attr,index]

@@ -98,6 +98,8 @@ class Calibrator:
         self._refs = {r.contact_id: _RefState(r) for r in references}
         self._fit = Fit(exponent, offset_db, 0.0, "defaults" if references else "no references")
         self._fitted: tuple[float, float] | None = None  # the raw fit (n, offset)
+        # Badge references whose key an imported contact holds: reference id -> contact id.
+        self.taken: dict[str, str] = {}
         self._problem = ""
 
     def is_reference(self, contact_id: str) -> bool:
@@ -229,7 +231,11 @@ class Calibrator:
         refs = []
         usable = {r.contact_id for r, _, _ in self._usable(now)}
         for cid, ref in self._refs.items():
-            if ref.last_ts == -math.inf:
+            owner = self.taken.get(cid)
+            if owner is not None and now - ref.last_ts > SILENT_S:
+                state = (f"taken: contact {owner} holds this badge's key, so its sightings are "
+                         f"the contact's; name the reference by contact = \"{owner}\"")
+            elif ref.last_ts == -math.inf:
                 state = ("never heard (is the badge on, and within reach?)"
                          if ref.reference.key and not ref.reference.key.startswith("contact:")
                          else "never heard (is the contact imported and its badge on?)")

@@ -536,6 +536,11 @@ class Tracker:
         out["lossy"] = self._lossy()
         return out
 
+    def references_taken(self, taken: dict[str, str]) -> None:
+        """Badge references whose key an imported contact holds (reference id -> contact id):
+        their sightings are the contact's, and the reference says so (``Calibrator``)."""
+        self._calibrator.taken = taken
+
     def calibration_status(self, now: float) -> dict[str, object]:
         """The venue's fitted path loss and the reference beacons' states (``Calibrator``)."""
         return self._calibrator.status(now)
