@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from hallway.errors import ConfigError, Problem
+from hallway.errors import ConfigError, KeyFormatError, Problem
+from hallway.keys import eddystone_value, ibeacon_value, normalize_address
 
 ENV_CONFIG = "HALLWAY_CONFIG"
 INSTALLED_CONFIG = Path("/etc/hallway/config.toml")
@@ -46,6 +47,20 @@ def find_config_path(explicit: str | None) -> str | None:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BeaconConfig(_Section):
+    """``[scanner.beacon]``: this scanner advertises a reference beacon of its own, an iBeacon
+    (``uuid/major/minor``) whose 1 m power byte is ``measured_power_dbm``, through BlueZ's LE
+    advertising API; the venue's other scanners calibrate against it (docs/venue.md)."""
+
+    ibeacon: str
+    measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
+
+    @field_validator("ibeacon")
+    @classmethod
+    def _ibeacon(cls, value: str) -> str:
+        return _badge_value("ibeacon", value)
 
 
 class ScannerConfig(_Section):
@@ -76,6 +91,8 @@ class ScannerConfig(_Section):
     # The live daemon follows a source's clock (a replayed trace keeps its time) only this
     # close to the wall clock; beyond it the source is flagged and its timestamps clamped.
     max_clock_skew_s: float = Field(default=60.0, gt=0, le=86400)
+    # Advertise a reference beacon of our own (BeaconConfig); None: this scanner only listens.
+    beacon: BeaconConfig | None = None
 
 
 class IdentityConfig(_Section):
@@ -101,10 +118,70 @@ _KINDS = ("hallway-v1", "irk", "ibeacon", "eddystone-uid", "address")
 
 class ReferenceConfig(_Section):
     """A reference beacon at a known distance from the scanner (``[[proximity.reference]]``):
-    the contact whose sightings it makes (a badge imported as a contact)."""
+    either the contact whose sightings it makes (``contact``), or a badge named by its own key,
+    as a contacts file's CSV columns write it (``address``, ``ibeacon`` = ``uuid/major/minor``,
+    ``eddystone_uid`` = ``namespace/instance``), which need not be imported at all. A scanner's
+    own advertised beacon (``[scanner.beacon]``) is such a badge to the other scanners."""
 
-    contact: str = Field(min_length=1, max_length=200)
+    contact: str | None = Field(default=None, min_length=1, max_length=200)
+    address: str | None = None
+    ibeacon: str | None = None
+    eddystone_uid: str | None = None
     distance_m: float = Field(gt=0, le=100)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else _badge_value("address", value)
+
+    @field_validator("ibeacon")
+    @classmethod
+    def _ibeacon(cls, value: str | None) -> str | None:
+        return None if value is None else _badge_value("ibeacon", value)
+
+    @field_validator("eddystone_uid")
+    @classmethod
+    def _eddystone(cls, value: str | None) -> str | None:
+        return None if value is None else _badge_value("eddystone-uid", value)
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> ReferenceConfig:
+        named = [k for k in ("contact", "address", "ibeacon", "eddystone_uid")
+                 if getattr(self, k) is not None]
+        if len(named) != 1:
+            raise ValueError("a reference names exactly one of contact, address, ibeacon or "
+                             f"eddystone_uid (this one names {', '.join(named) or 'none'})")
+        return self
+
+    @property
+    def key(self) -> str:
+        """What identifies it: ``contact:ID`` or ``KIND:VALUE`` (canonical key text)."""
+        if self.contact is not None:
+            return f"contact:{self.contact}"
+        if self.address is not None:
+            return f"address:{self.address}"
+        if self.ibeacon is not None:
+            return f"ibeacon:{self.ibeacon}"
+        return f"eddystone-uid:{self.eddystone_uid}"
+
+
+def _badge_value(kind: str, value: str) -> str:
+    """A badge key's canonical text (``hallway.keys``), or ValueError with the reason."""
+    try:
+        if kind == "address":
+            return normalize_address(value)
+        parts = value.strip().split("/")
+        if kind == "ibeacon":
+            if len(parts) != 3 or not all(p.strip().isdigit() for p in parts[1:]):
+                raise KeyFormatError("ibeacon must be written uuid/major/minor (major and minor "
+                                     "whole numbers)")
+            return ibeacon_value(parts[0].strip(), int(parts[1]), int(parts[2]))
+        if len(parts) != 2:
+            raise KeyFormatError("eddystone_uid must be written namespace/instance (20 and 12 "
+                                 "hex digits)")
+        return eddystone_value(parts[0], parts[1])
+    except KeyFormatError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class ProximityConfig(_Section):
@@ -114,6 +191,9 @@ class ProximityConfig(_Section):
     near_m: float = Field(default=4.0, gt=0, le=100)
     presence_radius_m: float = Field(default=12.0, gt=0, le=200)
     path_loss_exponent: float = Field(default=2.0, ge=1.0, le=6.0)
+    # The receiver's own gain error (dB; a site survey's, `hallway calibrate --venue`): what
+    # the tracker uses while no reference beacon says otherwise.
+    receive_offset_db: float = Field(default=0.0, ge=-20, le=10)
     default_measured_power_dbm: int = Field(default=-59, ge=-120, le=20)
     measured_power_dbm: dict[str, int] = Field(default_factory=dict)
     rssi_time_constant_s: float = Field(default=2.0, gt=0, le=120)
@@ -148,9 +228,9 @@ class ProximityConfig(_Section):
     ) -> tuple[ReferenceConfig, ...]:
         seen = set()
         for ref in value:
-            if ref.contact in seen:
-                raise ValueError(f"reference contact {ref.contact!r} is listed twice")
-            seen.add(ref.contact)
+            if ref.key in seen:
+                raise ValueError(f"reference {ref.key} is listed twice")
+            seen.add(ref.key)
         return value
 
     @field_validator("pausing_kinds")
@@ -369,6 +449,18 @@ class VenueConfig(_Section):
     return_window_s: float = Field(default=60.0, ge=0, le=3600)
     depart_grace_s: float = Field(default=15.0, ge=0, le=600)
     offline_grace_s: float = Field(default=30.0, ge=0, le=3600)
+    # Where each scanner stands (metres, [x, y] on the floor plan): the distance between two
+    # scanners that hear each other's reference beacons, for their receive offsets.
+    positions: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("positions")
+    @classmethod
+    def _finite_positions(cls, value: dict[str, tuple[float, float]]
+                          ) -> dict[str, tuple[float, float]]:
+        for name, (x, y) in value.items():
+            if not (abs(x) <= 100_000 and abs(y) <= 100_000):
+                raise ValueError(f"position of {name!r} must be finite metres")
+        return value
 
 
 class CheckinConfig(_Section):
@@ -431,13 +523,23 @@ class Config(_Section):
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?$")
 _ASSIGN = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+_ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.\-]+)\s*\]\]\s*(#.*)?$")
 
 
 def _key_lines(text: str) -> dict[str, int]:
-    """Dotted key -> 1-based line number, for simple TOML (headers and ``key = value``)."""
+    """Dotted key -> 1-based line number, for simple TOML (headers, ``[[arrays]]`` of tables
+    as ``name.INDEX``, and ``key = value``)."""
     lines: dict[str, int] = {}
     section = ""
+    counts: dict[str, int] = {}  # array of tables ([[name]]) -> entries so far
     for number, line in enumerate(text.splitlines(), start=1):
+        array = _ARRAY_HEADER.match(line)
+        if array:
+            index = counts.get(array.group(1), 0)
+            counts[array.group(1)] = index + 1
+            section = f"{array.group(1)}.{index}"
+            lines.setdefault(section, number)
+            continue
         header = _HEADER.match(line)
         if header:
             section = header.group(1)

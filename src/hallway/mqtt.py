@@ -8,6 +8,10 @@ and ``<topic_prefix>/<venue>`` for ``hallway venue``:
   entry plus ``scanner`` and ``ts``); an empty retained message clears it.
 - ``<base>/status``: retained ``online``; the broker publishes the last will ``offline`` when
   the connection dies, and a clean stop publishes ``offline`` itself.
+- ``<base>/calibration`` (scanners with reference beacons): retained, what the scanner hears
+  of the venue's reference badges, named by digest (``calibration_payload``), for the venue's
+  per-scanner receive offsets (``hallway.proximity.scanners``); republished when it changes,
+  at most every ``present_interval_s``.
 
 Topic levels made from names and contact ids are escaped with ``topic_level`` (``%``, ``/``,
 ``+``, ``#`` become ``%25``, ``%2F``, ``%2B``, ``%23``).
@@ -46,6 +50,7 @@ from hallway import codec
 from hallway.config import MqttConfig
 from hallway.errors import BrokerError, StoreError
 from hallway.logs import FailureStreak, get_logger
+from hallway.proximity.scanners import reference_digest
 from hallway.store import SqliteStore
 
 log = get_logger(__name__)
@@ -115,6 +120,27 @@ class Topics:
     def present(self, contact_id: str) -> str:
         """The retained presence of one contact."""
         return f"{self.base}/present/{topic_level(contact_id)}"
+
+    @property
+    def calibration(self) -> str:
+        """Retained: the scanner's reference beacon figures (``calibration_payload``)."""
+        return f"{self.base}/calibration"
+
+
+def calibration_payload(status: Mapping[str, Any], beacon: str | None) -> dict[str, Any]:
+    """What a scanner tells the venue of its references: its own beacon (``uuid/major/minor``,
+    which it broadcasts for this purpose, or None), the receive offset its tracker uses, and
+    its level of each badge reference it hears (the badge's ``reference_digest``, distance,
+    level, state). References named by contact id are left out: no contact id and no badge
+    key leaves this way."""
+    refs = []
+    for entry in status.get("references") or ():
+        if "badge" in entry and isinstance(entry.get("level_db"), int | float):
+            refs.append({"ref": reference_digest(str(entry["badge"])),
+                         "distance_m": entry.get("distance_m"),
+                         "level_db": entry["level_db"], "state": entry.get("state")})
+    return {"beacon": beacon, "receive_offset_db": status.get("receive_offset_db", 0.0),
+            "references": refs}
 
 
 def venue_base(config: MqttConfig) -> str:
@@ -274,8 +300,12 @@ class MqttPublisher:
         extra: ExtraMessages | None = None,
         clock: Callable[[], float] = time.time,
         ready: Callable[[], bool] | None = None,
+        calibration: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
+        # The scanner's reference figures (``calibration_payload``), published retained.
+        self._calibration = calibration
+        self._sent_calibration: dict[str, Any] | None = None
         # False while events must wait (a scanner catching up with the venue registry).
         self._ready = ready
         self._scanner = scanner
@@ -293,6 +323,7 @@ class MqttPublisher:
         self._held: set[str] = set()
         self._sent_present: dict[str, dict[str, Any]] = {}
         self._next_refresh = 0.0
+        self._next_calibration = 0.0
         self._newest_seq = 0
         self._failures = FailureStreak(log)
         self._last_error: str | None = None
@@ -401,6 +432,8 @@ class MqttPublisher:
                     log.info("mqtt_connected", host=self._config.host, port=self._config.port)
                 self._last_error = None
                 self._next_refresh = 0.0
+                self._next_calibration = 0.0
+                self._sent_calibration = None  # a new session says it again
                 try:
                     await client.publish(self._topics.status, ONLINE, qos=1, retain=True)
                     async with asyncio.TaskGroup() as group:
@@ -440,6 +473,13 @@ class MqttPublisher:
             if self._present_provider is not None and now >= self._next_refresh:
                 self._next_refresh = now + self._config.present_interval_s
                 await self._refresh_presence(client)
+            if self._calibration is not None and now >= self._next_calibration:
+                self._next_calibration = now + self._config.present_interval_s
+                payload = self._calibration()
+                if payload != self._sent_calibration:
+                    await self._send(client, [OutMessage(self._topics.calibration,
+                                                         dumps(payload), retain=True)])
+                    self._sent_calibration = payload
             wait = POLL_S
             if self._present_provider is not None:
                 wait = min(wait, max(0.0, self._next_refresh - time.monotonic()))

@@ -8,7 +8,7 @@ events go out; turning them into SPEC §5 objects with a ``seq`` is the caller's
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from hallway.config import Config
 from hallway.identity.resolver import Resolver
@@ -23,6 +23,7 @@ from hallway.models import (
     Sighting,
 )
 from hallway.parsing.checkin import CheckinFrame, Refusal
+from hallway.proximity.references import badge_contacts
 from hallway.proximity.tracker import Tracker
 
 _UNKNOWN_RSSI = -127
@@ -41,6 +42,14 @@ class Pipeline:
         # source may skip a stranger before building its record; ``feed`` would drop it anyway.
         self.screen = self._resolver.screen
         self.tracker = Tracker(config.proximity, checkin_hold_s=config.checkin.hold_s)
+        # Reference beacons named by badge: resolved as contacts of their own, never stored.
+        self._badges = badge_contacts(config.proximity.reference)
+        # A badge reference's key -> its reference id; and the ones an imported contact holds
+        # too (the contact wins: its sightings are the contact's; the reference says so).
+        self._badge_keys = {(k.kind, k.value): b.id for b in self._badges for k in b.keys}
+        self._taken: dict[str, str] = {}  # reference id -> contact id holding its key
+        if resolving and self._badges:
+            self._resolver.set_contacts(self._badges, now=0.0)
         self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
         self._forgotten: list[str] = []
@@ -62,8 +71,10 @@ class Pipeline:
         for contact_id in sorted(self._contacts.keys() - active.keys()):
             events.extend(self._forget(contact_id, now))
         if self._resolving:
-            self._resolver.set_contacts(active.values(), now=now)
+            self._resolver.set_contacts([*self._badges, *active.values()], now=now)
         self._contacts = active
+        if self._badge_keys:
+            self._check_badges(active.values())
         self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
         heapq.heapify(self._expiries)
         self._events += len(events)
@@ -78,6 +89,8 @@ class Pipeline:
         if self._resolving:
             self._resolver.upsert_contact(contact, now=now)
         self._contacts[contact.id] = contact
+        if self._badge_keys:
+            self._check_badges([contact])
         if contact.expires_at is not None:
             heapq.heappush(self._expiries, (contact.expires_at, contact.id))
         return []
@@ -98,6 +111,8 @@ class Pipeline:
             self._contacts[contact.id] = contact
             if contact.expires_at is not None:
                 heapq.heappush(self._expiries, (contact.expires_at, contact.id))
+        if self._badge_keys:
+            self._check_badges(active)
         return events
 
     def remove_contact(
@@ -118,10 +133,36 @@ class Pipeline:
         forgotten, self._forgotten = self._forgotten, []
         return forgotten
 
+    def _check_badges(self, contacts: Iterable[Contact]) -> None:
+        """Note badge references whose key an imported contact holds too (and, for a contact
+        that changed, those it no longer holds)."""
+        for contact in contacts:
+            held = {self._badge_keys[(k.kind, k.value)] for k in contact.keys
+                    if (k.kind, k.value) in self._badge_keys}
+            for ref_id, owner in list(self._taken.items()):
+                if owner == contact.id and ref_id not in held:
+                    self._release_badge(ref_id)
+            for ref_id in held:
+                self._taken[ref_id] = contact.id
+        self.tracker.references_taken(dict(self._taken))
+
+    def _release_badge(self, ref_id: str) -> None:
+        """The contact that held a badge reference's key no longer does: the badge resolves
+        to the reference again."""
+        del self._taken[ref_id]
+        if self._resolving:
+            badge = next(b for b in self._badges if b.id == ref_id)
+            self._resolver.remove_contact(ref_id)
+            self._resolver.upsert_contact(badge, now=0.0)
+
     def _forget(self, contact_id: str, now: float) -> list[PresenceEvent]:
         self._contacts.pop(contact_id, None)
         if self._resolving:
             self._resolver.remove_contact(contact_id)
+        if self._taken:
+            for ref_id in [r for r, owner in self._taken.items() if owner == contact_id]:
+                self._release_badge(ref_id)
+            self.tracker.references_taken(dict(self._taken))
         self._forgotten.append(contact_id)
         events = self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED)
         events.append(PresenceEvent(EventType.REVOKED, now, contact_id))

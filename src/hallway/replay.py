@@ -32,6 +32,7 @@ from hallway.identity.resolver import Resolver
 from hallway.models import Contact, KeyKind, PresenceEvent, Sighting
 from hallway.pipeline import Pipeline
 from hallway.proximity.receiver import ReceiverMonitor
+from hallway.proximity.references import badge_contacts
 from hallway.trace import TraceLineError, TraceParser
 
 MAX_REPORTED_BAD_LINES = 10
@@ -251,7 +252,9 @@ def replay(
     wall_zero = trace_zero = 0.0
     last_ts: float | None = None
     next_progress = started + PROGRESS_EVERY_S
-    for batch in read(lines, contacts, config, longest):
+    # Reference beacons named by badge are resolved by the reader like contacts (never shown).
+    resolvable = [*contacts, *badge_contacts(config.proximity.reference)]
+    for batch in read(lines, resolvable, config, longest):
         for item in batch.items:
             ts = item[0]
             if summary.first_ts is None:

@@ -48,7 +48,7 @@ from hallway.models import (
     KeyKind,
     PresenceEvent,
 )
-from hallway.mqtt import MqttPublisher, follow_hub
+from hallway.mqtt import MqttPublisher, calibration_payload, follow_hub
 from hallway.notify import SystemdNotifier
 from hallway.parsing.checkin import CheckinFrame, Refusal
 from hallway.pipeline import Pipeline
@@ -69,6 +69,7 @@ from hallway.store import SqliteStore
 
 if TYPE_CHECKING:
     from hallway.checkin.peripheral import BluezPeripheral
+    from hallway.sources.beacon import BeaconAdvertiser
 
 log = get_logger(__name__)
 
@@ -144,6 +145,7 @@ class Service(EdgesFacade):
         self._handoff: Handoff | None = None
         self._generation = -1
         self._peripheral: BluezPeripheral | None = None  # with [checkin] enabled
+        self._beacon: BeaconAdvertiser | None = None  # with [scanner.beacon]
         self._applied: int | None = None  # the last contact change applied (None: none yet)
         self._registry: RegistryClient | None = None
         self._loaded = asyncio.Event()
@@ -257,6 +259,8 @@ class Service(EdgesFacade):
             "source_stats": source.stats() if source is not None else {},
             # Check-ins (GATT) and refused writes by kind; no central is ever named.
             **({"checkin": self._peripheral.stats()} if self._peripheral is not None else {}),
+            # The reference beacon this scanner advertises for the others ([scanner.beacon]).
+            **({"scanner_beacon": self._beacon.stats()} if self._beacon is not None else {}),
             **({"web": self._edges.web.stats()} if self._edges.web is not None else {}),
             # What the tracker knows of its receiver, and the venue's fitted path loss.
             "proximity": self._proximity_status(),
@@ -271,6 +275,12 @@ class Service(EdgesFacade):
             "receiver": tracker.receiver_status(),
             "calibration": tracker.calibration_status(self._now()),
         }
+
+    def _calibration_payload(self) -> dict[str, Any]:
+        """What this scanner tells the venue of its reference beacons (MQTT, retained)."""
+        beacon = self.config.scanner.beacon
+        return calibration_payload(self.pipeline.tracker.calibration_status(self._now()),
+                                   None if beacon is None else beacon.ibeacon)
 
     def _socket_status(self) -> dict[str, Any]:
         """``status`` for a socket client; the loop probe's maximum starts again after it."""
@@ -362,6 +372,8 @@ class Service(EdgesFacade):
                 # With the venue registry: nothing goes out until it has caught up (a contact
                 # revoked meanwhile has its logged events purged first).
                 ready=self._registry_current if config.registry.enabled else None,
+                calibration=self._calibration_payload if (
+                    config.proximity.reference or config.scanner.beacon) else None,
             )
         await edges.start_server(status_provider=self._socket_status,
                                  present_provider=self._present_json, clock=self._now)
@@ -376,6 +388,10 @@ class Service(EdgesFacade):
 
             self._peripheral = BluezPeripheral(config.checkin, adapter=config.scanner.adapter,
                                                sink=self._on_checkin)
+        if config.scanner.beacon is not None:
+            from hallway.sources.beacon import BeaconAdvertiser  # noqa: PLC0415 - dbus-fast
+
+            self._beacon = BeaconAdvertiser(config.scanner.beacon, adapter=config.scanner.adapter)
 
     def _on_checkin(self, frame: CheckinFrame) -> Refusal | None:
         """A well-formed check-in from the peripheral: resolved, tracked, published."""
@@ -663,6 +679,8 @@ class Service(EdgesFacade):
                 ]
                 if self._peripheral is not None:
                     tasks.append(group.create_task(self._peripheral.run(), name="checkin"))
+                if self._beacon is not None:
+                    tasks.append(group.create_task(self._beacon.run(), name="beacon"))
                 if self._mqtt is not None:
                     # The publisher outlives the other loops: it drains the log after the
                     # shutdown departures are flushed (see _shutdown).

@@ -20,6 +20,11 @@ bleak's BlueZ backend talks only D-Bus, so serving BlueZ's objects on a private
   hands each write to the application as BlueZ would hand a central's write, with a central
   device (the phone adapter's address) connected on the first adapter. So a real bleak client
   (``hallway checkin``) talks to the daemon's real peripheral through it.
+* ``Air`` links several ``FakeBlueZ`` (one per scanner, each on its own bus, as each scanner is
+  its own machine): every advertisement registered on one through
+  ``LEAdvertisingManager1.RegisterAdvertisement`` is heard by the others, a few times a
+  second, at the level their positions, the beacon's stated power, the receiver's offset and
+  some noise give; so scanner daemons advertising reference beacons hear each other.
 * ``FakeBlueZProcess`` runs ``python tests/support/fakebluez.py`` as a child process (so it
   can be killed like bluetoothd) and drives it over a Unix socket, one JSON object per line.
 
@@ -48,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import select
@@ -1280,6 +1286,94 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+# ------------------------------------------------------------------------- the air ----
+
+@dataclass
+class _Radio:
+    fake: FakeBlueZ
+    position: tuple[float, float]
+    rx_offset_db: float
+    tx_error_db: float
+
+
+class Air:
+    """Fake BlueZ radios in one room, hearing each other's advertisements.
+
+    Each scanner of a venue is its own machine with its own bluetoothd, so each ``FakeBlueZ``
+    here is on its own bus; ``Air`` links them. ``rate_hz`` times a second, every advertisement
+    registered on one of them through ``LEAdvertisingManager1.RegisterAdvertisement`` (read
+    from the registering client's ``LEAdvertisement1`` object: manufacturer and service data,
+    service UUIDs, local name) is reported by every other one (``FakeBlueZ.report``: only
+    while someone discovers there, as bluetoothd does), from the advertiser's adapter address,
+    at ``p + tx_error_db(tx) + rx_offset_db(rx) - 10·exponent·log10(d) + noise``. ``p`` is the
+    1 m power the frame states (an iBeacon's power byte, else ``TxPower - 41``, else -59),
+    ``d`` the distance between the radios' positions, the noise Gaussian (``sigma_db``).
+    A radio's ``rx_offset_db`` is its receiver's gain error, which a venue wants to find.
+    """
+
+    def __init__(self, *, exponent: float = 2.0, rate_hz: float = 5.0, sigma_db: float = 2.0,
+                 seed: int = 1) -> None:
+        self.exponent = exponent
+        self.rate_hz = rate_hz
+        self.sigma_db = sigma_db
+        self._rng = random.Random(seed)
+        self._radios: list[_Radio] = []
+        self.heard = 0  # advertisements reported to a discovering radio
+
+    def add(self, fake: FakeBlueZ, position: tuple[float, float], *, rx_offset_db: float = 0.0,
+            tx_error_db: float = 0.0) -> None:
+        """Put ``fake`` in the room at ``position`` (metres)."""
+        self._radios.append(_Radio(fake, position, rx_offset_db, tx_error_db))
+
+    def rssi(self, tx: _Radio, rx: _Radio, stated_1m_dbm: float) -> int:
+        """One reading at ``rx`` of an advertisement from ``tx``."""
+        distance = max(0.1, math.dist(tx.position, rx.position))
+        level = (stated_1m_dbm + tx.tx_error_db + rx.rx_offset_db
+                 - 10.0 * self.exponent * math.log10(distance) + self._rng.gauss(0, self.sigma_db))
+        return max(-127, min(20, round(level)))
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        while True:
+            now = time.time()
+            for tx in self._radios:
+                if not tx.fake._has_adapter or not tx.fake._powered:
+                    continue
+                for props in tx.fake.registered_advertisements():
+                    adv, stated = _advertisement_of(props, tx.fake._adapter_address, now)
+                    for rx in self._radios:
+                        if rx is not tx and rx.fake.report(
+                                adv._replace(rssi=self.rssi(tx, rx, stated),
+                                             scanner=rx.fake.adapter)):
+                            self.heard += 1
+            for radio in self._radios:
+                await radio.fake.flush()
+            await asyncio.sleep(1.0 / self.rate_hz)
+
+
+def _plain(value: Any) -> Any:
+    return _plain(value.value) if isinstance(value, Variant) else value
+
+
+def _advertisement_of(props: dict[str, Any], address: str, ts: float
+                      ) -> tuple[Advertisement, float]:
+    """A registered advertisement as heard over the air, and the 1 m power it states."""
+    mfr = {int(k): bytes(_plain(v)) for k, v in (props.get("ManufacturerData") or {}).items()}
+    svc = {str(k).lower(): bytes(_plain(v))
+           for k, v in (props.get("ServiceData") or {}).items()}
+    stated = -59.0
+    beacon = mfr.get(0x004C)
+    if beacon is not None and len(beacon) == 23 and beacon[:2] == b"\x02\x15":
+        stated = float(struct.unpack("b", beacon[22:23])[0])
+    elif "TxPower" in props:
+        stated = float(props["TxPower"]) - 41.0
+    adv = Advertisement(ts=ts, address=address.upper(), address_type="public",
+                        local_name=props.get("LocalName"), manufacturer_data=mfr,
+                        service_data=svc,
+                        service_uuids=tuple(str(u).lower() for u in props.get("ServiceUUIDs", ())))
+    return adv, stated
 
 
 # ------------------------------------------------------------------ synthetic emitters ----

@@ -1,5 +1,6 @@
 """``hallway calibrate CONTACT --distance M``: measure one phone's offset against the running
-daemon and (with ``--save``) store it as the contact's ``calibration_db``.
+daemon and (with ``--save``) store it as the contact's ``calibration_db``. (``hallway
+calibrate --venue`` surveys the venue's reference beacons instead: ``hallway.commands.survey``.)
 
 Phones and badges differ by several dB in what they send; the tracker reads a loud phone as
 nearer than it is. Hold the contact's phone still at a known distance from the scanner (1 m
@@ -23,6 +24,7 @@ import time
 from typing import Any
 
 from hallway.client import Target
+from hallway.commands import survey
 from hallway.commands._client import add_target_options, clean, resolve
 from hallway.commands._common import config_from_args
 from hallway.models import Contact
@@ -42,13 +44,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "this reads the running daemon's distance estimate once a second and works out the "
         "contact's calibration_db (stored with --save). Use the daemon's --config.",
     )
-    parser.add_argument("contact", metavar="CONTACT", help="contact id")
+    parser.add_argument("contact", metavar="CONTACT", nargs="?",
+                        help="contact id (not with --venue)")
     parser.add_argument("--distance", type=float, default=1.0, metavar="METRES",
                         help="the true distance from the scanner (default 1)")
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long to read (default 20)")
     parser.add_argument("--save", action="store_true",
                         help="store the result as the contact's calibration_db")
+    survey.add_options(parser)
     add_target_options(parser)
     parser.set_defaults(func=run)
 
@@ -59,6 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
     from hallway.errors import ContactNotFound, StoreError
 
+    if args.venue:
+        if args.contact is not None or args.save:
+            print("hallway calibrate: --venue surveys reference beacons; it takes no CONTACT "
+                  "or --save", file=sys.stderr)
+            return 2
+        return survey.run(args)
+    if args.contact is None:
+        print("hallway calibrate: name a CONTACT (or survey the venue with --venue)",
+              file=sys.stderr)
+        return 2
     if not 0.1 <= args.distance <= 100 or not 1 <= args.seconds <= 600:
         print("hallway calibrate: --distance must be 0.1-100 m and --seconds 1-600",
               file=sys.stderr)

@@ -56,10 +56,12 @@ READING_SIGMA_DB = 1.5  # a reference's own unknown power error, on top of its s
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """A reference beacon: the contact whose sightings it makes, and its distance."""
+    """A reference beacon: the contact whose sightings it makes, and its distance; ``key`` is
+    how the config names it (``contact:ID`` or a badge's ``KIND:VALUE``)."""
 
     contact_id: str
     distance_m: float
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +90,16 @@ class _RefState:
 class Calibrator:
     """Fits the venue's exponent and the receiver's offset from reference beacons."""
 
-    def __init__(self, references: list[Reference], *, exponent: float) -> None:
+    def __init__(self, references: list[Reference], *, exponent: float,
+                 offset_db: float = 0.0) -> None:
+        """``exponent`` and ``offset_db``: the configured defaults (a survey's, or 2.0 and 0)."""
         self._default = exponent
+        self._default_offset = offset_db
         self._refs = {r.contact_id: _RefState(r) for r in references}
-        self._fit = Fit(exponent, 0.0, 0.0, "defaults" if references else "no references")
+        self._fit = Fit(exponent, offset_db, 0.0, "defaults" if references else "no references")
         self._fitted: tuple[float, float] | None = None  # the raw fit (n, offset)
+        # Badge references whose key an imported contact holds: reference id -> contact id.
+        self.taken: dict[str, str] = {}
         self._problem = ""
 
     def is_reference(self, contact_id: str) -> bool:
@@ -171,52 +178,23 @@ class Calibrator:
         return out
 
     def _compute(self, now: float) -> Fit:
-        default = self._default
+        default, base = self._default, self._default_offset
         if not self._refs:
-            return Fit(default, 0.0, 0.0, "no references")
+            return Fit(default, base, 0.0, "no references")
         usable = self._usable(now)
         self._problem = ""
         if len(usable) >= 3:
             usable = self._drop_outlier(usable)
         if not usable:
-            return Fit(default, 0.0, 0.0, "defaults: no reference heard well enough yet")
-        xs = [-10.0 * math.log10(max(r.distance_m, 0.1)) for r, _, _ in usable]
-        spread = max(xs) - min(xs)
-        if len(usable) >= 2 and spread >= 10.0 * MIN_SPREAD:
-            return self._fit_both(usable, xs)
-        # One reference (or all at one distance): the offset only, at the configured n.
-        offsets = [level - default * x for (_, level, _), x in zip(usable, xs, strict=True)]
-        errors = [e for _, _, e in usable]
-        offset = statistics.fmean(offsets)
-        se = math.sqrt(sum(e * e for e in errors)) / len(errors)
-        offset = min(max(offset, OFFSET_BOUNDS[0]), OFFSET_BOUNDS[1])
-        confidence = _weight(PRIOR_OFFSET_SD_DB, se)
-        self._fitted = (default, offset)
-        return Fit(default, confidence * offset, confidence, "offset only")
-
-    def _fit_both(self, usable: list[tuple[Reference, float, float]], xs: list[float]) -> Fit:
-        default = self._default
-        levels = [level for _, level, _ in usable]
-        weights = [1.0 / (e * e) for _, _, e in usable]
-        total = sum(weights)
-        mx = sum(w * x for w, x in zip(weights, xs, strict=True)) / total
-        ml = sum(w * v for w, v in zip(weights, levels, strict=True)) / total
-        sxx = sum(w * (x - mx) ** 2 for w, x in zip(weights, xs, strict=True))
-        sxl = sum(w * (x - mx) * (v - ml) for w, x, v in zip(weights, xs, levels, strict=True))
-        n = sxl / sxx
-        if not PLAUSIBLE[0] <= n <= PLAUSIBLE[1]:
-            self._fitted = (n, ml - n * mx)
-            self._problem = f"references disagree (they fit exponent {n:.2f})"
-            return Fit(default, 0.0, 0.0, f"inconsistent: {self._problem}; defaults kept")
-        n = min(max(n, EXPONENT_BOUNDS[0]), EXPONENT_BOUNDS[1])
-        offset = min(max(ml - n * mx, OFFSET_BOUNDS[0]), OFFSET_BOUNDS[1])
-        se_n = 1.0 / math.sqrt(sxx)
-        se_o = math.sqrt(1.0 / total + mx * mx / sxx)
-        w_n = _weight(PRIOR_EXPONENT_SD, se_n)
-        w_o = _weight(PRIOR_OFFSET_SD_DB, se_o)
-        self._fitted = (n, offset)
-        state = "fitted" if not self._problem else f"fitted; {self._problem}"
-        return Fit(default + w_n * (n - default), w_o * offset, min(w_n, w_o), state)
+            return Fit(default, base, 0.0, "defaults: no reference heard well enough yet")
+        points = [(r.distance_m, level, error) for r, level, error in usable]
+        fit, self._fitted, problem = fit_points(points, exponent=default, offset_db=base)
+        if problem:
+            self._problem = problem
+            return fit
+        if self._problem and fit.state == "fitted":
+            return Fit(fit.exponent, fit.offset_db, fit.confidence, f"fitted; {self._problem}")
+        return fit
 
     def _drop_outlier(
         self, usable: list[tuple[Reference, float, float]]
@@ -242,7 +220,8 @@ class Calibrator:
                 worst = (off, k)
         if worst is not None and worst[0] > OUTLIER_DB:
             ref = usable[worst[1]][0]
-            self._problem = f"reference {ref.contact_id} lies {worst[0]:.0f} dB off, left out"
+            name = ref.key if ref.key and not ref.key.startswith("contact:") else ref.contact_id
+            self._problem = f"reference {name} lies {worst[0]:.0f} dB off, left out"
             return usable[: worst[1]] + usable[worst[1] + 1 :]
         return usable
 
@@ -252,8 +231,14 @@ class Calibrator:
         refs = []
         usable = {r.contact_id for r, _, _ in self._usable(now)}
         for cid, ref in self._refs.items():
-            if ref.last_ts == -math.inf:
-                state = "never heard (is the contact imported and its badge on?)"
+            owner = self.taken.get(cid)
+            if owner is not None and now - ref.last_ts > SILENT_S:
+                state = (f"taken: contact {owner} holds this badge's key, so its sightings are "
+                         f"the contact's; name the reference by contact = \"{owner}\"")
+            elif ref.last_ts == -math.inf:
+                state = ("never heard (is the badge on, and within reach?)"
+                         if ref.reference.key and not ref.reference.key.startswith("contact:")
+                         else "never heard (is the contact imported and its badge on?)")
             elif now - ref.last_ts > SILENT_S:
                 state = "silent"
             elif ref.moved_ts is not None:
@@ -262,9 +247,12 @@ class Calibrator:
                 state = "ok"
             else:
                 state = "learning"
-            entry: dict[str, object] = {
-                "contact": cid, "distance_m": ref.reference.distance_m, "state": state,
-            }
+            entry: dict[str, object] = {"distance_m": ref.reference.distance_m, "state": state}
+            key = ref.reference.key
+            if key and not key.startswith("contact:"):
+                entry["badge"] = key
+            else:
+                entry["contact"] = cid
             if ref.minutes:
                 entry["level_db"] = round(statistics.median(list(ref.minutes)[-WINDOW_MINUTES:]), 1)
             refs.append(entry)
@@ -274,12 +262,56 @@ class Calibrator:
             "receive_offset_db": round(fit.offset_db, 2),
             "confidence": round(fit.confidence, 2),
             "configured_exponent": self._default,
+            "configured_offset_db": self._default_offset,
             "references": refs,
         }
         if self._fitted is not None:
             out["fitted_exponent"] = round(self._fitted[0], 3)
             out["fitted_offset_db"] = round(self._fitted[1], 2)
         return out
+
+
+def fit_points(points: list[tuple[float, float, float]], *, exponent: float,
+               offset_db: float = 0.0) -> tuple[Fit, tuple[float, float] | None, str]:
+    """The fit of (distance m, level dB, its standard error dB) points against the defaults
+    ``exponent`` and ``offset_db``: (what to use, the raw fit (n, offset) or None, the problem
+    found or ""). Two or more points ``MIN_SPREAD`` apart fit both, bounded; fewer, the offset
+    alone; an implausible exponent keeps the defaults (state ``inconsistent: ...``). Each
+    figure used is the default and the fit weighed by their precision (see the module
+    docstring). Used by the ``Calibrator`` and by ``hallway calibrate --venue``."""
+    if not points:
+        return (Fit(exponent, offset_db, 0.0, "defaults: no reference heard well enough yet"),
+                None, "")
+    xs = [-10.0 * math.log10(max(d, 0.1)) for d, _, _ in points]
+    levels = [level for _, level, _ in points]
+    errors = [e for _, _, e in points]
+    if len(points) >= 2 and max(xs) - min(xs) >= 10.0 * MIN_SPREAD:
+        weights = [1.0 / (e * e) for e in errors]
+        total = sum(weights)
+        mx = sum(w * x for w, x in zip(weights, xs, strict=True)) / total
+        ml = sum(w * v for w, v in zip(weights, levels, strict=True)) / total
+        sxx = sum(w * (x - mx) ** 2 for w, x in zip(weights, xs, strict=True))
+        sxl = sum(w * (x - mx) * (v - ml) for w, x, v in zip(weights, xs, levels, strict=True))
+        n = sxl / sxx
+        if not PLAUSIBLE[0] <= n <= PLAUSIBLE[1]:
+            problem = f"references disagree (they fit exponent {n:.2f})"
+            return (Fit(exponent, offset_db, 0.0, f"inconsistent: {problem}; defaults kept"),
+                    (n, ml - n * mx), problem)
+        n = min(max(n, EXPONENT_BOUNDS[0]), EXPONENT_BOUNDS[1])
+        offset = min(max(ml - n * mx, OFFSET_BOUNDS[0]), OFFSET_BOUNDS[1])
+        se_n = 1.0 / math.sqrt(sxx)
+        se_o = math.sqrt(1.0 / total + mx * mx / sxx)
+        w_n = _weight(PRIOR_EXPONENT_SD, se_n)
+        w_o = _weight(PRIOR_OFFSET_SD_DB, se_o)
+        return (Fit(exponent + w_n * (n - exponent), offset_db + w_o * (offset - offset_db),
+                    min(w_n, w_o), "fitted"), (n, offset), "")
+    # One reference (or all at one distance): the offset only, at the configured n.
+    offsets = [level - exponent * x for level, x in zip(levels, xs, strict=True)]
+    offset = min(max(statistics.fmean(offsets), OFFSET_BOUNDS[0]), OFFSET_BOUNDS[1])
+    se = math.sqrt(sum(e * e for e in errors)) / len(errors)
+    confidence = _weight(PRIOR_OFFSET_SD_DB, se)
+    return (Fit(exponent, offset_db + confidence * (offset - offset_db), confidence,
+                "offset only"), (exponent, offset), "")
 
 
 def _weight(prior_sd: float, standard_error: float) -> float:

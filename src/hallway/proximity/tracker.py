@@ -117,6 +117,7 @@ from hallway.proximity.calibration import Calibrator, Reference
 from hallway.proximity.distance import db_factor
 from hallway.proximity.filter import LevelFilter
 from hallway.proximity.receiver import ReceiverMonitor
+from hallway.proximity.references import reference_id
 from hallway.proximity.zones import Zone, ZoneMap
 
 
@@ -299,10 +300,10 @@ class Tracker:
         """``checkin_hold_s``: the longest a check-in keeps its contact heard (see above)."""
         self._config = config
         self._checkin_hold_s = checkin_hold_s
-        self._set_radio(config.path_loss_exponent, 0.0)
+        self._set_radio(config.path_loss_exponent, config.receive_offset_db)
         self._calibrator = Calibrator(
-            [Reference(r.contact, r.distance_m) for r in config.reference],
-            exponent=config.path_loss_exponent,
+            [Reference(reference_id(r), r.distance_m, r.key) for r in config.reference],
+            exponent=config.path_loss_exponent, offset_db=config.receive_offset_db,
         )
         self._next_fit = -math.inf
         default_power = config.default_measured_power_dbm
@@ -534,6 +535,11 @@ class Tracker:
         out["reception_rule"] = "on" if self._reception_rule_on() else "off"
         out["lossy"] = self._lossy()
         return out
+
+    def references_taken(self, taken: dict[str, str]) -> None:
+        """Badge references whose key an imported contact holds (reference id -> contact id):
+        their sightings are the contact's, and the reference says so (``Calibrator``)."""
+        self._calibrator.taken = taken
 
     def calibration_status(self, now: float) -> dict[str, object]:
         """The venue's fitted path loss and the reference beacons' states (``Calibrator``)."""

@@ -93,6 +93,9 @@ class Arbiter:
     def __init__(self, config: VenueConfig, *, path_loss_exponent: float) -> None:
         self._config = config
         self._ten_n = 10.0 * path_loss_exponent
+        # dB added to a scanner's levels: its receive offset as the venue fitted it
+        # (``hallway.venue.offsets``), against the one its own tracker used.
+        self.corrections: Mapping[str, float] = {}
         self._people: dict[str, _Person] = {}
         self._offline_since: dict[str, float] = {}
         self.counts: dict[str, int] = {"stale_readings": 0, "arrived": 0, "moved": 0,
@@ -250,7 +253,8 @@ class Arbiter:
         for scanner, reading in person.readings.items():
             if not self._usable(scanner, now):
                 continue
-            level = -self._ten_n * math.log10(reading.distance_m)
+            level = (-self._ten_n * math.log10(reading.distance_m)
+                     + self.corrections.get(scanner, 0.0))
             room = self.room_name(scanner)
             best = scores.get(room)
             if best is None or level > best.level_db:

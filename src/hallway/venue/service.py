@@ -54,6 +54,7 @@ from hallway.registry.publisher import RegistryPublisher
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
 from hallway.venue.homeassistant import HomeAssistantDiscovery
+from hallway.venue.offsets import ScannerOffsets
 
 log = get_logger(__name__)
 
@@ -87,6 +88,10 @@ class VenueService(EdgesFacade):
         self._base = venue_base(mqtt)
         self.topics = Topics.for_venue(mqtt)
         self.arbiter = Arbiter(config.venue, path_loss_exponent=config.proximity.path_loss_exponent)
+        # Per-scanner receive offsets from the scanners' reference beacons (their
+        # <scanner>/calibration messages), applied to their levels by the arbiter.
+        self.offsets = ScannerOffsets(exponent=config.proximity.path_loss_exponent,
+                                      positions=config.venue.positions)
         self._contacts: dict[str, Contact] = {}
         self._forgetting: list[str] = []  # revoked: still to forget in the hub and the log
         self._forget_wake = asyncio.Event()
@@ -141,6 +146,7 @@ class VenueService(EdgesFacade):
             "registry": self.registry.stats() if self.registry is not None else None,
             **self._n,
             **{f"decisions_{k}": v for k, v in self.arbiter.counts.items()},
+            "scanner_offsets": self.offsets.status(),
         }
 
     def _status_line(self) -> str:
@@ -254,7 +260,7 @@ class VenueService(EdgesFacade):
                     delay = BACKOFF_START_S
                     scanners = f"{self._base}/scanners/+"
                     for topic in (f"{scanners}/status", f"{scanners}/present/+",
-                                  f"{scanners}/events"):
+                                  f"{scanners}/events", f"{scanners}/calibration"):
                         await client.subscribe(topic, qos=1)
                     async for message in client.messages:
                         payload = message.payload
@@ -296,6 +302,11 @@ class VenueService(EdgesFacade):
             return events
         if parts[1:] == ["events"]:
             return self._on_event(scanner, payload, now)
+        if parts[1:] == ["calibration"]:
+            if not self.offsets.receive(scanner, payload):
+                self._n["malformed"] += 1
+            self.arbiter.corrections = self.offsets.corrections
+            return []
         if len(parts) == 3 and parts[1] == "present":
             return self._on_present(scanner, unescape_level(parts[2]), payload, now)
         self._n["malformed"] += 1
