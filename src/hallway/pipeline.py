@@ -11,6 +11,7 @@ import heapq
 from collections.abc import Sequence
 
 from hallway.config import Config
+from hallway.identity.book import ContactBook
 from hallway.identity.resolver import Resolver
 from hallway.models import (
     CHECKIN,
@@ -36,12 +37,14 @@ class Pipeline:
         process) and come in through ``sighted``; the resolver stays empty."""
         self._config = config
         self._resolving = resolving
-        self._resolver = Resolver(config.identity)
+        # The active contacts, compact (``hallway.identity.book``): the resolver writes it as
+        # contacts change; without resolving, the pipeline does.
+        self._book = ContactBook()
+        self._resolver = Resolver(config.identity, book=self._book)
         # Whether an advertisement's raw fields could be a contact's (``Resolver.screen``): a
         # source may skip a stranger before building its record; ``feed`` would drop it anyway.
         self.screen = self._resolver.screen
         self.tracker = Tracker(config.proximity, checkin_hold_s=config.checkin.hold_s)
-        self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
         self._forgotten: list[str] = []
         self._hold: str | None = None
@@ -59,11 +62,13 @@ class Pipeline:
         as by ``remove_contact`` (a present one departs with reason ``revoked``; a tombstone)."""
         active = {c.id: c for c in contacts if c.active(now)}
         events: list[PresenceEvent] = []
-        for contact_id in sorted(self._contacts.keys() - active.keys()):
+        for contact_id in sorted(set(self._book) - active.keys()):
             events.extend(self._forget(contact_id, now))
         if self._resolving:
             self._resolver.set_contacts(active.values(), now=now)
-        self._contacts = active
+        else:
+            for contact in active.values():
+                self._book.put(contact)
         self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
         heapq.heapify(self._expiries)
         self._events += len(events)
@@ -77,7 +82,8 @@ class Pipeline:
             return self.remove_contact(contact.id, now=now, tombstone=revoked)
         if self._resolving:
             self._resolver.upsert_contact(contact, now=now)
-        self._contacts[contact.id] = contact
+        else:
+            self._book.put(contact)
         if contact.expires_at is not None:
             heapq.heappush(self._expiries, (contact.expires_at, contact.id))
         return []
@@ -94,8 +100,10 @@ class Pipeline:
                 events.extend(self.remove_contact(contact.id, now=now, tombstone=revoked))
         if self._resolving:
             self._resolver.upsert_many(active, now=now)
+        else:
+            for contact in active:
+                self._book.put(contact)
         for contact in active:
-            self._contacts[contact.id] = contact
             if contact.expires_at is not None:
                 heapq.heappush(self._expiries, (contact.expires_at, contact.id))
         return events
@@ -106,7 +114,7 @@ class Pipeline:
         """Revoke one contact: nothing of it resolves after return; if present it departs with
         reason ``revoked``; a ``revoked`` tombstone follows when it was loaded (or when
         ``tombstone``: a revocation this pipeline had not seen the contact of)."""
-        if contact_id not in self._contacts and not tombstone:
+        if contact_id not in self._book and not tombstone:
             return []
         events = self._forget(contact_id, now)
         self._events += len(events)
@@ -119,9 +127,10 @@ class Pipeline:
         return forgotten
 
     def _forget(self, contact_id: str, now: float) -> list[PresenceEvent]:
-        self._contacts.pop(contact_id, None)
         if self._resolving:
             self._resolver.remove_contact(contact_id)
+        else:
+            self._book.pop(contact_id)
         self._forgotten.append(contact_id)
         events = self.tracker.remove(contact_id, now=now, reason=DepartReason.REVOKED)
         events.append(PresenceEvent(EventType.REVOKED, now, contact_id))
@@ -138,8 +147,10 @@ class Pipeline:
         return self._hold
 
     def contact(self, contact_id: str) -> Contact | None:
-        """An active contact by id (None once revoked or expired)."""
-        return self._contacts.get(contact_id)
+        """An active contact by id (None once revoked or expired): its public fields, consent
+        expiry and calibration, rebuilt from the compact book (no keys, grant time or match
+        hashes: see ``hallway.identity.book``)."""
+        return self._book.get(contact_id)
 
     # -- the stream ----------------------------------------------------------------------------
 
@@ -181,9 +192,8 @@ class Pipeline:
         if sighting.rssi <= _UNKNOWN_RSSI:
             self._no_rssi += 1
             return []
-        contact = self._contacts.get(sighting.contact_id)
         events = self.tracker.observe(
-            sighting, calibration_db=0.0 if contact is None else contact.calibration_db
+            sighting, calibration_db=self._book.calibration_db(sighting.contact_id)
         )
         if events:
             self._events += len(events)
@@ -195,8 +205,7 @@ class Pipeline:
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             expires_at, contact_id = heapq.heappop(expiries)
-            contact = self._contacts.get(contact_id)
-            if contact is None or contact.expires_at != expires_at:
+            if contact_id not in self._book or self._book.expires_at(contact_id) != expires_at:
                 continue
             events.extend(self._forget(contact_id, now))
         self._resolver.maintain(now)
@@ -224,7 +233,7 @@ class Pipeline:
             held=self._held,
             events=self._events,
             checkins=self._checkins,
-            contacts=len(self._contacts),
+            contacts=len(self._book),
             present=len(self.tracker.present()),
         )
         return out
