@@ -3,15 +3,15 @@
 Theory of operation. For each hallway-v1 key we keep its RPIK (16 bytes, derived once). The
 table maps ``RPI -> (key, interval)`` for a small set of *tracked* intervals. An RPI seen at
 clock interval ``i`` is accepted when its entry's interval lies in ``i-back .. i+ahead``
-(SPEC §3: ``i-2 .. i+1``), so finding a contact costs one hash lookup and one comparison, never
-a pass over the keys.
+(SPEC §3: ``i-2 .. i+1``), so finding a contact costs one bucket search and one comparison,
+never a pass over the keys.
 
 A build (the first keys, or a jump in time) fills exactly the window. Rolling forward is
 incremental: ``maintain(i)`` precomputes the next interval, ``i+ahead+1``, so that when the clock
 crosses the boundary the new window is already complete, and drops intervals that fell out of
 ``i-back .. i+ahead+1``, a slice at a time, each slice bounded by a work-time budget. A new key
 is inserted at once for every tracked interval (a few AES blocks); a removed key is deleted at
-once from every tracked interval.
+once from every tracked interval and every interval still being dropped.
 
 ``lookup`` never depends on ``maintain`` having run: when the window of its interval is not
 complete it builds what is missing synchronously (one cipher context and one AES call per key
