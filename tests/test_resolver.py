@@ -765,3 +765,32 @@ def test_irk_budget_grants_hold_their_share_of_the_window() -> None:
     assert cache.resolve(waiting[3], 82.1, -90) is None
     assert cache.aes_ops == ops + 4
     assert cache.known_stranger(waiting[3])
+
+
+def test_a_reused_key_slot_never_answers_for_its_old_key() -> None:
+    """A removed key's slot goes to the next key added: none of the old key's RPIs, in any
+    interval (tracked, being built, being dropped), may then name the new contact."""
+    others = [Contact(f"c-{n}", "x", keys=(ContactKey(KeyKind.HALLWAY_V1, f"{n:032x}"),))
+              for n in range(1, 400)]
+    resolver = make_resolver(ada(), *others, now=I0 * 600)
+    while resolver.maintain(I0 * 600):
+        pass
+    later = (I0 + 2) * 600 + 1
+    assert resolver.maintain(later, budget_s=1e-9)  # I0-2, I0-1 being dropped, I0+3 built
+    resolver.remove_contact("c-0001")
+    bob_key = "00112233445566778899aabbccddeeff"
+    resolver.upsert_contact(
+        Contact("c-0002", "Bob", keys=(ContactKey(KeyKind.HALLWAY_V1, bob_key),)), now=later)
+    bob_rpik = crypto.derive_rpik(bytes.fromhex(bob_key))
+    for clock in (I0 * 600 + 1, later):
+        for offset in range(-3, 5):
+            assert resolver.resolve(mfr_adv(crypto.rpi_for_interval(RPIK, I0 + offset),
+                                            clock)) is None
+    while resolver.maintain(later, budget_s=1e-9):
+        pass
+    for offset in range(-3, 5):
+        assert resolver.resolve(mfr_adv(crypto.rpi_for_interval(RPIK, I0 + offset), later)) is None
+    assert resolver.resolve(mfr_adv(crypto.rpi_for_interval(bob_rpik, I0 + 2), later)) == Match(
+        "c-0002", KeyKind.HALLWAY_V1)
+    assert resolver.stats()["token_entries"] == 5 * 400
+    assert resolver.stats()["token_keys"] == 400

@@ -11,6 +11,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 
 from hallway.config import Config
+from hallway.identity.book import ContactBook
 from hallway.identity.resolver import Resolver
 from hallway.models import (
     CHECKIN,
@@ -37,20 +38,24 @@ class Pipeline:
         process) and come in through ``sighted``; the resolver stays empty."""
         self._config = config
         self._resolving = resolving
-        self._resolver = Resolver(config.identity)
+        # The active contacts, compact (``hallway.identity.book``): the resolver writes it as
+        # contacts change; without resolving, the pipeline does.
+        self._book = ContactBook()
+        self._resolver = Resolver(config.identity, book=self._book)
         # Whether an advertisement's raw fields could be a contact's (``Resolver.screen``): a
         # source may skip a stranger before building its record; ``feed`` would drop it anyway.
         self.screen = self._resolver.screen
         self.tracker = Tracker(config.proximity, checkin_hold_s=config.checkin.hold_s)
-        # Reference beacons named by badge: resolved as contacts of their own, never stored.
+        # Reference beacons named by badge: resolved as contacts of their own, never stored
+        # (in the book while resolving, as the resolver keeps it; never forgotten or counted).
         self._badges = badge_contacts(config.proximity.reference)
+        self._badge_ids = frozenset(b.id for b in self._badges)
         # A badge reference's key -> its reference id; and the ones an imported contact holds
         # too (the contact wins: its sightings are the contact's; the reference says so).
         self._badge_keys = {(k.kind, k.value): b.id for b in self._badges for k in b.keys}
         self._taken: dict[str, str] = {}  # reference id -> contact id holding its key
         if resolving and self._badges:
             self._resolver.set_contacts(self._badges, now=0.0)
-        self._contacts: dict[str, Contact] = {}
         self._expiries: list[tuple[float, str]] = []
         self._forgotten: list[str] = []
         self._hold: str | None = None
@@ -68,11 +73,13 @@ class Pipeline:
         as by ``remove_contact`` (a present one departs with reason ``revoked``; a tombstone)."""
         active = {c.id: c for c in contacts if c.active(now)}
         events: list[PresenceEvent] = []
-        for contact_id in sorted(self._contacts.keys() - active.keys()):
+        for contact_id in sorted(set(self._book) - active.keys() - self._badge_ids):
             events.extend(self._forget(contact_id, now))
         if self._resolving:
             self._resolver.set_contacts([*self._badges, *active.values()], now=now)
-        self._contacts = active
+        else:
+            for contact in active.values():
+                self._book.put(contact)
         if self._badge_keys:
             self._check_badges(active.values())
         self._expiries = [(c.expires_at, c.id) for c in active.values() if c.expires_at is not None]
@@ -88,7 +95,8 @@ class Pipeline:
             return self.remove_contact(contact.id, now=now, tombstone=revoked)
         if self._resolving:
             self._resolver.upsert_contact(contact, now=now)
-        self._contacts[contact.id] = contact
+        else:
+            self._book.put(contact)
         if self._badge_keys:
             self._check_badges([contact])
         if contact.expires_at is not None:
@@ -107,8 +115,10 @@ class Pipeline:
                 events.extend(self.remove_contact(contact.id, now=now, tombstone=revoked))
         if self._resolving:
             self._resolver.upsert_many(active, now=now)
+        else:
+            for contact in active:
+                self._book.put(contact)
         for contact in active:
-            self._contacts[contact.id] = contact
             if contact.expires_at is not None:
                 heapq.heappush(self._expiries, (contact.expires_at, contact.id))
         if self._badge_keys:
@@ -121,7 +131,7 @@ class Pipeline:
         """Revoke one contact: nothing of it resolves after return; if present it departs with
         reason ``revoked``; a ``revoked`` tombstone follows when it was loaded (or when
         ``tombstone``: a revocation this pipeline had not seen the contact of)."""
-        if contact_id not in self._contacts and not tombstone:
+        if contact_id not in self._book and not tombstone:
             return []
         events = self._forget(contact_id, now)
         self._events += len(events)
@@ -156,9 +166,10 @@ class Pipeline:
             self._resolver.upsert_contact(badge, now=0.0)
 
     def _forget(self, contact_id: str, now: float) -> list[PresenceEvent]:
-        self._contacts.pop(contact_id, None)
         if self._resolving:
             self._resolver.remove_contact(contact_id)
+        else:
+            self._book.pop(contact_id)
         if self._taken:
             for ref_id in [r for r, owner in self._taken.items() if owner == contact_id]:
                 self._release_badge(ref_id)
@@ -179,8 +190,10 @@ class Pipeline:
         return self._hold
 
     def contact(self, contact_id: str) -> Contact | None:
-        """An active contact by id (None once revoked or expired)."""
-        return self._contacts.get(contact_id)
+        """An active contact by id (None once revoked or expired): its public fields, consent
+        expiry and calibration, rebuilt from the compact book (no keys, grant time or match
+        hashes: see ``hallway.identity.book``)."""
+        return None if contact_id in self._badge_ids else self._book.get(contact_id)
 
     # -- the stream ----------------------------------------------------------------------------
 
@@ -222,9 +235,8 @@ class Pipeline:
         if sighting.rssi <= _UNKNOWN_RSSI:
             self._no_rssi += 1
             return []
-        contact = self._contacts.get(sighting.contact_id)
         events = self.tracker.observe(
-            sighting, calibration_db=0.0 if contact is None else contact.calibration_db
+            sighting, calibration_db=self._book.calibration_db(sighting.contact_id)
         )
         if events:
             self._events += len(events)
@@ -236,8 +248,7 @@ class Pipeline:
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             expires_at, contact_id = heapq.heappop(expiries)
-            contact = self._contacts.get(contact_id)
-            if contact is None or contact.expires_at != expires_at:
+            if contact_id not in self._book or self._book.expires_at(contact_id) != expires_at:
                 continue
             events.extend(self._forget(contact_id, now))
         self._resolver.maintain(now)
@@ -270,7 +281,7 @@ class Pipeline:
             held=self._held,
             events=self._events,
             checkins=self._checkins,
-            contacts=len(self._contacts),
+            contacts=len(self._book) - sum(1 for b in self._badge_ids if b in self._book),
             present=len(self.tracker.present()),
         )
         return out

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from hallway.config import IdentityConfig
 from hallway.errors import KeyFormatError
+from hallway.identity.book import ContactBook
 from hallway.identity.crypto import aem_crypt, interval_number
 from hallway.identity.irk import DEFAULT_TRIALS_PER_S, IrkCache, choose_backend
 from hallway.identity.tokens import TokenTable
@@ -99,7 +100,9 @@ def _eddystone_index(value: str) -> bytes:
 class Resolver:
     """Decides whose an advertisement is; see the module docstring. Not thread-safe."""
 
-    def __init__(self, config: IdentityConfig) -> None:
+    def __init__(self, config: IdentityConfig, *, book: ContactBook | None = None) -> None:
+        """``book``: where the active contacts are held (a pipeline shares its own); the
+        resolver writes it as contacts are set, upserted and removed."""
         self._company_id = config.hallway_company_id
         self._tokens = TokenTable(
             skew_back=config.token_skew_back, skew_ahead=config.token_skew_ahead
@@ -113,7 +116,7 @@ class Resolver:
         self._irks = IrkCache(max_entries=config.irk_cache_size, ttl_s=config.irk_cache_ttl_s,
                               trials_per_s=trials or None, window_s=IRK_BUDGET_WINDOW_S,
                               backend=backend)
-        self._contacts: dict[str, Contact] = {}
+        self._book = ContactBook() if book is None else book
         self._ibeacon: dict[bytes, str] = {}
         self._eddystone: dict[bytes, str] = {}
         self._address: dict[str, str] = {}
@@ -130,38 +133,27 @@ class Resolver:
 
     # -- contacts ----------------------------------------------------------------------------
 
+    @property
+    def book(self) -> ContactBook:
+        """The active contacts (shared with whoever passed it in)."""
+        return self._book
+
     def set_contacts(self, contacts: Iterable[Contact], *, now: float) -> None:
         """Replace all contacts; unchanged ones keep their precomputed state."""
         new = {c.id: c for c in contacts}
-        for contact_id in [cid for cid in self._contacts if cid not in new]:
+        for contact_id in [cid for cid in self._book if cid not in new]:
             self.remove_contact(contact_id)
-        token_batch: list[tuple[str, list[bytes]]] = []
-        irk_batch: list[tuple[str, list[bytes]]] = []
-        interval = interval_number(now)
-        for contact in new.values():
-            old = self._contacts.get(contact.id)
-            if old is not None and old.keys == contact.keys and contact.revoked_at is None:
-                self._contacts[contact.id] = contact
-                continue
-            tokens, irks = self._install(contact)
-            if tokens:
-                token_batch.append((contact.id, tokens))
-            if irks:
-                irk_batch.append((contact.id, irks))
-        self._tokens.add_many(token_batch, now_interval=interval)
-        self._irks.add_many(irk_batch)
-        self._tokens.ensure(interval)
+        self.upsert_many(new.values(), now=now)
 
     def upsert_many(self, contacts: Iterable[Contact], *, now: float) -> None:
         """``upsert_contact`` for a batch (one table pass for their hallway-v1 keys)."""
         token_batch: list[tuple[str, list[bytes]]] = []
         irk_batch: list[tuple[str, list[bytes]]] = []
         for contact in contacts:
-            old = self._contacts.get(contact.id)
-            if old is not None and old.keys == contact.keys and contact.revoked_at is None:
-                self._contacts[contact.id] = contact
+            installed = self._upsert(contact)
+            if installed is None:
                 continue
-            tokens, irks = self._install(contact)
+            tokens, irks = installed
             if tokens:
                 token_batch.append((contact.id, tokens))
             if irks:
@@ -173,11 +165,10 @@ class Resolver:
 
     def upsert_contact(self, contact: Contact, *, now: float) -> None:
         """Add or change one contact; its keys resolve (or stop resolving) on return."""
-        old = self._contacts.get(contact.id)
-        if old is not None and old.keys == contact.keys and contact.revoked_at is None:
-            self._contacts[contact.id] = contact
+        installed = self._upsert(contact)
+        if installed is None:
             return
-        tokens, irks = self._install(contact)
+        tokens, irks = installed
         if tokens:
             self._tokens.set_keys(contact.id, tokens, now_interval=interval_number(now))
         if irks:
@@ -185,7 +176,10 @@ class Resolver:
 
     def remove_contact(self, contact_id: str) -> None:
         """Revoke: nothing of this contact resolves after return."""
-        self._contacts.pop(contact_id, None)
+        self._book.pop(contact_id)
+        self._remove_keys(contact_id)
+
+    def _remove_keys(self, contact_id: str) -> None:
         self._tokens.remove(contact_id)
         self._irks.remove(contact_id)
         statics = self._static_of.pop(contact_id, None)
@@ -201,14 +195,20 @@ class Resolver:
                 if self._address.get(address) == contact_id:
                     del self._address[address]
 
-    def _install(self, contact: Contact) -> tuple[list[bytes], list[bytes]]:
-        """(Re)install a contact's static keys; return its hallway-v1 keys and IRKs to add."""
-        contact_id = contact.id
-        if contact_id in self._contacts:
-            self.remove_contact(contact_id)
+    def _upsert(self, contact: Contact) -> tuple[list[bytes], list[bytes]] | None:
+        """Hold ``contact`` in the book; if its keys are new or changed, (re)install its static
+        keys and return its hallway-v1 keys and IRKs to add (None: nothing to add)."""
         if contact.revoked_at is not None:
-            return [], []
-        self._contacts[contact_id] = contact
+            self.remove_contact(contact.id)
+            return None
+        if not self._book.put(contact):
+            return None  # the same keys: the tables stay as they are
+        self._remove_keys(contact.id)
+        return self._install(contact)
+
+    def _install(self, contact: Contact) -> tuple[list[bytes], list[bytes]]:
+        """Install a contact's static keys; return its hallway-v1 keys and IRKs to add."""
+        contact_id = contact.id
         tokens: list[bytes] = []
         irks: list[bytes] = []
         statics: tuple[list[bytes], list[bytes], list[str]] | None = None
@@ -306,8 +306,7 @@ class Resolver:
         return address.upper() in self._address
 
     def _hit(self, contact_id: str, via: KeyKind, power: int | None, ts: float) -> Match | None:
-        contact = self._contacts.get(contact_id)
-        if contact is None or not contact.active(ts):
+        if not self._book.active(contact_id, ts):
             self._inactive += 1
             return None
         self._matched[via] += 1
@@ -446,7 +445,7 @@ class Resolver:
             token_sync_builds=self._tokens.sync_builds,
             irk_keys=self._irks.key_count,
             irk_trials_per_s=self.irk_trials_per_s,
-            contacts=len(self._contacts),
+            contacts=len(self._book),
             bad_keys=self._bad_keys,
             internal_errors=self._internal_errors,
         )

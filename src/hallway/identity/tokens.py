@@ -3,37 +3,46 @@
 Theory of operation. For each hallway-v1 key we keep its RPIK (16 bytes, derived once). The
 table maps ``RPI -> (key, interval)`` for a small set of *tracked* intervals. An RPI seen at
 clock interval ``i`` is accepted when its entry's interval lies in ``i-back .. i+ahead``
-(SPEC §3: ``i-2 .. i+1``), so finding a contact costs one hash lookup and one comparison, never
-a pass over the keys.
+(SPEC §3: ``i-2 .. i+1``), so finding a contact costs one bucket search and one comparison,
+never a pass over the keys.
 
 A build (the first keys, or a jump in time) fills exactly the window. Rolling forward is
 incremental: ``maintain(i)`` precomputes the next interval, ``i+ahead+1``, so that when the clock
 crosses the boundary the new window is already complete, and drops intervals that fell out of
 ``i-back .. i+ahead+1``, a slice at a time, each slice bounded by a work-time budget. A new key
 is inserted at once for every tracked interval (a few AES blocks); a removed key is deleted at
-once from every tracked interval.
+once from every tracked interval and every interval still being dropped.
 
 ``lookup`` never depends on ``maintain`` having run: when the window of its interval is not
 complete it builds what is missing synchronously (one cipher context and one AES call per key
 for all missing intervals), which is what a replay jumping hours ahead needs.
 
-Layout, chosen for the event loop's sake (measured on CPython 3.11):
+Layout, chosen for memory and the event loop's sake (measured on CPython 3.11):
 
-- The one logical table is split into 256 dicts by the RPI's first byte, which is uniformly
-  random. A lookup is still a single dict lookup, but no single dict grows past a few thousand
-  entries at 100k contacts: CPython resizes a dict in one O(n) step, and a 500k-entry table
-  stalled an insert for 35-200 ms while rolling; a shard's resize is a fraction of a ms.
-- Each value is one int, ``slot << 32 | (interval mod 2**32)`` (an RPI only encodes the interval
-  mod 2**32 anyway), where ``slot`` numbers the key (never reused). Per-key data sits in dicts of
-  plain ints, bytes and strings. None of these is tracked by the cyclic garbage collector, so
-  100k keys and half a million entries add no collector pauses (per-key objects and tuples
-  did: a full collection took 50-100 ms).
+- The one logical table is 65,536 buckets chosen by the RPI's first two bytes (uniformly
+  random). A bucket is one ``bytes`` of 22-byte entries: the RPI's other 14 bytes, the key's
+  slot (uint32 LE) and the interval mod 2**32 (uint32 LE). A lookup is one list index and one
+  ``bytes.find`` in a bucket of a few entries (checked to start on an entry boundary): the
+  whole RPI is compared, so there are no false hits. An entry costs 22 bytes, not the 49-byte
+  ``bytes`` key, the int value and the dict slot of a dict entry (about 130 bytes): 250,000
+  entries (50,000 keys x 5 intervals) take about 8 MB instead of about 35 MB. Inserting or
+  deleting rewrites one small bucket; no step ever resizes the whole table (a dict of 500k
+  entries stalled an insert for 35-200 ms while it resized).
+- Per-key data sits in slot-indexed flat storage: the owner's id in a list and the key and
+  RPIK (32 bytes) in one ``bytearray``. Slots are reused: a removed key's entries are deleted
+  from every interval that may hold them (tracked or being dropped) and its 32 bytes zeroed
+  before its slot goes back on the free list, so no entry can ever name a slot's next owner.
+- Nothing per entry or per key is an object the cyclic garbage collector tracks, so 100k keys
+  add no collector pauses (per-key objects and tuples did: a full collection took 50-100 ms).
 - Building an interval costs one AES-ECB context per key (about 5 µs; the block itself is
   0.2 µs). Contexts are not kept per key: they weigh about 1 KB each, the RPIK 16 bytes.
+- Dropping an interval walks the buckets a slice at a time, rewriting those that hold its
+  entries.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,22 +51,36 @@ from hallway.identity.crypto import derive_aemk, derive_rpik, ecb_encryptor, rpi
 
 _SLICE = 32
 """Keys built between two looks at the work-time budget (about 0.2 ms)."""
+_DROP_SLICE = 512
+"""Buckets rewritten between two looks at the budget while dropping an interval."""
 _MASK = 0xFFFFFFFF
-_SHIFT = 32
-_SHARDS = 256
+_BUCKETS = 1 << 16
+_ENTRY = 22  # RPI bytes 2..15, slot uint32 LE, interval mod 2**32 uint32 LE
+_TAIL = 14
+_SECRET = 32  # K || RPIK per slot
+_PACK = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+
+
+def _find(bucket: bytes, tail: bytes) -> int:
+    """The offset of the entry whose RPI tail is ``tail``, or -1."""
+    pos = bucket.find(tail)
+    while pos > 0 and pos % _ENTRY:
+        pos = bucket.find(tail, pos + 1)
+    return pos
 
 
 @dataclass(slots=True)
 class _Build:
     interval: int
-    slots: list[int]
+    end: int  # slots below this (live at the start) are built; later ones are added directly
     pos: int = 0
 
 
 @dataclass(slots=True)
 class _Drop:
     interval: int
-    shard: int = 0
+    bucket: int = 0
 
 
 class TokenTable:
@@ -66,16 +89,15 @@ class TokenTable:
     def __init__(self, *, skew_back: int = 2, skew_ahead: int = 1) -> None:
         self._back = skew_back
         self._ahead = skew_ahead
-        self._shards: list[dict[bytes, int]] = [{} for _ in range(_SHARDS)]
-        # live keys by slot (slots are never reused): owner, RPIK, K, and AEMK once derived
-        self._contact_of: dict[int, str] = {}
-        self._rpik_of: dict[int, bytes] = {}
-        self._key_of: dict[int, bytes] = {}
+        self._buckets: list[bytes] = [b""] * _BUCKETS
+        self._entries = 0
+        # keys by slot: owner (None: free), K || RPIK, and the AEMK once derived
+        self._owner: list[str | None] = []
+        self._secret = bytearray()
         self._aemk_of: dict[int, bytes] = {}
-        self._next_slot = 0
-        self._keys: dict[str, tuple[int, ...]] = {}  # contact -> its slots
-        self._flat: list[int] = []  # every slot added, in order; removed ones not in _rpik_of
-        self._dead = 0
+        self._free: list[int] = []
+        self._live = 0
+        self._keys: dict[str, int | tuple[int, ...]] = {}  # contact -> its slot(s)
         self._tracked: set[int] = set()  # intervals complete or being built
         self._complete: set[int] = set()
         self._building: dict[int, _Build] = {}
@@ -87,22 +109,26 @@ class TokenTable:
     # -- contents ----------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return sum(len(shard) for shard in self._shards)
+        return self._entries
 
     @property
     def key_count(self) -> int:
         """Number of live hallway-v1 keys."""
-        return len(self._rpik_of)
+        return self._live
 
     def contact_of(self, slot: int) -> str:
         """The contact owning a live key slot (as returned by ``lookup``)."""
-        return self._contact_of[slot]
+        owner = self._owner[slot]
+        if owner is None:
+            raise KeyError(slot)
+        return owner
 
     def aemk_of(self, slot: int) -> bytes:
         """The AEM key of a live key slot, derived on first use (only EN frames need it)."""
         aemk = self._aemk_of.get(slot)
         if aemk is None:
-            aemk = self._aemk_of[slot] = derive_aemk(self._key_of[slot])
+            start = slot * _SECRET
+            aemk = self._aemk_of[slot] = derive_aemk(bytes(self._secret[start:start + 16]))
         return aemk
 
     def set_keys(self, contact_id: str, keys: Iterable[bytes], *, now_interval: int) -> None:
@@ -114,10 +140,7 @@ class TokenTable:
         blocks = b""
         count = 0
         plan: list[tuple[int, int, int]] = []  # (offset in AES output, end, interval mod 2**32)
-        shards = self._shards
-        contact_of = self._contact_of
-        rpik_of = self._rpik_of
-        key_of = self._key_of
+        put = self._put
         for contact_id, keys in items:
             if contact_id in self._keys:
                 self.remove(contact_id)
@@ -134,60 +157,45 @@ class TokenTable:
                     for n in range(count)
                     if first + n in self._tracked
                 ]
-            first_slot = self._next_slot
+            slots: list[int] = []
             for key in keys:
-                slot = self._next_slot
-                self._next_slot = slot + 1
-                rpik = derive_rpik(key)
-                contact_of[slot] = contact_id
-                rpik_of[slot] = rpik
-                key_of[slot] = key
-                out = ecb_encryptor(rpik).update(blocks)
-                tag = slot << _SHIFT
+                slot = self._claim(contact_id, key)
+                slots.append(slot)
+                out = ecb_encryptor(self._rpik(slot)).update(blocks)
                 for start, end, low in plan:
-                    rpi = out[start:end]
-                    shards[rpi[0]][rpi] = tag | low
-            new_slots = tuple(range(first_slot, self._next_slot))
-            self.aes_ops += count * len(new_slots)
-            self._keys[contact_id] = new_slots
-            self._flat.extend(new_slots)
+                    put(out[start:end], slot, low)
+            self.aes_ops += count * len(slots)
+            self._keys[contact_id] = slots[0] if len(slots) == 1 else tuple(slots)
 
     def remove(self, contact_id: str) -> None:
-        """Forget a contact's keys; none of its RPIs resolves after return."""
+        """Forget a contact's keys; none of its RPIs resolves after return, and nothing of them
+        stays in the table (entries deleted, key bytes zeroed)."""
         slots = self._keys.pop(contact_id, None)
-        if not slots:
+        if slots is None:
             return
-        shards = self._shards
-        rpiks = [self._rpik_of.pop(slot) for slot in slots]
-        for slot in slots:
-            del self._contact_of[slot]
-            del self._key_of[slot]
+        # every interval that may hold entries: tracked ones and those still being dropped
+        intervals = sorted(self._tracked | {drop.interval for drop in self._dropping})
+        secret = self._secret
+        for slot in (slots,) if isinstance(slots, int) else slots:
+            if intervals:
+                for rpi, low in zip(self._rpis_of(self._rpik(slot), intervals), intervals,
+                                    strict=True):
+                    self._delete(rpi, slot, low & _MASK)
+            start = slot * _SECRET
+            secret[start:start + _SECRET] = bytes(_SECRET)
+            self._owner[slot] = None
             self._aemk_of.pop(slot, None)
-        self._dead += len(slots)
-        if self._dead > 1024 and 2 * self._dead > len(self._flat):
-            # builders in progress keep iterating the old list, which is harmless
-            self._flat = [slot for slot in self._flat if slot in self._rpik_of]
-            self._dead = 0
-        if not self._tracked:
-            return
-        first = min(self._tracked)
-        count = max(self._tracked) - first + 1
-        for slot, rpik in zip(slots, rpiks, strict=True):
-            for rpi in self._rpis_of(rpik, first, count):
-                shard = shards[rpi[0]]
-                value = shard.get(rpi)
-                if value is not None and value >> _SHIFT == slot:
-                    del shard[rpi]
+            self._free.append(slot)
+            self._live -= 1
 
     def clear(self) -> None:
         """Forget every key and interval."""
-        self._contact_of.clear()
-        self._rpik_of.clear()
-        self._key_of.clear()
+        self._owner = []
+        self._secret = bytearray()
         self._aemk_of.clear()
+        self._free = []
+        self._live = 0
         self._keys.clear()
-        self._flat = []
-        self._dead = 0
         self._reset_intervals()
 
     # -- lookup ------------------------------------------------------------------------------
@@ -197,20 +205,26 @@ class TokenTable:
         ``rpi``, or None; ``contact_of(slot)`` names its contact."""
         if interval != self._ready:
             self.ensure(interval)
-        value = self._shards[rpi[0]].get(rpi) if rpi else None
-        if value is None:
+        if len(rpi) != 16:
             return None
+        bucket = self._buckets[rpi[0] << 8 | rpi[1]]
+        if not bucket:
+            return None
+        pos = _find(bucket, rpi[2:])
+        if pos < 0:
+            return None
+        slot, low = _PACK.unpack_from(bucket, pos + _TAIL)
         # i - rpi_interval must lie in -ahead .. back, computed mod 2**32 like the RPI itself
-        distance = (interval - value) & _MASK
-        if distance <= self._back or distance >= _MASK + 1 - self._ahead:
-            slot = value >> _SHIFT
-            if slot in self._rpik_of:
-                return slot
+        distance = (interval - low) & _MASK
+        if (distance <= self._back or distance >= _MASK + 1 - self._ahead) and (
+            self._owner[slot] is not None
+        ):
+            return int(slot)
         return None
 
     def ensure(self, interval: int) -> None:
         """Make the window of ``interval`` complete now, building what is missing at once."""
-        if not self._rpik_of:
+        if not self._live:
             self._ready = interval
             return
         window = range(interval - self._back, interval + self._ahead + 1)
@@ -247,14 +261,14 @@ class TokenTable:
         changes only how work is split, never what the table holds).
         """
         deadline = time.perf_counter() + budget_s
-        if self._rpik_of:
+        if self._live:
             keep = range(interval - self._back, interval + self._ahead + 2)
             for i in [i for i in self._tracked if i not in keep]:
                 self._begin_drop(i)
             for i in keep:
                 if i not in self._tracked:
                     self._track(i)
-                    self._building[i] = _Build(i, self._flat)
+                    self._building[i] = _Build(i, len(self._owner))
         while True:
             if self._dropping:
                 self._drop_step(deadline)
@@ -267,6 +281,49 @@ class TokenTable:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _claim(self, contact_id: str, key: bytes) -> int:
+        """A slot for a new key (a freed one first), holding its K and RPIK."""
+        material = key + derive_rpik(key)
+        if self._free:
+            slot = self._free.pop()
+            start = slot * _SECRET
+            self._secret[start:start + _SECRET] = material
+            self._owner[slot] = contact_id
+        else:
+            slot = len(self._owner)
+            self._secret += material
+            self._owner.append(contact_id)
+        self._live += 1
+        return slot
+
+    def _rpik(self, slot: int) -> bytes:
+        start = slot * _SECRET + 16
+        return bytes(self._secret[start:start + 16])
+
+    def _put(self, rpi: bytes, slot: int, low: int) -> None:
+        """Insert (or overwrite) the entry of ``rpi``."""
+        index = rpi[0] << 8 | rpi[1]
+        bucket = self._buckets[index]
+        tail = rpi[2:]
+        pos = _find(bucket, tail) if bucket else -1
+        entry = tail + _PACK.pack(slot, low)
+        if pos < 0:
+            self._buckets[index] = bucket + entry
+            self._entries += 1
+        else:
+            self._buckets[index] = bucket[:pos] + entry + bucket[pos + _ENTRY:]
+
+    def _delete(self, rpi: bytes, slot: int, low: int) -> None:
+        """Delete the entry of ``rpi`` if it is ``slot``'s for interval ``low``."""
+        index = rpi[0] << 8 | rpi[1]
+        bucket = self._buckets[index]
+        if not bucket:
+            return
+        pos = _find(bucket, rpi[2:])
+        if pos >= 0 and _PACK.unpack_from(bucket, pos + _TAIL) == (slot, low):
+            self._buckets[index] = bucket[:pos] + bucket[pos + _ENTRY:]
+            self._entries -= 1
+
     def _track(self, interval: int) -> None:
         """Start tracking an interval; a pending drop of it would delete its new entries."""
         self._tracked.add(interval)
@@ -278,19 +335,18 @@ class TokenTable:
             self._complete.add(i)
 
     def _reset_intervals(self) -> None:
-        self._shards = [{} for _ in range(_SHARDS)]
+        self._buckets = [b""] * _BUCKETS
+        self._entries = 0
         self._tracked.clear()
         self._complete.clear()
         self._building.clear()
         self._dropping.clear()
         self._ready = None
 
-    def _rpis_of(self, rpik: bytes, first: int, count: int) -> list[bytes]:
-        out = ecb_encryptor(rpik).update(
-            b"".join(rpi_padded_data(first + n) for n in range(count))
-        )
-        self.aes_ops += count
-        return [out[n : n + 16] for n in range(0, 16 * count, 16)]
+    def _rpis_of(self, rpik: bytes, intervals: list[int]) -> list[bytes]:
+        out = ecb_encryptor(rpik).update(b"".join(rpi_padded_data(i) for i in intervals))
+        self.aes_ops += len(intervals)
+        return [out[n : n + 16] for n in range(0, 16 * len(intervals), 16)]
 
     def _fill(self, intervals: list[int]) -> None:
         """Insert every live key's RPI of ``intervals``, one AES call per key."""
@@ -302,32 +358,26 @@ class TokenTable:
             for n in range(count)
             if first + n in intervals
         ]
-        shards = self._shards
-        rpik_of = self._rpik_of
-        live = [slot for slot in self._flat if slot in rpik_of]
+        put = self._put
+        live = [slot for slot, owner in enumerate(self._owner) if owner is not None]
         for slot in live:
-            out = ecb_encryptor(rpik_of[slot]).update(blocks)
-            tag = slot << _SHIFT
+            out = ecb_encryptor(self._rpik(slot)).update(blocks)
             for start, end, low in plan:
-                rpi = out[start:end]
-                shards[rpi[0]][rpi] = tag | low
+                put(out[start:end], slot, low)
         self.aes_ops += count * len(live)
 
     def _build_step(self, interval: int, deadline: float) -> None:
         build = self._building[interval]
         block = rpi_padded_data(interval)
         low = interval & _MASK
-        shards = self._shards
-        slots = build.slots
-        rpik_of = self._rpik_of
-        while build.pos < len(slots):
-            end = min(build.pos + _SLICE, len(slots))
-            for slot in slots[build.pos : end]:
-                rpik = rpik_of.get(slot)
-                if rpik is not None:
-                    rpi = ecb_encryptor(rpik).update(block)
-                    shards[rpi[0]][rpi] = slot << _SHIFT | low
-            self.aes_ops += end - build.pos
+        owner = self._owner
+        put = self._put
+        while build.pos < build.end:
+            end = min(build.pos + _SLICE, build.end)
+            for slot in range(build.pos, end):
+                if owner[slot] is not None:
+                    put(ecb_encryptor(self._rpik(slot)).update(block), slot, low)
+                    self.aes_ops += 1
             build.pos = end
             if time.perf_counter() >= deadline:
                 return
@@ -344,15 +394,22 @@ class TokenTable:
         self._dropping.append(_Drop(interval))
 
     def _drop_step(self, deadline: float | None) -> None:
-        """Delete a dropped interval's entries, one shard (a few thousand entries) at a time."""
+        """Delete a dropped interval's entries, a slice of buckets at a time."""
         drop = self._dropping[0]
-        low = drop.interval & _MASK
-        shards = self._shards
-        while drop.shard < _SHARDS:
-            shard = shards[drop.shard]
-            for rpi in [rpi for rpi, value in shard.items() if value & _MASK == low]:
-                del shard[rpi]
-            drop.shard += 1
+        low = _U32.pack(drop.interval & _MASK)
+        buckets = self._buckets
+        while drop.bucket < _BUCKETS:
+            stop = min(drop.bucket + _DROP_SLICE, _BUCKETS)
+            for index in range(drop.bucket, stop):
+                bucket = buckets[index]
+                if low not in bucket:
+                    continue  # (a cheap test: may also match across fields, then we look)
+                kept = [bucket[p : p + _ENTRY] for p in range(0, len(bucket), _ENTRY)
+                        if bucket[p + _TAIL + 4 : p + _ENTRY] != low]
+                if len(kept) * _ENTRY != len(bucket):
+                    self._entries -= len(bucket) // _ENTRY - len(kept)
+                    buckets[index] = b"".join(kept)
+            drop.bucket = stop
             if deadline is not None and time.perf_counter() >= deadline:
                 return
         self._dropping.pop(0)
