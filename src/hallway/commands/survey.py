@@ -360,8 +360,9 @@ async def _listen(where: Target, ref: ReferenceConfig, contacts: list[Contact], 
 
     status = (await hc.status(where, timeout_s=10.0)).raw
     if _status_level(status, ref) is not None:
-        # Already a reference of the daemon: its own figures (minute medians) are better than
-        # anything a few seconds could give; read them for the time asked, keep the last.
+        # Already a reference of the daemon: its own figures (the median of its last ten
+        # minute medians) are better than anything a few seconds could give; read them once a
+        # second for the time asked.
         levels: list[float] = []
         deadline = time.monotonic() + seconds
         while True:
@@ -371,7 +372,7 @@ async def _listen(where: Target, ref: ReferenceConfig, contacts: list[Contact], 
             if time.monotonic() + 1.0 > deadline:
                 break
             await asyncio.sleep(1.0)
-        return Heard(ref, levels[-1:], "status")
+        return Heard(ref, levels, "status")
     contact_id = _contact_of(ref, contacts)
     if contact_id is None:
         return Heard(ref, [], "unknown")

@@ -5,7 +5,10 @@ log-distance model ``level = offset - 10·n·log10(d)``: ``n`` the venue's path-
 ``offset`` the receiver's own gain error (0 for a receiver that reads a 1 m power as it is
 calibrated). A site survey sets ``n`` once; a receiver's offset (a few dB, -6..0 for phones)
 and a room that fills with people change what is right. Reference beacons (``[[proximity.
-reference]]``: a contact id and its ``distance_m`` from the scanner) measure both all the time.
+reference]]``: a contact id, or a badge's own key (``hallway.proximity.references``), and its
+``distance_m`` from the scanner) measure both all the time. The defaults are the configured
+exponent and receive offset (``proximity.receive_offset_db``, a survey's:
+``hallway calibrate --venue`` fits them with ``fit_points``, as the calibrator does).
 
 Each reference's level is kept as one median per minute (the minute's readings), and its
 estimate is the median of its last ``WINDOW_MINUTES`` minute medians: robust against fading
