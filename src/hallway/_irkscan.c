@@ -332,8 +332,13 @@ static PyObject *keyset_reserve(KeySet *self, PyObject *arg)
     Py_ssize_t want = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
     if (want == -1 && PyErr_Occurred())
         return NULL;
-    if (want > self->capacity && resize(self, want) < 0)
-        return NULL;
+    /* Grow by at least a quarter: contacts enrolled one at a time, or a cold start's pages
+       of 128, must not copy the whole buffer at every call (about 9 ms at 50k keys). */
+    if (want > self->capacity) {
+        Py_ssize_t grown = self->capacity + self->capacity / 4;
+        if (resize(self, want > grown ? want : grown) < 0)
+            return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -476,7 +481,7 @@ static PyMethodDef keyset_methods[] = {
     {"add", (PyCFunction)keyset_add, METH_O,
      "add(irk) -> index: append a 16-byte IRK (most significant byte first)."},
     {"reserve", (PyCFunction)keyset_reserve, METH_O,
-     "reserve(count): room for count keys in all, so a bulk load allocates once."},
+     "reserve(count): room for count keys in all (at least a quarter more than now), so a bulk load allocates once and small additions rarely."},
     {"remove", (PyCFunction)keyset_remove, METH_O,
      "remove(index): drop a key; the last key moves into its index."},
     {"clear", (PyCFunction)keyset_clear, METH_NOARGS, "clear(): drop every key."},
