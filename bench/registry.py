@@ -326,7 +326,8 @@ async def cold_start(work: Path, contacts: list[Contact], trace: Path) -> None:
               f"{served:.2f} s, all {s['contacts']:,} contacts resolvable after {loaded:.2f} s "
               f"(loading: {s['contacts_load_s']} s in pages, the daemon serving meanwhile); "
               f"longest loop stall while loading {s.get('loop_stall_max_ms')} ms (loop "
-              f"thread CPU in one window: {s.get('loop_busy_max_ms')} ms); "
+              f"thread CPU in one window: {s.get('loop_busy_max_ms')} ms; longest callback "
+              f"{s.get('loop_callback_max_ms')} ms, {s.get('loop_callback_max_name')}); "
               f"peak RSS {p.peak_rss_mb():.0f} MB")
     finally:
         p.stop()
@@ -484,6 +485,8 @@ async def main() -> None:
         before_st = [await status(s.port) for s in scanners]
         stalls_before = [st["loop_stalls_over_10ms"] for st in before_st]
         busy_before = [st["loop_busy_over_10ms"] for st in before_st]
+        callbacks_before = [st["loop_callbacks_over_10ms"] for st in before_st]
+        phase_start = time.monotonic()
         events_before = [len(sub.events) for sub in subs]
         async with await SqliteStore.open(vdir / "venue.db") as vstore:
             end = time.monotonic() + args.enroll_s
@@ -506,6 +509,17 @@ async def main() -> None:
                 lags.extend(1000 * (x - min(raw)) for x in raw)
             over_10ms = sum(st["loop_stalls_over_10ms"] for st in stalls) - sum(stalls_before)
             busy_10ms = sum(st["loop_busy_over_10ms"] for st in stalls) - sum(busy_before)
+            # The target's own measure: each callback's loop thread CPU (hallway.loopwatch).
+            # The daemons keep their newest 64 callbacks of 5 ms or more, with when they ended.
+            callbacks_10ms = (sum(st["loop_callbacks_over_10ms"] for st in stalls)
+                              - sum(callbacks_before))
+            in_phase = [(ms, name) for st in stalls for at, ms, name in st["loop_callbacks_slow"]
+                        if at >= phase_start]
+            longest = max(in_phase, default=(0.0, ""))
+            say(f"enrollment: longest callback (loop thread CPU) {longest[0]:.2f} ms"
+                f"{' (' + longest[1] + ')' if longest[1] else ' (none of 5 ms or more)'}; "
+                f"callbacks over 10 ms: {callbacks_10ms} in all scanners; "
+                f"callbacks of 5 ms or more kept: {len(in_phase)}")
             say(f"enrollment: {enrolled} contacts at 1/s for {args.enroll_s:.0f} s while "
                   f"serving {args.rate:.0f} adv/s: longest loop stall per scanner "
                   f"max {max(st['loop_stall_max_ms'] for st in stalls):.1f} ms "

@@ -40,6 +40,7 @@ from hallway.events import present_json
 from hallway.hub import Hub
 from hallway.lifecycle import bounded
 from hallway.logs import get_logger
+from hallway.loopwatch import CallbackTimer
 from hallway.models import (
     Advertisement,
     Contact,
@@ -133,6 +134,11 @@ class Service(EdgesFacade):
         # did to us (on a busy machine a wall-clock stall is mostly waiting for a core).
         self._busy_max_s = 0.0
         self._busy_over_10ms = 0
+        # And each callback's own CPU (hallway.loopwatch): the 10 ms target is per callback.
+        self._callbacks: CallbackTimer | None = None
+        if self._probe_s is not None:
+            self._callbacks = CallbackTimer()
+            self._callbacks.install()
         self._clock_offset_s = 0.0
         self._clock_known = False
         self._clamped = 0  # advertisements whose timestamp ran away from the wall clock
@@ -245,7 +251,8 @@ class Service(EdgesFacade):
                 "loop_stall_max_ms": round(self._stall_max_s * 1000, 2),
                 "loop_stalls_over_10ms": self._stalls_over_10ms,
                 "loop_busy_max_ms": round(self._busy_max_s * 1000, 2),
-                "loop_busy_over_10ms": self._busy_over_10ms}),
+                "loop_busy_over_10ms": self._busy_over_10ms,
+                **(self._callbacks.figures() if self._callbacks is not None else {})}),
             "last_error": self._last_error
             or (source.last_error if source is not None else None),
             # A source whose clock ran away from the wall clock: how many timestamps were
