@@ -122,7 +122,8 @@ def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path
         f"start_retries = 2\nbackoff_max_s = 2.0\nsilence_restart_s = 3.0\n"
         f'[storage]\ndatabase = "{db}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
-        f"max_connections = {subscribers + 16}\nqueue_size = 100000\n"
+        f"max_connections = {subscribers + 16}\n"
+        f"max_connections_per_token = {subscribers + 16}\nqueue_size = 100000\n"
         f'[mdns]\nenabled = false\n[logging]\nlevel = "info"\nformat = "json"\n'
         f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n")
     return config
@@ -302,7 +303,9 @@ class Rig:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         config = write_config(self.directory, self.port, self.subscribers, self.db)
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        # The daemon's loop probe (see Service): the longest the loop was held between reads.
+        path = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {"HALLWAY_LOOP_PROBE_S": "0.005", **os.environ, "PYTHONPATH": os.pathsep.join(path)}
         if self.rfkill:
             env["HALLWAY_TEST_SYSFS"] = str(self.directory / "sys")
             env["HALLWAY_TEST_DEV"] = str(self.directory / "dev")
@@ -375,12 +378,44 @@ class Rig:
             unconfine()
         return latencies
 
+    def other_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the harness: fake BlueZ, dbus-daemon, subscriber workers."""
+        out: dict[str, float] = {}
+        pids = {"fake_bluez": self.fake.pid if self.fake is not None else None,
+                "dbus_daemon": self.bus.pid,
+                "workers": None}
+        for name, pid in pids.items():
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    out[name] = cpu_s(pid)
+        total = 0.0
+        for proc in self.workers:
+            with contextlib.suppress(OSError):
+                total += cpu_s(proc.pid)
+        out["workers"] = total
+        out["bench"] = cpu_s(os.getpid())
+        return out
+
     def log_events(self) -> list[dict[str, Any]]:
         out = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+
+_PROBE_KEYS = ("loop_lag_ms", "loop_stall_max_ms", "loop_stalls_over_10ms",
+               "loop_busy_max_ms", "loop_busy_over_10ms")
+
+
+def windows(latencies: list[tuple[float, float]], start: float, width: float
+            ) -> list[tuple[int, int, float]]:
+    """``(window start s, events, p99 ms)`` of one subscriber's latencies per ``width`` s."""
+    buckets: dict[int, list[float]] = {}
+    for read, x in latencies:
+        buckets.setdefault(int((read - start) // width), []).append(x)
+    return [(int(k * width), len(v), round(pct(v, 0.99) * 1e3, 1))
+            for k, v in sorted(buckets.items())]
 
 
 def arrival_delays(visits: list[tuple[float, str]], play_start: float,
@@ -411,6 +446,8 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         assert rig.daemon is not None
         before = await status(rig.port)
         cpu0 = cpu_s(rig.daemon.pid)
+        others0 = rig.other_cpu()
+        load0 = os.getloadavg()[0]
         play_start = time.time()
         await rig.command("play", path=str(venue.path), rate=None)
         await rig.command("flood", kind=kind, rate=args.flood_rate,
@@ -420,13 +457,22 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
             await asyncio.sleep(min(5.0, seconds - elapsed))
             fake = await rig.command("stats")
             st = await status(rig.port)
+            if "source_stats" not in st:
+                raise RuntimeError(f"status: {st}")
             samples.append({"t": round(time.monotonic() - t0, 1),
                             "rss_mib": round(rss_mib(rig.daemon.pid), 1),
                             "devices": fake["devices"],
                             "tracked": st["source_stats"].get("tracked_devices", 0),
                             "dropped": st["dropped"] - before["dropped"],
-                            "advertisements": st["advertisements"]})
+                            "advertisements": st["advertisements"],
+                            "load": os.getloadavg()[0],
+                            "lane": st.get("trial_lane", {}),
+                            **{k: st[k] for k in _PROBE_KEYS if k in st}})
+            if args.verbose:
+                print(f"  {samples[-1]}", flush=True)
         cpu = cpu_s(rig.daemon.pid) - cpu0
+        others = {k: round((v - others0.get(k, 0.0)) / (time.monotonic() - t0), 3)
+                  for k, v in rig.other_cpu().items()}
         after = await status(rig.port)
         fake = await rig.command("stats")
         await rig.command("stop_jobs")
@@ -456,6 +502,8 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         "devices_end": samples[-1]["devices"],
         "pruned": pruned,
         "cpu_cores": round(cpu / wall, 3),
+        "harness_cpu_cores": others,
+        "load_average_start_end": (round(load0, 2), round(os.getloadavg()[0], 2)),
         "events": rig.watcher.events,
         "arrivals_badge": len(delays["badge"]),
         "arrivals_phone": len(delays["phone"]),
@@ -465,6 +513,9 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         "arrival_phone_p99_s": pct(delays["phone"], 0.99),
         "subscriber_p50_ms": pct(lat, 0.5) * 1e3,
         "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
+        "subscriber_over_50ms": sum(1 for x in lat if x > 0.05),
+        "subscribers_latencies": len(lat),
+        "watcher_p99_by_20s": windows(rig.watcher.latencies, play_start, 20.0),
         "samples": samples,
     }
 
@@ -627,6 +678,7 @@ def main() -> None:
                         default=[250.0, 500.0, 1000.0, 1500.0])
     parser.add_argument("--core-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--verbose", action="store_true", help="print each 5 s sample")
     parser.add_argument("--keep-strangers-in-bleak", action="store_true",
                         help="scanner.forget_strangers = false (to measure what it saves)")
     args = parser.parse_args()

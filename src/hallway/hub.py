@@ -534,6 +534,11 @@ class Hub:
         return self._write_failures.count == 0 and self.failure is None
 
     @property
+    def delivered_all(self) -> bool:
+        """True when every event published so far has been logged and offered to subscribers."""
+        return not self._pending
+
+    @property
     def running(self) -> bool:
         """True between ``start`` and ``close``."""
         return self._started and not self._closed

@@ -410,6 +410,11 @@ class Resolver:
         more_irk = self._irks.sweep(now, max_items=1024)
         return more_tokens or more_irk
 
+    @property
+    def irk_keys(self) -> int:
+        """IRKs held."""
+        return self._irks.key_count
+
     def stats(self) -> dict[str, int]:
         """Counters and sizes; the names are stable."""
         out = {
