@@ -316,10 +316,13 @@ class Rig:
         with self.log_path.open("ab") as log:
             self.daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=log,
                                            preexec_fn=preexec)  # noqa: PLW1509
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
+            # Scanning, and every contact loaded (a one-off cost at start: 30,000 IRKs take
+            # seconds of CPU, which would otherwise land in the first figures).
             with contextlib.suppress(OSError, ValueError):
-                if (await status(self.port)).get("source_state") == "scanning":
+                st = await status(self.port)
+                if st.get("source_state") == "scanning" and st.get("contacts_loaded"):
                     break
             if time.monotonic() > deadline or self.daemon.poll() is not None:
                 raise RuntimeError(f"the daemon did not start scanning; see {self.log_path}")
