@@ -411,6 +411,18 @@ _PROBE_KEYS = ("loop_lag_ms", "loop_stall_max_ms", "loop_stalls_over_10ms",
                "loop_busy_max_ms", "loop_busy_over_10ms")
 
 
+def fanout_late(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's own share: events fanned out more than 10/50/100 ms after their
+    advertisement was received, of all events, between two status reads."""
+    b, a = before.get("fanout") or {}, after.get("fanout") or {}
+    out: dict[str, Any] = {"events": after["last_seq"] - before["last_seq"]}
+    for key in ("over_10ms", "over_50ms", "over_100ms"):
+        if key in a:
+            out[key] = a[key] - b.get(key, 0)
+    out["max_ms_ever"] = a.get("max_ms")
+    return out
+
+
 def windows(latencies: list[tuple[float, float]], start: float, width: float
             ) -> list[tuple[int, int, float]]:
     """``(window start s, events, p99 ms)`` of one subscriber's latencies per ``width`` s."""
@@ -517,6 +529,7 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         "subscriber_p50_ms": pct(lat, 0.5) * 1e3,
         "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
         "subscriber_over_50ms": sum(1 for x in lat if x > 0.05),
+        "daemon_fanout_late": fanout_late(before, after),
         "subscribers_latencies": len(lat),
         "watcher_p99_by_20s": windows(rig.watcher.latencies, play_start, 20.0),
         "samples": samples,
@@ -554,6 +567,8 @@ async def run_quarter_core(args: argparse.Namespace, db: Path) -> dict[str, Any]
                 "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
                 "cpu_cores": round(cpu / wall, 3),
                 "loop_lag_ms": after.get("loop_lag_ms"),
+                "daemon_fanout_late": fanout_late(before, after),
+                "load_average": round(os.getloadavg()[0], 2),
             })
             print(f"  quarter core at {rate:.0f}/s: {rows[-1]}", flush=True)
     finally:

@@ -256,6 +256,8 @@ class Service(EdgesFacade):
             # where advertisements that may cost a trial wait for the loop to be free.
             "resolver": self._resolver_figures(),
             "trial_lane": self._lane.stats() if self._lane is not None else {},
+            # Events delivered late (from their advertisement's reception to the fan-out).
+            "fanout": edges.hub.fanout_lateness() if edges.hub is not None else {},
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
