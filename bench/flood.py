@@ -111,6 +111,7 @@ def write_contacts(path: Path, irk_contacts: int) -> None:
 
 
 FORGET_STRANGERS = True
+IRK_TRIALS_PER_S: int | None = None  # None: the daemon's default
 
 
 def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path:
@@ -125,7 +126,9 @@ def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path
         f"max_connections = {subscribers + 16}\n"
         f"max_connections_per_token = {subscribers + 16}\nqueue_size = 100000\n"
         f'[mdns]\nenabled = false\n[logging]\nlevel = "info"\nformat = "json"\n'
-        f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n")
+        f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n"
+        + ("" if IRK_TRIALS_PER_S is None else
+           f"[identity]\nirk_trials_per_s = {IRK_TRIALS_PER_S}\n"))
     return config
 
 
@@ -697,13 +700,16 @@ def main() -> None:
     parser.add_argument("--core-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="print each 5 s sample")
+    parser.add_argument("--irk-trials-per-s", type=int,
+                        help="identity.irk_trials_per_s (default: the daemon's)")
     parser.add_argument("--keep-strangers-in-bleak", action="store_true",
                         help="scanner.forget_strangers = false (to measure what it saves)")
     args = parser.parse_args()
     if shutil.which("dbus-daemon") is None:
         raise SystemExit("dbus-daemon is needed (apt-get install dbus)")
-    global FORGET_STRANGERS  # noqa: PLW0603 - one switch for the whole run
+    global FORGET_STRANGERS, IRK_TRIALS_PER_S  # noqa: PLW0603 - one switch for the whole run
     FORGET_STRANGERS = not args.keep_strangers_in_bleak
+    IRK_TRIALS_PER_S = args.irk_trials_per_s
     results = asyncio.run(main_async(args))
     print(f"\nhallway flood bench: {args.minutes:g} min per flood, {args.irk_contacts:,} IRK "
           f"contacts, {args.subscribers} subscribers, {os.cpu_count()} cores")
