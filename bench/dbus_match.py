@@ -50,6 +50,7 @@ from dbus_fast.aio import MessageBus  # noqa: E402
 from tests.support.fakebluez import FakeBlueZProcess, PrivateBus  # noqa: E402
 
 from hallway.config import ScannerConfig  # noqa: E402
+from hallway.models import Advertisement  # noqa: E402
 from hallway.sources.base import Handoff, SourceState  # noqa: E402
 from hallway.sources.bleak import BleakSource  # noqa: E402
 
@@ -59,8 +60,14 @@ DEVICE_IFACE = "org.bluez.Device1"
 
 def never(_a: str, _t: str, _m: Mapping[int, bytes], _s: Mapping[str, bytes],
           _u: Sequence[str]) -> bool:
-    """The screen: every advertisement is a stranger's."""
+    """The flood's screen: every advertisement is a stranger's."""
     return False
+
+
+def always(_a: str, _t: str, _m: Mapping[int, bytes], _s: Mapping[str, bytes],
+           _u: Sequence[str]) -> bool:
+    """The venue's screen: every advertisement could be a contact's (it goes on)."""
+    return True
 
 
 class Count:
@@ -71,11 +78,17 @@ class Count:
         self.n += 1
 
 
-async def receive_bleak(count: Count) -> tuple[Any, Any]:
+async def receive_bleak(count: Count, screen: Any) -> tuple[Any, Any]:
     config = ScannerConfig(queue_size=100_000, silence_restart_s=600, start_timeout_s=5,
                            device_prune_s=3600, stranger_prune_s=3600, max_devices=1_000_000)
-    handoff = Handoff(config.queue_size, screen=never, heard=count.heard)
+    handoff = Handoff(config.queue_size, screen=screen, heard=count.heard)
     source = BleakSource(config)
+    forward = handoff.put_nowait
+
+    def put(adv: Any) -> None:  # what the screen let through is counted too, then dropped
+        count.n += 1
+        forward(adv)  # nothing consumes: the queue keeps the newest
+    handoff.put_nowait = put  # type: ignore[method-assign]
     task = asyncio.create_task(source.run(handoff))
     while source.state is not SourceState.SCANNING:
         await asyncio.sleep(0.01)
@@ -87,19 +100,19 @@ async def receive_bleak(count: Count) -> tuple[Any, Any]:
     return stop, source
 
 
-async def receive_match(count: Count) -> tuple[Any, Any]:
+async def receive_match(count: Count, screen: Any) -> tuple[Any, Any]:
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     prefix = ADAPTER + "/dev_"
-    screen = never
     wall = time.time
-    empty: dict[str, Any] = {}
+    empty: dict[Any, Any] = {}
+    kept: list[Advertisement] = []  # as the hand-off would hold them
 
     def on_message(msg: Message) -> None:
         if msg.message_type is not MessageType.SIGNAL:
             return
         member = msg.member
         if member == "PropertiesChanged":
-            path = msg.path
+            path = msg.path or ""
             if not path.startswith(prefix):
                 return
             changed = msg.body[1]
@@ -115,14 +128,21 @@ async def receive_match(count: Count) -> tuple[Any, Any]:
             changed = props
             address = props["Address"].value
             kind = props["AddressType"].value
+            rssi = props.get("RSSI")
         else:
             return
         mfr = changed.get("ManufacturerData")
         svc = changed.get("ServiceData")
-        screen(address, kind,
-               {k: v.value for k, v in mfr.value.items()} if mfr is not None else empty,
-               {k: v.value for k, v in svc.value.items()} if svc is not None else empty, ())
-        count.heard(wall())
+        manufacturer = {k: v.value for k, v in mfr.value.items()} if mfr is not None else empty
+        service = {k: v.value for k, v in svc.value.items()} if svc is not None else empty
+        if not screen(address, kind, manufacturer, service, ()):
+            count.heard(wall())
+            return
+        kept.append(Advertisement(wall(), address, kind, rssi.value if rssi is not None else
+                                  -127, None, None, manufacturer, service, (), "hci0"))
+        if len(kept) > 100_000:
+            kept.clear()
+        count.n += 1
 
     bus.add_message_handler(on_message)
     for rule in (
@@ -150,16 +170,18 @@ async def receive_match(count: Count) -> tuple[Any, Any]:
     return stop, None
 
 
-async def receiver_main(kind: str) -> None:
+async def receiver_main(kind: str, stream: str) -> None:
     """One receiver: report readiness, then CPU seconds and count whenever asked."""
     count = Count()
-    stop, _ = await (receive_bleak(count) if kind == "bleak" else receive_match(count))
-    print("READY", flush=True)
+    screen = never if stream == "flood" else always
+    stop, _ = await (receive_bleak(count, screen) if kind == "bleak"
+                     else receive_match(count, screen))
+    print("@@READY", flush=True)
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         if line.strip() == "stop":
             break
-        print(json.dumps({"cpu": time.process_time(), "heard": count.n}), flush=True)
+        print("@@" + json.dumps({"cpu": time.process_time(), "heard": count.n}), flush=True)
     await stop()
 
 
@@ -173,19 +195,27 @@ async def measure(kind: str, stream: str, rate: float, seconds: float) -> dict[s
         await fake.start()
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address,
                "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.Popen([sys.executable, __file__, "--receiver", kind], env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--receiver", kind, "--streams", stream], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdin is not None
         assert proc.stdout is not None
         stdin, stdout = proc.stdin, proc.stdout
-        ready = await asyncio.to_thread(stdout.readline)
-        if ready.strip() != "READY":
-            raise RuntimeError(f"{kind} receiver did not start: {ready!r}")
+
+        async def reply() -> str:
+            """The receiver's next line of ours (its log lines go to the same stdout)."""
+            while line := await asyncio.to_thread(stdout.readline):
+                if line.startswith("@@"):
+                    return line[2:]
+            raise RuntimeError(f"the {kind} receiver ended")
+
+        if (await reply()).strip() != "READY":
+            raise RuntimeError(f"the {kind} receiver did not start")
 
         async def ask() -> dict[str, float]:
             stdin.write("?\n")
             stdin.flush()
-            answer: dict[str, float] = json.loads(await asyncio.to_thread(stdout.readline))
+            answer: dict[str, float] = json.loads(await reply())
             return answer
 
         await asyncio.sleep(1.0)  # start-up settled
@@ -208,7 +238,7 @@ async def measure(kind: str, stream: str, rate: float, seconds: float) -> dict[s
         cpu = after["cpu"] - before["cpu"]
         return {"receiver": kind, "stream": stream, "rate": rate, "sent": count,
                 "heard": heard, "cpu_s": round(cpu, 3),
-                "us_per_advertisement": round(cpu / max(1, heard) * 1e6, 1),
+                "us_per_advertisement": round(cpu / count * 1e6, 1),
                 "cores_at_rate": round(cpu / seconds, 3), "bluez_signals": stats.get("signals")}
     finally:
         if proc is not None:
@@ -247,7 +277,7 @@ def main() -> None:
     parser.add_argument("--streams", nargs="+", default=["flood", "venue"])
     args = parser.parse_args()
     if args.receiver:
-        asyncio.run(receiver_main(args.receiver))
+        asyncio.run(receiver_main(args.receiver, args.streams[0]))
         return
     asyncio.run(main_async(args))
 

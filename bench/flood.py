@@ -112,6 +112,7 @@ def write_contacts(path: Path, irk_contacts: int) -> None:
 
 FORGET_STRANGERS = True
 IRK_TRIALS_PER_S: int | None = None  # None: the daemon's default
+DAEMON_NICE = 0  # the daemon's niceness against the harness's (which stays at 0)
 
 
 def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path:
@@ -316,6 +317,13 @@ class Rig:
         preexec = None
         if self.confined:
             argv, preexec, self.confinement = confine_argv(argv)
+        if DAEMON_NICE:  # every thread of the daemon (a niceness is per thread on Linux)
+            confine = preexec
+
+            def preexec() -> None:
+                os.nice(DAEMON_NICE)
+                if confine is not None:
+                    confine()
         with self.log_path.open("ab") as log:
             self.daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=log,
                                            preexec_fn=preexec)  # noqa: PLW1509
@@ -700,6 +708,10 @@ def main() -> None:
     parser.add_argument("--core-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="print each 5 s sample")
+    parser.add_argument("--daemon-nice", type=int, default=0,
+                        help="run the daemon at this niceness (e.g. -10, as root: ahead of the "
+                             "fake BlueZ, dbus-daemon and the subscribers; to tell the "
+                             "daemon's own delays from competing for the cores)")
     parser.add_argument("--irk-trials-per-s", type=int,
                         help="identity.irk_trials_per_s (default: the daemon's)")
     parser.add_argument("--keep-strangers-in-bleak", action="store_true",
@@ -707,9 +719,10 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("dbus-daemon") is None:
         raise SystemExit("dbus-daemon is needed (apt-get install dbus)")
-    global FORGET_STRANGERS, IRK_TRIALS_PER_S  # noqa: PLW0603 - one switch for the whole run
+    global FORGET_STRANGERS, IRK_TRIALS_PER_S, DAEMON_NICE  # noqa: PLW0603 - one switch per run
     FORGET_STRANGERS = not args.keep_strangers_in_bleak
     IRK_TRIALS_PER_S = args.irk_trials_per_s
+    DAEMON_NICE = args.daemon_nice
     results = asyncio.run(main_async(args))
     print(f"\nhallway flood bench: {args.minutes:g} min per flood, {args.irk_contacts:,} IRK "
           f"contacts, {args.subscribers} subscribers, {os.cpu_count()} cores")
