@@ -124,12 +124,14 @@ def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path
         f"start_retries = 2\nbackoff_max_s = 2.0\nsilence_restart_s = 3.0\n"
         f'[storage]\ndatabase = "{db}"\n'
         f'[server]\ntcp_port = {port}\nunix_socket = ""\ntokens = ["{TOKEN}"]\n'
-        f"max_connections = {subscribers + 16}\n"
-        f"max_connections_per_token = {subscribers + 16}\nqueue_size = 100000\n"
+        f"max_connections = {subscribers + 16}\nqueue_size = 100000\n"
+        # every subscriber shares the one token (the default allows 3/4 of max_connections)
+        f"max_connections_per_token = {subscribers + 16}\n"
         f'[mdns]\nenabled = false\n[logging]\nlevel = "info"\nformat = "json"\n'
-        f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n"
-        + ("" if IRK_TRIALS_PER_S is None else
-           f"[identity]\nirk_trials_per_s = {IRK_TRIALS_PER_S}\n"))
+        f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n")
+    if IRK_TRIALS_PER_S is not None:
+        with config.open("a") as out:
+            out.write(f"[identity]\nirk_trials_per_s = {IRK_TRIALS_PER_S}\n")
     return config
 
 

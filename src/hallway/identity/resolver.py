@@ -234,6 +234,11 @@ class Resolver:
 
     # -- resolving ---------------------------------------------------------------------------
 
+    @property
+    def irk_keys(self) -> int:
+        """IRKs held."""
+        return self._irks.key_count
+
     def resolve(self, adv: Advertisement) -> Match | None:
         """Whose ``adv`` is, on the clock ``adv.ts``; None for strangers. Never raises."""
         self._seen += 1
@@ -409,11 +414,6 @@ class Resolver:
         more_tokens = self._tokens.maintain(interval_number(now), budget_s=budget_s)
         more_irk = self._irks.sweep(now, max_items=1024)
         return more_tokens or more_irk
-
-    @property
-    def irk_keys(self) -> int:
-        """IRKs held."""
-        return self._irks.key_count
 
     def stats(self) -> dict[str, int]:
         """Counters and sizes; the names are stable."""
