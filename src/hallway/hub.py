@@ -301,9 +301,9 @@ class Hub:
         self._lagged_total = 0
         self._write_failures = FailureStreak(log)
         self._n = _Counters()
-        # From each event's ts to its fan-out (for a live source: advertisement received ->
-        # written to the subscribers' sockets, the daemon's own share of their latency):
-        # events past 10, 50 and 100 ms, and the longest (ms).
+        # From each event's ts to the end of its fan-out (for a live source: advertisement
+        # received -> written to the last subscriber's socket, the daemon's own share of the
+        # subscribers' latency): events past 10, 50 and 100 ms, and the longest (ms).
         self._late = [0, 0, 0]
         self._late_max_ms = 0.0
 
@@ -697,8 +697,9 @@ class Hub:
         return cursor, lines
 
     def fanout_lateness(self) -> dict[str, float]:
-        """Events fanned out more than 10, 50 and 100 ms after their ``ts``, and the most
-        (ms); on a live source's clock that is the daemon's share of subscriber latency."""
+        """Events whose fan-out ended (the last subscriber's socket written) more than 10,
+        50 and 100 ms after their ``ts``, and the most (ms); on a live source's clock that is
+        the daemon's share of subscriber latency."""
         return {"over_10ms": self._late[0], "over_50ms": self._late[1],
                 "over_100ms": self._late[2], "max_ms": round(self._late_max_ms, 1)}
 
