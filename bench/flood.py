@@ -23,7 +23,12 @@ Figures: daemon RSS over time (and its spread after the first 5 minutes, or afte
 third of a shorter run), BlueZ device objects (max), contacts' arrival delay (first
 advertisement of a visit -> the subscriber's read of ``arrived``; p50/p99, badges and IRK
 phones apart), subscriber latency (advertisement received -> read, p50/p99 over all 100),
-drops at the hand-off, the resolver's deferred IRK trials.
+drops at the hand-off, the resolver's deferred IRK trials; and to tell the daemon's delays from
+the machine's: the daemon's own share (``status`` ``fanout``: reception to the end of the
+fan-out), its loop probe, the harness's CPU (fake BlueZ, dbus-daemon, subscriber processes),
+the load average, the bench subscriber's p99 per 20 s. ``--daemon-nice -10`` runs the daemon
+ahead of the harness; ``--irk-trials-per-s`` sets the trial budget. Figures start once every
+contact is loaded.
 
 Confinement: ``systemd-run --scope -p CPUQuota=25% -p AllowedCPUs=0 CMD`` where systemd runs
 the machine; else a cgroup made directly: v2 (``cpu.max`` = ``25000 100000``, ``cpuset.cpus``
@@ -32,8 +37,11 @@ daemon placed in it before it execs. Needs root (or a delegated cgroup).
 
 Usage (full scale; needs about 75 minutes):
   .venv/bin/python bench/flood.py --minutes 30
-Reduced (what the docs' figures say they used):
-  nice -n 10 .venv/bin/python bench/flood.py --minutes 4 --core-seconds 30
+Reduced (what the docs' figures say they used), under the shared bench lock:
+  flock /tmp/hallway-bench.lock .venv/bin/python bench/flood.py --minutes 3 \
+      --runs flood-random flood-rpa
+  flock /tmp/hallway-bench.lock .venv/bin/python bench/flood.py --runs quarter-core \
+      --core-seconds 30 --core-rates 500 1000 1500
 """
 
 from __future__ import annotations
