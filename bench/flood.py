@@ -23,7 +23,12 @@ Figures: daemon RSS over time (and its spread after the first 5 minutes, or afte
 third of a shorter run), BlueZ device objects (max), contacts' arrival delay (first
 advertisement of a visit -> the subscriber's read of ``arrived``; p50/p99, badges and IRK
 phones apart), subscriber latency (advertisement received -> read, p50/p99 over all 100),
-drops at the hand-off, the resolver's deferred IRK trials.
+drops at the hand-off, the resolver's deferred IRK trials; and to tell the daemon's delays from
+the machine's: the daemon's own share (``status`` ``fanout``: reception to the end of the
+fan-out), its loop probe, the harness's CPU (fake BlueZ, dbus-daemon, subscriber processes),
+the load average, the bench subscriber's p99 per 20 s. ``--daemon-nice -10`` runs the daemon
+ahead of the harness; ``--irk-trials-per-s`` sets the trial budget. Figures start once every
+contact is loaded.
 
 Confinement: ``systemd-run --scope -p CPUQuota=25% -p AllowedCPUs=0 CMD`` where systemd runs
 the machine; else a cgroup made directly: v2 (``cpu.max`` = ``25000 100000``, ``cpuset.cpus``
@@ -36,8 +41,11 @@ each IRK trial budget, and the resolver's CPU.
 
 Usage (full scale; needs about 75 minutes):
   .venv/bin/python bench/flood.py --minutes 30
-Reduced (what the docs' figures say they used):
-  nice -n 10 .venv/bin/python bench/flood.py --minutes 4 --core-seconds 30
+Reduced (what the docs' figures say they used), under the shared bench lock:
+  flock /tmp/hallway-bench.lock .venv/bin/python bench/flood.py --minutes 3 \
+      --runs flood-random flood-rpa
+  flock /tmp/hallway-bench.lock .venv/bin/python bench/flood.py --runs quarter-core \
+      --core-seconds 30 --core-rates 500 1000 1500
 """
 
 from __future__ import annotations
@@ -115,6 +123,8 @@ def write_contacts(path: Path, irk_contacts: int) -> None:
 
 
 FORGET_STRANGERS = True
+IRK_TRIALS_PER_S: int | None = None  # None: the daemon's default
+DAEMON_NICE = 0  # the daemon's niceness against the harness's (which stays at 0)
 
 
 def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path:
@@ -131,6 +141,9 @@ def write_config(directory: Path, port: int, subscribers: int, db: Path) -> Path
         f"max_connections_per_token = {subscribers + 16}\n"
         f'[mdns]\nenabled = false\n[logging]\nlevel = "info"\nformat = "json"\n'
         f"[proximity]\narrive_confirm_s = 1.0\ndepart_confirm_s = 2.0\n")
+    if IRK_TRIALS_PER_S is not None:
+        with config.open("a") as out:
+            out.write(f"[identity]\nirk_trials_per_s = {IRK_TRIALS_PER_S}\n")
     return config
 
 
@@ -308,7 +321,9 @@ class Rig:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         config = write_config(self.directory, self.port, self.subscribers, self.db)
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        # The daemon's loop probe (see Service): the longest the loop was held between reads.
+        path = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {"HALLWAY_LOOP_PROBE_S": "0.005", **os.environ, "PYTHONPATH": os.pathsep.join(path)}
         if self.rfkill:
             env["HALLWAY_TEST_SYSFS"] = str(self.directory / "sys")
             env["HALLWAY_TEST_DEV"] = str(self.directory / "dev")
@@ -316,13 +331,23 @@ class Rig:
         preexec = None
         if self.confined:
             argv, preexec, self.confinement = confine_argv(argv)
+        if DAEMON_NICE:  # every thread of the daemon (a niceness is per thread on Linux)
+            confine = preexec
+
+            def preexec() -> None:
+                os.nice(DAEMON_NICE)
+                if confine is not None:
+                    confine()
         with self.log_path.open("ab") as log:
             self.daemon = subprocess.Popen(argv, env=env, stdout=log, stderr=log,
                                            preexec_fn=preexec)  # noqa: PLW1509
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
+            # Scanning, and every contact loaded (a one-off cost at start: 30,000 IRKs take
+            # seconds of CPU, which would otherwise land in the first figures).
             with contextlib.suppress(OSError, ValueError):
-                if (await status(self.port)).get("source_state") == "scanning":
+                st = await status(self.port)
+                if st.get("source_state") == "scanning" and st.get("contacts_loaded"):
                     break
             if time.monotonic() > deadline or self.daemon.poll() is not None:
                 raise RuntimeError(f"the daemon did not start scanning; see {self.log_path}")
@@ -381,12 +406,56 @@ class Rig:
             unconfine()
         return latencies
 
+    def other_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the harness: fake BlueZ, dbus-daemon, subscriber workers."""
+        out: dict[str, float] = {}
+        pids = {"fake_bluez": self.fake.pid if self.fake is not None else None,
+                "dbus_daemon": self.bus.pid,
+                "workers": None}
+        for name, pid in pids.items():
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    out[name] = cpu_s(pid)
+        total = 0.0
+        for proc in self.workers:
+            with contextlib.suppress(OSError):
+                total += cpu_s(proc.pid)
+        out["workers"] = total
+        out["bench"] = cpu_s(os.getpid())
+        return out
+
     def log_events(self) -> list[dict[str, Any]]:
         out = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+
+_PROBE_KEYS = ("loop_lag_ms", "loop_stall_max_ms", "loop_stalls_over_10ms",
+               "loop_busy_max_ms", "loop_busy_over_10ms")
+
+
+def fanout_late(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's own share: events fanned out more than 10/50/100 ms after their
+    advertisement was received, of all events, between two status reads."""
+    b, a = before.get("fanout") or {}, after.get("fanout") or {}
+    out: dict[str, Any] = {"events": after["last_seq"] - before["last_seq"]}
+    for key in ("over_10ms", "over_50ms", "over_100ms"):
+        if key in a:
+            out[key] = a[key] - b.get(key, 0)
+    out["max_ms_ever"] = a.get("max_ms")
+    return out
+
+
+def windows(latencies: list[tuple[float, float]], start: float, width: float
+            ) -> list[tuple[int, int, float]]:
+    """``(window start s, events, p99 ms)`` of one subscriber's latencies per ``width`` s."""
+    buckets: dict[int, list[float]] = {}
+    for read, x in latencies:
+        buckets.setdefault(int((read - start) // width), []).append(x)
+    return [(int(k * width), len(v), round(pct(v, 0.99) * 1e3, 1))
+            for k, v in sorted(buckets.items())]
 
 
 def arrival_delays(visits: list[tuple[float, str]], play_start: float,
@@ -417,6 +486,8 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         assert rig.daemon is not None
         before = await status(rig.port)
         cpu0 = cpu_s(rig.daemon.pid)
+        others0 = rig.other_cpu()
+        load0 = os.getloadavg()[0]
         play_start = time.time()
         await rig.command("play", path=str(venue.path), rate=None)
         await rig.command("flood", kind=kind, rate=args.flood_rate,
@@ -426,13 +497,22 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
             await asyncio.sleep(min(5.0, seconds - elapsed))
             fake = await rig.command("stats")
             st = await status(rig.port)
+            if "source_stats" not in st:
+                raise RuntimeError(f"status: {st}")
             samples.append({"t": round(time.monotonic() - t0, 1),
                             "rss_mib": round(rss_mib(rig.daemon.pid), 1),
                             "devices": fake["devices"],
                             "tracked": st["source_stats"].get("tracked_devices", 0),
                             "dropped": st["dropped"] - before["dropped"],
-                            "advertisements": st["advertisements"]})
+                            "advertisements": st["advertisements"],
+                            "load": os.getloadavg()[0],
+                            "lane": st.get("trial_lane", {}),
+                            **{k: st[k] for k in _PROBE_KEYS if k in st}})
+            if args.verbose:
+                print(f"  {samples[-1]}", flush=True)
         cpu = cpu_s(rig.daemon.pid) - cpu0
+        others = {k: round((v - others0.get(k, 0.0)) / (time.monotonic() - t0), 3)
+                  for k, v in rig.other_cpu().items()}
         after = await status(rig.port)
         fake = await rig.command("stats")
         await rig.command("stop_jobs")
@@ -462,6 +542,8 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         "devices_end": samples[-1]["devices"],
         "pruned": pruned,
         "cpu_cores": round(cpu / wall, 3),
+        "harness_cpu_cores": others,
+        "load_average_start_end": (round(load0, 2), round(os.getloadavg()[0], 2)),
         "events": rig.watcher.events,
         "arrivals_badge": len(delays["badge"]),
         "arrivals_phone": len(delays["phone"]),
@@ -471,6 +553,10 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         "arrival_phone_p99_s": pct(delays["phone"], 0.99),
         "subscriber_p50_ms": pct(lat, 0.5) * 1e3,
         "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
+        "subscriber_over_50ms": sum(1 for x in lat if x > 0.05),
+        "daemon_fanout_late": fanout_late(before, after),
+        "subscribers_latencies": len(lat),
+        "watcher_p99_by_20s": windows(rig.watcher.latencies, play_start, 20.0),
         "samples": samples,
     }
 
@@ -506,6 +592,8 @@ async def run_quarter_core(args: argparse.Namespace, db: Path) -> dict[str, Any]
                 "subscriber_p99_ms": pct(lat, 0.99) * 1e3,
                 "cpu_cores": round(cpu / wall, 3),
                 "loop_lag_ms": after.get("loop_lag_ms"),
+                "daemon_fanout_late": fanout_late(before, after),
+                "load_average": round(os.getloadavg()[0], 2),
             })
             print(f"  quarter core at {rate:.0f}/s: {rows[-1]}", flush=True)
     finally:
@@ -692,6 +780,13 @@ def main() -> None:
                         default=[250.0, 500.0, 1000.0, 1500.0])
     parser.add_argument("--core-seconds", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--verbose", action="store_true", help="print each 5 s sample")
+    parser.add_argument("--daemon-nice", type=int, default=0,
+                        help="run the daemon at this niceness (e.g. -10, as root: ahead of the "
+                             "fake BlueZ, dbus-daemon and the subscribers; to tell the "
+                             "daemon's own delays from competing for the cores)")
+    parser.add_argument("--irk-trials-per-s", type=int,
+                        help="identity.irk_trials_per_s (default: the daemon's)")
     parser.add_argument("--keep-strangers-in-bleak", action="store_true",
                         help="scanner.forget_strangers = false (to measure what it saves)")
     parser.add_argument("--resolver-only", type=int, nargs="+", metavar="TRIALS_PER_S",
@@ -705,8 +800,10 @@ def main() -> None:
         return
     if shutil.which("dbus-daemon") is None:
         raise SystemExit("dbus-daemon is needed (apt-get install dbus)")
-    global FORGET_STRANGERS  # noqa: PLW0603 - one switch for the whole run
+    global FORGET_STRANGERS, IRK_TRIALS_PER_S, DAEMON_NICE  # noqa: PLW0603 - one switch per run
     FORGET_STRANGERS = not args.keep_strangers_in_bleak
+    IRK_TRIALS_PER_S = args.irk_trials_per_s
+    DAEMON_NICE = args.daemon_nice
     results = asyncio.run(main_async(args))
     print(f"\nhallway flood bench: {args.minutes:g} min per flood, {args.irk_contacts:,} IRK "
           f"contacts, {args.subscribers} subscribers, {os.cpu_count()} cores")

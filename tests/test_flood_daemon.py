@@ -112,6 +112,10 @@ async def test_rpa_flood_keeps_the_contact_and_the_bounds(
     assert resolver["irk_deferred"] > 2000  # strangers' addresses waited, not tried
     # misses (full trials) stay within the budget: 10 a second, plus the first second's
     assert resolver["irk_cache_misses"] <= 10 * 45
+    # the new addresses went through the pump's trial lane, after everything else, none shed
+    lane = status["trial_lane"]
+    assert lane["fed"] > 2000
+    assert lane["shed"] == 0
     # max_devices, its 10 % room, and what arrives while pruning catches up on a loaded
     # machine (12,000 addresses were sent; without the bound all would be held)
     assert max(devices) <= 6000

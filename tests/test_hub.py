@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,17 @@ async def test_attached_sink_takes_lines_directly_and_queues_when_it_refuses(hub
     await take(plain, 5)
     assert sub.lagged
     assert await sub.get(0.1) is None
+
+
+async def test_fanout_lateness_counts_events_delivered_long_after_their_time(hub: Hub) -> None:
+    sub = hub.subscribe()
+    assert hub.delivered_all
+    now = time.time()
+    # on time (stamped ahead: the log write itself takes a few ms), 70 ms and 500 ms late
+    hub.publish([arrived("c-1", now + 5), arrived("c-2", now - 0.07), departed("c-1", now - 0.5)])
+    assert not hub.delivered_all  # published, not yet logged and offered
+    await take(sub, 3)
+    assert hub.delivered_all
+    late = hub.fanout_lateness()
+    assert (late["over_10ms"], late["over_50ms"], late["over_100ms"]) == (2, 2, 1)
+    assert late["max_ms"] >= 500

@@ -301,6 +301,11 @@ class Hub:
         self._lagged_total = 0
         self._write_failures = FailureStreak(log)
         self._n = _Counters()
+        # From each event's ts to the end of its fan-out (for a live source: advertisement
+        # received -> written to the last subscriber's socket, the daemon's own share of the
+        # subscribers' latency): events past 10, 50 and 100 ms, and the longest (ms).
+        self._late = [0, 0, 0]
+        self._late_max_ms = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -450,6 +455,17 @@ class Hub:
         joined = items[0].line if len(items) == 1 else b"".join(item.line for item in items)
         for sub in list(self._subs):
             sub.offer(items, joined)
+        now = time.time()
+        late = self._late
+        for pending in batch:
+            lag = now - pending.event.ts
+            if lag > 0.010:
+                late[0] += 1
+                if lag > 0.050:
+                    late[1] += 1
+                    if lag > 0.100:
+                        late[2] += 1
+                self._late_max_ms = max(self._late_max_ms, lag * 1000)
         self._n.delivered += len(batch)
         self._delivered_seq = batch[-1].seq
         self._since_prune += len(batch)
@@ -532,6 +548,11 @@ class Hub:
     def writing(self) -> bool:
         """False while event log writes are failing (retried until ``give_up_after_s``)."""
         return self._write_failures.count == 0 and self.failure is None
+
+    @property
+    def delivered_all(self) -> bool:
+        """True when every event published so far has been logged and offered to subscribers."""
+        return not self._pending
 
     @property
     def running(self) -> bool:
@@ -674,6 +695,13 @@ class Hub:
         if len(rows) < REPLAY_PAGE:
             cursor = sub.seq
         return cursor, lines
+
+    def fanout_lateness(self) -> dict[str, float]:
+        """Events whose fan-out ended (the last subscriber's socket written) more than 10,
+        50 and 100 ms after their ``ts``, and the most (ms); on a live source's clock that is
+        the daemon's share of subscriber latency."""
+        return {"over_10ms": self._late[0], "over_50ms": self._late[1],
+                "over_100ms": self._late[2], "max_ms": round(self._late_max_ms, 1)}
 
     def stats(self) -> dict[str, int]:
         """Counters: published, logged, delivered, lagged, pruned, store errors, sizes."""

@@ -19,6 +19,7 @@ from hallway.models import (
     Contact,
     DepartReason,
     EventType,
+    KeyKind,
     PresenceEvent,
     PresentInfo,
     Sighting,
@@ -65,6 +66,9 @@ class Pipeline:
         self._no_rssi = 0
         self._events = 0
         self._checkins = 0
+        # How the latest ``feed`` matched (None: it did not): the pump's trial lane learns
+        # which resolvable addresses are contacts' from it.
+        self.last_via: KeyKind | None = None
 
     # -- contacts ------------------------------------------------------------------------------
 
@@ -189,6 +193,11 @@ class Pipeline:
         """Why resolving is held, or None."""
         return self._hold
 
+    @property
+    def irk_keys(self) -> int:
+        """IRKs enrolled (0: no advertisement can cost an IRK trial)."""
+        return self._resolver.irk_keys
+
     def contact(self, contact_id: str) -> Contact | None:
         """An active contact by id (None once revoked or expired): its public fields, consent
         expiry and calibration, rebuilt from the compact book (no keys, grant time or match
@@ -206,7 +215,9 @@ class Pipeline:
             return []
         match = self._resolver.resolve(adv)
         if match is None:
+            self.last_via = None
             return []
+        self.last_via = match.via
         return self.sighted(
             Sighting(adv.ts, match.contact_id, match.via, adv.rssi, match.measured_power,
                      adv.scanner)

@@ -38,6 +38,7 @@ from hallway.edges import Edges, EdgesFacade, raise_fatal
 from hallway.errors import HallwayError
 from hallway.events import present_json
 from hallway.hub import Hub
+from hallway.lanes import TrialLane
 from hallway.lifecycle import bounded
 from hallway.logs import get_logger
 from hallway.loopwatch import CallbackTimer
@@ -149,6 +150,7 @@ class Service(EdgesFacade):
         self._mqtt_task: asyncio.Task[None] | None = None
         self._source: AdvertisementSource | None = None
         self._handoff: Handoff | None = None
+        self._lane: TrialLane | None = None  # the pump's IRK trial lane, while it runs
         self._generation = -1
         self._peripheral: BluezPeripheral | None = None  # with [checkin] enabled
         self._beacon: BeaconAdvertiser | None = None  # with [scanner.beacon]
@@ -259,8 +261,12 @@ class Service(EdgesFacade):
             # clamped, and the latest offset seen (seconds, source minus wall).
             "clock_clamped": self._clamped,
             "clock_runaway_s": self._clock_runaway_s,
-            # The IRK trial budget under a flood of new resolvable addresses.
+            # The IRK trial budget under a flood of new resolvable addresses, and the lane
+            # where advertisements that may cost a trial wait for the loop to be free.
             "resolver": self._resolver_figures(),
+            "trial_lane": self._lane.stats() if self._lane is not None else {},
+            # Events delivered late (from their advertisement's reception to the fan-out).
+            "fanout": edges.hub.fanout_lateness() if edges.hub is not None else {},
             # Counters behind the figures above: refused and cut-off clients, radio faults.
             "sockets": server_stats,
             "source_stats": source.stats() if source is not None else {},
@@ -464,6 +470,8 @@ class Service(EdgesFacade):
             # the tables), its removals one by one.
             events.extend(self.pipeline.upsert_contacts(
                 [change.contact for change in page if change.contact is not None], now=now))
+            if self._lane is not None:
+                self._lane.forget_hints()  # a changed contact's IRKs: see hallway.lanes
             for change in page:
                 if change.contact is None:
                     events.extend(self.pipeline.remove_contact(
@@ -540,17 +548,29 @@ class Service(EdgesFacade):
 
     async def _forget_removed(self) -> None:
         """Revoked or expired contacts: out of the hub's queues and the event log."""
-        for contact_id in self.pipeline.take_forgotten():
+        forgotten = self.pipeline.take_forgotten()
+        if forgotten and self._lane is not None:
+            self._lane.forget_hints()
+        for contact_id in forgotten:
             await self.hub.forget_contact(contact_id)
             await forget_events(self.store, contact_id)
 
     # -- loops --------------------------------------------------------------------------------
 
     async def _pump(self) -> None:
-        """Hand-off -> pipeline -> hub, in loop callbacks as advertisements arrive."""
-        assert self._handoff is not None
-        feed, publish = self.pipeline.feed, self._publish
+        """Hand-off -> pipeline -> hub, in loop callbacks as advertisements arrive; those
+        that may cost an IRK trial through the trial lane (``hallway.lanes``), after the rest."""
+        handoff = self._handoff
+        assert handoff is not None
+        pipeline = self.pipeline
+        feed, publish = pipeline.feed, self._publish
         skew = self.config.scanner.max_clock_skew_s
+
+        def busy() -> bool:
+            return handoff.queued > 0 or not self.hub.delivered_all
+
+        lane = self._lane = TrialLane(feed, lambda: pipeline.last_via, publish, busy=busy)
+        wants, put = lane.wants, lane.put
 
         def consume(batch: list[Advertisement]) -> None:
             self._last_drain = time.monotonic()
@@ -558,11 +578,14 @@ class Service(EdgesFacade):
             wall = time.time()
             low, high = wall - skew, wall + skew
             last = wall
+            trials = pipeline.irk_keys > 0
             for adv in batch:
                 if not low <= (last := adv.ts) <= high:  # also NaN
                     adv = self._clamp(adv, wall)  # noqa: PLW2901 - the clamped record goes on
                     last = wall
-                if found := feed(adv):
+                if trials and wants(adv):
+                    put(adv)
+                elif found := feed(adv):
                     events.extend(found)
             # The pipeline's clock is the advertisements' clock (a replayed trace keeps its own
             # time) within max_clock_skew_s of the wall clock; timeouts tick on the same clock.
@@ -571,9 +594,12 @@ class Service(EdgesFacade):
             if events:
                 publish(events)
 
-        if not self._wedged.is_set():
-            await self._handoff.drain(consume, max_items=512)
-        await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
+        try:
+            if not self._wedged.is_set():
+                await handoff.drain(consume, max_items=512)
+            await asyncio.Future()  # stuck on purpose (debug wedge): never drains again
+        finally:
+            lane.close()
 
     def _clamp(self, adv: Advertisement, wall: float) -> Advertisement:
         """An advertisement stamped too far from the wall clock, moved onto it (and flagged).

@@ -240,6 +240,11 @@ class Resolver:
 
     # -- resolving ---------------------------------------------------------------------------
 
+    @property
+    def irk_keys(self) -> int:
+        """IRKs held."""
+        return self._irks.key_count
+
     def resolve(self, adv: Advertisement) -> Match | None:
         """Whose ``adv`` is, on the clock ``adv.ts``; None for strangers. Never raises."""
         self._seen += 1

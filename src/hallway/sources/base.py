@@ -65,6 +65,11 @@ class Handoff:
         self._total = 0
 
     @property
+    def queued(self) -> int:
+        """Advertisements waiting for the consumer now."""
+        return len(self._items)
+
+    @property
     def maxsize(self) -> int:
         """How many advertisements fit before the oldest is dropped."""
         return self._maxsize
