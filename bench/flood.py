@@ -35,6 +35,10 @@ the machine; else a cgroup made directly: v2 (``cpu.max`` = ``25000 100000``, ``
 = 0) or v1 (``cpu.cfs_quota_us`` = 25000 of ``cpu.cfs_period_us`` = 100000; cpuset 0), the
 daemon placed in it before it execs. Needs root (or a delegated cgroup).
 
+``--tracker-only`` replays the venue alone (no flood, no daemon, no bus) through the daemon's
+own pipeline in trace time, with the same proximity settings, and prints the arrival delays
+the tracker itself gives: the floor under the whole daemon's figures.
+
 ``--resolver-only TRIALS...`` replays the same venue and RPA flood through the resolver alone
 (no daemon): each IRK phone's delay from its first advertisement to its address resolving, at
 each IRK trial budget, and the resolver's CPU.
@@ -767,6 +771,59 @@ def resolver_only(args: argparse.Namespace) -> None:
               f"({cpu / seconds:.3f} of a core)")
 
 
+def tracker_only(args: argparse.Namespace) -> None:
+    """The venue without the flood through the pipeline alone, in trace time (see module)."""
+    from hallway.config import Config
+    from hallway.models import Advertisement, Contact, ContactKey, KeyKind
+    from hallway.pipeline import Pipeline
+
+    seconds = args.minutes * 60
+    directory = Path(tempfile.mkdtemp(prefix="hw-flood-tracker-"))
+    try:
+        venue = make_venue(directory / "venue.jsonl", rate=args.venue_rate,
+                           seconds=seconds + 5)
+        with (directory / "venue.jsonl").open() as lines:
+            rows = [json.loads(line) for line in lines]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    pipeline = Pipeline(Config.model_validate(
+        {"proximity": {"arrive_confirm_s": 1.0, "depart_confirm_s": 2.0}}))
+    contacts = [Contact(f"badge-{i}", "x", keys=(ContactKey(KeyKind.ADDRESS, badge_address(i)),))
+                for i in range(BADGES)]
+    contacts += [Contact(f"phone-{k}", "x", keys=(ContactKey(KeyKind.IRK, irk_of(k).hex()),))
+                 for k in range(PHONES)]
+    pipeline.load_contacts(contacts, now=0.0)
+    arrivals: list[tuple[float, str]] = []
+    departures: list[tuple[float, str]] = []
+    next_tick = 1.0
+    for row in rows:
+        while row["ts"] >= next_tick:
+            departures += [(next_tick, e.contact_id) for e in pipeline.tick(next_tick)
+                           if e.type.value == "departed"]
+            next_tick += 1.0
+        adv = Advertisement(row["ts"], row["address"], row["address_type"], rssi=row["rssi"])
+        for event in pipeline.feed(adv):
+            if event.type.value == "arrived":
+                arrivals.append((row["ts"], event.contact_id))
+            elif event.type.value == "departed":
+                departures.append((row["ts"], event.contact_id))
+    delays = arrival_delays(venue.visits, 0.0, arrivals)
+    # An arrival that follows a departure declared after the visit had begun: the contact
+    # was still present when it came back, was departed, and arrived again.
+    late_departure = 0
+    for read, who in arrivals:
+        begun = max(t for t, w in venue.visits if w == who and t <= read + 0.05)
+        if any(begun <= t <= read for t, w in departures if w == who):
+            late_departure += 1
+    print(f"tracker alone (trace time, no flood): {len(venue.visits):,} visits, "
+          f"{len(arrivals)} arrivals, {len(departures)} departures")
+    for kind, values in delays.items():
+        values.sort()
+        print(f"  {kind}: arrival delay p50 {pct(values, 0.5):.2f} s, "
+              f"p99 {pct(values, 0.99):.2f} s, max {values[-1]:.2f} s over {len(values)}")
+    print(f"  arrivals after a departure declared once the visit had begun: {late_departure}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=["flood-random", "flood-rpa",
@@ -794,7 +851,13 @@ def main() -> None:
                         "at these IRK budgets (0: none) and print the phones' resolve delays")
     parser.add_argument("--irk-backend", default="auto", choices=["auto", "python"],
                         help="with --resolver-only")
+    parser.add_argument("--tracker-only", action="store_true",
+                        help="replay the venue (no flood) through the pipeline alone and print "
+                        "the tracker's own arrival delays")
     args = parser.parse_args()
+    if args.tracker_only:
+        tracker_only(args)
+        return
     if args.resolver_only:
         resolver_only(args)
         return
