@@ -362,3 +362,25 @@ def test_a_recalibrated_contact_reads_right_at_its_next_sighting() -> None:
     [after] = tracker.present()
     assert after.distance_m == pytest.approx(1.0, rel=0.05)
     assert after.rssi == pytest.approx(before.rssi, abs=0.5)  # the RSSI itself did not change
+
+
+def test_back_after_a_silence_it_is_judged_by_its_new_levels_not_departed_then() -> None:
+    """A badge comes and goes: 12 s close (-52 then -68 dBm), 6 s heard far beyond the radius
+    (-100 dBm), 8 s quiet, and again. The levels from before a silence no longer decide, so it
+    is never departed while heard close (it used to be, 2 s after coming back, and arrived
+    again 2 s later)."""
+    run = Run(ProximityConfig(arrive_confirm_s=1.0, depart_confirm_s=2.0))
+    rng = random.Random(46)
+    close: list[tuple[float, float]] = []
+    for _ in range(4):
+        start = run.now
+        for level in (-52, -68):
+            run.stream(6, lambda t, level=level: level, interval=1.0, rng=rng, noise_db=1.5,
+                       power=None, via=KeyKind.ADDRESS)
+        close.append((start, run.now))
+        run.stream(6, lambda t: -100, interval=1.0, rng=rng, noise_db=1.5, power=None,
+                   via=KeyKind.ADDRESS)
+        run.advance(run.now + 8.0)
+    departed = [e.ts for e in run.of(EventType.DEPARTED)]
+    assert not [ts for ts in departed if any(a <= ts <= b for a, b in close)], (departed, close)
+    assert len(run.of(EventType.ARRIVED)) == 1 + len(departed)

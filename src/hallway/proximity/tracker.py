@@ -88,6 +88,18 @@ less than ``_LISTENING_MIN`` of the time, or that too little was heard from to t
   sightings (before they are learned: of the receiver's gaps between windows), and the "heard
   well until then" test of a pause is judged against those gaps, not the interval. Where even
   that fails (a device heard once a minute), silences resolve by the longer fade timeout.
+- After a silence (longer than the contact's quiet time, see above), a contact heard within
+  the radius while its levels from before the silence say beyond is judged on its new levels:
+  the filter starts afresh and the recent median restarts from the levels heard since. This
+  assumes that a phone silent for that long may have moved (people walk about 1.4 m/s; a
+  silence of 8 s is 11 m), so the old levels describe where it was, not where it is. Without
+  it, a contact that walked away, went quiet and came back was judged by the far levels of its
+  leaving: it departed while heard strongly and arrived again seconds later
+  (``bench/flood.py --tracker-only``: every departure of that venue happened so). Where the
+  assumption fails (a far phone whose first packet after a silence is a lucky strong one),
+  that packet decides as for a phone heard for the first time: it still needs the
+  confirmation's time and sightings to arrive. A contact that comes back weak keeps its old
+  levels, as before.
 - The filters assume samples are independent around a slowly moving level. Multipath fading
   makes single samples swing 20 dB: no single sample past the first ones moves the short
   average by more than half its distance, residuals are clipped, and the recent median and
@@ -388,7 +400,9 @@ class Tracker:
         elif gap > _MIN_GAP_S and track.last_ts > -math.inf:
             self._learn_gap(track, gap)
             self._count_reception(track, gap)
-        if gap > self._quiet_after(track) and gap > config.quiet_min_s and not expected:
+        after_silence = (gap > self._quiet_after(track) and gap > config.quiet_min_s
+                         and not expected)
+        if after_silence:
             # A silence breaks any run towards arriving or departing.
             track.inside_since = track.outside_since = None
             track.inside_count = track.outside_count = 0
@@ -403,6 +417,12 @@ class Tracker:
         else:
             track.power_dbm = power + calibration_db
         value = sighting.rssi - track.power_dbm
+        if (after_silence and not checkin and value >= self._arrive_level
+                and track.level < self._depart_level):
+            # Back from a silence, heard within the radius while the levels from before it
+            # say beyond: the phone has moved (see "After a silence" above); those levels go.
+            track.filter = self._new_filter()
+            track.recent_levels.clear()
         level = track.filter.update(ts, value)
         fast = track.filter.fast
         recent_levels = track.recent_levels
