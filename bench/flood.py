@@ -182,7 +182,9 @@ def make_venue(path: Path, *, rate: float, seconds: float, seed: int = 7,
                 while t < min(end, seconds):
                     rows.append((t, address, kind, rssi + rng.randint(-2, 2)))
                     t += gap * rng.uniform(0.8, 1.2)
-            t += rng.uniform(4, 10)  # gone, silent
+            # Gone, silent, long enough that a tracker departs them before they come back
+            # (its departure takes about 10-15 s here): the contacts really come and go.
+            t += rng.uniform(30, 60)
     strangers = [make_rpa(rng.randbytes(16), bytes([0x40 | rng.randrange(0x40)])
                           + rng.randbytes(2)) for _ in range(3000)]
     for n in range(int(rate * (1 - share) * seconds)):
