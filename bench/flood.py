@@ -714,6 +714,19 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def venue_rows(args: argparse.Namespace) -> tuple[Venue, list[dict[str, Any]]]:
+    """The venue of a ``--minutes`` run (no flood) and its advertisements as trace rows, for
+    the in-process replays (``--resolver-only``, ``--tracker-only``)."""
+    directory = Path(tempfile.mkdtemp(prefix="hw-flood-venue-"))
+    try:
+        venue = make_venue(directory / "venue.jsonl", rate=args.venue_rate,
+                           seconds=args.minutes * 60 + 5)
+        with (directory / "venue.jsonl").open() as lines:
+            return venue, [json.loads(line) for line in lines]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def resolver_only(args: argparse.Namespace) -> None:
     """The same venue and RPA flood through the resolver alone (no daemon, no bus): how long
     after its first advertisement each IRK phone's address resolves, by trial budget."""
@@ -722,13 +735,7 @@ def resolver_only(args: argparse.Namespace) -> None:
     from hallway.models import Advertisement, Contact, ContactKey, KeyKind
 
     seconds = args.minutes * 60
-    directory = Path(tempfile.mkdtemp(prefix="hw-flood-resolver-"))
-    try:
-        make_venue(directory / "venue.jsonl", rate=args.venue_rate, seconds=seconds + 5)
-        with (directory / "venue.jsonl").open() as lines:
-            rows = [json.loads(line) for line in lines]
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    _, rows = venue_rows(args)
     rng = random.Random(11)
     for n in range(int(args.flood_rate * seconds)):
         raw = bytes([0x40 | rng.randrange(0x40)]) + rng.randbytes(5)
@@ -779,15 +786,7 @@ def tracker_only(args: argparse.Namespace) -> None:
     from hallway.models import Advertisement, Contact, ContactKey, KeyKind
     from hallway.pipeline import Pipeline
 
-    seconds = args.minutes * 60
-    directory = Path(tempfile.mkdtemp(prefix="hw-flood-tracker-"))
-    try:
-        venue = make_venue(directory / "venue.jsonl", rate=args.venue_rate,
-                           seconds=seconds + 5)
-        with (directory / "venue.jsonl").open() as lines:
-            rows = [json.loads(line) for line in lines]
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    venue, rows = venue_rows(args)
     pipeline = Pipeline(Config.model_validate(
         {"proximity": {"arrive_confirm_s": 1.0, "depart_confirm_s": 2.0}}))
     contacts = [Contact(f"badge-{i}", "x", keys=(ContactKey(KeyKind.ADDRESS, badge_address(i)),))
