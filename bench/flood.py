@@ -494,8 +494,8 @@ async def run_flood(kind: str, args: argparse.Namespace, db: Path) -> dict[str, 
         cpu0 = cpu_s(rig.daemon.pid)
         others0 = rig.other_cpu()
         load0 = os.getloadavg()[0]
-        play_start = time.time()
         await rig.command("play", path=str(venue.path), rate=None)
+        play_start = time.time()  # the answer comes once the trace is read and playing starts
         await rig.command("flood", kind=kind, rate=args.flood_rate,
                           count=int(args.flood_rate * seconds), seed=11)
         t0 = time.monotonic()

@@ -1487,7 +1487,11 @@ class _Controller:
             await fake.flush()
             return {"ok": True, "reported": reported}
         if cmd in ("play", "steady", "garbage", "flood"):
-            job = self._job(cmd, request)
+            # A trace is read before the answer (in a thread: the bus stays served), so the
+            # answer marks when playing starts: a 30-minute trace takes seconds to read.
+            ads = await asyncio.to_thread(self._read_trace, Path(request["path"])) \
+                if cmd == "play" else None
+            job = self._job(cmd, request, ads)
             if request.get("wait"):
                 return {"ok": True, "sent": await job}
             task = asyncio.create_task(job, name=f"fakebluez-{cmd}")
@@ -1545,11 +1549,11 @@ class _Controller:
             self.job_errors += 1
             print(f"fakebluez: job failed: {task.exception()!r}", file=sys.stderr)
 
-    async def _job(self, cmd: str, request: dict[str, Any]) -> int:
+    async def _job(self, cmd: str, request: dict[str, Any],
+                   ads: list[Advertisement] | None) -> int:
         rate = request.get("rate")
         seed = int(request.get("seed", 1))
-        if cmd == "play":
-            ads = list(self._trace(Path(request["path"])))
+        if ads is not None:
             repeat = int(request.get("repeat", 1))
             return await self.fake.play(
                 (adv for _ in range(repeat) for adv in ads), rate=rate,
@@ -1569,13 +1573,15 @@ class _Controller:
         return await self.fake.play(_take(stream, count), rate=rate,
                                     stamp=bool(request.get("stamp")))
 
-    def _trace(self, path: Path) -> Iterator[Advertisement]:
+    def _read_trace(self, path: Path) -> list[Advertisement]:
+        ads: list[Advertisement] = []
         with path.open("r", encoding="utf-8", errors="replace") as handle:
             for _number, item in read_trace(handle):
                 if isinstance(item, str):
                     self.bad_lines += 1
                 else:
-                    yield item
+                    ads.append(item)
+        return ads
 
     async def serve_client(self, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> None:
