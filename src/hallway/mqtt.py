@@ -63,6 +63,11 @@ POLL_S = 0.5
 REFRESH_SLICE = 32
 """Present contacts compared (and their messages built) between two turns of the event loop
 in a presence refresh: 200 present took 6-10 ms of loop CPU in one step."""
+EVENT_SLICE = 16
+"""Logged events turned into messages between two turns of the event loop (a full window of
+100 took up to 12 ms of loop CPU in one step: bench/registry.py)."""
+PUBLISH_SLICE = 32
+"""Messages handed to the MQTT client between two turns of the event loop."""
 BACKOFF_START_S = 0.5
 GOODBYE_TIMEOUT_S = 2.0
 
@@ -512,7 +517,9 @@ class MqttPublisher:
         held = set(self._held)
         sent = dict(self._sent_present)
         count = 0
-        for row in rows:
+        for n, row in enumerate(rows, 1):
+            if n % EVENT_SLICE == 0:
+                await asyncio.sleep(0)
             event = public_event(row.payload)
             if event is None:
                 self._n["malformed"] += 1
@@ -611,11 +618,21 @@ class MqttPublisher:
             return
         qos = self._config.qos
         # The tasks start in creation order, and each hands its message to the client before
-        # its first wait, so the broker receives them in this order.
-        results = await asyncio.gather(
-            *(client.publish(m.topic, m.payload, qos=qos, retain=m.retain) for m in messages),
-            return_exceptions=True,
-        )
+        # its first wait, so the broker receives them in this order; they are made a slice at
+        # a time, and each slice has started before the next is made.
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for n, m in enumerate(messages):
+                if n and n % PUBLISH_SLICE == 0:
+                    await asyncio.sleep(0)
+                tasks.append(asyncio.ensure_future(
+                    client.publish(m.topic, m.payload, qos=qos, retain=m.retain)))
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         for result in results:
             if isinstance(result, BaseException):
                 raise result
