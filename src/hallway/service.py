@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -342,7 +342,16 @@ class Service(EdgesFacade):
         return result
 
     def _present_json(self) -> list[dict[str, Any]]:
-        return [present_json(i, self._contact(i.contact_id)) for i in self.pipeline.present()]
+        return list(self._present_entries())
+
+    def _present_entries(self) -> Iterator[dict[str, Any]]:
+        """The present contacts' entries one at a time: the MQTT refresh builds them between
+        its turns of the event loop (each rebuilds a contact from the book; 200 at once held
+        the loop for 11-12 ms)."""
+        for info in self.pipeline.present():
+            contact = self._contact(info.contact_id)
+            if contact is not None:  # None: revoked since the list was taken
+                yield present_json(info, contact)
 
     def _now(self) -> float:
         """Now on the advertisements' clock."""
@@ -380,7 +389,7 @@ class Service(EdgesFacade):
                 config.mqtt,
                 scanner=config.scanner.name,
                 store=self.store,
-                present=self._present_json,
+                present=self._present_entries,
                 clock=self._now,  # the advertisements' clock, like every other decision
                 # With the venue registry: nothing goes out until it has caught up (a contact
                 # revoked meanwhile has its logged events purged first).
