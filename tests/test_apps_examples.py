@@ -58,7 +58,8 @@ def test_who_is_here_against_the_demo(tmp_path: Path) -> None:
     with err_path.open("w") as err:
         demo = subprocess.Popen(
             [sys.executable, "-m", "hallway", "demo", "--scenario", "booth", "--port", "0",
-             "--quiet", "--duration", "90", "--unix", str(tmp_path / "demo.sock")],
+             "--web-port", "0", "--quiet", "--duration", "90",
+             "--unix", str(tmp_path / "demo.sock")],
             stdout=subprocess.DEVNULL, stderr=err, text=True, env=ENV)
     app = None
     try:

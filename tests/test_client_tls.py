@@ -87,7 +87,8 @@ def test_tail_and_status_with_the_uri_file_of_demo_tls(tmp_path: Path) -> None:
     err_path = tmp_path / "demo.err"
     with err_path.open("w") as err:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "hallway", "demo", "--tls", "--port", "0", "--quiet",
+            [sys.executable, "-m", "hallway", "demo", "--tls", "--port", "0",
+             "--web-port", "0", "--quiet",
              "--duration", "60", "--unix", str(tmp_path / "demo.sock")],
             stdout=subprocess.DEVNULL, stderr=err, text=True, env=ENV)
     try:

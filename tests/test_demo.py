@@ -20,7 +20,8 @@ def test_demo_shows_events_and_tail_reads_them(tmp_path: Path) -> None:
     err_path = tmp_path / "demo.err"
     with err_path.open("w") as err:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "hallway", "demo", "--port", "0", "--token", token,
+            [sys.executable, "-m", "hallway", "demo", "--port", "0",
+             "--web-port", "0", "--token", token,
              "--duration", "40", "--unix", str(tmp_path / "demo.sock")],
             stdout=subprocess.PIPE, stderr=err, text=True, env=ENV,
         )
@@ -83,7 +84,8 @@ def test_default_demo_shows_ten_events_in_its_first_minute(tmp_path: Path) -> No
     started = time.time()
     with err_path.open("w") as err:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "hallway", "demo", "--port", "0", "--token", token,
+            [sys.executable, "-m", "hallway", "demo", "--port", "0",
+             "--web-port", "0", "--token", token,
              "--unix", str(sock), "--quiet"],
             stdout=subprocess.DEVNULL, stderr=err, text=True, env=ENV,
         )

@@ -415,7 +415,8 @@ def test_plain_tcp_off_loopback_warns_or_is_refused(tmp_path: Path) -> None:
 
 def test_demo_tls_prints_a_uri_that_connects(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hallway", "demo", "--tls", "--port", "0", "--quiet",
+        [sys.executable, "-m", "hallway", "demo", "--tls", "--port", "0",
+         "--web-port", "0", "--quiet",
          "--duration", "20", "--unix", str(tmp_path / "demo.sock")],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
