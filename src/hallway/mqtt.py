@@ -64,8 +64,8 @@ REFRESH_SLICE = 32
 """Present contacts compared (and their messages built) between two turns of the event loop
 in a presence refresh: 200 present took 6-10 ms of loop CPU in one step."""
 EVENT_SLICE = 16
-"""Logged events turned into messages between two turns of the event loop (a full window of
-100 took up to 12 ms of loop CPU in one step: bench/registry.py)."""
+"""Logged events turned into messages between two turns of the event loop (a window holds up
+to ``WINDOW_EVENTS``)."""
 PUBLISH_SLICE = 32
 """Messages handed to the MQTT client between two turns of the event loop."""
 BACKOFF_START_S = 0.5
