@@ -528,13 +528,19 @@ async def main() -> None:
             # The daemons keep their newest 64 callbacks of 5 ms or more, with when they ended.
             callbacks_10ms = (sum(st["loop_callbacks_over_10ms"] for st in stalls)
                               - sum(callbacks_before))
-            in_phase = [(ms, name) for st in stalls for at, ms, name in st["loop_callbacks_slow"]
-                        if at >= phase_start]
-            longest = max(in_phase, default=(0.0, ""))
-            say(f"enrollment: longest callback (loop thread CPU) {longest[0]:.2f} ms"
-                f"{' (' + longest[1] + ')' if longest[1] else ' (none of 5 ms or more)'}; "
+            in_phase = [(ms, name, in_gc) for st in stalls
+                        for at, ms, name, in_gc in st["loop_callbacks_slow"] if at >= phase_start]
+            longest = max(in_phase, default=(0.0, "", 0.0))
+            named = (f" ({longest[1]}, {longest[2]:.2f} ms of it in the cyclic GC)"
+                     if longest[1] else " (none of 5 ms or more)")
+            gc_max = [max(g) for g in zip(*(st["gc_max_ms"] for st in stalls), strict=True)]
+            gc_runs = [sum(g) for g in zip(*(st["gc_runs"] for st in stalls), strict=True)]
+            say(f"enrollment: longest callback (loop thread CPU) {longest[0]:.2f} ms{named}; "
                 f"callbacks over 10 ms: {callbacks_10ms} in all scanners; "
-                f"callbacks of 5 ms or more kept: {len(in_phase)}")
+                f"callbacks of 5 ms or more kept: {len(in_phase)}, "
+                f"{sum(1 for _, _, in_gc in in_phase if in_gc >= 1.0)} of them with ≥ 1 ms of GC; "
+                f"longest collection per generation since start {gc_max} ms, "
+                f"collections {gc_runs}")
             say(f"enrollment: {enrolled} contacts at 1/s for {args.enroll_s:.0f} s while "
                   f"serving {args.rate:.0f} adv/s: longest loop stall per scanner "
                   f"max {max(st['loop_stall_max_ms'] for st in stalls):.1f} ms "

@@ -17,6 +17,7 @@ by its arguments, so nothing about a contact or a device can show.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,9 +44,15 @@ class CallbackTimer:
         self.max_name = ""
         self.over_10ms = 0
         self.callbacks = 0
-        self.slow: deque[tuple[float, float, str]] = deque(maxlen=64)
-        """(time.monotonic() at the end, CPU seconds, name) of recent callbacks ≥ SLOW_S."""
+        self.slow: deque[tuple[float, float, str, float]] = deque(maxlen=64)
+        """(time.monotonic() at the end, CPU seconds, name, of which in the cyclic GC) of
+        recent callbacks ≥ SLOW_S."""
+        self.gc_max_s = [0.0, 0.0, 0.0]
+        """The longest collection of each generation, CPU seconds."""
+        self.gc_runs = [0, 0, 0]
         self._original: Callable[[asyncio.Handle], None] | None = None
+        self._gc_started = 0.0
+        self._gc_in_callback = 0.0
 
     def install(self) -> None:
         """Start timing every callback of every asyncio loop in this process."""
@@ -56,6 +63,7 @@ class CallbackTimer:
         clock = time.thread_time
 
         def timed_run(handle: asyncio.Handle) -> None:
+            self._gc_in_callback = 0.0
             started = clock()
             try:
                 original(handle)
@@ -66,16 +74,30 @@ class CallbackTimer:
                     self._slow(handle, spent)
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign, assignment]
+        gc.callbacks.append(self._gc_phase)
+
+    def _gc_phase(self, phase: str, info: dict[str, int]) -> None:
+        """The cyclic GC starts or stops (``gc.callbacks``): time each collection."""
+        now = time.thread_time()
+        if phase == "start":
+            self._gc_started = now
+            return
+        spent = now - self._gc_started
+        generation = info.get("generation", 2)
+        self.gc_runs[generation] += 1
+        self.gc_max_s[generation] = max(self.gc_max_s[generation], spent)
+        self._gc_in_callback += spent
 
     def uninstall(self) -> None:
         """Stop timing (the loop runs its callbacks as before)."""
         if self._original is not None:
             asyncio.events.Handle._run = self._original  # type: ignore[method-assign, assignment]
             self._original = None
+            gc.callbacks.remove(self._gc_phase)
 
     def _slow(self, handle: asyncio.Handle, spent: float) -> None:
         name = callback_name(handle._callback)  # type: ignore[attr-defined]
-        self.slow.append((time.monotonic(), spent, name))
+        self.slow.append((time.monotonic(), spent, name, self._gc_in_callback))
         if spent > 0.010:
             self.over_10ms += 1
         if spent > self.max_s:
@@ -89,5 +111,8 @@ class CallbackTimer:
             "loop_callbacks_over_10ms": self.over_10ms,
             "loop_callbacks": self.callbacks,
             "loop_callbacks_slow": [
-                [round(at, 3), round(spent * 1000, 2), name] for at, spent, name in self.slow],
+                [round(at, 3), round(spent * 1000, 2), name, round(in_gc * 1000, 2)]
+                for at, spent, name, in_gc in self.slow],
+            "gc_max_ms": [round(spent * 1000, 2) for spent in self.gc_max_s],
+            "gc_runs": list(self.gc_runs),
         }
