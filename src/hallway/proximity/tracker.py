@@ -290,6 +290,7 @@ class _Track:
         "outside_since",
         "power_dbm",
         "recent",
+        "recent_level_ts",
         "recent_levels",
         "reception",
         "slots",
@@ -324,7 +325,11 @@ class _Track:
         self.inside_count = 0  # sightings in the current run inside the arrive radius
         self.outside_count = 0  # ... beyond the depart radius
         self.recent: deque[float] = deque(maxlen=_RECENT_MAX)  # times of the latest sightings
-        self.recent_levels: deque[tuple[float, float]] = deque(maxlen=_MEDIAN_MAX)
+        # The latest levels and their times, in two deques of floats: a (time, level) tuple per
+        # sighting would be a new object for the cyclic GC to walk (thousands a second in a
+        # crowd: its young collections grew to 17,000 objects and 8 ms), a float is not one.
+        self.recent_level_ts: deque[float] = deque(maxlen=_MEDIAN_MAX)
+        self.recent_levels: deque[float] = deque(maxlen=_MEDIAN_MAX)
         self.reception = 1.0  # share of its expected packets heard lately (learned interval)
         self.slots = 0  # expected packets counted into ``reception``
         self.carrier: str | None = None  # of the latest sighting
@@ -422,10 +427,10 @@ class Tracker:
             # Back from a silence, heard within the radius while the levels from before it
             # say beyond: the phone has moved (see "After a silence" above); those levels go.
             track.filter = self._new_filter()
+            track.recent_level_ts.clear()
             track.recent_levels.clear()
         level = track.filter.update(ts, value)
         fast = track.filter.fast
-        recent_levels = track.recent_levels
         ceiling = math.inf
         if checkin:
             # A check-in is already the phone's own average of what it heard, and the next is
@@ -440,7 +445,8 @@ class Tracker:
             track.checkin_level, track.checkin_level_ts = raw, ts
             level = fast = raw
         else:
-            recent_levels.append((ts, value))
+            track.recent_level_ts.append(ts)
+            track.recent_levels.append(value)
             if track.gap_count >= _SETTLED_GAPS:
                 ceiling = self._reception_ceiling(track, level)
                 level, fast = min(level, ceiling), min(fast, ceiling)
@@ -455,7 +461,7 @@ class Tracker:
         # Two levels make a median once the reception share may cap them; three before.
         least = 2 if track.gap_count >= _SETTLED_GAPS else 3
         median = track.median = (
-            level if checkin else min(self._recent_median(recent_levels, ts, least), ceiling))
+            level if checkin else min(self._recent_median(track, ts, least), ceiling))
         if (
             level >= self._arrive_level
             or fast >= self._quick_arrive_level
@@ -665,11 +671,12 @@ class Tracker:
         return floor + self._shadowing_db * _INV_CDF(max(share, 0.01)) - track.power_dbm
 
     @staticmethod
-    def _recent_median(levels: deque[tuple[float, float]], ts: float, least: int) -> float:
+    def _recent_median(track: _Track, ts: float, least: int) -> float:
         """The median of the levels of the last ``_MEDIAN_WINDOW_S`` (at least ``least`` of
         them; -inf otherwise): what the long average has not caught up with yet after a walk-in."""
         since = ts - _MEDIAN_WINDOW_S
-        values = [v for t, v in levels if t > since]
+        values = [v for t, v in zip(track.recent_level_ts, track.recent_levels, strict=True)
+                  if t > since]
         if len(values) < least:
             return -math.inf
         values.sort()
@@ -687,7 +694,8 @@ class Tracker:
         window = min(max(_STRONGEST_MIN_S, _STRONGEST_GAPS * track.typical_gap_s),
                      _STRONGEST_MAX_S)
         since = max(ts - window, track.filter.last_move_ts)
-        strongest = max((v for t, v in track.recent_levels if t >= since), default=-math.inf)
+        strongest = max((v for t, v in zip(track.recent_level_ts, track.recent_levels,
+                                           strict=True) if t >= since), default=-math.inf)
         return min(strongest, ceiling) >= self._depart_level
 
     def _lossy(self) -> bool:
