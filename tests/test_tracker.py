@@ -258,6 +258,17 @@ def test_shutdown_departs_everyone_present_and_only_them() -> None:
     assert run.tracker.tick(run.now + 1000) == []
 
 
+def test_present_count_counts_the_present_list_without_building_it() -> None:
+    run = Run()
+    run.stream(30, lambda t: rssi_for(2.0), contact="a")
+    run.stream(10, lambda t: rssi_for(2.0), contact="b")
+    run.stream(10, lambda t: rssi_for(40.0), contact="far")  # heard, never present
+    assert [p.contact_id for p in run.tracker.present()] == ["a", "b"]
+    assert run.tracker.present_count() == 2
+    run.tracker.remove("a", now=run.now, reason=DepartReason.REVOKED)
+    assert run.tracker.present_count() == len(run.tracker.present()) == 1
+
+
 def test_a_departed_contact_can_arrive_again() -> None:
     run = Run()
     run.stream(30, lambda t: rssi_for(2.0))

@@ -293,6 +293,6 @@ class Pipeline:
             events=self._events,
             checkins=self._checkins,
             contacts=len(self._book) - sum(1 for b in self._badge_ids if b in self._book),
-            present=len(self.tracker.present()),
+            present=self.tracker.present_count(),
         )
         return out
