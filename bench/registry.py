@@ -295,12 +295,14 @@ class Subscriber:
                 continue
             loop.add_reader(sock.fileno(), readable)
             try:
-                await lines.get()  # the greeting
+                if await lines.get() is None:  # the greeting
+                    raise OSError("closed before its greeting")
                 request: dict[str, Any] = {"type": "subscribe", "token": TOKEN}
                 if last_seq is not None:
                     request["since_seq"] = last_seq
                 await loop.sock_sendall(sock, (json.dumps(request) + "\n").encode())
-                await lines.get()
+                if await lines.get() is None:  # the answer to subscribe
+                    raise OSError("closed before it answered")
                 while (item := await lines.get()) is not None:
                     at, line = item
                     event = json.loads(line)
