@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,43 @@ async def test_background_checkpoints_leave_writes_alone(tmp_path: Path) -> None
         assert await store.last_seq() == 1501
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (1501,)
+
+
+async def test_transaction_in_thread_is_one_atomic_trip_off_the_loop(tmp_path: Path) -> None:
+    async with await SqliteStore.open(tmp_path / "h.db") as store:
+        loop_thread = threading.get_ident()
+        seen: list[int] = []
+
+        def write(db: sqlite3.Connection) -> int:
+            seen.append(threading.get_ident())
+            db.execute("INSERT INTO events VALUES (1, 1.0, 'zone', NULL, '{}')")
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+        assert await store.transaction_in_thread(write) == 1
+        assert len(seen) == 1
+        assert seen[0] != loop_thread  # ran on the database thread
+
+        def half_then_fail(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO events VALUES (2, 2.0, 'zone', NULL, '{}')")
+            db.execute("INSERT INTO events VALUES (1, 1.0, 'zone', NULL, '{}')")  # seq again
+
+        with pytest.raises(StoreError, match="nothing was changed"):
+            await store.transaction_in_thread(half_then_fail)
+        assert [e.seq for e in await store.events_after(0)] == [1]
+
+        def fail_in_python(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO events VALUES (3, 3.0, 'zone', NULL, '{}')")
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await store.transaction_in_thread(fail_in_python)
+        assert [e.seq for e in await store.events_after(0)] == [1]
+
+        # It takes turns with the other writers: both land, neither inside the other.
+        def two(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO events VALUES (10, 4.0, 'zone', NULL, '{}')")
+
+        await asyncio.gather(store.transaction_in_thread(two),
+                             store.append_events(event_rows(11, 3)))
+        assert [e.seq for e in await store.events_after(0)] == [1, 10, 11, 12, 13]
+        assert not store.connection.in_transaction

@@ -15,6 +15,7 @@ the id, so a resume with ``since_seq`` hears that it left and nothing else about
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -61,11 +62,10 @@ async def save_applied_change(
     """Remember that every change up to ``change_id`` is applied (``key``: whose cursor;
     ``registry_published_change`` is the venue registry publisher's)."""
 
-    async def work() -> None:
-        await store.connection.execute("UPDATE meta SET value = ? WHERE key = ?",
-                                       (change_id, key))
+    def work(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = ? WHERE key = ?", (change_id, key))
 
-    await store.transaction(work)
+    await store.transaction_in_thread(work)
 
 
 async def published_change(store: SqliteStore) -> int:
@@ -105,23 +105,24 @@ async def apply_registry(
     events; a tombstone kept), whether or not they were stored here, and the registry
     ``versions`` of them all remembered (a restart skips what it already has)."""
 
-    async def work() -> None:
-        db = store.connection
+    def work(db: sqlite3.Connection) -> None:
+        # One trip to the database thread (``transaction_in_thread``): the event log's
+        # writes wait only while SQLite works, not for a loop turn per statement.
         if revoked:
             ids = [(cid,) for cid in revoked]
-            await db.executemany("DELETE FROM events WHERE contact_id = ?", ids)
-            await db.executemany("DELETE FROM contacts WHERE id = ?", ids)
-            await db.executemany(
+            db.executemany("DELETE FROM events WHERE contact_id = ?", ids)
+            db.executemany("DELETE FROM contacts WHERE id = ?", ids)
+            db.executemany(
                 "INSERT OR REPLACE INTO revocations (contact_id, revoked_at) VALUES (?, ?)",
                 [(cid, now) for cid in revoked])
         if contacts:
             ids = [(c.id,) for c in contacts]
-            await db.executemany("DELETE FROM revocations WHERE contact_id = ?", ids)
-            await db.executemany("DELETE FROM keys WHERE contact_id = ?", ids)
-            await db.executemany(
+            db.executemany("DELETE FROM revocations WHERE contact_id = ?", ids)
+            db.executemany("DELETE FROM keys WHERE contact_id = ?", ids)
+            db.executemany(
                 "DELETE FROM keys WHERE kind = ? AND value = ?",
                 [(key.kind.value, key.value) for c in contacts for key in c.keys])
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO contacts (id, name, org, title, handles, tags, calibration_db) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                 "name = excluded.name, org = excluded.org, title = excluded.title, "
@@ -131,21 +132,20 @@ async def apply_registry(
                   json.dumps(dict(c.handles), ensure_ascii=False, sort_keys=True),
                   json.dumps(list(c.tags), ensure_ascii=False), c.calibration_db)
                  for c in contacts])
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO consent (contact_id, granted_at, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(contact_id) DO UPDATE SET granted_at = excluded.granted_at, "
                 "expires_at = excluded.expires_at",
                 [(c.id, c.granted_at, c.expires_at) for c in contacts])
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO keys (contact_id, kind, value) VALUES (?, ?, ?)",
                 [(c.id, key.kind.value, key.value) for c in contacts for key in c.keys])
-        await db.execute(
-            "UPDATE meta SET value = value + 1 WHERE key = 'contacts_generation'")
-        await db.executemany(
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'contacts_generation'")
+        db.executemany(
             "INSERT INTO registry_versions (contact_id, version) VALUES (?, ?) "
             "ON CONFLICT(contact_id) DO UPDATE SET version = excluded.version", versions)
 
-    await store.transaction(work)
+    await store.transaction_in_thread(work)
     if revoked:
         await store.scrub()
 

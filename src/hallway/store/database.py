@@ -14,16 +14,18 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiosqlite
 
 from hallway.errors import StoreError
 from hallway.files import create_private
 from hallway.store.migrations import MIGRATIONS, SCHEMA_VERSION, statements
+
+_T = TypeVar("_T")
 
 
 def _connect_error(path: str, exc: BaseException) -> StoreError:
@@ -182,6 +184,45 @@ class Database:
         """Run ``work`` (a coroutine factory) in one write transaction, taking turns with
         every other writer (see ``_write``)."""
         return await self._write(work)
+
+    async def transaction_in_thread(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work(connection)`` (plain, blocking sqlite3 calls) in one IMMEDIATE
+        transaction, all of it in a single trip to the database thread.
+
+        ``transaction`` costs a loop turn per statement, and holds the write turn across all
+        of them: on a busy daemon each turn is a few ms, so a many-statement change (a registry
+        update) kept the event log waiting for tens of ms. Here the turn is held only while
+        SQLite works. Takes turns with every other writer; a cancelled caller does not cancel
+        the write. Relies on aiosqlite running queued functions on its connection's thread
+        (``Connection._execute``, locked at the version in requirements.lock; tested).
+        """
+        db = self._db
+
+        def one_trip() -> _T:
+            connection = db._conn  # private: used only on its own thread, here
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+                raise
+            return result
+
+        async def serialised() -> _T:
+            async with self._write_lock:
+                self._unchecked = True
+                try:
+                    run: Callable[..., Awaitable[_T]] = db._execute  # private, see above
+                    return await run(one_trip)
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"{self.path}: write failed, nothing was changed: {exc}") from None
+
+        task = asyncio.ensure_future(serialised())
+        task.add_done_callback(_consume_outcome)
+        return await asyncio.shield(task)
 
     async def scrub(self) -> None:
         """Empty the WAL of old page copies (after deleting a contact's data); best effort."""
