@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import collections
 import contextlib
 import json
 import os
@@ -371,6 +372,23 @@ def subscriber_lags(subs: list[Subscriber], quiet_from: list[int], enroll_from: 
     return quiet, enrolling, near
 
 
+def lags_by_type(subs: list[Subscriber], enroll_from: list[int]) -> dict[str, list[float]]:
+    """While enrolling: the socket-arrival lag in ms (above each scanner's smallest, as in
+    ``subscriber_lags``) of each event type, to tell where a tail comes from (an arrival is
+    sent from the advertisement's callback, a departure from the once-a-second tick)."""
+    out: dict[str, list[float]] = {}
+    for sub, middle in zip(subs, enroll_from, strict=True):
+        timed = [(str(ev.get("type")), arrived - ev["ts"])
+                 for index, (arrived, ev) in enumerate(sub.events)
+                 if index >= middle and ev.get("type") in ("arrived", "zone", "departed")]
+        if not timed:
+            continue
+        offset = min(lag for _, lag in timed)
+        for kind, lag in timed:
+            out.setdefault(kind, []).append(1000 * (lag - offset))
+    return out
+
+
 # -- phases ------------------------------------------------------------------------------------
 
 
@@ -622,6 +640,12 @@ async def main() -> None:
                 f"{sum(1 for _, _, in_gc in in_phase if in_gc >= 1.0)} of them with ≥ 1 ms of GC; "
                 f"longest collection per generation since start {gc_max} ms, "
                 f"collections {gc_runs}")
+            by_name = collections.Counter(name for _, name, _ in in_phase)
+            say("enrollment: slow callbacks (5 ms or more) by name: "
+                + (", ".join(f"{name} x{n}" for name, n in by_name.most_common(6)) or "none")
+                + "; subscriber lag p99 by event type: "
+                + ", ".join(f"{kind} {pct(ms, 0.99):.1f} ms over {len(ms):,}"
+                            for kind, ms in lags_by_type(subs, events_before).items()))
             say(f"enrollment: {enrolled} contacts at 1/s for {args.enroll_s:.0f} s while "
                   f"serving {args.rate:.0f} adv/s: longest loop stall per scanner "
                   f"max {max(st['loop_stall_max_ms'] for st in stalls):.1f} ms "
