@@ -20,7 +20,14 @@ import aiomqtt
 import pytest
 
 from hallway.config import MqttConfig
-from hallway.mqtt import MqttPublisher, PublisherState, Topics, topic_level, unescape_level
+from hallway.mqtt import (
+    OUTSTANDING,
+    MqttPublisher,
+    PublisherState,
+    Topics,
+    topic_level,
+    unescape_level,
+)
 from hallway.store import SqliteStore
 from tests.mqtt_env import (
     IRK_HEX,
@@ -264,6 +271,41 @@ async def test_restart_resumes_from_the_durable_cursor(site: Site, store: Sqlite
             await collector.until(lambda: len(collector.event_seqs()) >= 10, 10)
     assert collector.event_seqs() == early + late
     assert again.stats()["events"] == 5
+
+
+async def test_a_full_window_keeps_few_messages_waiting_for_acknowledgement(
+    site: Site, store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window of 100 events is about 200 messages; the client reads every acknowledgement
+    waiting on its socket in one loop callback, so only OUTSTANDING may wait at once."""
+    waiting = peak = 0
+    publish = aiomqtt.Client.publish
+
+    async def counted(self: aiomqtt.Client, *args: Any, **kwargs: Any) -> None:
+        nonlocal waiting, peak
+        waiting += 1
+        peak = max(peak, waiting)
+        try:
+            await publish(self, *args, **kwargs)
+        finally:
+            waiting -= 1
+
+    monkeypatch.setattr(aiomqtt.Client, "publish", counted)
+    config = scanner_config(site)
+    log = Log(store)
+    collector = Collector(site.port, (Topics.for_scanner(config, "kiosk-a").events,),
+                          clean=True)
+    async with collecting(collector):
+        publisher = MqttPublisher(config, scanner="kiosk-a", store=store)
+        async with publishing(publisher):
+            await asyncio.sleep(0.2)
+            written = await log.write([log.arrived(f"c-{1 + i % 5}") for i in range(250)])
+            publisher.notify()
+            assert await publisher.flush(20)
+            await collector.until(lambda: len(collector.event_seqs()) >= 250, 10)
+    assert collector.event_seqs() == written  # in order, none lost, none twice
+    assert publisher.stats()["messages"] >= 500  # each event with its presence message
+    assert 1 < peak <= OUTSTANDING
 
 
 async def test_backlog_beyond_the_bound_is_dropped_and_counted(
