@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -58,7 +59,10 @@ def test_notify_ready_watchdog_status_wedge_and_stopping(tmp_path: Path) -> None
         while time.monotonic() < deadline:
             pings += sum(m.count("WATCHDOG=1") for m in daemon.notifications(0.2))
         assert pings >= 3, daemon.messages
-        daemon.wait_for_notification("STATUS=", 10)
+        line = daemon.wait_for_notification("STATUS=", 10)
+        assert re.fullmatch(r"STATUS=[a-z_]+; \d+ adv/s, [\d.]+ matched/s; \d+ present; "
+                            r"\d+ subscriber\(s\); malformed \d+, dropped \d+(; .*)?",
+                            line), line
         # Wedged pipeline: alive, but once the grace (2 s) is over no more WATCHDOG=1, so
         # systemd would kill and restart it.
         daemon.proc.send_signal(signal.SIGUSR2)
