@@ -253,11 +253,15 @@ async def test_presence_follows_the_live_set_and_crash_leftovers_are_cleared(
     assert (await store.mqtt_progress())[1] == set()
 
 
+def events_collector(site: Site, config: MqttConfig) -> Collector:
+    """A subscriber to scanner kiosk-a's event topic, without a session."""
+    return Collector(site.port, (Topics.for_scanner(config, "kiosk-a").events,), clean=True)
+
+
 async def test_restart_resumes_from_the_durable_cursor(site: Site, store: SqliteStore) -> None:
     config = scanner_config(site)
     log = Log(store)
-    collector = Collector(site.port, (Topics.for_scanner(config, "kiosk-a").events,),
-                          clean=True)
+    collector = events_collector(site, config)
     async with collecting(collector):
         publisher = MqttPublisher(config, scanner="kiosk-a", store=store)
         async with publishing(publisher):
@@ -293,8 +297,7 @@ async def test_a_full_window_keeps_few_messages_waiting_for_acknowledgement(
     monkeypatch.setattr(aiomqtt.Client, "publish", counted)
     config = scanner_config(site)
     log = Log(store)
-    collector = Collector(site.port, (Topics.for_scanner(config, "kiosk-a").events,),
-                          clean=True)
+    collector = events_collector(site, config)
     async with collecting(collector):
         publisher = MqttPublisher(config, scanner="kiosk-a", store=store)
         async with publishing(publisher):
