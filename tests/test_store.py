@@ -192,3 +192,18 @@ async def test_transaction_in_thread_is_one_atomic_trip_off_the_loop(tmp_path: P
                              store.append_events(event_rows(11, 3)))
         assert [e.seq for e in await store.events_after(0)] == [1, 10, 11, 12, 13]
         assert not store.connection.in_transaction
+
+        # A caller cancelled mid-write does not cancel the write: it lands whole.
+        def slow(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO events VALUES (20, 5.0, 'zone', NULL, '{}')")
+            threading.Event().wait(0.2)
+            db.execute("INSERT INTO events VALUES (21, 5.0, 'zone', NULL, '{}')")
+
+        task = asyncio.ensure_future(store.transaction_in_thread(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.append_events(event_rows(22, 1))  # takes its turn after it
+        assert [e.seq for e in await store.events_after(13)] == [20, 21, 22]
+        assert not store.connection.in_transaction
