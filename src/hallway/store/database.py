@@ -194,7 +194,7 @@ class Database:
         update) kept the event log waiting for tens of ms. Here the turn is held only while
         SQLite works. Takes turns with every other writer; a cancelled caller does not cancel
         the write. Relies on aiosqlite running queued functions on its connection's thread
-        (``Connection._execute``, locked at the version in requirements.lock; tested).
+        (``Connection._execute``, locked with its hash in requirements/runtime.txt; tested).
         """
         db = self._db
 
