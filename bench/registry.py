@@ -693,6 +693,15 @@ async def main() -> None:
                   f"{pct(latencies, 0.99):.2f} s, max {max(latencies, default=float('nan')):.2f}"
                   f" s; not reached in 30 s: {missing}; subscriber reconnects "
                   f"{sum(sub.reconnects for sub in subs)}")
+            if missing:
+                # Keep the logs, and say what the registry's side was doing.
+                args.keep = True
+                alive = "running" if venue.proc.poll() is None else f"exited {venue.proc.poll()}"
+                warnings = [line for line in venue.log.read_text(errors="replace").splitlines()
+                            if '"level": "warning"' in line or '"level": "error"' in line]
+                say(f"  the venue service is {alive}; its last warnings:")
+                for line in warnings[-8:]:
+                    say(f"    {line[:300]}")
 
             # Phase 5: leftovers.
             await asyncio.sleep(2)
