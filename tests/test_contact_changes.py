@@ -4,15 +4,21 @@ event log keeps only the id-only departure and tombstone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
+import pytest
+
+from hallway.errors import StoreError
 from hallway.models import Contact, ContactKey, KeyKind
 from hallway.registry.changes import (
     applied_change,
     changes_after,
     forget_events,
+    forget_until_done,
     latest_change,
     revoked_after,
     save_applied_change,
@@ -109,3 +115,26 @@ async def test_forget_events_keeps_only_the_id_only_departure_and_tombstone(
         assert await forget_events(store, "c-1") == 0  # nothing left to do
     data = database_bytes(path)
     assert data.count(b"Ada Lovelace") == 1  # c-2's arrival only
+
+
+async def test_forgetting_waits_out_a_locked_database_instead_of_failing(tmp_path: Path) -> None:
+    """Another process holds the write lock past the busy timeout: forget_events fails (and
+    would have ended the daemon's task); forget_until_done retries until the events are gone."""
+    path = tmp_path / "h.db"
+    async with await SqliteStore.open(path) as store:
+        await store.append_events([(1, 1.0, "arrived", "c-1", json.dumps(
+            {"type": "arrived", "seq": 1, "contact": {"id": "c-1", "name": "Ada Lovelace"}}))])
+        await store.connection.execute("PRAGMA busy_timeout = 50")
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError, match="locked"):
+                await forget_events(store, "c-1")
+            release = threading.Timer(0.6, lambda: holder.execute("COMMIT"))
+            release.start()
+            changed = await asyncio.wait_for(forget_until_done(store, "c-1"), 10)
+            release.join()
+        finally:
+            holder.close()
+        assert changed == 1
+        assert await store.events_after(0) == []

@@ -59,7 +59,7 @@ from hallway.registry.changes import (
     applied_change,
     changes_after,
     contacts_page,
-    forget_events,
+    forget_until_done,
     latest_change,
     revoked_after,
     save_applied_change,
@@ -575,7 +575,7 @@ class Service(EdgesFacade):
             self._lane.forget_hints()
         for contact_id in forgotten:
             await self.hub.forget_contact(contact_id)
-            await forget_events(self.store, contact_id)
+            await forget_until_done(self.store, contact_id)
 
     # -- loops --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ the id, so a resume with ``since_seq`` hears that it left and nothing else about
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -21,9 +22,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from hallway.errors import StoreError
+from hallway.logs import get_logger
 from hallway.models import Contact, ContactKey, KeyKind
 from hallway.store import SqliteStore
 from hallway.store.contacts import contact_from_row
+
+log = get_logger(__name__)
 
 PAGE = 64
 """Contacts read and applied in one step: a few ms of work on the event loop (128 took about
@@ -269,3 +274,27 @@ async def forget_events(store: SqliteStore, contact_id: str) -> int:
     if changed:
         await store.scrub()
     return changed
+
+
+FORGET_RETRY_MAX_S = 5.0
+"""Longest wait between two tries of ``forget_until_done``."""
+
+
+async def forget_until_done(store: SqliteStore, contact_id: str) -> int:
+    """``forget_events`` until it succeeds: a revoked contact's events must go, and a write
+    refused for a while (another process holding the database past its busy timeout, a full
+    disk) is no reason to stop the daemon or to keep them. Retries with a growing wait; says
+    so in the log (without the id) while it fails. The rows changed."""
+    delay, failures = 0.05, 0
+    while True:
+        try:
+            changed = await forget_events(store, contact_id)
+        except StoreError as exc:
+            failures += 1
+            log.warning("forget_events_retrying", error=str(exc), attempts=failures)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FORGET_RETRY_MAX_S)
+            continue
+        if failures:
+            log.info("forget_events_done", attempts=failures + 1)
+        return changed

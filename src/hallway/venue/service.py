@@ -49,7 +49,7 @@ from hallway.mqtt import (
     venue_base,
 )
 from hallway.notify import SystemdNotifier
-from hallway.registry.changes import forget_events
+from hallway.registry.changes import forget_until_done
 from hallway.registry.publisher import RegistryPublisher
 from hallway.store import SqliteStore
 from hallway.venue.arbiter import Arbiter
@@ -238,7 +238,7 @@ class VenueService(EdgesFacade):
             while self._forgetting:
                 contact_id = self._forgetting.pop(0)
                 await hub.forget_contact(contact_id)
-                await forget_events(store, contact_id)
+                await forget_until_done(store, contact_id)
                 self._n["revoked"] += 1
 
     # -- MQTT in ------------------------------------------------------------------------------
