@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -170,9 +170,7 @@ class Database:
         Writers take turns. Cancelling the caller does not cancel the write: it commits or
         rolls back on its own, so no transaction is ever left open on the shared connection.
         """
-        task = asyncio.ensure_future(self._write_serialised(work))
-        task.add_done_callback(_consume_outcome)
-        return await asyncio.shield(task)
+        return await _shielded(self._write_serialised(work))
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -220,9 +218,7 @@ class Database:
                     raise StoreError(
                         f"{self.path}: write failed, nothing was changed: {exc}") from None
 
-        task = asyncio.ensure_future(serialised())
-        task.add_done_callback(_consume_outcome)
-        return await asyncio.shield(task)
+        return await _shielded(serialised())
 
     async def scrub(self) -> None:
         """Empty the WAL of old page copies (after deleting a contact's data); best effort."""
@@ -275,6 +271,13 @@ class Database:
     async def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             await self._db.execute("ROLLBACK")
+
+
+async def _shielded(write: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``write`` in a task of its own: cancelling the caller does not cancel it."""
+    task = asyncio.ensure_future(write)
+    task.add_done_callback(_consume_outcome)
+    return await asyncio.shield(task)
 
 
 def _consume_outcome(task: asyncio.Future[Any]) -> None:
