@@ -275,7 +275,9 @@ async def two_daemons() -> AsyncIterator[list[_Announced]]:
 
 async def test_tail_by_mdns_reports_a_refusal_and_carries_on(
         two_daemons: list[_Announced]) -> None:
-    code, out, err = await _run_tail("--mdns-interface", "127.0.0.1", "--browse", "4",
+    # Named, so that tail leaves alone the daemons other tests announce on loopback meanwhile.
+    code, out, err = await _run_tail("--mdns-interface", "127.0.0.1", "--browse", "10",
+                                     "--name", two_daemons[0].name, "--name", two_daemons[1].name,
                                      "--count", "2", env={})
     assert code == 0, err
     assert "(found by mDNS) wants a token" in err  # the locked one, reported

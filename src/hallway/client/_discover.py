@@ -11,17 +11,18 @@ anything: name the host yourself if you trust it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from hallway.client._target import SERVICE_TYPE, Candidate
 
 
 async def discover(*, browse_s: float = 3.0, interfaces: Sequence[str] = (),
-                   name: str | None = None) -> list[Candidate]:
+                   name: str | None = None, names: Collection[str] = ()) -> list[Candidate]:
     """The daemons announced by mDNS within ``browse_s`` (IPv4), sorted by name.
 
-    ``interfaces``: local addresses to browse on (default all). ``name``: stop as soon as the
-    instance with this name is seen, and return only it."""
+    ``interfaces``: local addresses to browse on (default all). ``name`` (or several,
+    ``names``): return only the instances with these names, and stop browsing as soon as all
+    of them have been seen."""
     # zeroconf is imported only by apps that browse (it costs ~0.1 s at import).
     from zeroconf import IPVersion, ServiceStateChange, Zeroconf  # noqa: PLC0415
     from zeroconf.asyncio import (  # noqa: PLC0415
@@ -32,13 +33,13 @@ async def discover(*, browse_s: float = 3.0, interfaces: Sequence[str] = (),
 
     found: dict[str, None] = {}
     seen = asyncio.Event()
-    wanted = None if name is None else f"{name}.{SERVICE_TYPE}"
+    wanted = {f"{one}.{SERVICE_TYPE}" for one in ([] if name is None else [name]) + [*names]}
 
     def on_change(zeroconf: Zeroconf, service_type: str, name: str,
                   state_change: ServiceStateChange) -> None:
         if state_change is not ServiceStateChange.Removed:
             found[name] = None
-            if wanted is None or name == wanted:
+            if wanted and wanted <= found.keys():
                 seen.set()
 
     if interfaces:
@@ -49,7 +50,7 @@ async def discover(*, browse_s: float = 3.0, interfaces: Sequence[str] = (),
     try:
         browser = AsyncServiceBrowser(zc.zeroconf, SERVICE_TYPE, handlers=[on_change])
         try:
-            if wanted is not None:
+            if wanted:
                 try:
                     async with asyncio.timeout(browse_s):
                         await seen.wait()
@@ -60,7 +61,7 @@ async def discover(*, browse_s: float = 3.0, interfaces: Sequence[str] = (),
         finally:
             await browser.async_cancel()
         for full in sorted(found):
-            if wanted is not None and full != wanted:
+            if wanted and full not in wanted:
                 continue
             info = AsyncServiceInfo(SERVICE_TYPE, full)
             if not await info.async_request(zc.zeroconf, 3000) or info.port is None:

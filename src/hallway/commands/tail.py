@@ -49,7 +49,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     add_target_options(parser)
     parser.add_argument("--mdns", action="store_true",
                         help="look for daemons by mDNS even where a config names the local one")
-    parser.add_argument("--name", help="only the daemon announced under this mDNS name")
+    parser.add_argument("--name", action="append", default=[],
+                        help="only the daemon announced under this mDNS name (repeatable)")
     parser.add_argument("--browse", type=float, default=3.0, metavar="SECONDS",
                         help="how long to look for daemons by mDNS (default 3)")
     parser.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
@@ -333,9 +334,9 @@ async def _main(args: argparse.Namespace) -> int:
             return 2
         token = given_token(args, prog="tail")
         candidates = await hc.discover(interfaces=args.mdns_interface, browse_s=args.browse,
-                                       name=args.name)
+                                       names=args.name)
         if not candidates:
-            what = f"named {args.name!r}" if args.name else "announced"
+            what = ("named " + " or ".join(map(repr, args.name))) if args.name else "announced"
             print(f"hallway tail: no hallway daemon {what} by mDNS within {args.browse:g} s "
                   "(try --connect HOST:PORT, --unix PATH or --uri-file FILE)", file=sys.stderr)
             return 1
