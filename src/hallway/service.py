@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,7 +222,6 @@ class Service(EdgesFacade):
 
     def status(self) -> dict[str, Any]:
         """Operational figures for ``hallway status`` and STATUS= (no contact data)."""
-        counters = self._counters()
         source = self._source
         edges = self._edges
         hub_stats = edges.hub.stats() if edges.hub is not None else {}
@@ -232,20 +231,13 @@ class Service(EdgesFacade):
             "scanner": self.config.scanner.name,
             "uptime_s": round(time.monotonic() - self._started_at, 1),
             "source": self.config.scanner.source,
-            "source_state": source.state.value if source is not None else "stopped",
-            "advertisements_per_s": round(self._rates.rates.get("advertisements", 0.0), 1),
-            "matched_per_s": round(self._rates.rates.get("matched", 0.0), 2),
-            **counters,
-            "present": int(hub_stats.get("present", 0)),
+            **self._headline(hub_stats, server_stats),
             "contacts": int(self._pipeline.stats()["contacts"]) if self._pipeline else 0,
             # False until the first load of every contact is done (the daemon serves meanwhile).
             "contacts_loaded": self._applied is not None,
-            # Why contacts are not being resolved (None: they are); see registry.stale_after_s.
-            "resolving_held": self._pipeline.hold_reason if self._pipeline else None,
             "registry": self._registry.stats() if self._registry is not None else None,
             "contacts_load_s": None if self._contacts_loaded_s is None
             else round(self._contacts_loaded_s, 3),
-            "subscribers": int(server_stats.get("subscribers", 0)),
             "connections": int(server_stats.get("connections", 0)),
             "last_seq": int(hub_stats.get("last_seq", 0)),
             "loop_lag_ms": round(self._edges.loop_lag_s * 1000, 1),
@@ -255,8 +247,6 @@ class Service(EdgesFacade):
                 "loop_busy_max_ms": round(self._busy_max_s * 1000, 2),
                 "loop_busy_over_10ms": self._busy_over_10ms,
                 **(self._callbacks.figures() if self._callbacks is not None else {})}),
-            "last_error": self._last_error
-            or (source.last_error if source is not None else None),
             # A source whose clock ran away from the wall clock: how many timestamps were
             # clamped, and the latest offset seen (seconds, source minus wall).
             "clock_clamped": self._clamped,
@@ -324,21 +314,28 @@ class Service(EdgesFacade):
                                   else "")
         return figures
 
+    def _headline(self, hub_stats: Mapping[str, Any], server_stats: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+        """The figures of systemd's STATUS= line, which ``status`` shows with the rest."""
+        source, pipeline = self._source, self._pipeline
+        return {
+            "source_state": source.state.value if source is not None else "stopped",
+            "advertisements_per_s": round(self._rates.rates.get("advertisements", 0.0), 1),
+            "matched_per_s": round(self._rates.rates.get("matched", 0.0), 2),
+            "present": int(hub_stats.get("present", 0)),
+            **self._counters(),
+            # Why contacts are not being resolved (None: they are); see registry.stale_after_s.
+            "resolving_held": pipeline.hold_reason if pipeline is not None else None,
+            "subscribers": int(server_stats.get("subscribers", 0)),
+            "last_error": self._last_error or (source.last_error if source is not None else None),
+        }
+
     def _status_line(self) -> str:
         """systemd's STATUS= line, every 5 s: only the figures it shows (the whole ``status``
         took up to 10.5 ms of loop CPU in bench/registry.py, once in 300 s)."""
-        source, edges, pipeline = self._source, self._edges, self._pipeline
-        server_stats = edges.server.stats() if edges.server is not None else {}
-        s = {
-            "source_state": source.state.value if source is not None else "stopped",
-            "advertisements_per_s": self._rates.rates.get("advertisements", 0.0),
-            "matched_per_s": self._rates.rates.get("matched", 0.0),
-            "present": edges.hub.stats()["present"] if edges.hub is not None else 0,
-            "subscribers": int(server_stats.get("subscribers", 0)),
-            **self._counters(),
-            "last_error": self._last_error or (source.last_error if source is not None else None),
-            "resolving_held": pipeline.hold_reason if pipeline is not None else None,
-        }
+        edges = self._edges
+        s = self._headline(edges.hub.stats() if edges.hub is not None else {},
+                           edges.server.stats() if edges.server is not None else {})
         return (
             f"{s['source_state']}; {s['advertisements_per_s']:.0f} adv/s, "
             f"{s['matched_per_s']:.1f} matched/s; {s['present']} present; "
